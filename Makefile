@@ -1,0 +1,35 @@
+# Everything runs inside .venv, which the first target that needs it creates.
+# torch is pinned to the CPU build that these machines install from local disk; GPU users
+# install their CUDA torch first (see README) and then `pip install -e '.[all]'`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+DEMO := .demo
+
+.PHONY: test demo bench completions clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+demo: $(STAMP)
+	$(BIN)/python -m yayi_cli.tiny $(DEMO)/tiny-bloom --arch bloom --data examples/sample.jsonl --force
+	$(BIN)/yayi data preview examples/sample.jsonl -n 3 --model $(DEMO)/tiny-bloom
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/cli_startup.py --runs 15
+
+completions: $(STAMP)
+	for shell in bash zsh fish; do \
+	  _TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION=1 $(BIN)/yayi --show-completion $$shell > completions/yayi.$$shell; \
+	done
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache .hypothesis

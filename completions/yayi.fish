@@ -1,0 +1,1 @@
+complete --command yayi --no-files --arguments "(env _YAYI_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) yayi)" --condition "env _YAYI_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) yayi"

@@ -1,0 +1,42 @@
+"""Outputs appear complete or not at all, and --force never loses the old output on failure."""
+
+from __future__ import annotations
+
+import pytest
+
+from yayi_cli.atomic import atomic_directory, write_text_atomic
+
+
+def test_a_failed_directory_write_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_directory(tmp_path / "out") as tmp:
+            (tmp / "half.bin").write_text("partial")
+            raise RuntimeError("crash")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_replacement_keeps_the_old_directory(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "weights").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(tmp_path / "out", replace=True) as tmp:
+            (tmp / "weights").write_text("new")
+            raise RuntimeError("crash")
+    assert (tmp_path / "out" / "weights").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_successful_replacement_swaps_in_the_new_directory(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "stale").write_text("old")
+    with atomic_directory(tmp_path / "out", replace=True) as tmp:
+        (tmp / "weights").write_text("new")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["weights"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_text_is_replaced_whole(tmp_path):
+    path = tmp_path / "f.json"
+    path.write_text("old")
+    write_text_atomic(path, "new")
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["f.json"]

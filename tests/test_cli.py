@@ -1,0 +1,116 @@
+"""The `yayi` entry point: start-up cost, version, and `yayi data preview` end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.helpers import SAMPLE_DATA
+from yayi_cli import __version__
+from yayi_cli.cli import app
+
+HEAVY_MODULES = ("torch", "transformers", "deepspeed", "datasets", "bitsandbytes")
+runner = CliRunner()
+
+
+def yayi(*args: str):
+    return runner.invoke(app, list(args), prog_name="yayi")
+
+
+def test_importing_the_cli_imports_no_heavy_library():
+    """`--help` and TAB completion run exactly this import."""
+    code = "import sys, yayi_cli.cli; print(','.join(sorted(m for m in %r if m in sys.modules)))" % (HEAVY_MODULES,)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["data", "--help"], ["data", "preview", "--help"]])
+def test_help_runs_without_heavy_imports(argv):
+    code = (
+        "import sys; from yayi_cli.cli import main; sys.argv = ['yayi'] + %r\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('HEAVY:' + ','.join(m for m in %r if m in sys.modules))" % (argv, HEAVY_MODULES)
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Usage: yayi" in result.stdout
+    assert result.stdout.strip().endswith("HEAVY:")
+
+
+def test_the_module_runs_as_python_dash_m_and_prints_its_version():
+    result = subprocess.run([sys.executable, "-m", "yayi_cli", "--version"], capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (0, f"yayi {__version__}\n")
+
+
+def test_help_documents_the_exit_codes():
+    result = yayi("--help")
+    assert result.exit_code == 0
+    assert "Exit codes: 0 success; 1" in " ".join(result.stdout.split())
+
+
+def test_preview_marks_the_trained_text_in_plain_output():
+    result = yayi("data", "preview", str(SAMPLE_DATA), "-n", "1")
+    assert result.exit_code == 0, result.output
+    assert "⟦本市首批十座社区图书驿站启用 居民可全天免费借阅\n\n<|End|>⟧" in result.stdout
+    assert "<|Human|>:\n【媒宣领域任务】请为以下新闻稿拟一个简洁的标题。\n本市今日启用" in result.stdout
+
+
+def test_preview_json_gives_text_and_spans_for_each_record():
+    result = yayi("data", "preview", str(SAMPLE_DATA), "-n", "20", "--json")
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)
+    assert (report["template"], report["template_source"], report["errors"]) == ("yayi", "default", 0)
+    records = report["records"]
+    assert len(records) == 20
+    assert {r["shape"] for r in records} == {"instruction", "conversations", "messages"}
+    assert len({r["domain"] for r in records} - {None}) == 5
+    multi_turn = next(r for r in records if r["shape"] == "conversations")
+    assert [multi_turn["text"][s:e].endswith("\n\n<|End|>") for s, e in multi_turn["spans"]] == [True, True]
+
+
+def test_preview_with_a_model_counts_tokens_and_shows_the_loss_tokens(tiny_model_dirs, arch):
+    result = yayi("data", "preview", str(SAMPLE_DATA), "-n", "14", "--model", str(tiny_model_dirs[arch]), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["template_source"] == "saved with the model"
+    for record in report["records"]:
+        trained_text = "".join(record["text"][s:e] for s, e in record["spans"])
+        assert "".join(record["loss_pieces"]) == trained_text
+        assert 0 < record["num_loss_tokens"] < record["num_tokens"]
+
+
+def test_preview_reports_invalid_records_with_file_and_line_and_exits_1(tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"instruction": "q", "output": "a"}\n\n{"instruction": "q"}\nnot json\n', encoding="utf-8")
+    result = yayi("data", "preview", str(data), "--json")
+    assert result.exit_code == 1
+    errors = [r for r in json.loads(result.stdout)["records"] if "error" in r]
+    assert [(r["line"], r["error"]) for r in errors] == [
+        (3, "field 'output' is missing"),
+        (4, "invalid JSON: Expecting value (column 1)"),
+    ]
+    text = yayi("data", "preview", str(data))
+    assert text.exit_code == 1 and "error: field 'output' is missing" in text.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.jsonl"], "error: missing.jsonl: no such file"),
+        ([str(SAMPLE_DATA), "--model", "./no-such-model"], "error: ./no-such-model: no such model directory"),
+        ([str(SAMPLE_DATA), "--model", str(SAMPLE_DATA)], "is a file; give the model's directory"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args, message):
+    result = yayi("data", "preview", *args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_a_bad_option_value_is_a_usage_error():
+    result = yayi("data", "preview", str(SAMPLE_DATA), "--template", "chatml")
+    assert result.exit_code == 2 and "'chatml' is not one of 'yayi', 'yayi-llama2'" in result.stderr

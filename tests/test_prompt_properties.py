@@ -1,0 +1,96 @@
+"""Properties of the prompt core that must hold for any conversation, checked with hypothesis."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from yayi_cli.prompt import (
+    ASSISTANT,
+    HUMAN,
+    IGNORE_INDEX,
+    MARKERS,
+    TEMPLATES,
+    Conversation,
+    MarkerInjectionError,
+    PromptTokenizer,
+    Turn,
+    find_markers,
+    render_inference,
+    render_training,
+)
+from yayi_cli.records import RecordError, parse_record
+
+# Any text, including '<', '|', newlines and CJK, as long as it holds no marker.
+any_text = st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from("<|>:\n 你好【】"), max_size=40)
+clean_text = any_text.filter(lambda text: not find_markers(text))
+# Answers that start with whitespace may share a token with the header before them: see the
+# `data validate` warning about leading whitespace. Everything else tokenizes cleanly.
+answer_text = clean_text.filter(lambda text: text[:1].strip() != "")
+systems = st.none() | clean_text
+templates = st.sampled_from(sorted(TEMPLATES))
+tokenizer_settings = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@st.composite
+def conversations(draw, answers=clean_text) -> Conversation:
+    turns = []
+    for _ in range(draw(st.integers(1, 4))):
+        turns.append(Turn(HUMAN, draw(clean_text), input=draw(st.just("") | clean_text)))
+        turns.append(Turn(ASSISTANT, draw(answers)))
+    return Conversation(tuple(turns), draw(systems))
+
+
+@given(conversations(), templates)
+def test_spans_hold_exactly_each_answer_and_its_end_marker(conversation, template_name):
+    template = TEMPLATES[template_name]
+    rendered = render_training(conversation, template)
+    answers = [turn.text for turn in conversation.turns if turn.role == ASSISTANT]
+    assert [rendered.text[s:e] for s, e in rendered.spans] == [a + "\n\n<|End|>" for a in answers]
+    assert all(e1 <= s2 for (_, e1), (s2, _) in zip(rendered.spans, rendered.spans[1:]))
+    assert rendered.spans[-1][1] == len(rendered.text)
+
+
+@given(conversations(), templates)
+def test_every_inference_prompt_is_a_prefix_of_the_training_text(conversation, template_name):
+    template = TEMPLATES[template_name]
+    rendered = render_training(conversation, template)
+    for k, (start, _) in enumerate(rendered.spans):
+        asking = Conversation(conversation.turns[: 2 * k + 1], conversation.system)
+        assert render_inference(asking, template) == rendered.text[:start]
+
+
+@st.composite
+def injected(draw):
+    """A conversation's fields with one marker put at a random place in one of them."""
+    texts = draw(st.lists(clean_text.filter(str.strip), min_size=3, max_size=3))
+    field = draw(st.integers(0, 2))
+    text = texts[field]
+    cut = draw(st.integers(0, len(text)))
+    texts[field] = text[:cut] + draw(st.sampled_from(MARKERS)) + text[cut:]
+    return texts
+
+
+@given(injected())
+def test_a_marker_anywhere_is_always_caught(texts):
+    system, human, answer = texts
+    with pytest.raises(MarkerInjectionError):
+        Conversation((Turn(HUMAN, human), Turn(ASSISTANT, answer)), system)
+    record = {"system": system, "conversations": [{"from": "human", "value": human}, {"from": "yayi", "value": answer}]}
+    with pytest.raises(RecordError, match="contains the marker"):
+        parse_record(record)
+
+
+@tokenizer_settings
+@given(conversation=conversations(answers=answer_text), template_name=templates)
+def test_labels_are_the_answer_tokens_and_ignored_everywhere_else(tokenizer, conversation, template_name):
+    prompt_tokenizer = PromptTokenizer(TEMPLATES[template_name], tokenizer)
+    rendered = render_training(conversation, prompt_tokenizer.template)
+    encoded = prompt_tokenizer.encode_training(conversation)
+    offsets = tokenizer(rendered.text, return_offsets_mapping=True)["offset_mapping"]
+    for (start, end), token, label in zip(offsets, encoded.input_ids, encoded.labels):
+        in_span = start < end and any(s <= start < e for s, e in rendered.spans)
+        assert label == (token if in_span else IGNORE_INDEX)
+    trained = tokenizer.decode([label for label in encoded.labels if label != IGNORE_INDEX])
+    assert trained == "".join(rendered.text[s:e] for s, e in rendered.spans)

@@ -1,0 +1,3 @@
+from yayi_cli.cli import main
+
+main()

@@ -1,0 +1,118 @@
+"""The `yayi` command line: parses options and calls library functions. No logic lives here.
+
+Importing this module must stay cheap (it runs on every `--help` and TAB press): torch,
+transformers, deepspeed, datasets and bitsandbytes are imported inside the commands' modules.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from yayi_cli import __version__
+from yayi_cli.errors import YayiError
+from yayi_cli.prompt import TEMPLATES
+
+EXIT_CODES = (
+    "Exit codes: 0 success; 1 the work ran and found a problem (invalid data, failed check); "
+    "2 usage or environment error (bad option, missing file, model not loadable)."
+)
+
+app = typer.Typer(
+    name="yayi",
+    help="Check, fine-tune, chat with, quantize and evaluate YaYi language models.",
+    epilog=EXIT_CODES,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+data_app = typer.Typer(
+    help="Check, split and preview instruction data.", epilog=EXIT_CODES, no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+
+TemplateName = Literal[tuple(TEMPLATES)]  # type: ignore[valid-type]  # choices come from the data
+TemplateOption = typer.Option(
+    None, "--template",
+    help="Prompt template (default: saved with the model, else detected from its name or config).",
+)
+ModelOption = typer.Option(
+    None, "--model", "-m", metavar="DIR|HUB_ID", help="Model directory or hub id (its tokenizer is used)."
+)
+TrustRemoteCodeOption = typer.Option(
+    False, "--trust-remote-code", help="Allow the model's own Python code to run when loading it."
+)
+JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout instead of text.")
+
+
+def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a user error into one `error:` line on stderr and its exit code, never a traceback."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except YayiError as error:
+            Console(stderr=True).print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+    return run
+
+
+def print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"yayi {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    pass
+
+
+@data_app.command("preview")
+@reports_errors
+def data_preview(
+    file: Path = typer.Argument(..., metavar="FILE", help="A .jsonl or .json data file.", show_default=False),
+    num_records: int = typer.Option(3, "-n", "--num-records", min=1, help="How many records to show."),
+    template: Optional[TemplateName] = TemplateOption,
+    model: Optional[str] = ModelOption,
+    trust_remote_code: bool = TrustRemoteCodeOption,
+    json_output: bool = JsonOption,
+) -> None:
+    """Show exactly what the model is trained on: the text, with the parts that carry loss marked.
+
+    With --model, also the token count and the tokens that carry loss. Exits 1 if a shown record is invalid.
+    """
+    from yayi_cli.data.preview import preview, print_report
+
+    report = preview(file, num_records, template, model, trust_remote_code=trust_remote_code)
+    if json_output:
+        print_json(report.to_json())
+    else:
+        print_report(report, Console())
+    if report.num_errors:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app(prog_name="yayi")

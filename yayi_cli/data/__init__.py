@@ -1,0 +1,1 @@
+"""Instruction data: streaming readers and the data sub-commands built on them."""

@@ -1,0 +1,197 @@
+"""`yayi data preview`: exactly what the model will be trained on, for the first records of a file.
+
+The text is rendered by the prompt core and the parts that carry loss are highlighted; with a
+tokenizer it also shows the token count and the tokens that carry loss, through the same
+tokenization the trainer uses.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.rule import Rule
+from rich.text import Text
+
+from yayi_cli.data.reader import SourceRecord, read_records
+from yayi_cli.errors import DataError
+from yayi_cli.prompt import (
+    IGNORE_INDEX,
+    MARKERS,
+    PromptTokenizer,
+    RenderedText,
+    Template,
+    add_markers,
+    render_training,
+    resolve_template,
+)
+from yayi_cli.records import domain_of, parse_record
+
+TRAINED_STYLE = "bold green underline"
+MARKER_STYLE = "magenta"
+PLAIN_OPEN, PLAIN_CLOSE = "⟦", "⟧"
+
+
+@dataclass(frozen=True)
+class TokenView:
+    """Token counts of one example and its loss tokens, decoded into readable pieces."""
+
+    num_tokens: int
+    num_loss_tokens: int
+    loss_pieces: list[str]
+
+
+@dataclass(frozen=True)
+class PreviewItem:
+    source: SourceRecord
+    shape: str | None = None
+    domain: str | None = None
+    rendered: RenderedText | None = None
+    tokens: TokenView | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        head = {"file": self.source.path, "line": self.source.line, "index": self.source.index}
+        if self.error is not None:
+            return {**head, "error": self.error}
+        assert self.rendered is not None
+        body = {
+            "shape": self.shape,
+            "domain": self.domain,
+            "text": self.rendered.text,
+            "spans": [list(span) for span in self.rendered.spans],
+        }
+        if self.tokens is not None:
+            body.update(
+                num_tokens=self.tokens.num_tokens,
+                num_loss_tokens=self.tokens.num_loss_tokens,
+                loss_pieces=self.tokens.loss_pieces,
+            )
+        return {**head, **body}
+
+
+@dataclass
+class PreviewReport:
+    template: Template
+    template_source: str
+    model: str | None
+    items: list[PreviewItem] = field(default_factory=list)
+
+    @property
+    def num_errors(self) -> int:
+        return sum(item.error is not None for item in self.items)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "template": self.template.name,
+            "template_source": self.template_source,
+            "model": self.model,
+            "records": [item.to_json() for item in self.items],
+            "errors": self.num_errors,
+        }
+
+
+def readable_pieces(tokenizer: Any, token_ids: list[int]) -> list[str]:
+    """Decode tokens one by one, joining the byte-level pieces of a character that was split."""
+    pieces, pending = [], []
+    for token_id in token_ids:
+        pending.append(token_id)
+        text = tokenizer.decode(pending)
+        if "\ufffd" not in text or len(pending) >= 4:
+            pieces.append(text)
+            pending = []
+    if pending:
+        pieces.append(tokenizer.decode(pending))
+    return pieces
+
+
+def _token_view(prompt_tokenizer: PromptTokenizer, conversation: Any) -> TokenView:
+    encoded = prompt_tokenizer.encode_training(conversation)
+    loss_ids = [label for label in encoded.labels if label != IGNORE_INDEX]
+    return TokenView(len(encoded.input_ids), len(loss_ids), readable_pieces(prompt_tokenizer.tokenizer, loss_ids))
+
+
+def preview_record(source: SourceRecord, template: Template, prompt_tokenizer: PromptTokenizer | None) -> PreviewItem:
+    if source.error is not None:
+        return PreviewItem(source, error=source.error)
+    try:
+        parsed = parse_record(source.value)
+        rendered = render_training(parsed.conversation, template)
+        tokens = _token_view(prompt_tokenizer, parsed.conversation) if prompt_tokenizer else None
+    except DataError as error:
+        return PreviewItem(source, error=str(error))
+    return PreviewItem(source, parsed.shape, domain_of(parsed.conversation), rendered, tokens)
+
+
+def preview(
+    path: Path, limit: int, template_name: str | None = None, model: str | None = None,
+    *, trust_remote_code: bool = False,
+) -> PreviewReport:
+    """Render the first `limit` records of `path`; with `model`, tokenize them with its tokenizer.
+
+    A tokenizer without the YaYi markers gets them added, as training would do.
+    """
+    template, source = resolve_template(template_name, model)
+    prompt_tokenizer = None
+    if model is not None:
+        from yayi_cli.models import load_tokenizer
+
+        tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+        add_markers(tokenizer)
+        prompt_tokenizer = PromptTokenizer(template, tokenizer)
+    report = PreviewReport(template, source, model)
+    for record in itertools.islice(read_records(path), limit):
+        report.items.append(preview_record(record, template, prompt_tokenizer))
+    return report
+
+
+def highlighted(rendered: RenderedText, *, plain: bool) -> Text:
+    """The text with trained spans styled; in plain output they are wrapped in ⟦ ⟧ instead."""
+    text, cursor = Text(), 0
+    for start, end in rendered.spans:
+        text.append(rendered.text[cursor:start])
+        if plain:
+            text.append(PLAIN_OPEN + rendered.text[start:end] + PLAIN_CLOSE)
+        else:
+            text.append(rendered.text[start:end], style=TRAINED_STYLE)
+        cursor = end
+    text.append(rendered.text[cursor:])
+    if not plain:
+        for marker in MARKERS:
+            text.highlight_words([marker], style=MARKER_STYLE)
+    return text
+
+
+def print_report(report: PreviewReport, console: Console) -> None:
+    plain = console.no_color or console.color_system is None
+    legend = f"{PLAIN_OPEN}…{PLAIN_CLOSE}" if plain else f"[{TRAINED_STYLE}]this style[/]"
+    console.print(
+        f"template [bold]{report.template.name}[/] ({report.template_source}); "
+        f"text in {legend} carries loss", highlight=False,
+    )
+    for item in report.items:
+        title = item.source.location
+        if item.error is not None:
+            console.print(Rule(title, style="red"))
+            console.print(f"[red]error:[/] {item.error}", highlight=False)
+            continue
+        details = " · ".join(part for part in (item.shape, item.domain) if part)
+        console.print(Rule(f"{title} · {details}"))
+        console.print(highlighted(item.rendered, plain=plain), highlight=False, soft_wrap=True)
+        if item.tokens is not None:
+            share = item.tokens.num_loss_tokens / max(item.tokens.num_tokens, 1)
+            console.print(
+                f"[dim]{item.tokens.num_tokens} tokens, {item.tokens.num_loss_tokens} with loss "
+                f"({share:.0%}):[/] " + "[dim]|[/]".join(_escape(p) for p in item.tokens.loss_pieces),
+                highlight=False, soft_wrap=True,
+            )
+    if report.num_errors:
+        console.print(f"[red]{report.num_errors} of {len(report.items)} records are invalid[/]", highlight=False)
+
+
+def _escape(piece: str) -> str:
+    return escape(piece.replace("\n", "\\n"))

@@ -1,0 +1,168 @@
+"""Streaming readers for instruction data files, shared by preview, validate and split.
+
+Accepted: JSON lines (`.jsonl`, or `.json` files that are really JSON lines, as the upstream
+example file is) and `.json` files holding one top-level array. UTF-8, with or without a BOM.
+Records are yielded one at a time with their line number and their exact text, so memory
+stays flat whatever the file size and every problem can be reported as `file:line`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from yayi_cli.errors import UsageError
+
+CHUNK_CHARS = 1 << 20
+_WHITESPACE = " \t\r\n"
+_decoder = json.JSONDecoder()
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One record as found in a file: its JSON value, or why the text is not JSON."""
+
+    path: str
+    line: int
+    index: int
+    raw: str
+    value: Any = None
+    error: str | None = None
+
+    @property
+    def location(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+def open_data_file(path: Path) -> BinaryIO:
+    """Open for reading, turning every OS problem into one clear usage error (exit 2)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory; give the data files themselves")
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except PermissionError:
+        raise UsageError(f"{path}: permission denied") from None
+    except OSError as error:
+        raise UsageError(f"{path}: cannot open ({error.strerror or error})") from None
+
+
+def read_records(path: Path) -> Iterator[SourceRecord]:
+    """Yield every record of one data file in order."""
+    with open_data_file(path) as handle:
+        head = handle.read(4096)
+        handle.seek(0)
+        starts_array = head.lstrip(codecs.BOM_UTF8).lstrip().startswith(b"[")
+        if Path(path).suffix.lower() == ".json" and starts_array:
+            yield from _array_records(str(path), handle)
+        else:
+            yield from _line_records(str(path), handle)
+
+
+def _json_error(error: json.JSONDecodeError) -> str:
+    return f"invalid JSON: {error.msg} (column {error.colno})"
+
+
+def _line_records(path: str, handle: BinaryIO) -> Iterator[SourceRecord]:
+    index = 0
+    for number, raw_bytes in enumerate(handle, start=1):
+        if number == 1:
+            raw_bytes = raw_bytes.removeprefix(codecs.BOM_UTF8)
+        try:
+            raw = raw_bytes.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as error:
+            yield SourceRecord(path, number, index, "", error=f"invalid UTF-8 at byte {error.start + 1} of the line")
+            index += 1
+            continue
+        if not raw.strip():
+            continue
+        try:
+            yield SourceRecord(path, number, index, raw, value=json.loads(raw))
+        except json.JSONDecodeError as error:
+            yield SourceRecord(path, number, index, raw, error=_json_error(error))
+        index += 1
+
+
+class _ArrayScanner:
+    """Walks a top-level JSON array chunk by chunk, keeping only the unread tail in memory."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self.buffer = ""
+        self.line = 1
+        self.eof = False
+
+    def fill(self) -> bool:
+        """Read one more chunk; False at end of file."""
+        if self.eof:
+            return False
+        chunk = self.handle.read(CHUNK_CHARS)
+        self.buffer += self.decoder.decode(chunk, final=not chunk)
+        self.eof = not chunk
+        return bool(chunk)
+
+    def skip_whitespace(self) -> str:
+        """Drop leading whitespace and return the next character ('' at end of file)."""
+        while True:
+            stripped = self.buffer.lstrip(_WHITESPACE)
+            self.line += self.buffer.count("\n", 0, len(self.buffer) - len(stripped))
+            self.buffer = stripped
+            if self.buffer or not self.fill():
+                return self.buffer[:1]
+
+    def take(self, count: int) -> str:
+        taken, self.buffer = self.buffer[:count], self.buffer[count:]
+        self.line += taken.count("\n")
+        return taken
+
+    def decode_value(self) -> tuple[Any, int]:
+        """Decode the value at the start of the buffer, reading more until it is complete.
+
+        A value that ends exactly at the end of the buffer may be cut (a number split across
+        chunks), so that case reads on before trusting it.
+        """
+        while True:
+            try:
+                value, end = _decoder.raw_decode(self.buffer)
+                if end < len(self.buffer) or self.eof:
+                    return value, end
+            except json.JSONDecodeError:
+                if self.eof:
+                    raise
+            self.fill()
+
+
+def _array_records(path: str, handle: BinaryIO) -> Iterator[SourceRecord]:
+    scanner, index = _ArrayScanner(handle), 0
+    try:
+        scanner.skip_whitespace()
+        scanner.take(1)  # the opening '['
+        while True:
+            char = scanner.skip_whitespace()
+            if char == "]":
+                return
+            if index > 0:
+                if char != ",":
+                    found = repr(char) if char else "end of file"
+                    yield SourceRecord(path, scanner.line, index, "", error=f"invalid JSON: expected ',' or ']' between array items, found {found}")
+                    return
+                scanner.take(1)
+                scanner.skip_whitespace()
+            line = scanner.line
+            try:
+                value, end = scanner.decode_value()
+            except json.JSONDecodeError as error:
+                line += scanner.buffer.count("\n", 0, error.pos)
+                yield SourceRecord(path, line, index, "", error=_json_error(error) + "; the rest of the array is not read")
+                return
+            yield SourceRecord(path, line, index, scanner.take(end), value=value)
+            index += 1
+    except UnicodeDecodeError:
+        yield SourceRecord(path, scanner.line, index, "", error="invalid UTF-8; the file must be UTF-8 encoded")

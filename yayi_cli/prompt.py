@@ -1,0 +1,393 @@
+"""The YaYi prompt format: the only module that knows the markers or builds text for the model.
+
+Training text of one exchange (byte for byte the upstream YaYi training format):
+
+    <|System|>:\\n{system}\\n\\n<|Human|>:\\n{instruction}\\n\\n<|YaYi|>:\\n{response}\\n\\n<|End|>
+
+Later exchanges follow after another separator. The inference prompt is everything up to and
+including the last `<|YaYi|>:\\n`. Separators and headers live in a `Template` (data), so a
+variant format is a new `Template`, not new code.
+
+Loss is taken on every assistant response and its closing `\\n\\n<|End|>`, and on nothing else.
+Text that contains a marker (or any other special token of the tokenizer) is refused: the
+tokenizer would read it as a control token and silently corrupt the example.
+
+Nothing here imports torch or transformers; tokenizers are passed in.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yayi_cli.atomic import write_text_atomic
+from yayi_cli.errors import DataError, UsageError
+
+SYSTEM_MARKER = "<|System|>"
+HUMAN_MARKER = "<|Human|>"
+ASSISTANT_MARKER = "<|YaYi|>"
+END_MARKER = "<|End|>"
+MARKERS = (SYSTEM_MARKER, HUMAN_MARKER, ASSISTANT_MARKER, END_MARKER)
+
+HUMAN = "human"
+ASSISTANT = "assistant"
+
+IGNORE_INDEX = -100
+"""Label value that PyTorch's cross-entropy (and so the HF models) leaves out of the loss."""
+
+TEMPLATE_FILE = "yayi_template.json"
+"""Saved beside every checkpoint yayi writes, so a model is prompted as it was trained."""
+
+
+class PromptFormatError(DataError):
+    """A conversation that cannot be rendered as it is (wrong turn order, marker inside text)."""
+
+
+class MarkerInjectionError(PromptFormatError):
+    """Text contains a string the tokenizer would read as a control token."""
+
+
+class MissingMarkersError(UsageError):
+    """The tokenizer does not have the YaYi markers as single tokens."""
+
+
+@dataclass(frozen=True)
+class Template:
+    """Everything that decides the text around the messages."""
+
+    name: str
+    system: str
+    system_header: str = SYSTEM_MARKER + ":\n"
+    human_header: str = HUMAN_MARKER + ":\n"
+    assistant_header: str = ASSISTANT_MARKER + ":\n"
+    end: str = END_MARKER
+    separator: str = "\n\n"
+    input_separator: str = "\n"
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Template:
+        """Build from saved data; unknown keys are ignored so newer files still load."""
+        fields = {key: value for key, value in data.items() if key in cls.__dataclass_fields__}
+        if not all(isinstance(value, str) for value in fields.values()):
+            raise UsageError("a saved template holds only strings")
+        try:
+            return cls(**fields)
+        except TypeError:
+            raise UsageError("a saved template needs at least 'name' and 'system'") from None
+
+
+YAYI_SYSTEM = (
+    "A chat between a human and an AI assistant named YaYi.\n"
+    "YaYi is a helpful and harmless language model developed by Beijing Wenge Technology Co.,Ltd."
+)
+YAYI_LLAMA2_SYSTEM = (
+    "You are a helpful, respectful and honest assistant named YaYi developed by Beijing Wenge "
+    "Technology Co.,Ltd. Always answer as helpfully as possible, while being safe. Your answers "
+    "should not include any harmful, unethical, racist, sexist, toxic, dangerous, or illegal "
+    "content. Please ensure that your responses are socially unbiased and positive in nature.\n\n"
+    "If a question does not make any sense, or is not factually coherent, explain why instead of "
+    "answering something not correct. If you don't know the answer to a question, please don't "
+    "share false information."
+)
+
+TEMPLATES: dict[str, Template] = {
+    "yayi": Template(name="yayi", system=YAYI_SYSTEM),
+    "yayi-llama2": Template(name="yayi-llama2", system=YAYI_LLAMA2_SYSTEM),
+}
+DEFAULT_TEMPLATE = "yayi"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message. A human turn may carry an upstream-style `input` after its instruction."""
+
+    role: str
+    text: str
+    input: str = ""
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A system prompt (None: the template's) and turns alternating human, assistant, ...
+
+    Construction refuses marker strings anywhere in the text, so no code path can render one.
+    """
+
+    turns: tuple[Turn, ...]
+    system: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "turns", tuple(self.turns))
+        for index, turn in enumerate(self.turns):
+            expected = HUMAN if index % 2 == 0 else ASSISTANT
+            if turn.role != expected:
+                raise PromptFormatError(
+                    f"turn {index + 1} is from {turn.role!r} but {expected!r} was expected: "
+                    "turns start with the human and alternate"
+                )
+        for name, text in self._texts():
+            _refuse_reserved(text, MARKERS, name)
+
+    def _texts(self) -> list[tuple[str, str]]:
+        texts = [("system prompt", self.system)] if self.system is not None else []
+        for index, turn in enumerate(self.turns, start=1):
+            texts.append((f"turn {index} ({turn.role})", turn.text))
+            if turn.input:
+                texts.append((f"turn {index} ({turn.role}) input", turn.input))
+        return texts
+
+    def append(self, role: str, text: str) -> Conversation:
+        """A new conversation with one more turn (conversations are immutable)."""
+        return Conversation(self.turns + (Turn(role, text),), self.system)
+
+    @property
+    def ends_with_answer(self) -> bool:
+        return bool(self.turns) and self.turns[-1].role == ASSISTANT
+
+
+def find_markers(text: str, markers: tuple[str, ...] | frozenset[str] = MARKERS) -> list[tuple[int, str]]:
+    """Every (character offset, marker) of `markers` found inside `text`, in order."""
+    if not markers:
+        return []
+    pattern = "|".join(re.escape(marker) for marker in sorted(markers, key=len, reverse=True))
+    return [(match.start(), match.group()) for match in re.finditer(pattern, text)]
+
+
+def _refuse_reserved(text: str, reserved: tuple[str, ...] | frozenset[str], where: str) -> None:
+    found = find_markers(text, reserved)
+    if found:
+        offset, marker = found[0]
+        raise MarkerInjectionError(
+            f"{where} contains {marker!r} at character {offset}; the tokenizer would read it as a "
+            "control token and corrupt the example: remove it or write it differently"
+        )
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of rendered text; `trained` pieces carry loss."""
+
+    text: str
+    trained: bool
+
+
+@dataclass(frozen=True)
+class RenderedText:
+    """Training text and the [start, end) character spans that carry loss."""
+
+    text: str
+    spans: tuple[tuple[int, int], ...]
+
+
+def _human_text(turn: Turn, template: Template) -> str:
+    return turn.text + template.input_separator + turn.input if turn.input else turn.text
+
+
+def render_segments(conversation: Conversation, template: Template) -> list[Segment]:
+    """The conversation as alternating prompt and answer pieces; answers end with the end marker."""
+    system = template.system if conversation.system is None else conversation.system
+    prompt = template.system_header + system
+    pieces: list[Segment] = []
+    for turn in conversation.turns:
+        if turn.role == HUMAN:
+            prompt += (
+                template.separator + template.human_header + _human_text(turn, template)
+                + template.separator + template.assistant_header
+            )
+        else:
+            pieces.append(Segment(prompt, trained=False))
+            pieces.append(Segment(turn.text + template.separator + template.end, trained=True))
+            prompt = ""
+    if prompt:
+        pieces.append(Segment(prompt, trained=False))
+    return pieces
+
+
+def render_training(conversation: Conversation, template: Template) -> RenderedText:
+    """Full text of a finished conversation and the spans of every assistant answer."""
+    if not conversation.ends_with_answer:
+        raise PromptFormatError("a training conversation must end with the assistant's answer")
+    text, spans = "", []
+    for piece in render_segments(conversation, template):
+        if piece.trained:
+            spans.append((len(text), len(text) + len(piece.text)))
+        text += piece.text
+    return RenderedText(text, tuple(spans))
+
+
+def render_inference(conversation: Conversation, template: Template) -> str:
+    """The prompt that asks the model for the next answer: it ends with the assistant header."""
+    if not conversation.turns or conversation.ends_with_answer:
+        raise PromptFormatError("an inference conversation must end with a human message")
+    return "".join(piece.text for piece in render_segments(conversation, template))
+
+
+# --- tokenizers -------------------------------------------------------------------------------
+
+
+def add_markers(tokenizer: Any) -> int:
+    """Add any missing marker to the tokenizer as a special token; returns how many were added.
+
+    Callers that own a model must resize its embeddings when this returns more than 0.
+    """
+    from tokenizers import AddedToken
+
+    missing = [m for m in MARKERS if m not in tokenizer.get_vocab()]
+    if not missing:
+        return 0
+    return tokenizer.add_tokens(
+        [AddedToken(m, special=True, normalized=False) for m in missing], special_tokens=True
+    )
+
+
+def marker_token_ids(tokenizer: Any) -> dict[str, int]:
+    """Each marker's own token id.
+
+    Looked up as a token, never as `tokenizer(marker).input_ids[0]`, which is the BOS id for
+    tokenizers that prepend one (the Llama ones).
+    """
+    ids = {}
+    for marker in MARKERS:
+        token_id = tokenizer.convert_tokens_to_ids(marker)
+        if token_id is None or token_id == tokenizer.unk_token_id or tokenizer.encode(
+            marker, add_special_tokens=False
+        ) != [token_id]:
+            raise MissingMarkersError(
+                f"the tokenizer has no single token for {marker!r}; it was not prepared for the "
+                "YaYi format (yayi train adds the markers; for a base model use yayi train first)"
+            )
+        ids[marker] = token_id
+    return ids
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """Generation ends at <|End|>, at EOS, and if the model starts a new human turn."""
+    markers = marker_token_ids(tokenizer)
+    ids = [markers[END_MARKER], markers[HUMAN_MARKER]]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids and labels (IGNORE_INDEX outside assistant answers) of one training example."""
+
+    input_ids: list[int]
+    labels: list[int] = field(repr=False)
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+def _token_in_spans(offsets: list[tuple[int, int]], spans: tuple[tuple[int, int], ...]) -> list[bool]:
+    """For each token, whether it starts inside a span (empty offsets, e.g. BOS, never do)."""
+    flags, span_index = [], 0
+    for start, end in offsets:
+        while span_index < len(spans) and start >= spans[span_index][1]:
+            span_index += 1
+        inside = span_index < len(spans) and spans[span_index][0] <= start and start < end
+        flags.append(inside)
+    return flags
+
+
+class PromptTokenizer:
+    """A template bound to a tokenizer: the one way conversations become token ids.
+
+    Training and inference tokenize the same rendered text, so a prompt at inference is exactly
+    the prefix the model saw during training. The tokenizer must be a fast (Rust) tokenizer,
+    whose character offsets map loss spans onto tokens.
+    """
+
+    def __init__(self, template: Template, tokenizer: Any) -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise UsageError(
+                f"{type(tokenizer).__name__} is not a fast tokenizer; yayi needs one "
+                "(a tokenizer.json beside the model) to map answers onto tokens"
+            )
+        self.template = template
+        self.tokenizer = tokenizer
+        self.marker_ids = marker_token_ids(tokenizer)
+        self.reserved = frozenset(tokenizer.all_special_tokens) | frozenset(
+            token.content for token in tokenizer.added_tokens_decoder.values() if token.special
+        )
+
+    def _check_text(self, conversation: Conversation) -> None:
+        for where, text in conversation._texts():
+            _refuse_reserved(text, self.reserved, where)
+
+    def encode_training(self, conversation: Conversation) -> Encoded:
+        self._check_text(conversation)
+        rendered = render_training(conversation, self.template)
+        encoding = self.tokenizer(rendered.text, return_offsets_mapping=True)
+        ids = list(encoding["input_ids"])
+        trained = _token_in_spans([tuple(o) for o in encoding["offset_mapping"]], rendered.spans)
+        labels = [token if keep else IGNORE_INDEX for token, keep in zip(ids, trained)]
+        return Encoded(ids, labels)
+
+    def encode_inference(self, conversation: Conversation) -> list[int]:
+        self._check_text(conversation)
+        return list(self.tokenizer(render_inference(conversation, self.template))["input_ids"])
+
+
+# --- choosing the template --------------------------------------------------------------------
+
+
+def get_template(name: str) -> Template:
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise UsageError(f"unknown template {name!r}; choose one of: {', '.join(TEMPLATES)}") from None
+
+
+def detect_template(model_name: str, config: dict[str, Any] | None = None) -> Template:
+    """Guess from the model's name or config: Llama models get the Llama-2 YaYi system prompt."""
+    model_type = str((config or {}).get("model_type", "")).lower()
+    if model_type == "llama" or (not model_type and "llama" in model_name.lower()):
+        return TEMPLATES["yayi-llama2"]
+    return TEMPLATES[DEFAULT_TEMPLATE]
+
+
+def save_template(directory: Path, template: Template) -> Path:
+    """Record the template beside a checkpoint; `resolve_template` reads it back."""
+    path = Path(directory) / TEMPLATE_FILE
+    write_text_atomic(path, json.dumps(template.to_dict(), ensure_ascii=False, indent=2) + "\n")
+    return path
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{path}: cannot read ({error})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a JSON object")
+    return data
+
+
+def resolve_template(requested: str | None, model: str | None) -> tuple[Template, str]:
+    """The template to use and why: --template, else the model's saved one, else a guess."""
+    if requested:
+        return get_template(requested), "--template"
+    if model is None:
+        return TEMPLATES[DEFAULT_TEMPLATE], "default"
+    directory = Path(model)
+    if directory.is_dir():
+        saved = _read_json(directory / TEMPLATE_FILE)
+        if saved is not None:
+            try:
+                return Template.from_dict(saved), "saved with the model"
+            except UsageError as error:
+                raise UsageError(f"{directory / TEMPLATE_FILE}: {error}") from None
+        config = _read_json(directory / "config.json")
+        return detect_template(model, config), "detected from the model config"
+    return detect_template(model), "detected from the model name"

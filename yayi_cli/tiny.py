@@ -1,0 +1,146 @@
+"""Tiny BLOOM- and Llama-shaped models built offline, for tests and the demo.
+
+A byte-level BPE tokenizer is trained on the spot from the given texts and carries the YaYi
+markers as special tokens; the model has a few hundred thousand random parameters. Both are
+saved in Hugging Face format with the template file, so every `from_pretrained` path in yayi
+loads them exactly as it loads a real YaYi checkpoint.
+
+    python -m yayi_cli.tiny OUT_DIR --arch llama --data examples/sample.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from yayi_cli.atomic import atomic_directory
+from yayi_cli.data.reader import read_records
+from yayi_cli.errors import UsageError, YayiError
+from yayi_cli.prompt import MARKERS, Template, detect_template, render_training, save_template, stop_token_ids
+from yayi_cli.records import RecordError, parse_record
+
+ARCHITECTURES = ("llama", "bloom")
+UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """The shape of a tiny model; the defaults give about 200k parameters."""
+
+    arch: str = "llama"
+    hidden_size: int = 64
+    layers: int = 2
+    heads: int = 4
+    vocab_size: int = 1024
+    max_positions: int = 1024
+    seed: int = 0
+
+
+def train_tokenizer(texts: Iterable[str], *, vocab_size: int, prepend_bos: bool, max_length: int) -> Any:
+    """A byte-level BPE tokenizer; Llama-style ones prepend BOS to every encoding, like Llama's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[UNK, BOS, EOS, PAD, *MARKERS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    if prepend_bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, backend.token_to_id(BOS))]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token=UNK, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+        model_max_length=max_length,
+    )
+
+
+def build_model(tokenizer: Any, spec: TinySpec) -> Any:
+    """A randomly initialised causal LM of the given shape, seeded for reproducibility."""
+    import torch
+    from transformers import AutoModelForCausalLM, BloomConfig, LlamaConfig
+
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if spec.arch == "llama":
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=2 * spec.hidden_size,
+            num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=max(1, spec.heads // 2),
+            max_position_embeddings=spec.max_positions, tie_word_embeddings=False, **ids,
+        )
+    elif spec.arch == "bloom":
+        config = BloomConfig(
+            vocab_size=len(tokenizer), hidden_size=spec.hidden_size, n_layer=spec.layers, n_head=spec.heads, **ids
+        )
+    else:
+        raise UsageError(f"unknown tiny architecture {spec.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    torch.manual_seed(spec.seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def build_tiny(
+    out_dir: Path, texts: Iterable[str], spec: TinySpec = TinySpec(), template: Template | None = None,
+    *, replace: bool = False,
+) -> Path:
+    """Train the tokenizer, build the model and save both (all or nothing) into `out_dir`."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not replace:
+        raise UsageError(f"{out_dir}: already exists; use --force to replace it")
+    tokenizer = train_tokenizer(
+        texts, vocab_size=spec.vocab_size, prepend_bos=spec.arch == "llama", max_length=spec.max_positions
+    )
+    model = build_model(tokenizer, spec)
+    with atomic_directory(out_dir, replace=replace) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        save_template(tmp, template or detect_template("", {"model_type": spec.arch}))
+    return out_dir
+
+
+def training_texts(paths: Sequence[Path], template: Template) -> Iterator[str]:
+    """The rendered training text of every valid record in the files (invalid ones skipped)."""
+    for path in paths:
+        for source in read_records(path):
+            if source.error is None:
+                try:
+                    yield render_training(parse_record(source.value).conversation, template).text
+                except RecordError:
+                    continue
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m yayi_cli.tiny", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--arch", choices=ARCHITECTURES, default="llama")
+    parser.add_argument("--data", type=Path, nargs="+", required=True, help="records to train the tokenizer on")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
+    args = parser.parse_args(argv)
+    spec = TinySpec(arch=args.arch, seed=args.seed)
+    template = detect_template("", {"model_type": spec.arch})
+    try:
+        texts = list(training_texts(args.data, template))
+        if not texts:
+            raise UsageError("no valid records in --data to train the tokenizer on")
+        build_tiny(args.out_dir, texts, spec, template, replace=args.force)
+    except YayiError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    print(f"tiny {spec.arch} model written to {args.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
