@@ -131,20 +131,17 @@ class Conversation:
                     f"turn {index + 1} is from {turn.role!r} but {expected!r} was expected: "
                     "turns start with the human and alternate"
                 )
-        for name, text in self._texts():
+        for name, text in self.text_fields():
             _refuse_reserved(text, MARKERS, name)
 
-    def _texts(self) -> list[tuple[str, str]]:
+    def text_fields(self) -> list[tuple[str, str]]:
+        """(where, text) for every piece of free text, for error messages that point at it."""
         texts = [("system prompt", self.system)] if self.system is not None else []
         for index, turn in enumerate(self.turns, start=1):
             texts.append((f"turn {index} ({turn.role})", turn.text))
             if turn.input:
                 texts.append((f"turn {index} ({turn.role}) input", turn.input))
         return texts
-
-    def append(self, role: str, text: str) -> Conversation:
-        """A new conversation with one more turn (conversations are immutable)."""
-        return Conversation(self.turns + (Turn(role, text),), self.system)
 
     @property
     def ends_with_answer(self) -> bool:
@@ -320,7 +317,7 @@ class PromptTokenizer:
         )
 
     def _check_text(self, conversation: Conversation) -> None:
-        for where, text in conversation._texts():
+        for where, text in conversation.text_fields():
             _refuse_reserved(text, self.reserved, where)
 
     def encode_training(self, conversation: Conversation) -> Encoded:
