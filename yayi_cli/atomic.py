@@ -6,8 +6,9 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TextIO
 
 
 def _default_mode(directory: bool) -> int:
@@ -17,19 +18,39 @@ def _default_mode(directory: bool) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
+@contextlib.contextmanager
+def atomic_files(paths: Sequence[Path]) -> Iterator[list[TextIO]]:
+    """Yield text handles to temp files that replace `paths` together, only if the block succeeds.
+
+    Each temp file sits beside its target, so the final renames are atomic; an error or an
+    interrupt removes them and leaves the targets as they were.
+    """
+    temps: list[str] = []
+    handles: list[TextIO] = []
+    try:
+        for path in paths:
+            fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".tmp")
+            temps.append(tmp)
+            handles.append(os.fdopen(fd, "w", encoding="utf-8", newline="\n"))
+        yield handles
+        for handle in handles:
+            handle.close()
+        for tmp, path in zip(temps, paths):
+            os.chmod(tmp, _default_mode(directory=False))
+            os.replace(tmp, path)
+    except BaseException:
+        for handle in handles:
+            handle.close()
+        for tmp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to a temp file beside `path`, then rename it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, _default_mode(directory=False))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_files([path]) as (handle,):
+        handle.write(text)
 
 
 @contextlib.contextmanager

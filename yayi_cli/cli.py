@@ -114,5 +114,72 @@ def data_preview(
         raise typer.Exit(1)
 
 
+@data_app.command("validate")
+@reports_errors
+def data_validate(
+    files: list[Path] = typer.Argument(..., metavar="FILE...", help="Data files (.jsonl, or .json array or lines).", show_default=False),
+    model: Optional[str] = ModelOption,
+    max_length: Optional[int] = typer.Option(
+        None, "--max-length", min=1, help="Report records longer than this many tokens (default: the model's context)."
+    ),
+    template: Optional[TemplateName] = TemplateOption,
+    strict: bool = typer.Option(False, "--strict", help="Treat warnings as errors."),
+    max_errors: int = typer.Option(100, "--max-errors", min=0, help="List at most this many problems (all are counted)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1, help="Processes for JSON-lines files (default: one per core above 32 MB)."
+    ),
+    trust_remote_code: bool = TrustRemoteCodeOption,
+    json_output: bool = JsonOption,
+) -> None:
+    """Report every invalid record as file:line: reason, and statistics about the data.
+
+    Errors: invalid JSON or UTF-8, unknown shapes, missing or empty fields, bad turn order, markers inside text. Warnings: duplicates, one prompt with different answers, unknown keys, control characters, leading or trailing whitespace, and with --model records longer than --max-length. Exits 1 on any error (or warning with --strict).
+    """
+    from yayi_cli.data.validate import print_report, validate
+    from yayi_cli.terminal import byte_progress
+
+    total = sum(path.stat().st_size for path in files if path.is_file())
+    with byte_progress("validating", total) as advance:
+        report = validate(
+            files, model=model, template_name=template, max_length=max_length, strict=strict,
+            max_listed=max_errors, workers=workers, trust_remote_code=trust_remote_code, progress=advance,
+        )
+    if json_output:
+        print_json(report.to_json())
+    else:
+        print_report(report, Console())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("split")
+@reports_errors
+def data_split(
+    files: list[Path] = typer.Argument(..., metavar="FILE...", help="Data files to split.", show_default=False),
+    test_size: str = typer.Option(..., "--test-size", metavar="N|F", help="Test records: a count (400) or a fraction (0.05).", show_default=False),
+    output: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="Directory for train.jsonl, test.jsonl and split.json.", show_default=False),
+    seed: int = typer.Option(515, "--seed", help="Seed of the deterministic selection (515 as upstream)."),
+    stratify: Optional[Literal["domain"]] = typer.Option(None, "--stratify", help="Keep each domain's share in test."),
+    dedupe: bool = typer.Option(False, "--dedupe", help="Drop later copies of identical records."),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Leave invalid records out instead of refusing."),
+    force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Split data into train and test: the same inputs and seed give byte-identical outputs anywhere.
+
+    Records are written exactly as they were in their input. All three outputs appear together or not at all; inputs are never modified. Refuses invalid input (exit 1) unless --skip-invalid.
+    """
+    from yayi_cli.data.split import parse_test_size, print_report, split
+
+    report = split(
+        files, output, test_size=parse_test_size(test_size), seed=seed, stratify=stratify == "domain",
+        dedupe=dedupe, skip_invalid=skip_invalid, force=force,
+    )
+    if json_output:
+        print_json(report.to_json())
+    else:
+        print_report(report, output, Console())
+
+
 def main() -> None:
     app(prog_name="yayi")

@@ -38,3 +38,22 @@ def load_tokenizer(model: str, *, trust_remote_code: bool = False) -> Any:
         return AutoTokenizer.from_pretrained(reference, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise UsageError(f"cannot load a tokenizer from {model!r}: {_first_line(error)}") from None
+
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length")
+UNSET_MAX_LENGTH = 10**7
+"""Tokenizers without a known limit report a huge `model_max_length`; anything above this is unset."""
+
+
+def context_length(model: str, tokenizer: Any) -> int | None:
+    """The model's context length: the tokenizer's limit, else the config's, else None."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < UNSET_MAX_LENGTH:
+        return limit
+    from transformers import PretrainedConfig
+
+    try:
+        config, _ = PretrainedConfig.get_config_dict(resolve_model_reference(model))
+    except (OSError, ValueError):
+        return None
+    return next((config[key] for key in CONTEXT_KEYS if isinstance(config.get(key), int)), None)

@@ -17,11 +17,12 @@ Nothing here imports torch or transformers; tokenizers are passed in.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from yayi_cli.atomic import write_text_atomic
 from yayi_cli.errors import DataError, UsageError
@@ -31,6 +32,7 @@ HUMAN_MARKER = "<|Human|>"
 ASSISTANT_MARKER = "<|YaYi|>"
 END_MARKER = "<|End|>"
 MARKERS = (SYSTEM_MARKER, HUMAN_MARKER, ASSISTANT_MARKER, END_MARKER)
+MARKER_SET = frozenset(MARKERS)
 
 HUMAN = "human"
 ASSISTANT = "assistant"
@@ -103,13 +105,15 @@ TEMPLATES: dict[str, Template] = {
 DEFAULT_TEMPLATE = "yayi"
 
 
-@dataclass(frozen=True)
-class Turn:
+class Turn(NamedTuple):
     """One message. A human turn may carry an upstream-style `input` after its instruction."""
 
     role: str
     text: str
     input: str = ""
+
+
+_ROLE_ORDER = (HUMAN, ASSISTANT)
 
 
 @dataclass(frozen=True)
@@ -123,16 +127,25 @@ class Conversation:
     system: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "turns", tuple(self.turns))
+        if not isinstance(self.turns, tuple):
+            object.__setattr__(self, "turns", tuple(self.turns))
         for index, turn in enumerate(self.turns):
-            expected = HUMAN if index % 2 == 0 else ASSISTANT
-            if turn.role != expected:
+            if turn.role != _ROLE_ORDER[index % 2]:
                 raise PromptFormatError(
-                    f"turn {index + 1} is from {turn.role!r} but {expected!r} was expected: "
+                    f"turn {index + 1} is from {turn.role!r} but {_ROLE_ORDER[index % 2]!r} was expected: "
                     "turns start with the human and alternate"
                 )
-        for name, text in self.text_fields():
-            _refuse_reserved(text, MARKERS, name)
+        self.refuse(MARKER_SET)
+
+    def refuse(self, reserved: frozenset[str]) -> None:
+        """Raise `MarkerInjectionError` naming the first text that holds one of `reserved`."""
+        texts = [turn.text for turn in self.turns] + [turn.input for turn in self.turns]
+        if self.system is not None:
+            texts.append(self.system)
+        if marker_pattern(reserved).search("\x00".join(texts)) is None:  # one scan in the common case
+            return
+        for where, text in self.text_fields():
+            _refuse_reserved(text, reserved, where)
 
     def text_fields(self) -> list[tuple[str, str]]:
         """(where, text) for every piece of free text, for error messages that point at it."""
@@ -148,15 +161,23 @@ class Conversation:
         return bool(self.turns) and self.turns[-1].role == ASSISTANT
 
 
-def find_markers(text: str, markers: tuple[str, ...] | frozenset[str] = MARKERS) -> list[tuple[int, str]]:
+@functools.lru_cache(maxsize=32)
+def marker_pattern(markers: frozenset[str] = MARKER_SET) -> re.Pattern[str]:
+    """One regular expression matching any of `markers` (longest first)."""
+    return re.compile("|".join(re.escape(m) for m in sorted(markers, key=len, reverse=True)))
+
+
+def find_markers(text: str, markers: frozenset[str] = MARKER_SET) -> list[tuple[int, str]]:
     """Every (character offset, marker) of `markers` found inside `text`, in order."""
     if not markers:
         return []
-    pattern = "|".join(re.escape(marker) for marker in sorted(markers, key=len, reverse=True))
-    return [(match.start(), match.group()) for match in re.finditer(pattern, text)]
+    pattern = marker_pattern(markers)
+    if pattern.search(text) is None:  # the common case, without building match objects
+        return []
+    return [(match.start(), match.group()) for match in pattern.finditer(text)]
 
 
-def _refuse_reserved(text: str, reserved: tuple[str, ...] | frozenset[str], where: str) -> None:
+def _refuse_reserved(text: str, reserved: frozenset[str], where: str) -> None:
     found = find_markers(text, reserved)
     if found:
         offset, marker = found[0]
@@ -284,7 +305,7 @@ class Encoded:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
-def _token_in_spans(offsets: list[tuple[int, int]], spans: tuple[tuple[int, int], ...]) -> list[bool]:
+def _token_in_spans(offsets: list[Any], spans: tuple[tuple[int, int], ...]) -> list[bool]:
     """For each token, whether it starts inside a span (empty offsets, e.g. BOS, never do)."""
     flags, span_index = [], 0
     for start, end in offsets:
@@ -316,21 +337,23 @@ class PromptTokenizer:
             token.content for token in tokenizer.added_tokens_decoder.values() if token.special
         )
 
-    def _check_text(self, conversation: Conversation) -> None:
-        for where, text in conversation.text_fields():
-            _refuse_reserved(text, self.reserved, where)
-
     def encode_training(self, conversation: Conversation) -> Encoded:
-        self._check_text(conversation)
-        rendered = render_training(conversation, self.template)
-        encoding = self.tokenizer(rendered.text, return_offsets_mapping=True)
-        ids = list(encoding["input_ids"])
-        trained = _token_in_spans([tuple(o) for o in encoding["offset_mapping"]], rendered.spans)
-        labels = [token if keep else IGNORE_INDEX for token, keep in zip(ids, trained)]
-        return Encoded(ids, labels)
+        return self.encode_training_batch([conversation])[0]
+
+    def encode_training_batch(self, conversations: list[Conversation]) -> list[Encoded]:
+        """Encode many conversations in one tokenizer call (the Rust tokenizer runs them in parallel)."""
+        for conversation in conversations:
+            conversation.refuse(self.reserved)
+        rendered = [render_training(conversation, self.template) for conversation in conversations]
+        encodings = self.tokenizer([r.text for r in rendered], return_offsets_mapping=True)
+        encoded = []
+        for ids, offsets, text in zip(encodings["input_ids"], encodings["offset_mapping"], rendered):
+            trained = _token_in_spans(offsets, text.spans)
+            encoded.append(Encoded(list(ids), [t if keep else IGNORE_INDEX for t, keep in zip(ids, trained)]))
+        return encoded
 
     def encode_inference(self, conversation: Conversation) -> list[int]:
-        self._check_text(conversation)
+        conversation.refuse(self.reserved)
         return list(self.tokenizer(render_inference(conversation, self.template))["input_ids"])
 
 

@@ -5,17 +5,17 @@
 3. messages:      {"messages": [{"role": "system"|"user"|"assistant", "content"}, ...]}
 
 A rejection reason names the field (`conversations[2].from`) and says what is wrong and what
-was expected; `yayi data validate` prints it after `file:line:`.
+was expected; `yayi data validate` prints it after `file:line:`. Things that do not stop a
+record from training but are probably mistakes come back as warnings.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from yayi_cli.errors import DataError
-from yayi_cli.prompt import ASSISTANT, HUMAN, Conversation, Turn, find_markers
+from yayi_cli.prompt import ASSISTANT, HUMAN, Conversation, Turn, find_markers, marker_pattern
 
 INSTRUCTION, CONVERSATIONS, MESSAGES = "instruction", "conversations", "messages"
 SHAPES = (INSTRUCTION, CONVERSATIONS, MESSAGES)
@@ -28,18 +28,38 @@ ROLE_ALIASES = {
     "gpt": ASSISTANT,
     "system": "system",
 }
-_LIST_KEYS = {CONVERSATIONS: ("from", "value"), MESSAGES: ("role", "content")}
+METADATA_KEYS = frozenset({"id", "system"})
+"""Top-level keys every shape may carry besides its own."""
+KNOWN_KEYS = {
+    INSTRUCTION: frozenset({"instruction", "input", "output"}) | METADATA_KEYS,
+    CONVERSATIONS: frozenset({CONVERSATIONS}) | METADATA_KEYS,
+    MESSAGES: frozenset({MESSAGES}) | METADATA_KEYS,
+}
+ITEM_KEYS = {CONVERSATIONS: ("from", "value"), MESSAGES: ("role", "content")}
+
 _DOMAIN = re.compile(r"^\s*【([^【】\n]{1,40})】")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+"""Control characters other than tab and newline."""
+_MARKERS = marker_pattern()
 
 
 class RecordError(DataError):
-    """A record that cannot become a conversation; the message is the reason."""
+    """A record that cannot become a conversation; the message is the reason, `code` its kind."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
-@dataclass(frozen=True)
-class ParsedRecord:
+class RecordWarning(NamedTuple):
+    code: str
+    message: str
+
+
+class ParsedRecord(NamedTuple):
     shape: str
     conversation: Conversation
+    warnings: tuple[RecordWarning, ...] = ()
 
 
 def _type_name(value: Any) -> str:
@@ -51,94 +71,124 @@ def _type_name(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _text(value: Any, where: str, *, required: bool) -> str:
-    """A string field: refused when missing (if required), not a string, or holding a marker."""
-    if value is None:
-        if required:
-            raise RecordError(f"{where} is missing")
-        return ""
-    if not isinstance(value, str):
-        raise RecordError(f"{where} must be a string, found {_type_name(value)}")
-    if required and not value.strip():
-        raise RecordError(f"{where} is empty")
-    found = find_markers(value)
-    if found:
-        offset, marker = found[0]
-        raise RecordError(
-            f"{where} contains the marker {marker!r} at character {offset}; the tokenizer would "
-            "read it as a control token: remove it or write it differently"
-        )
-    return value
-
-
-def _optional_system(record: dict[str, Any]) -> str | None:
-    """A record's own system prompt; empty or absent means the template's."""
-    system = _text(record.get("system"), "field 'system'", required=False)
-    return system if system.strip() else None
-
-
 def _shape(record: dict[str, Any]) -> str:
     present = [shape for shape in (CONVERSATIONS, MESSAGES) if shape in record]
     if "instruction" in record or "output" in record:
         present.append(INSTRUCTION)
     if len(present) == 1:
         return present[0]
-    keys = ", ".join(repr(key) for key in record) or "none"
     if present:
-        raise RecordError(f"record mixes the shapes {' and '.join(present)}; use one per record")
+        raise RecordError(f"record mixes the shapes {' and '.join(present)}; use one per record", "mixed-shape")
+    keys = ", ".join(repr(key) for key in record) or "none"
     raise RecordError(
         "unknown record shape: expected 'instruction' and 'output', 'conversations', or "
-        f"'messages'; found keys: {keys}"
+        f"'messages'; found keys: {keys}",
+        "unknown-shape",
     )
 
 
-def _instruction(record: dict[str, Any], require_answer: bool) -> Conversation:
-    instruction = _text(record.get("instruction"), "field 'instruction'", required=True)
-    extra = _text(record.get("input"), "field 'input'", required=False)
-    turns = [Turn(HUMAN, instruction, extra)]
-    if require_answer or record.get("output") is not None:
-        turns.append(Turn(ASSISTANT, _text(record.get("output"), "field 'output'", required=True)))
-    return Conversation(tuple(turns), _optional_system(record))
+class _RecordParser:
+    """Parses one record, collecting warnings on the way; raises at the first error."""
 
+    def __init__(self, require_answer: bool) -> None:
+        self.require_answer = require_answer
+        self.warnings: list[RecordWarning] = []
 
-def _turn_list(record: dict[str, Any], shape: str, require_answer: bool) -> Conversation:
-    role_key, text_key = _LIST_KEYS[shape]
-    items = record[shape]
-    if not isinstance(items, list):
-        raise RecordError(f"field '{shape}' must be an array, found {_type_name(items)}")
-    if not items:
-        raise RecordError(f"field '{shape}' is empty")
-    system, turns = _optional_system(record), []
-    for index, item in enumerate(items):
-        where = f"{shape}[{index}]"
-        if not isinstance(item, dict):
-            raise RecordError(f"{where} must be an object, found {_type_name(item)}")
-        role_value = item.get(role_key)
-        role = ROLE_ALIASES.get(role_value.lower()) if isinstance(role_value, str) else None
+    def warn(self, code: str, message: str) -> None:
+        self.warnings.append(RecordWarning(code, message))
+
+    def unknown_keys(self, item: dict[str, Any], known: frozenset[str] | tuple[str, ...], where: str) -> None:
+        for key in item:
+            if key not in known:
+                self.warn("unknown-key", f"{where}unknown key {key!r} is ignored")
+
+    def text(self, value: Any, where: str, *, required: bool) -> str:
+        """A string field: refused when missing (if required), not a string, or holding a marker."""
+        if value is None:
+            if required:
+                raise RecordError(f"{where} is missing", "missing-field")
+            return ""
+        if not isinstance(value, str):
+            raise RecordError(f"{where} must be a string, found {_type_name(value)}", "wrong-type")
+        if required and not value.strip():
+            raise RecordError(f"{where} is empty", "empty-field")
+        if _MARKERS.search(value) or _CONTROL.search(value):
+            self.suspicious(value, where)
+        if value[:1].isspace() or value[-1:].isspace():
+            self.warn("whitespace", f"{where} has leading or trailing whitespace")
+        return value
+
+    def suspicious(self, value: str, where: str) -> None:
+        found = find_markers(value)
+        if found:
+            offset, marker = found[0]
+            raise RecordError(
+                f"{where} contains the marker {marker!r} at character {offset}; the tokenizer would "
+                "read it as a control token: remove it or write it differently",
+                "marker-in-text",
+            )
+        control = _CONTROL.search(value)
+        if control:
+            self.warn(
+                "control-character",
+                f"{where} contains the control character U+{ord(control.group()):04X} at character {control.start()}",
+            )
+
+    def system(self, record: dict[str, Any]) -> str | None:
+        """A record's own system prompt; empty or absent means the template's."""
+        system = self.text(record.get("system"), "field 'system'", required=False)
+        return system if system.strip() else None
+
+    def instruction(self, record: dict[str, Any]) -> Conversation:
+        instruction = self.text(record.get("instruction"), "field 'instruction'", required=True)
+        extra = self.text(record.get("input"), "field 'input'", required=False)
+        turns = [Turn(HUMAN, instruction, extra)]
+        if self.require_answer or record.get("output") is not None:
+            turns.append(Turn(ASSISTANT, self.text(record.get("output"), "field 'output'", required=True)))
+        return Conversation(tuple(turns), self.system(record))
+
+    def turn_list(self, record: dict[str, Any], shape: str) -> Conversation:
+        role_key, text_key = ITEM_KEYS[shape]
+        items = record[shape]
+        if not isinstance(items, list):
+            raise RecordError(f"field '{shape}' must be an array, found {_type_name(items)}", "wrong-type")
+        if not items:
+            raise RecordError(f"field '{shape}' is empty", "empty-field")
+        system, turns = self.system(record), []
+        for index, item in enumerate(items):
+            where = f"{shape}[{index}]"
+            if not isinstance(item, dict):
+                raise RecordError(f"{where} must be an object, found {_type_name(item)}", "wrong-type")
+            role = self.role(item.get(role_key), f"{where}.{role_key}")
+            self.unknown_keys(item, ITEM_KEYS[shape], f"{where}: ")
+            if role == "system":
+                if index != 0 or "system" in record:
+                    raise RecordError(f"{where}: a system message may only come first, and only once", "bad-turn-order")
+                system = self.text(item.get(text_key), f"{where}.{text_key}", required=False) or None
+                continue
+            expected = HUMAN if len(turns) % 2 == 0 else ASSISTANT
+            if role != expected:
+                raise RecordError(_order_problem(where, role, first=not turns), "bad-turn-order")
+            turns.append(Turn(role, self.text(item.get(text_key), f"{where}.{text_key}", required=True)))
+        if not turns:
+            raise RecordError(f"field '{shape}' holds no human message", "no-human-turn")
+        if self.require_answer and turns[-1].role == HUMAN:
+            raise RecordError(
+                f"field '{shape}' ends with a human message; a training record ends with the answer", "no-answer"
+            )
+        return Conversation(tuple(turns), system)
+
+    @staticmethod
+    def role(value: Any, where: str) -> str:
+        role = ROLE_ALIASES.get(value.lower()) if isinstance(value, str) else None
         if role is None:
             raise RecordError(
-                f"{where}.{role_key}: unknown role {role_value!r} (expected one of "
-                f"{', '.join(ROLE_ALIASES)})"
+                f"{where}: unknown role {value!r} (expected one of {', '.join(ROLE_ALIASES)})", "unknown-role"
             )
-        if role == "system":
-            if index != 0 or "system" in record:
-                raise RecordError(f"{where}: a system message may only come first, and only once")
-            system = _text(item.get(text_key), f"{where}.{text_key}", required=False) or None
-            continue
-        expected = HUMAN if len(turns) % 2 == 0 else ASSISTANT
-        if role != expected:
-            raise RecordError(_order_problem(where, role, expected, first=not turns))
-        turns.append(Turn(role, _text(item.get(text_key), f"{where}.{text_key}", required=True)))
-    if not turns:
-        raise RecordError(f"field '{shape}' holds no human message")
-    if require_answer and turns[-1].role == HUMAN:
-        raise RecordError(
-            f"field '{shape}' ends with a human message; a training record ends with the answer"
-        )
-    return Conversation(tuple(turns), system)
+        return role
 
 
-def _order_problem(where: str, role: str, expected: str, *, first: bool) -> str:
+def _order_problem(where: str, role: str, *, first: bool) -> str:
     if first:
         return f"{where}: the conversation starts with the assistant; the human speaks first"
     return f"{where}: two {role} messages in a row; turns must alternate human and assistant"
@@ -150,11 +200,15 @@ def parse_record(value: Any, *, require_answer: bool = True) -> ParsedRecord:
     With `require_answer=False` a record may end with a human message (a prompt to answer).
     """
     if not isinstance(value, dict):
-        raise RecordError(f"expected a JSON object, found {_type_name(value)}")
+        raise RecordError(f"expected a JSON object, found {_type_name(value)}", "not-object")
     shape = _shape(value)
+    parser = _RecordParser(require_answer)
     if shape == INSTRUCTION:
-        return ParsedRecord(shape, _instruction(value, require_answer))
-    return ParsedRecord(shape, _turn_list(value, shape, require_answer))
+        conversation = parser.instruction(value)
+    else:
+        conversation = parser.turn_list(value, shape)
+    parser.unknown_keys(value, KNOWN_KEYS[shape], "")
+    return ParsedRecord(shape, conversation, tuple(parser.warnings))
 
 
 def domain_of(conversation: Conversation) -> str | None:
@@ -163,3 +217,12 @@ def domain_of(conversation: Conversation) -> str | None:
         return None
     match = _DOMAIN.match(conversation.turns[0].text)
     return match.group(1) if match else None
+
+
+def prompt_and_answer_keys(conversation: Conversation) -> tuple[int, int]:
+    """Hashes of everything before the last answer, and of that answer, within this process.
+
+    Equal pairs are duplicate records; equal prompts with different answers disagree.
+    """
+    turns = conversation.turns
+    return hash((conversation.system, turns[:-1])), hash(turns[-1])

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 from yayi_cli.errors import UsageError
 
 CHUNK_CHARS = 1 << 20
+CHUNK_BYTES = 4 << 20
 _WHITESPACE = " \t\r\n"
 _decoder = json.JSONDecoder()
 
@@ -55,37 +56,71 @@ def open_data_file(path: Path) -> BinaryIO:
 
 def read_records(path: Path) -> Iterator[SourceRecord]:
     """Yield every record of one data file in order."""
-    with open_data_file(path) as handle:
-        head = handle.read(4096)
-        handle.seek(0)
-        starts_array = head.lstrip(codecs.BOM_UTF8).lstrip().startswith(b"[")
-        if Path(path).suffix.lower() == ".json" and starts_array:
+    if is_json_array(path):
+        with open_data_file(path) as handle:
             yield from _array_records(str(path), handle)
-        else:
-            yield from _line_records(str(path), handle)
+        return
+    index = 0
+    for chunk in line_chunks(path):
+        for record in chunk_records(chunk, index):
+            yield record
+            index = record.index + 1
+
+
+def is_json_array(path: Path) -> bool:
+    """Whether `path` is read as one top-level JSON array rather than as JSON lines."""
+    if Path(path).suffix.lower() != ".json":
+        return False
+    with open_data_file(path) as handle:
+        return handle.read(4096).lstrip(codecs.BOM_UTF8).lstrip().startswith(b"[")
 
 
 def _json_error(error: json.JSONDecodeError) -> str:
     return f"invalid JSON: {error.msg} (column {error.colno})"
 
 
-def _line_records(path: str, handle: BinaryIO) -> Iterator[SourceRecord]:
-    index = 0
-    for number, raw_bytes in enumerate(handle, start=1):
-        if number == 1:
-            raw_bytes = raw_bytes.removeprefix(codecs.BOM_UTF8)
+@dataclass(frozen=True)
+class LineChunk:
+    """Whole lines of a JSON-lines file, small enough to hand to another process."""
+
+    path: str
+    first_line: int
+    data: bytes
+
+
+def line_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[LineChunk]:
+    """Cut a JSON-lines file into chunks of whole lines (a line longer than a chunk stays whole)."""
+    line, rest, first = 1, b"", True
+    with open_data_file(path) as handle:
+        while block := handle.read(chunk_bytes):
+            if first:
+                block, first = block.removeprefix(codecs.BOM_UTF8), False
+            data = rest + block
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield LineChunk(str(path), line, data[:cut])
+                line += data.count(b"\n", 0, cut)
+            rest = data[cut:]
+    if rest:
+        yield LineChunk(str(path), line, rest)
+
+
+def chunk_records(chunk: LineChunk, first_index: int = 0) -> Iterator[SourceRecord]:
+    """The records of a chunk; blank lines are skipped but still counted as lines."""
+    index = first_index
+    for number, raw_bytes in enumerate(chunk.data.split(b"\n"), start=chunk.first_line):
         try:
-            raw = raw_bytes.decode("utf-8").rstrip("\r\n")
+            raw = raw_bytes.decode("utf-8").rstrip("\r")
         except UnicodeDecodeError as error:
-            yield SourceRecord(path, number, index, "", error=f"invalid UTF-8 at byte {error.start + 1} of the line")
+            yield SourceRecord(chunk.path, number, index, "", error=f"invalid UTF-8 at byte {error.start + 1} of the line")
             index += 1
             continue
         if not raw.strip():
             continue
         try:
-            yield SourceRecord(path, number, index, raw, value=json.loads(raw))
+            yield SourceRecord(chunk.path, number, index, raw, value=json.loads(raw))
         except json.JSONDecodeError as error:
-            yield SourceRecord(path, number, index, raw, error=_json_error(error))
+            yield SourceRecord(chunk.path, number, index, raw, error=_json_error(error))
         index += 1
 
 

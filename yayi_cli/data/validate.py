@@ -1,0 +1,461 @@
+"""`yayi data validate`: every problem in instruction data, by file and line, in one streaming pass.
+
+Each record is read, parsed by `records.parse_record` and counted; only compact per-record keys
+(for duplicates) are kept, so memory stays small whatever the file size. Large JSON-lines files
+are checked by several processes, chunk by chunk, and their tallies merged in file order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from array import array
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from yayi_cli.data.reader import LineChunk, SourceRecord, chunk_records, is_json_array, line_chunks, read_records
+from yayi_cli.errors import DataError, UsageError
+from yayi_cli.prompt import IGNORE_INDEX, Conversation
+from yayi_cli.records import SHAPES, ParsedRecord, RecordError, domain_of, parse_record
+
+ERROR, WARNING = "error", "warning"
+DUPLICATE, CONFLICTING_ANSWER = "duplicate", "conflicting-answer"
+PARALLEL_MIN_BYTES = 32 << 20
+"""JSON-lines input at least this large is checked by one process per core."""
+NO_DOMAIN = ""
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    line: int
+    index: int | None
+    severity: str
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.severity}: {self.message}"
+
+
+@dataclass
+class FileStats:
+    path: str
+    records: int = 0
+    valid: int = 0
+    errors: int = 0
+    warnings: int = 0
+    turns: int = 0
+    characters: int = 0
+    shapes: Counter[str] = field(default_factory=Counter)
+
+    def merge(self, other: FileStats) -> None:
+        for name in ("records", "valid", "errors", "warnings", "turns", "characters"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.shapes.update(other.shapes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "shapes": {shape: self.shapes[shape] for shape in SHAPES}}
+
+
+def check_record(source: SourceRecord) -> ParsedRecord | Problem:
+    """The parsed record, or the error that makes it invalid (shared with `data split`)."""
+    if source.error is not None:
+        code = "invalid-utf8" if "UTF-8" in source.error else "invalid-json"
+        return Problem(source.path, source.line, source.index, ERROR, code, source.error)
+    try:
+        return parse_record(source.value)
+    except RecordError as error:
+        return Problem(source.path, source.line, source.index, ERROR, error.code, str(error))
+
+
+def content_keys(conversation: Conversation) -> tuple[int, int]:
+    """64-bit hash of everything before the last answer and 32-bit hash of that answer.
+
+    Stable across processes and machines (unlike `hash`), so chunks checked elsewhere agree.
+    """
+    *prompt, answer = conversation.turns
+    prompt_text = "\x1f".join([conversation.system or "", *("\x1e".join(turn) for turn in prompt)])
+    prompt_key = hashlib.blake2b(prompt_text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    answer_key = hashlib.blake2b(answer.text.encode("utf-8", "surrogatepass"), digest_size=4).digest()
+    return int.from_bytes(prompt_key, "little"), int.from_bytes(answer_key, "little")
+
+
+@dataclass
+class Tally:
+    """Everything checking a run of records found; tallies of chunks merge into one."""
+
+    max_listed: int
+    files: dict[str, FileStats] = field(default_factory=dict)
+    domains: Counter[str] = field(default_factory=Counter)
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    problems: list[Problem] = field(default_factory=list)
+    prompt_keys: array = field(default_factory=lambda: array("Q"))
+    answer_keys: array = field(default_factory=lambda: array("I"))
+    lines: array = field(default_factory=lambda: array("I"))
+    file_ids: array = field(default_factory=lambda: array("H"))
+    file_id: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def paths(self) -> list[str]:
+        return list(self.files)
+
+    def file(self, path: str) -> FileStats:
+        if path not in self.files:
+            self.files[path] = FileStats(path)
+            self.file_id[path] = len(self.file_id)
+        return self.files[path]
+
+    def report(self, problem: Problem) -> None:
+        """Count a problem; list it while under the cap (--max-errors caps listing, not counting)."""
+        self.counts[problem.severity, problem.code] += 1
+        stats = self.file(problem.path)
+        if problem.severity == ERROR:
+            stats.errors += 1
+        else:
+            stats.warnings += 1
+        if len(self.problems) < self.max_listed:
+            self.problems.append(problem)
+
+    def add(self, source: SourceRecord) -> ParsedRecord | None:
+        """Check and count one record; return its parse when it is valid."""
+        stats = self.file(source.path)
+        stats.records += 1
+        checked = check_record(source)
+        if isinstance(checked, Problem):
+            self.report(checked)
+            return None
+        conversation = checked.conversation
+        stats.valid += 1
+        stats.shapes[checked.shape] += 1
+        stats.turns += len(conversation.turns)
+        stats.characters += sum(len(turn.text) + len(turn.input) for turn in conversation.turns)
+        self.domains[domain_of(conversation) or NO_DOMAIN] += 1
+        for warning in checked.warnings:
+            self.report(Problem(source.path, source.line, source.index, WARNING, warning.code, warning.message))
+        prompt_key, answer_key = content_keys(conversation)
+        self.prompt_keys.append(prompt_key)
+        self.answer_keys.append(answer_key)
+        self.lines.append(source.line)
+        self.file_ids.append(self.file_id[source.path])
+        return checked
+
+    def merge(self, other: Tally, index_offset: int) -> None:
+        """Add a later chunk's tally, whose record indexes started at 0."""
+        for path, stats in other.files.items():
+            self.file(path).merge(stats)
+        self.domains.update(other.domains)
+        self.counts.update(other.counts)
+        room = self.max_listed - len(self.problems)
+        self.problems.extend(
+            Problem(p.path, p.line, p.index + index_offset, p.severity, p.code, p.message) for p in other.problems[:room]
+        )
+        self.prompt_keys.extend(other.prompt_keys)
+        self.answer_keys.extend(other.answer_keys)
+        self.lines.extend(other.lines)
+        their_paths = other.paths
+        self.file_ids.extend(array("H", (self.file_id[their_paths[i]] for i in other.file_ids)))
+
+    def report_duplicates(self) -> None:
+        """Warn about repeated records and about one prompt given different answers."""
+        for repeat in find_repeats(self.prompt_keys, self.answer_keys):
+            path, line = self.paths[self.file_ids[repeat.ordinal]], self.lines[repeat.ordinal]
+            where = f"{self.paths[self.file_ids[repeat.earlier]]}:{self.lines[repeat.earlier]}"
+            if repeat.kind == DUPLICATE:
+                message = f"duplicate of the record at {where}"
+            else:
+                message = f"same prompt as the record at {where}, with a different answer"
+            self.report(Problem(path, line, None, WARNING, repeat.kind, message))
+
+
+class Repeat(NamedTuple):
+    ordinal: int
+    earlier: int
+    kind: str
+
+
+def find_repeats(prompt_keys: array, answer_keys: array) -> list[Repeat]:
+    """Records (by ordinal) that repeat an earlier prompt, in input order.
+
+    A `duplicate` has the prompt and answer of an earlier record (`earlier` is the first such);
+    a `conflicting-answer` record is the first with its answer among records sharing the prompt
+    of an earlier one (`earlier` is the earliest record with that prompt). Only the two compact
+    key arrays are sorted, so this costs a few bytes per record, not a Python object each.
+    """
+    import numpy as np
+
+    prompts = np.frombuffer(prompt_keys, dtype=np.uint64)
+    answers = np.frombuffer(answer_keys, dtype=np.uint32)
+    order = np.lexsort((answers, prompts))  # by prompt, then answer, then input order
+    sorted_prompts = prompts[order]
+    shared = (sorted_prompts[1:] == sorted_prompts[:-1]).view(np.int8)
+    del sorted_prompts
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], shared, [0]))))
+    repeats = []
+    for start, stop in zip(edges[::2].tolist(), (edges[1::2] + 1).tolist()):
+        members = order[start:stop].tolist()
+        earliest, first_with_answer = min(members), {}
+        for ordinal in members:
+            answer = int(answers[ordinal])
+            if answer in first_with_answer:
+                repeats.append(Repeat(ordinal, first_with_answer[answer], DUPLICATE))
+                continue
+            first_with_answer[answer] = ordinal
+            if ordinal != earliest:
+                repeats.append(Repeat(ordinal, earliest, CONFLICTING_ANSWER))
+    return sorted(repeats)
+
+
+def _check_chunk(chunk: LineChunk, max_listed: int) -> Tally:
+    """Worker: check one chunk of JSON lines in another process."""
+    tally = Tally(max_listed)
+    for source in chunk_records(chunk):
+        tally.add(source)
+    return tally
+
+
+@dataclass
+class TokenStats:
+    """Token lengths through the prompt core, and the records longer than `max_length`."""
+
+    model: str
+    template: str
+    max_length: int | None
+    lengths: array = field(default_factory=lambda: array("I"))
+    truncated: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        import numpy as np
+
+        lengths = np.frombuffer(self.lengths, dtype=np.uint32)
+        percentiles = {
+            name: int(np.percentile(lengths, q, method="higher")) if len(lengths) else None
+            for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+        }
+        return {
+            "model": self.model, "template": self.template, "max_length": self.max_length,
+            "records": len(lengths), **percentiles, "truncated": self.truncated,
+        }
+
+
+class TokenCounter:
+    """Encodes valid records in batches and reports those that `max_length` would cut."""
+
+    BATCH = 256
+
+    def __init__(self, prompt_tokenizer: Any, stats: TokenStats, tally: Tally) -> None:
+        self.prompt_tokenizer = prompt_tokenizer
+        self.stats = stats
+        self.tally = tally
+        self.pending: list[tuple[SourceRecord, Conversation]] = []
+
+    def add(self, source: SourceRecord, conversation: Conversation) -> None:
+        try:
+            conversation.refuse(self.prompt_tokenizer.reserved)
+        except DataError as error:
+            self.tally.report(Problem(source.path, source.line, source.index, ERROR, "special-token", str(error)))
+            return
+        self.pending.append((source, conversation))
+        if len(self.pending) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        encoded = self.prompt_tokenizer.encode_training_batch([c for _, c in self.pending])
+        limit = self.stats.max_length
+        for (source, _), example in zip(self.pending, encoded):
+            self.stats.lengths.append(len(example.input_ids))
+            if limit is not None and len(example.input_ids) > limit:
+                lost = sum(label != IGNORE_INDEX for label in example.labels[limit:])
+                self.stats.truncated += 1
+                self.tally.report(Problem(
+                    source.path, source.line, source.index, WARNING, "truncated",
+                    f"{len(example.input_ids)} tokens, more than --max-length {limit}: "
+                    f"{lost} of {example.num_loss_tokens} answer tokens would be lost",
+                ))
+        self.pending = []
+
+
+@dataclass
+class ValidationReport:
+    tally: Tally
+    strict: bool
+    tokens: TokenStats | None = None
+
+    @property
+    def errors(self) -> int:
+        return sum(n for (severity, _), n in self.tally.counts.items() if severity == ERROR)
+
+    @property
+    def warnings(self) -> int:
+        return sum(n for (severity, _), n in self.tally.counts.items() if severity == WARNING)
+
+    @property
+    def records(self) -> int:
+        return sum(stats.records for stats in self.tally.files.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.errors == 0 and not (self.strict and self.warnings)
+
+    def to_json(self) -> dict[str, Any]:
+        files = [self.tally.files[path].to_json() for path in self.tally.paths]
+        totals = {name: sum(f[name] for f in files) for name in ("records", "valid", "errors", "warnings", "turns", "characters")}
+        totals["shapes"] = {shape: sum(f["shapes"][shape] for f in files) for shape in SHAPES}
+        return {
+            "ok": self.ok,
+            "strict": self.strict,
+            "files": files,
+            "totals": totals,
+            "domains": {d: n for d, n in self.tally.domains.most_common() if d != NO_DOMAIN},
+            "no_domain": self.tally.domains[NO_DOMAIN],
+            "problem_counts": {f"{severity}:{code}": n for (severity, code), n in sorted(self.tally.counts.items())},
+            "problems": [asdict(problem) for problem in self.tally.problems],
+            "problems_listed": len(self.tally.problems),
+            "tokens": self.tokens.to_json() if self.tokens else None,
+        }
+
+
+def _check_in_parallel(pool: ProcessPoolExecutor, workers: int, path: Path, tally: Tally, progress: Callable[[int], None]) -> None:
+    """Check a JSON-lines file chunk by chunk in the pool's processes, merging in file order.
+
+    At most two chunks per worker are in flight, so memory does not grow with the input.
+    """
+    pending: deque[tuple[Future[Tally], int]] = deque()
+    records_before = 0
+
+    def merge_oldest() -> None:
+        nonlocal records_before
+        future, size = pending.popleft()
+        chunk_tally = future.result()
+        tally.merge(chunk_tally, records_before)
+        records_before += sum(stats.records for stats in chunk_tally.files.values())
+        progress(size)
+
+    for chunk in line_chunks(path):
+        pending.append((pool.submit(_check_chunk, chunk, tally.max_listed), len(chunk.data)))
+        if len(pending) >= 2 * workers:
+            merge_oldest()
+    while pending:
+        merge_oldest()
+
+
+def _sizes(paths: Sequence[Path]) -> list[int]:
+    sizes = []
+    for path in paths:
+        try:
+            sizes.append(Path(path).stat().st_size)
+        except FileNotFoundError:
+            raise UsageError(f"{path}: no such file") from None
+    return sizes
+
+
+def validate(
+    paths: Sequence[Path],
+    *,
+    model: str | None = None,
+    template_name: str | None = None,
+    max_length: int | None = None,
+    strict: bool = False,
+    max_listed: int = 100,
+    workers: int | None = None,
+    trust_remote_code: bool = False,
+    progress: Callable[[int], None] = lambda size: None,
+) -> ValidationReport:
+    """Check every record of `paths`; with `model`, also token lengths and truncation.
+
+    `progress` is called with the number of bytes finished, for a progress bar.
+    `workers=None` uses one process per core for large JSON-lines input (without a model).
+    """
+    sizes = _sizes(paths)
+    tally = Tally(max_listed)
+    counter = _token_counter(model, template_name, max_length, trust_remote_code, tally) if model else None
+    if workers is None:
+        workers = (os.cpu_count() or 1) if sum(sizes) >= PARALLEL_MIN_BYTES else 1
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers)) if workers > 1 and counter is None else None
+        for path, size in zip(paths, sizes):
+            tally.file(str(path))  # listed even when it holds no record
+            if pool is not None and not is_json_array(path):
+                _check_in_parallel(pool, workers, path, tally, progress)
+                continue
+            for source in read_records(path):
+                parsed = tally.add(source)
+                if parsed is not None and counter is not None:
+                    counter.add(source, parsed.conversation)
+            progress(size)
+    if counter is not None and counter.pending:
+        counter.flush()
+    tally.report_duplicates()
+    return ValidationReport(tally, strict, counter.stats if counter else None)
+
+
+def _token_counter(model: str, template_name: str | None, max_length: int | None, trust_remote_code: bool, tally: Tally) -> TokenCounter:
+    from yayi_cli.models import context_length, load_tokenizer
+    from yayi_cli.prompt import PromptTokenizer, add_markers, resolve_template
+
+    template, _ = resolve_template(template_name, model)
+    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+    add_markers(tokenizer)
+    limit = max_length if max_length is not None else context_length(model, tokenizer)
+    stats = TokenStats(model, template.name, limit)
+    return TokenCounter(PromptTokenizer(template, tokenizer), stats, tally)
+
+
+def print_report(report: ValidationReport, console: Any) -> None:
+    """Problems first, one `file:line: severity: reason` line each, then the statistics tables."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    for problem in report.tally.problems:
+        colour = "red" if problem.severity == ERROR else "yellow"
+        console.print(
+            f"{escape(problem.path)}:{problem.line}: [{colour}]{problem.severity}[/]: {escape(problem.message)}",
+            highlight=False, soft_wrap=True,
+        )
+    unlisted = report.errors + report.warnings - len(report.tally.problems)
+    if unlisted:
+        console.print(f"[dim]... and {unlisted} more not listed (raise --max-errors to list them)[/]")
+
+    stats = list(report.tally.files.values())
+    files = Table(title="Records", title_justify="left")
+    files.add_column("")
+    for column in stats:
+        files.add_column(escape(column.path), justify="right", overflow="fold")
+    for row in ("records", "valid", "errors", "warnings", *SHAPES, "turns", "characters"):
+        values = [column.shapes[row] if row in SHAPES else getattr(column, row) for column in stats]
+        files.add_row(row, *(str(value) for value in values))
+    console.print(files)
+
+    domains = report.tally.domains
+    if set(domains) - {NO_DOMAIN}:
+        table = Table(title="Domains (【…】 prefix of the first message)", title_justify="left")
+        table.add_column("domain")
+        table.add_column("records", justify="right")
+        for domain, count in domains.most_common():
+            if domain != NO_DOMAIN:
+                table.add_row(escape(domain), str(count))
+        if domains[NO_DOMAIN]:
+            table.add_row("[dim](none)[/]", str(domains[NO_DOMAIN]))
+        console.print(table)
+
+    if report.tokens is not None:
+        tokens = report.tokens.to_json()
+        table = Table(title=f"Tokens ({escape(tokens['model'])}, template {tokens['template']})", title_justify="left")
+        for column in ("p50", "p90", "p99", "max", "max_length", "truncated"):
+            table.add_column(column, justify="right")
+        table.add_row(*(str(tokens[column]) for column in ("p50", "p90", "p99", "max", "max_length", "truncated")))
+        console.print(table)
+        if tokens["max_length"] is None:
+            console.print("[yellow]the model's context length is unknown: pass --max-length to check truncation[/]")
+
+    verdict = "[green]valid[/]" if report.ok else "[red]invalid[/]"
+    under = " (--strict: warnings count as errors)" if report.strict and report.warnings else ""
+    console.print(
+        f"{report.records} records in {len(report.tally.files)} file(s): {report.errors} errors, "
+        f"{report.warnings} warnings{under}: {verdict}", highlight=False,
+    )
