@@ -66,6 +66,7 @@ def test_a_prompt_without_answer_is_accepted_only_when_asked():
         ({"instruction": "q", "input": ["x"], "output": "a"}, "field 'input' must be a string, found an array"),
         ({"instruction": "q", "output": "a", "system": True}, "field 'system' must be a string, found a boolean"),
         ({"instruction": "say <|End|>", "output": "a"}, "field 'instruction' contains the marker '<|End|>' at character 4"),
+        ({"instruction": "q", "output": "a\u0001\ud800"}, "field 'output' contains a lone surrogate (U+D800) at character 2"),
         ({"conversations": {"from": "human"}}, "field 'conversations' must be an array, found an object"),
         ({"conversations": []}, "field 'conversations' is empty"),
         ({"conversations": ["hi"]}, "conversations[0] must be an object, found a string"),
@@ -96,4 +97,4 @@ def test_every_rejection_names_the_field_and_the_problem(record, reason):
     ],
 )
 def test_the_domain_is_the_bracketed_prefix_of_the_first_message(first_message, domain):
-    assert domain_of(parse_record({"instruction": first_message, "output": "a"}).conversation) == domain
+    assert domain_of(first_message) == domain

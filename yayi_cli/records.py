@@ -40,6 +40,10 @@ ITEM_KEYS = {CONVERSATIONS: ("from", "value"), MESSAGES: ("role", "content")}
 _DOMAIN = re.compile(r"^\s*【([^【】\n]{1,40})】")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 """Control characters other than tab and newline."""
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+"""Lone surrogates, which only an invalid \\u escape produces."""
+_UNUSUAL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+"""Either of the two: one scan clears almost every text."""
 _MARKERS = marker_pattern()
 
 
@@ -57,9 +61,16 @@ class RecordWarning(NamedTuple):
 
 
 class ParsedRecord(NamedTuple):
+    """A valid record: its turns already checked (order, markers), so the conversation is safe."""
+
     shape: str
-    conversation: Conversation
+    turns: tuple[Turn, ...]
+    system: str | None
     warnings: tuple[RecordWarning, ...] = ()
+
+    @property
+    def conversation(self) -> Conversation:
+        return Conversation(self.turns, self.system)
 
 
 def _type_name(value: Any) -> str:
@@ -112,7 +123,7 @@ class _RecordParser:
             raise RecordError(f"{where} must be a string, found {_type_name(value)}", "wrong-type")
         if required and not value.strip():
             raise RecordError(f"{where} is empty", "empty-field")
-        if _MARKERS.search(value) or _CONTROL.search(value):
+        if _MARKERS.search(value) or (not value.isprintable() and _UNUSUAL.search(value)):
             self.suspicious(value, where)
         if value[:1].isspace() or value[-1:].isspace():
             self.warn("whitespace", f"{where} has leading or trailing whitespace")
@@ -127,6 +138,13 @@ class _RecordParser:
                 "read it as a control token: remove it or write it differently",
                 "marker-in-text",
             )
+        surrogate = _SURROGATE.search(value)
+        if surrogate:
+            raise RecordError(
+                f"{where} contains a lone surrogate (U+{ord(surrogate.group()):04X}) at character "
+                f"{surrogate.start()}, from an invalid \\u escape; it cannot be encoded or tokenized",
+                "invalid-unicode",
+            )
         control = _CONTROL.search(value)
         if control:
             self.warn(
@@ -139,15 +157,15 @@ class _RecordParser:
         system = self.text(record.get("system"), "field 'system'", required=False)
         return system if system.strip() else None
 
-    def instruction(self, record: dict[str, Any]) -> Conversation:
+    def instruction(self, record: dict[str, Any]) -> tuple[tuple[Turn, ...], str | None]:
         instruction = self.text(record.get("instruction"), "field 'instruction'", required=True)
         extra = self.text(record.get("input"), "field 'input'", required=False)
         turns = [Turn(HUMAN, instruction, extra)]
         if self.require_answer or record.get("output") is not None:
             turns.append(Turn(ASSISTANT, self.text(record.get("output"), "field 'output'", required=True)))
-        return Conversation(tuple(turns), self.system(record))
+        return tuple(turns), self.system(record)
 
-    def turn_list(self, record: dict[str, Any], shape: str) -> Conversation:
+    def turn_list(self, record: dict[str, Any], shape: str) -> tuple[tuple[Turn, ...], str | None]:
         role_key, text_key = ITEM_KEYS[shape]
         items = record[shape]
         if not isinstance(items, list):
@@ -176,7 +194,7 @@ class _RecordParser:
             raise RecordError(
                 f"field '{shape}' ends with a human message; a training record ends with the answer", "no-answer"
             )
-        return Conversation(tuple(turns), system)
+        return tuple(turns), system
 
     @staticmethod
     def role(value: Any, where: str) -> str:
@@ -203,26 +221,12 @@ def parse_record(value: Any, *, require_answer: bool = True) -> ParsedRecord:
         raise RecordError(f"expected a JSON object, found {_type_name(value)}", "not-object")
     shape = _shape(value)
     parser = _RecordParser(require_answer)
-    if shape == INSTRUCTION:
-        conversation = parser.instruction(value)
-    else:
-        conversation = parser.turn_list(value, shape)
+    turns, system = parser.instruction(value) if shape == INSTRUCTION else parser.turn_list(value, shape)
     parser.unknown_keys(value, KNOWN_KEYS[shape], "")
-    return ParsedRecord(shape, conversation, tuple(parser.warnings))
+    return ParsedRecord(shape, turns, system, tuple(parser.warnings))
 
 
-def domain_of(conversation: Conversation) -> str | None:
-    """The YaYi domain prefix of the first human message, `【媒宣领域任务】` -> `媒宣领域任务`."""
-    if not conversation.turns:
-        return None
-    match = _DOMAIN.match(conversation.turns[0].text)
+def domain_of(first_message: str) -> str | None:
+    """The YaYi domain prefix of a conversation's first message, `【媒宣领域任务】…` -> `媒宣领域任务`."""
+    match = _DOMAIN.match(first_message)
     return match.group(1) if match else None
-
-
-def prompt_and_answer_keys(conversation: Conversation) -> tuple[int, int]:
-    """Hashes of everything before the last answer, and of that answer, within this process.
-
-    Equal pairs are duplicate records; equal prompts with different answers disagree.
-    """
-    turns = conversation.turns
-    return hash((conversation.system, turns[:-1])), hash(turns[-1])

@@ -124,7 +124,7 @@ def preview_record(source: SourceRecord, template: Template, prompt_tokenizer: P
         tokens = _token_view(prompt_tokenizer, parsed.conversation) if prompt_tokenizer else None
     except DataError as error:
         return PreviewItem(source, error=str(error))
-    return PreviewItem(source, parsed.shape, domain_of(parsed.conversation), rendered, tokens)
+    return PreviewItem(source, parsed.shape, domain_of(parsed.turns[0].text), rendered, tokens)
 
 
 def preview(

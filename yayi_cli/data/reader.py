@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from yayi_cli.errors import UsageError
 
@@ -23,8 +23,7 @@ _WHITESPACE = " \t\r\n"
 _decoder = json.JSONDecoder()
 
 
-@dataclass(frozen=True)
-class SourceRecord:
+class SourceRecord(NamedTuple):
     """One record as found in a file: its JSON value, or why the text is not JSON."""
 
     path: str
@@ -105,20 +104,37 @@ def line_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[LineChun
         yield LineChunk(str(path), line, rest)
 
 
+def _decoded_lines(chunk: LineChunk) -> Iterator[tuple[int, str | None, int]]:
+    """(line number, text or None, byte offset of the first bad byte) for each line of a chunk.
+
+    The whole chunk is decoded at once; only a chunk holding invalid UTF-8 is decoded line by line.
+    """
+    try:
+        lines = chunk.data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        for number, raw_bytes in enumerate(chunk.data.split(b"\n"), start=chunk.first_line):
+            try:
+                yield number, raw_bytes.decode("utf-8"), 0
+            except UnicodeDecodeError as error:
+                yield number, None, error.start
+        return
+    yield from ((number, line, 0) for number, line in enumerate(lines, start=chunk.first_line))
+
+
 def chunk_records(chunk: LineChunk, first_index: int = 0) -> Iterator[SourceRecord]:
     """The records of a chunk; blank lines are skipped but still counted as lines."""
     index = first_index
-    for number, raw_bytes in enumerate(chunk.data.split(b"\n"), start=chunk.first_line):
-        try:
-            raw = raw_bytes.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError as error:
-            yield SourceRecord(chunk.path, number, index, "", error=f"invalid UTF-8 at byte {error.start + 1} of the line")
+    for number, raw, bad_byte in _decoded_lines(chunk):
+        if raw is None:
+            yield SourceRecord(chunk.path, number, index, "", error=f"invalid UTF-8 at byte {bad_byte + 1} of the line")
             index += 1
             continue
-        if not raw.strip():
+        if raw.endswith("\r"):
+            raw = raw[:-1]
+        if not raw or raw.isspace():
             continue
         try:
-            yield SourceRecord(chunk.path, number, index, raw, value=json.loads(raw))
+            yield SourceRecord(chunk.path, number, index, raw, _decoder.decode(raw))
         except json.JSONDecodeError as error:
             yield SourceRecord(chunk.path, number, index, raw, error=_json_error(error))
         index += 1

@@ -26,7 +26,7 @@ from yayi_cli.atomic import atomic_files
 from yayi_cli.data.reader import SourceRecord, read_records
 from yayi_cli.data.validate import DUPLICATE, Problem, check_record, content_keys, find_repeats
 from yayi_cli.errors import DataError, UsageError
-from yayi_cli.records import domain_of
+from yayi_cli.records import ParsedRecord, domain_of
 
 DEFAULT_SEED = 515
 """The upstream YaYi training default."""
@@ -103,8 +103,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _valid_records(paths: Sequence[Path], survey: Survey | None) -> Iterator[tuple[SourceRecord, str, Any]]:
-    """(source, stratum, conversation) of every valid record; counts into `survey` when given."""
+def _valid_records(paths: Sequence[Path], survey: Survey | None) -> Iterator[tuple[SourceRecord, str, ParsedRecord]]:
+    """(source, domain, parsed record) of every valid record; counts into `survey` when given."""
     for path in paths:
         if survey is not None:
             survey.inputs.append(InputFile(str(path), _sha256(path)))
@@ -119,18 +119,18 @@ def _valid_records(paths: Sequence[Path], survey: Survey | None) -> Iterator[tup
                 continue
             if survey is not None:
                 survey.inputs[-1].valid += 1
-            yield source, domain_of(checked.conversation) or NO_DOMAIN, checked.conversation
+            yield source, domain_of(checked.turns[0].text) or NO_DOMAIN, checked
 
 
 def survey_inputs(paths: Sequence[Path], *, stratify: bool, dedupe: bool) -> Survey:
     """First pass: check and count everything; with `dedupe`, find the later copies of records."""
     survey = Survey()
     prompt_keys, answer_keys, stratum_ids, names = array("Q"), array("I"), array("H"), {}
-    for _, domain, conversation in _valid_records(paths, survey):
+    for _, domain, record in _valid_records(paths, survey):
         stratum = domain if stratify else ""
         survey.strata[stratum] += 1
         if dedupe:
-            prompt_key, answer_key = content_keys(conversation)
+            prompt_key, answer_key = content_keys(record)
             prompt_keys.append(prompt_key)
             answer_keys.append(answer_key)
             stratum_ids.append(names.setdefault(stratum, len(names)))

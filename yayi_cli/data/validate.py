@@ -7,8 +7,10 @@ are checked by several processes, chunk by chunk, and their tallies merged in fi
 
 from __future__ import annotations
 
+import bisect
 import contextlib
-import hashlib
+import gc
+import multiprocessing
 import os
 from array import array
 from collections import Counter, deque
@@ -74,16 +76,17 @@ def check_record(source: SourceRecord) -> ParsedRecord | Problem:
         return Problem(source.path, source.line, source.index, ERROR, error.code, str(error))
 
 
-def content_keys(conversation: Conversation) -> tuple[int, int]:
-    """64-bit hash of everything before the last answer and 32-bit hash of that answer.
+def content_keys(record: ParsedRecord) -> tuple[int, int]:
+    """Hash of everything before the last answer (64 bits) and of that answer (32 bits).
 
-    Stable across processes and machines (unlike `hash`), so chunks checked elsewhere agree.
+    Python's own string hash: fast, and equal for equal text within this process and the
+    processes it forks (they share its hash secret), which is all duplicate detection needs.
     """
-    *prompt, answer = conversation.turns
-    prompt_text = "\x1f".join([conversation.system or "", *("\x1e".join(turn) for turn in prompt)])
-    prompt_key = hashlib.blake2b(prompt_text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    answer_key = hashlib.blake2b(answer.text.encode("utf-8", "surrogatepass"), digest_size=4).digest()
-    return int.from_bytes(prompt_key, "little"), int.from_bytes(answer_key, "little")
+    *prompt, answer = record.turns
+    return hash((record.system, *prompt)) & _MASK_64, hash(answer) & _MASK_32
+
+
+_MASK_64, _MASK_32 = (1 << 64) - 1, (1 << 32) - 1
 
 
 @dataclass
@@ -98,8 +101,8 @@ class Tally:
     prompt_keys: array = field(default_factory=lambda: array("Q"))
     answer_keys: array = field(default_factory=lambda: array("I"))
     lines: array = field(default_factory=lambda: array("I"))
-    file_ids: array = field(default_factory=lambda: array("H"))
-    file_id: dict[str, int] = field(default_factory=dict)
+    first_ordinal: dict[str, int] = field(default_factory=dict)
+    """Where each file's records start among the keys: records of a file are consecutive."""
 
     @property
     def paths(self) -> list[str]:
@@ -108,8 +111,13 @@ class Tally:
     def file(self, path: str) -> FileStats:
         if path not in self.files:
             self.files[path] = FileStats(path)
-            self.file_id[path] = len(self.file_id)
+            self.first_ordinal[path] = len(self.lines)
         return self.files[path]
+
+    def locate(self, ordinal: int) -> tuple[str, int]:
+        """(path, line) of the record with this ordinal among the keys."""
+        starts = list(self.first_ordinal.values())
+        return self.paths[bisect.bisect_right(starts, ordinal) - 1], self.lines[ordinal]
 
     def report(self, problem: Problem) -> None:
         """Count a problem; list it while under the cap (--max-errors caps listing, not counting)."""
@@ -130,24 +138,23 @@ class Tally:
         if isinstance(checked, Problem):
             self.report(checked)
             return None
-        conversation = checked.conversation
         stats.valid += 1
         stats.shapes[checked.shape] += 1
-        stats.turns += len(conversation.turns)
-        stats.characters += sum(len(turn.text) + len(turn.input) for turn in conversation.turns)
-        self.domains[domain_of(conversation) or NO_DOMAIN] += 1
+        stats.turns += len(checked.turns)
+        for turn in checked.turns:
+            stats.characters += len(turn.text) + len(turn.input)
+        self.domains[domain_of(checked.turns[0].text) or NO_DOMAIN] += 1
         for warning in checked.warnings:
             self.report(Problem(source.path, source.line, source.index, WARNING, warning.code, warning.message))
-        prompt_key, answer_key = content_keys(conversation)
+        prompt_key, answer_key = content_keys(checked)
         self.prompt_keys.append(prompt_key)
         self.answer_keys.append(answer_key)
         self.lines.append(source.line)
-        self.file_ids.append(self.file_id[source.path])
         return checked
 
     def merge(self, other: Tally, index_offset: int) -> None:
         """Add a later chunk's tally, whose record indexes started at 0."""
-        for path, stats in other.files.items():
+        for path, stats in other.files.items():  # before the keys: a new file starts at the end
             self.file(path).merge(stats)
         self.domains.update(other.domains)
         self.counts.update(other.counts)
@@ -158,14 +165,12 @@ class Tally:
         self.prompt_keys.extend(other.prompt_keys)
         self.answer_keys.extend(other.answer_keys)
         self.lines.extend(other.lines)
-        their_paths = other.paths
-        self.file_ids.extend(array("H", (self.file_id[their_paths[i]] for i in other.file_ids)))
 
     def report_duplicates(self) -> None:
         """Warn about repeated records and about one prompt given different answers."""
         for repeat in find_repeats(self.prompt_keys, self.answer_keys):
-            path, line = self.paths[self.file_ids[repeat.ordinal]], self.lines[repeat.ordinal]
-            where = f"{self.paths[self.file_ids[repeat.earlier]]}:{self.lines[repeat.earlier]}"
+            path, line = self.locate(repeat.ordinal)
+            where = "{}:{}".format(*self.locate(repeat.earlier))
             if repeat.kind == DUPLICATE:
                 message = f"duplicate of the record at {where}"
             else:
@@ -190,32 +195,45 @@ def find_repeats(prompt_keys: array, answer_keys: array) -> list[Repeat]:
     import numpy as np
 
     prompts = np.frombuffer(prompt_keys, dtype=np.uint64)
-    answers = np.frombuffer(answer_keys, dtype=np.uint32)
-    order = np.lexsort((answers, prompts))  # by prompt, then answer, then input order
+    order = np.argsort(prompts, kind="stable")  # equal prompts side by side, in input order
     sorted_prompts = prompts[order]
     shared = (sorted_prompts[1:] == sorted_prompts[:-1]).view(np.int8)
     del sorted_prompts
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], shared, [0]))))
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], shared, [0])))).tolist()
     repeats = []
-    for start, stop in zip(edges[::2].tolist(), (edges[1::2] + 1).tolist()):
-        members = order[start:stop].tolist()
-        earliest, first_with_answer = min(members), {}
+    for start, stop in zip(edges[::2], edges[1::2]):
+        members = order[start : stop + 1].tolist()  # ascending: the first is the earliest
+        first_with_answer = {}
         for ordinal in members:
-            answer = int(answers[ordinal])
+            answer = answer_keys[ordinal]
             if answer in first_with_answer:
                 repeats.append(Repeat(ordinal, first_with_answer[answer], DUPLICATE))
                 continue
             first_with_answer[answer] = ordinal
-            if ordinal != earliest:
-                repeats.append(Repeat(ordinal, earliest, CONFLICTING_ANSWER))
+            if ordinal != members[0]:
+                repeats.append(Repeat(ordinal, members[0], CONFLICTING_ANSWER))
     return sorted(repeats)
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause the cycle collector: parsed records hold no cycles, and its passes over millions of
+    short-lived dicts cost a fifth of the checking time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _check_chunk(chunk: LineChunk, max_listed: int) -> Tally:
     """Worker: check one chunk of JSON lines in another process."""
     tally = Tally(max_listed)
-    for source in chunk_records(chunk):
-        tally.add(source)
+    with _no_cyclic_gc():
+        for source in chunk_records(chunk):
+            tally.add(source)
     return tally
 
 
@@ -377,16 +395,21 @@ def validate(
     if workers is None:
         workers = (os.cpu_count() or 1) if sum(sizes) >= PARALLEL_MIN_BYTES else 1
     with contextlib.ExitStack() as stack:
-        pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers)) if workers > 1 and counter is None else None
+        pool = None
+        if workers > 1 and counter is None and "fork" in multiprocessing.get_all_start_methods():
+            # fork: the workers share this process's string-hash secret (see content_keys)
+            context = multiprocessing.get_context("fork")
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers, mp_context=context))
         for path, size in zip(paths, sizes):
             tally.file(str(path))  # listed even when it holds no record
             if pool is not None and not is_json_array(path):
                 _check_in_parallel(pool, workers, path, tally, progress)
                 continue
-            for source in read_records(path):
-                parsed = tally.add(source)
-                if parsed is not None and counter is not None:
-                    counter.add(source, parsed.conversation)
+            with _no_cyclic_gc():
+                for source in read_records(path):
+                    parsed = tally.add(source)
+                    if parsed is not None and counter is not None:
+                        counter.add(source, parsed.conversation)
             progress(size)
     if counter is not None and counter.pending:
         counter.flush()
