@@ -21,10 +21,13 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m yayi_cli.tiny $(DEMO)/tiny-bloom --arch bloom --data examples/sample.jsonl --force
-	$(BIN)/yayi data preview examples/sample.jsonl -n 3 --model $(DEMO)/tiny-bloom
+	$(BIN)/yayi data validate examples/sample.jsonl --model $(DEMO)/tiny-bloom
+	$(BIN)/yayi data split examples/sample.jsonl --test-size 5 --stratify domain -o $(DEMO)/split --force
+	$(BIN)/yayi data preview $(DEMO)/split/test.jsonl -n 2 --model $(DEMO)/tiny-bloom
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cli_startup.py --runs 15
+	$(BIN)/python benchmarks/validate_throughput.py --records 100000 1000000
 
 completions: $(STAMP)
 	for shell in bash zsh fish; do \

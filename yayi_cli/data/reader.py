@@ -87,11 +87,11 @@ class LineChunk:
     data: bytes
 
 
-def line_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[LineChunk]:
+def line_chunks(path: Path) -> Iterator[LineChunk]:
     """Cut a JSON-lines file into chunks of whole lines (a line longer than a chunk stays whole)."""
     line, rest, first = 1, b"", True
     with open_data_file(path) as handle:
-        while block := handle.read(chunk_bytes):
+        while block := handle.read(CHUNK_BYTES):
             if first:
                 block, first = block.removeprefix(codecs.BOM_UTF8), False
             data = rest + block

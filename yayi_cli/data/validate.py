@@ -100,7 +100,10 @@ class Tally:
     problems: list[Problem] = field(default_factory=list)
     prompt_keys: array = field(default_factory=lambda: array("Q"))
     answer_keys: array = field(default_factory=lambda: array("I"))
-    lines: array = field(default_factory=lambda: array("I"))
+    run_starts: array = field(default_factory=lambda: array("Q"))
+    run_offsets: array = field(default_factory=lambda: array("q"))
+    """Line numbers as runs: from ordinal `run_starts[i]` on, line = ordinal + `run_offsets[i]`.
+    A JSON-lines file without blank or invalid lines is one run, so lines cost nothing per record."""
     first_ordinal: dict[str, int] = field(default_factory=dict)
     """Where each file's records start among the keys: records of a file are consecutive."""
 
@@ -111,13 +114,19 @@ class Tally:
     def file(self, path: str) -> FileStats:
         if path not in self.files:
             self.files[path] = FileStats(path)
-            self.first_ordinal[path] = len(self.lines)
+            self.first_ordinal[path] = len(self.prompt_keys)
         return self.files[path]
 
     def locate(self, ordinal: int) -> tuple[str, int]:
         """(path, line) of the record with this ordinal among the keys."""
         starts = list(self.first_ordinal.values())
-        return self.paths[bisect.bisect_right(starts, ordinal) - 1], self.lines[ordinal]
+        run = bisect.bisect_right(self.run_starts, ordinal) - 1
+        return self.paths[bisect.bisect_right(starts, ordinal) - 1], ordinal + self.run_offsets[run]
+
+    def _add_line(self, ordinal: int, line: int) -> None:
+        if not self.run_offsets or ordinal + self.run_offsets[-1] != line:
+            self.run_starts.append(ordinal)
+            self.run_offsets.append(line - ordinal)
 
     def report(self, problem: Problem) -> None:
         """Count a problem; list it while under the cap (--max-errors caps listing, not counting)."""
@@ -147,9 +156,9 @@ class Tally:
         for warning in checked.warnings:
             self.report(Problem(source.path, source.line, source.index, WARNING, warning.code, warning.message))
         prompt_key, answer_key = content_keys(checked)
+        self._add_line(len(self.prompt_keys), source.line)
         self.prompt_keys.append(prompt_key)
         self.answer_keys.append(answer_key)
-        self.lines.append(source.line)
         return checked
 
     def merge(self, other: Tally, index_offset: int) -> None:
@@ -162,9 +171,11 @@ class Tally:
         self.problems.extend(
             Problem(p.path, p.line, p.index + index_offset, p.severity, p.code, p.message) for p in other.problems[:room]
         )
+        base = len(self.prompt_keys)
+        for start, offset in zip(other.run_starts, other.run_offsets):
+            self._add_line(base + start, start + offset)
         self.prompt_keys.extend(other.prompt_keys)
         self.answer_keys.extend(other.answer_keys)
-        self.lines.extend(other.lines)
 
     def report_duplicates(self) -> None:
         """Warn about repeated records and about one prompt given different answers."""
