@@ -189,6 +189,9 @@ class Tally:
             self.report(Problem(path, line, None, WARNING, repeat.kind, message))
 
 
+_BLOCK = 1 << 16
+
+
 class Repeat(NamedTuple):
     ordinal: int
     earlier: int
@@ -201,20 +204,26 @@ def find_repeats(prompt_keys: array, answer_keys: array) -> list[Repeat]:
     A `duplicate` has the prompt and answer of an earlier record (`earlier` is the first such);
     a `conflicting-answer` record is the first with its answer among records sharing the prompt
     of an earlier one (`earlier` is the earliest record with that prompt). Only the two compact
-    key arrays are sorted, so this costs a few bytes per record, not a Python object each.
+    key arrays are used (one sorted copy of the prompt keys), so this costs a few bytes per
+    record, not a Python object each.
     """
     import numpy as np
 
     prompts = np.frombuffer(prompt_keys, dtype=np.uint64)
-    order = np.argsort(prompts, kind="stable")  # equal prompts side by side, in input order
-    sorted_prompts = prompts[order]
-    shared = (sorted_prompts[1:] == sorted_prompts[:-1]).view(np.int8)
+    sorted_prompts = np.sort(prompts)
+    repeated = np.unique(sorted_prompts[1:][sorted_prompts[1:] == sorted_prompts[:-1]])
     del sorted_prompts
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], shared, [0])))).tolist()
+    if not len(repeated):
+        return []
+    groups: dict[int, list[int]] = {}
+    for start in range(0, len(prompts), _BLOCK):  # in blocks: temporaries stay small
+        block = prompts[start : start + _BLOCK]
+        found = np.minimum(np.searchsorted(repeated, block), len(repeated) - 1)
+        for ordinal in (np.flatnonzero(repeated[found] == block) + start).tolist():
+            groups.setdefault(int(prompts[ordinal]), []).append(ordinal)
     repeats = []
-    for start, stop in zip(edges[::2], edges[1::2]):
-        members = order[start : stop + 1].tolist()  # ascending: the first is the earliest
-        first_with_answer = {}
+    for members in groups.values():  # each in input order: the first is the earliest
+        first_with_answer: dict[int, int] = {}
         for ordinal in members:
             answer = answer_keys[ordinal]
             if answer in first_with_answer:
