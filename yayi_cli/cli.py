@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from yayi_cli import __version__
-from yayi_cli.errors import YayiError
+from yayi_cli.atomic import write_text_atomic
+from yayi_cli.errors import UsageError, YayiError
 from yayi_cli.prompt import TEMPLATES
 
 EXIT_CODES = (
@@ -179,6 +180,80 @@ def data_split(
         print_json(report.to_json())
     else:
         print_report(report, output, Console())
+
+
+@app.command("eval")
+@reports_errors
+def eval_command(
+    model: str = typer.Option(..., "--model", "-m", metavar="DIR|HUB_ID", help="Model directory or hub id.", show_default=False),
+    data: list[Path] = typer.Option(..., "--data", "-d", metavar="FILE", help="Held-out data (repeat for several files).", show_default=False),
+    task: Literal["lm", "choice"] = typer.Option("lm", "--task", help="lm: answer loss and generation; choice: multiple-choice accuracy (CSV question,A,B,C,D,answer or JSON lines)."),
+    generate: bool = typer.Option(False, "--generate", help="Also generate each last answer and score it (exact match, ROUGE-L, BLEU-4)."),
+    sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding with --generate."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", metavar="FILE.jsonl", help="Write each prediction with its reference and scores."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    max_samples: Optional[int] = typer.Option(None, "--max-samples", min=1, help="Evaluate a seeded sample of this many records."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="Truncate longer sequences (default: the model's context)."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = typer.Option("auto", "--dtype"),
+    load_in_8bit: bool = typer.Option(False, "--load-in-8bit", help="Load the model in int8 (bitsandbytes)."),
+    template: Optional[TemplateName] = TemplateOption,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="REPORT.json", help="Write the JSON report here."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", metavar="REPORT.json", help="A previous report: print changes against it."),
+    fail_if: list[str] = typer.Option([], "--fail-if", metavar="EXPR", help='Exit 1 when it holds, e.g. "ppl>12.5" (repeatable).'),
+    max_regression: Optional[float] = typer.Option(None, "--max-regression", metavar="PCT", min=0, help="With --baseline: exit 1 when a metric is more than PCT% worse."),
+    force: bool = typer.Option(False, "--force", help="Replace existing --output or --predictions files."),
+    trust_remote_code: bool = TrustRemoteCodeOption,
+    json_output: bool = JsonOption,
+) -> None:
+    """Measure a model on held-out data: answer-only loss and perplexity (the masking training uses), per domain; with --generate, exact match, ROUGE-L and BLEU-4; with --task choice, accuracy per subject.
+
+    Exits 1 when a --fail-if gate holds or --max-regression is exceeded, so it can gate CI.
+    """
+    from yayi_cli.evaluate import EvalOptions, Gate, print_report, regressions, run_eval, write_json_lines
+
+    gates = [Gate.parse(text) for text in fail_if]
+    for path in (output, predictions):
+        if path is not None and path.exists() and not force:
+            raise UsageError(f"{path} already exists; use --force to replace it")
+    if max_regression is not None and baseline is None:
+        raise UsageError("--max-regression needs --baseline REPORT.json")
+    previous = _read_report(baseline) if baseline is not None else None
+    options = EvalOptions(
+        model=model, data=data, task=task, generate=generate, sample=sample, max_new_tokens=max_new_tokens,
+        batch_size=batch_size, max_samples=max_samples, max_length=max_length, seed=seed, device=device,
+        dtype=dtype, load_in_8bit=load_in_8bit, template=template, trust_remote_code=trust_remote_code,
+    )
+    report = run_eval(options)
+    failures = [failure for gate in gates if (failure := gate.fails(report.metrics))]
+    if previous is not None and max_regression is not None:
+        failures += regressions(report.metrics, previous, max_regression)
+    document = report.to_json() | {"gate": {"passed": not failures, "failures": failures}}
+    if output is not None:
+        write_text_atomic(output, json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+    if predictions is not None:
+        write_json_lines(predictions, report.predictions)
+    if json_output:
+        print_json(document)
+    else:
+        print_report(report, Console(), previous)
+        for failure in failures:
+            Console(stderr=True).print(f"[red]gate failed:[/] {escape(failure)}", highlight=False, soft_wrap=True)
+    if failures:
+        raise typer.Exit(1)
+
+
+def _read_report(path: Path) -> dict[str, float]:
+    """The metrics of a report that `yayi eval --output` wrote."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        return {name: float(value) for name, value in document["metrics"].items()}
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UsageError(f"{path}: not a yayi eval report ({error})") from None
 
 
 def main() -> None:

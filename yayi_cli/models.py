@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,14 @@ def resolve_model_reference(model: str) -> str:
     if model.startswith(("/", ".", "~")) or model.count("/") > 1:
         raise UsageError(f"{model}: no such model directory")
     return model
+
+
+def quiet_progress_unless_terminal() -> None:
+    """Transformers' own progress bars follow our rule: on stderr only when it is a terminal."""
+    if not sys.stderr.isatty():
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
 
 
 def _first_line(error: Exception) -> str:
@@ -57,3 +66,68 @@ def context_length(model: str, tokenizer: Any) -> int | None:
     except (OSError, ValueError):
         return None
     return next((config[key] for key in CONTEXT_KEYS if isinstance(config.get(key), int)), None)
+
+
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> the first GPU if there is one, else the CPU; `cuda[:N]` is checked to exist."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) here")
+    elif device != "cpu":
+        raise UsageError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    """`auto` -> bf16 on GPUs that have it, fp16 on older GPUs, fp32 on the CPU."""
+    import torch
+
+    if dtype == "auto":
+        if not device.startswith("cuda"):
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    except KeyError:
+        raise UsageError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}") from None
+
+
+def load_model(
+    model: str, *, device: str = "auto", dtype: str = "auto", load_in_8bit: bool = False,
+    trust_remote_code: bool = False,
+) -> Any:
+    """A causal LM in eval mode on `device`; int8 (LLM.int8, bitsandbytes) when asked.
+
+    A checkpoint that `yayi quantize` wrote is int8 already and loads as it is.
+    """
+    reference = resolve_model_reference(model)
+    device = resolve_device(device)
+    quiet_progress_unless_terminal()
+    from transformers import AutoModelForCausalLM
+
+    options: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": resolve_dtype(dtype, device)}
+    if load_in_8bit:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise UsageError("--load-in-8bit needs bitsandbytes: pip install 'yayi-cli[quant]'") from None
+        from transformers import BitsAndBytesConfig
+
+        options.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map=device)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(reference, **options)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot load a model from {model!r}: {_first_line(error)}") from None
+    if not load_in_8bit:
+        loaded.to(device)
+    return loaded.eval()

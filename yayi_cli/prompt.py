@@ -352,6 +352,14 @@ class PromptTokenizer:
             encoded.append(Encoded(list(ids), [t if keep else IGNORE_INDEX for t, keep in zip(ids, trained)]))
         return encoded
 
+    def decode_answer(self, generated: list[int]) -> str:
+        """The answer in tokens generated after an inference prompt: up to the first stop token,
+        without the separator the format puts before <|End|>."""
+        stops = set(stop_token_ids(self.tokenizer))
+        end = next((k for k, token in enumerate(generated) if token in stops), len(generated))
+        text = self.tokenizer.decode(generated[:end], skip_special_tokens=True)
+        return text.removesuffix(self.template.separator)
+
     def encode_inference(self, conversation: Conversation) -> list[int]:
         conversation.refuse(self.reserved)
         return list(self.tokenizer(render_inference(conversation, self.template))["input_ids"])

@@ -20,6 +20,7 @@ from typing import Any
 from yayi_cli.atomic import atomic_directory
 from yayi_cli.data.reader import read_records
 from yayi_cli.errors import UsageError, YayiError
+from yayi_cli.models import quiet_progress_unless_terminal
 from yayi_cli.prompt import MARKERS, Template, detect_template, render_training, save_template, stop_token_ids
 from yayi_cli.records import RecordError, parse_record
 
@@ -102,6 +103,7 @@ def build_tiny(
         texts, vocab_size=spec.vocab_size, prepend_bos=spec.arch == "llama", max_length=spec.max_positions
     )
     model = build_model(tokenizer, spec)
+    quiet_progress_unless_terminal()
     with atomic_directory(out_dir, replace=replace) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -1,0 +1,203 @@
+"""`yayi eval`: the loss it reports is the loss plain transformers computes on the same masks,
+generation goes through the prompt core, choice accuracy and CI gates behave."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.helpers import SAMPLE_DATA
+from yayi_cli.cli import app
+from yayi_cli.evaluate import (
+    ChoiceItem,
+    Gate,
+    choice_accuracy,
+    generate_answers,
+    load_examples,
+    regressions,
+    response_loss,
+    split_last_answer,
+)
+from yayi_cli.errors import DataError, UsageError
+from yayi_cli.models import load_model, load_tokenizer
+from yayi_cli.prompt import PromptTokenizer, resolve_template
+
+runner = CliRunner()
+MULTI_TURN = [
+    {"conversations": [{"from": "human", "value": "你好"}, {"from": "yayi", "value": "你好！"}, {"from": "human", "value": "你是谁？"}, {"from": "yayi", "value": "我是雅意。"}]},
+    {"messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
+]
+
+
+def load(directory):
+    tokenizer = load_tokenizer(str(directory))
+    prompt_tokenizer = PromptTokenizer(resolve_template(None, str(directory))[0], tokenizer)
+    return load_model(str(directory), device="cpu"), prompt_tokenizer
+
+
+def plain_transformers_loss(model, prompt_tokenizer, conversations):
+    """Token-weighted mean of HF's own per-example loss, one example at a time, no padding."""
+    import torch
+
+    total, tokens = 0.0, 0
+    for conversation in conversations:
+        encoded = prompt_tokenizer.encode_training(conversation)
+        count = sum(label != -100 for label in encoded.labels[1:])
+        with torch.no_grad():
+            loss = model(input_ids=torch.tensor([encoded.input_ids]), labels=torch.tensor([encoded.labels])).loss
+        total, tokens = total + loss.item() * count, tokens + count
+    return total / tokens
+
+
+@pytest.fixture
+def multi_turn_file(tmp_path):
+    path = tmp_path / "multi.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in MULTI_TURN), encoding="utf-8")
+    return path
+
+
+def test_reported_loss_equals_plain_transformers_on_the_same_masks(tiny_model_dirs, arch, multi_turn_file):
+    model, prompt_tokenizer = load(tiny_model_dirs[arch])
+    examples = load_examples([SAMPLE_DATA, multi_turn_file])
+    expected = plain_transformers_loss(model, prompt_tokenizer, [e.conversation for e in examples])
+    for batch_size in (1, 8):
+        result = response_loss(model, prompt_tokenizer, examples, batch_size=batch_size)
+        assert result.overall.loss == pytest.approx(expected, abs=1e-5)
+    multi = [e for e in examples if e.location.startswith(str(multi_turn_file))]
+    multi_loss = response_loss(model, prompt_tokenizer, multi, batch_size=2).overall.loss
+    assert multi_loss == pytest.approx(plain_transformers_loss(model, prompt_tokenizer, [e.conversation for e in multi]), abs=1e-5)
+
+
+def test_losses_per_domain_add_up_to_the_whole(tiny_model_dirs):
+    model, prompt_tokenizer = load(tiny_model_dirs["bloom"])
+    result = response_loss(model, prompt_tokenizer, load_examples([SAMPLE_DATA]), batch_size=4)
+    assert len(result.groups) == 6
+    assert sum(g.tokens for g in result.groups.values()) == result.overall.tokens
+    assert sum(g.nll for g in result.groups.values()) == pytest.approx(result.overall.nll)
+
+
+def overfit(source_dir, target_dir, conversations, steps=150):
+    """Teach a tiny model these exact answers with a bare PyTorch loop, and save it."""
+    import torch
+
+    shutil.copytree(source_dir, target_dir)
+    model, prompt_tokenizer = load(target_dir)
+    model.train()
+    batch = prompt_tokenizer.encode_training_batch(conversations)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for step in range(steps):
+        for encoded in batch:
+            loss = model(input_ids=torch.tensor([encoded.input_ids]), labels=torch.tensor([encoded.labels])).loss
+            loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(target_dir)
+    return target_dir
+
+
+def test_generation_through_the_prompt_core_reproduces_learned_answers(tiny_model_dirs, multi_turn_file, tmp_path):
+    examples = load_examples([multi_turn_file])
+    trained = overfit(tiny_model_dirs["llama"], tmp_path / "trained", [e.conversation for e in examples])
+    model, prompt_tokenizer = load(trained)
+    questions, references = zip(*(split_last_answer(e.conversation) for e in examples))
+    for batch_size in (1, 2):  # left padding must not change the answers
+        answers = generate_answers(model, prompt_tokenizer, questions, batch_size=batch_size, max_new_tokens=20)
+        assert answers == list(references) == ["我是雅意。", "4"]
+
+
+def test_choice_accuracy_on_items_whose_answers_the_model_learned(tiny_model_dirs, tmp_path):
+    items = [
+        ChoiceItem("t:1", "math", "1+1=?", ("1", "2", "3", "4"), "B"),
+        ChoiceItem("t:2", "math", "2+2=?", ("4", "5", "6", "7"), "A"),
+        ChoiceItem("t:3", "geo", "中国的首都是？", ("上海", "广州", "深圳", "北京"), "D"),
+    ]
+    trained = overfit(tiny_model_dirs["bloom"], tmp_path / "trained", [i.conversation(i.answer) for i in items])
+    model, prompt_tokenizer = load(trained)
+    result = choice_accuracy(model, prompt_tokenizer, items, batch_size=5)
+    assert result.chosen == ["B", "A", "D"]
+    assert result.to_json() == {"accuracy": 1.0, "per_subject": {"geo": {"accuracy": 1.0, "items": 1}, "math": {"accuracy": 1.0, "items": 2}}}
+
+
+@pytest.mark.parametrize(
+    "text, metrics, failed",
+    [
+        ("ppl>12.5", {"perplexity": 13.0}, True),
+        ("ppl>12.5", {"perplexity": 12.0}, False),
+        ("rouge_l < 0.3", {"rouge_l": 0.29}, True),
+        ("accuracy>=0.5", {"accuracy": 0.4}, False),
+    ],
+)
+def test_gates(text, metrics, failed):
+    assert (Gate.parse(text).fails(metrics) is not None) == failed
+
+
+def test_bad_gates_are_usage_errors():
+    with pytest.raises(UsageError, match="write METRIC OP NUMBER"):
+        Gate.parse("ppl is high")
+    with pytest.raises(UsageError, match="no metric 'accuracy'"):
+        Gate.parse("acc<0.5").fails({"loss": 1.0})
+
+
+def test_regressions_follow_each_metrics_direction():
+    baseline = {"loss": 2.0, "perplexity": 7.39, "rouge_l": 0.5}
+    assert regressions({"loss": 2.02, "perplexity": 7.4, "rouge_l": 0.49}, baseline, 2.5) == []
+    failures = regressions({"loss": 2.2, "perplexity": 7.0, "rouge_l": 0.4}, baseline, 5)
+    assert [f.split(" ")[0] for f in failures] == ["loss", "rouge_l"]
+
+
+def test_invalid_data_stops_the_run_as_validate_reports_it(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"instruction": "q", "output": "a"}\n{"instruction": "q"}\n')
+    with pytest.raises(DataError, match=rf"1 invalid record\(s\), the first at {path}:2: error: field 'output' is missing"):
+        load_examples([path])
+
+
+def cli(*args):
+    return runner.invoke(app, ["eval", *args], prog_name="yayi")
+
+
+def test_cli_report_baseline_and_gate_exit_codes(tiny_model_dirs, tmp_path):
+    model = str(tiny_model_dirs["bloom"])
+    report = tmp_path / "report.json"
+    first = cli("--model", model, "--data", str(SAMPLE_DATA), "--output", str(report), "--fail-if", "ppl>1e9")
+    assert first.exit_code == 0, first.output
+    document = json.loads(report.read_text())
+    assert document["gate"] == {"passed": True, "failures": []}
+    assert document["counts"]["records"] == 20 and document["data"][0]["sha256"]
+    perplexity = document["metrics"]["perplexity"]
+
+    failing = cli("--model", model, "--data", str(SAMPLE_DATA), "--fail-if", f"ppl>{perplexity / 2}", "--json")
+    assert failing.exit_code == 1
+    assert json.loads(failing.stdout)["gate"]["failures"] == [f"perplexity = {perplexity:.6g}, which is > {perplexity / 2:g}"]
+
+    same = cli("--model", model, "--data", str(SAMPLE_DATA), "--baseline", str(report), "--max-regression", "0.1")
+    assert same.exit_code == 0 and "baseline" in same.stdout
+    assert cli("--model", model, "--data", str(SAMPLE_DATA), "--output", str(report)).exit_code == 2
+    assert cli("--model", model, "--data", str(SAMPLE_DATA), "--max-regression", "1").exit_code == 2
+    assert cli("--model", model, "--data", str(SAMPLE_DATA), "--fail-if", "nonsense").exit_code == 2
+    missing = cli("--model", str(tmp_path / "none"), "--data", str(SAMPLE_DATA))
+    assert missing.exit_code == 2 and "no such model directory" in missing.stderr
+
+
+def test_cli_generate_writes_predictions_and_choice_reads_ceval_csv(tiny_model_dirs, tmp_path):
+    model = str(tiny_model_dirs["llama"])
+    predictions = tmp_path / "predictions.jsonl"
+    result = cli("--model", model, "--data", str(SAMPLE_DATA), "--max-samples", "3", "--generate", "--max-new-tokens", "4", "--predictions", str(predictions), "--json")
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)["metrics"]) == {"loss", "perplexity", "exact_match", "rouge_l", "bleu4"}
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert len(rows) == 3 and {"location", "reference", "prediction", "exact_match", "rouge_l"} <= set(rows[0])
+
+    csv_file = tmp_path / "computer_network_val.csv"
+    csv_file.write_text("id,question,A,B,C,D,answer,explanation\n0,1+1=?,1,2,3,4,B,\n1,2+2=?,4,5,6,7,a,\n", encoding="utf-8")
+    choice = cli("--model", model, "--data", str(csv_file), "--task", "choice", "--json")
+    assert choice.exit_code == 0, choice.output
+    document = json.loads(choice.stdout)
+    assert list(document["groups"]) == ["computer_network"] and document["counts"] == {"items": 2}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("question,A,B,C,D,answer\nq,1,2,3,4,E\n", encoding="utf-8")
+    refused = cli("--model", model, "--data", str(bad), "--task", "choice")
+    assert refused.exit_code == 1 and f"{bad}:2: answer 'E' is not one of A, B, C, D" in refused.stderr
