@@ -118,27 +118,28 @@ def pad_id(tokenizer: Any) -> int:
 
 
 def sequence_nll(model: Any, encoded: Sequence[Encoded], padding: int) -> list[tuple[float, int]]:
-    """(summed NLL, token count) of the labelled tokens of each sequence, in one padded forward pass."""
+    """(summed NLL, token count) of the labelled tokens of each sequence, in one padded forward pass.
+
+    Only the logits that predict an answer token are turned into losses (in float32), so the
+    prompt positions, most of a batch, cost nothing beyond the forward pass.
+    """
     import torch
     import torch.nn.functional as F
 
     width = max(len(e.input_ids) for e in encoded)
-    ids = torch.full((len(encoded), width), padding, dtype=torch.long)
-    labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, example in enumerate(encoded):
-        ids[row, : len(example.input_ids)] = torch.tensor(example.input_ids)
-        labels[row, : len(example.labels)] = torch.tensor(example.labels)
-        mask[row, : len(example.input_ids)] = 1
+    ids = torch.tensor([e.input_ids + [padding] * (width - len(e.input_ids)) for e in encoded])
+    labels = torch.tensor([e.labels + [IGNORE_INDEX] * (width - len(e.labels)) for e in encoded])
+    mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in encoded])
     device = next(model.parameters()).device
     with torch.inference_mode():
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-    results = []
-    for row in range(len(encoded)):  # one row at a time: float32 logits of the whole batch can be huge
-        target = labels[row, 1:].to(logits.device)
-        losses = F.cross_entropy(logits[row, :-1].float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
-        results.append((losses.item(), int((target != IGNORE_INDEX).sum())))
-    return results
+        targets = labels[:, 1:].to(logits.device)
+        rows, positions = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+        losses = F.cross_entropy(logits[rows, positions].float(), targets[rows, positions], reduction="none")
+        totals = torch.zeros(len(encoded), dtype=torch.float64, device=logits.device)
+        totals.index_add_(0, rows, losses.double())
+    counts = torch.bincount(rows.cpu(), minlength=len(encoded)).tolist()
+    return list(zip(totals.tolist(), counts))
 
 
 def truncate(encoded: Encoded, max_length: int | None) -> Encoded:

@@ -17,6 +17,7 @@ Nothing here imports torch or transformers; tokenizers are passed in.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import re
@@ -305,15 +306,18 @@ class Encoded:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
-def _token_in_spans(offsets: list[Any], spans: tuple[tuple[int, int], ...]) -> list[bool]:
-    """For each token, whether it starts inside a span (empty offsets, e.g. BOS, never do)."""
-    flags, span_index = [], 0
-    for start, end in offsets:
-        while span_index < len(spans) and start >= spans[span_index][1]:
-            span_index += 1
-        inside = span_index < len(spans) and spans[span_index][0] <= start and start < end
-        flags.append(inside)
-    return flags
+def _answer_labels(ids: list[int], offsets: list[Any], spans: tuple[tuple[int, int], ...]) -> list[int]:
+    """Each token's id if it starts inside a span, else IGNORE_INDEX (empty offsets, e.g. BOS, never do).
+
+    Token starts never decrease, so each span's tokens are found by bisection.
+    """
+    labels = [IGNORE_INDEX] * len(ids)
+    starts = [start for start, _ in offsets]
+    for span_start, span_end in spans:
+        for index in range(bisect.bisect_left(starts, span_start), bisect.bisect_left(starts, span_end)):
+            if offsets[index][0] < offsets[index][1]:
+                labels[index] = ids[index]
+    return labels
 
 
 class PromptTokenizer:
@@ -348,8 +352,7 @@ class PromptTokenizer:
         encodings = self.tokenizer([r.text for r in rendered], return_offsets_mapping=True)
         encoded = []
         for ids, offsets, text in zip(encodings["input_ids"], encodings["offset_mapping"], rendered):
-            trained = _token_in_spans(offsets, text.spans)
-            encoded.append(Encoded(list(ids), [t if keep else IGNORE_INDEX for t, keep in zip(ids, trained)]))
+            encoded.append(Encoded(list(ids), _answer_labels(ids, offsets, text.spans)))
         return encoded
 
     def decode_answer(self, generated: list[int]) -> str:
