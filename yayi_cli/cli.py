@@ -208,9 +208,9 @@ def eval_command(
     trust_remote_code: bool = TrustRemoteCodeOption,
     json_output: bool = JsonOption,
 ) -> None:
-    """Measure a model on held-out data: answer-only loss and perplexity (the masking training uses), per domain; with --generate, exact match, ROUGE-L and BLEU-4; with --task choice, accuracy per subject.
+    """Measure a model on held-out data, with gates for CI.
 
-    Exits 1 when a --fail-if gate holds or --max-regression is exceeded, so it can gate CI.
+    Answer-only loss and perplexity (the masking training uses), per domain; with --generate, exact match, ROUGE-L and BLEU-4; with --task choice, accuracy per subject. Exits 1 when a --fail-if gate holds or --max-regression is exceeded.
     """
     from yayi_cli.evaluate import EvalOptions, Gate, print_report, regressions, run_eval, write_json_lines
 
