@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,16 @@ def quiet_progress_unless_terminal() -> None:
         from transformers.utils import logging
 
         logging.disable_progress_bar()
+
+
+class _DropRepeatedCastWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "inputs will be cast" not in record.getMessage()
+
+
+def quiet_int8_warnings() -> None:
+    """bitsandbytes logs on every int8 matmul that it casts inputs to float16: drop that line."""
+    logging.getLogger("bitsandbytes.autograd._functions").addFilter(_DropRepeatedCastWarning())
 
 
 def _first_line(error: Exception) -> str:
@@ -123,6 +134,7 @@ def load_model(
             raise UsageError("--load-in-8bit needs bitsandbytes: pip install 'yayi-cli[quant]'") from None
         from transformers import BitsAndBytesConfig
 
+        quiet_int8_warnings()
         options.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map=device)
     try:
         loaded = AutoModelForCausalLM.from_pretrained(reference, **options)

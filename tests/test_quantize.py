@@ -1,0 +1,70 @@
+"""`yayi quantize` on tiny BLOOM- and Llama-shaped models with real bitsandbytes on the CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.helpers import SAMPLE_DATA
+from yayi_cli.cli import app
+from yayi_cli.errors import DataError, UsageError
+from yayi_cli.evaluate import generate_answers, load_examples, response_loss, split_last_answer
+from yayi_cli.models import load_model, load_tokenizer
+from yayi_cli.prompt import PromptTokenizer, resolve_template
+from yayi_cli.quantize import QuantizeOptions, quantize
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_a_quantized_checkpoint_reloads_and_answers_through_the_prompt_core(tiny_model_dirs, arch, tmp_path, bits):
+    out = tmp_path / f"q{bits}"
+    report = quantize(QuantizeOptions(str(tiny_model_dirs[arch]), out, bits=bits, check_data=[SAMPLE_DATA], max_check_samples=8))
+    document = json.loads((out / "quantize.json").read_text())
+    assert document["method"] == ("LLM.int8" if bits == 8 else "NF4")
+    assert document["after"]["footprint_bytes"] < document["before"]["footprint_bytes"]
+    assert document["after"]["disk_bytes"] < document["before"]["disk_bytes"]
+    assert document["after"]["parameters"] == document["before"]["parameters"] == report.before.parameters
+
+    model = load_model(str(out), device="cpu")
+    layer = type(next(m for name, m in model.named_modules() if name.endswith(("mlp.down_proj", "mlp.dense_4h_to_h"))))
+    assert layer.__name__ == ("Linear8bitLt" if bits == 8 else "Linear4bit")
+    template, source = resolve_template(None, str(out))
+    assert source == "saved with the model"
+    prompt_tokenizer = PromptTokenizer(template, load_tokenizer(str(out)))
+    examples = load_examples([SAMPLE_DATA], max_samples=8)
+    perplexity = response_loss(model, prompt_tokenizer, examples).overall.to_json()["perplexity"]
+    assert perplexity == pytest.approx(report.after.perplexity, rel=1e-4)  # the report's number is eval's number
+    answers = generate_answers(model, prompt_tokenizer, [split_last_answer(e.conversation)[0] for e in examples[:2]], max_new_tokens=5)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
+
+def test_the_perplexity_gate_fails_and_writes_nothing(tiny_model_dirs, tmp_path):
+    options = QuantizeOptions(str(tiny_model_dirs["bloom"]), tmp_path / "q", check_data=[SAMPLE_DATA], max_check_samples=4, max_ppl_increase=-100)
+    with pytest.raises(DataError, match="more than --max-ppl-increase -100%; nothing was written"):
+        quantize(options)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_needs_force_and_force_swaps_in_a_complete_one(tiny_model_dirs, tmp_path):
+    out = tmp_path / "q"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(UsageError, match="already exists; use --force"):
+        quantize(QuantizeOptions(str(tiny_model_dirs["bloom"]), out))
+    assert (out / "keep.txt").read_text() == "mine"
+    quantize(QuantizeOptions(str(tiny_model_dirs["bloom"]), out, force=True))
+    assert (out / "model.safetensors").exists() and not (out / "keep.txt").exists()
+
+
+def test_cli_json_report_and_usage_errors(tiny_model_dirs, tmp_path):
+    result = runner.invoke(app, ["quantize", "-m", str(tiny_model_dirs["llama"]), "-o", str(tmp_path / "q"), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["footprint_ratio"] < 1 and document["perplexity_increase_percent"] is None
+    again = runner.invoke(app, ["quantize", "-m", str(tiny_model_dirs["llama"]), "-o", str(tmp_path / "q")])
+    assert again.exit_code == 2 and "already exists" in again.stderr
+    bad_bits = runner.invoke(app, ["quantize", "-m", str(tiny_model_dirs["llama"]), "-o", str(tmp_path / "r"), "--bits", "3"])
+    assert bad_bits.exit_code == 2
