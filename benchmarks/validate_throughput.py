@@ -17,11 +17,9 @@ import json
 import os
 import platform
 import random
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 DOMAINS = ["媒宣领域任务", "舆情领域任务", "公共安全领域任务", "金融风控领域任务", "城市治理领域任务"]

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import random
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from yayi_cli import metrics
-from yayi_cli.data.reader import open_data_file, read_records
+from yayi_cli.data.reader import open_data_file, read_records, sha256_of
 from yayi_cli.data.validate import Problem, check_record
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.prompt import ASSISTANT, HUMAN, IGNORE_INDEX, Conversation, Encoded, PromptTokenizer, Turn, stop_token_ids
@@ -43,14 +42,6 @@ class Example:
     location: str
     group: str
     conversation: Conversation
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _sample(examples: list[Example], max_samples: int | None, seed: int) -> list[Example]:

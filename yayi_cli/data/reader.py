@@ -9,6 +9,7 @@ stays flat whatever the file size and every problem can be reported as `file:lin
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,6 +52,15 @@ def open_data_file(path: Path) -> BinaryIO:
         raise UsageError(f"{path}: permission denied") from None
     except OSError as error:
         raise UsageError(f"{path}: cannot open ({error.strerror or error})") from None
+
+
+def sha256_of(path: Path) -> str:
+    """The file's SHA-256, so reports and manifests say exactly which data they describe."""
+    digest = hashlib.sha256()
+    with open_data_file(path) as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_records(path: Path) -> Iterator[SourceRecord]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from yayi_cli import __version__
 from yayi_cli.atomic import atomic_files
-from yayi_cli.data.reader import SourceRecord, read_records
+from yayi_cli.data.reader import SourceRecord, read_records, sha256_of
 from yayi_cli.data.validate import DUPLICATE, Problem, check_record, content_keys, find_repeats
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.records import ParsedRecord, domain_of
@@ -95,19 +95,11 @@ class Survey:
     duplicates: set[int] = field(default_factory=set)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _valid_records(paths: Sequence[Path], survey: Survey | None) -> Iterator[tuple[SourceRecord, str, ParsedRecord]]:
     """(source, domain, parsed record) of every valid record; counts into `survey` when given."""
     for path in paths:
         if survey is not None:
-            survey.inputs.append(InputFile(str(path), _sha256(path)))
+            survey.inputs.append(InputFile(str(path), sha256_of(path)))
         for source in read_records(path):
             checked = check_record(source)
             if survey is not None:
