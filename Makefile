@@ -24,10 +24,15 @@ demo: $(STAMP)
 	$(BIN)/yayi data validate examples/sample.jsonl --model $(DEMO)/tiny-bloom
 	$(BIN)/yayi data split examples/sample.jsonl --test-size 5 --stratify domain -o $(DEMO)/split --force
 	$(BIN)/yayi data preview $(DEMO)/split/test.jsonl -n 2 --model $(DEMO)/tiny-bloom
+	$(BIN)/yayi eval --model $(DEMO)/tiny-bloom --data $(DEMO)/split/test.jsonl --output $(DEMO)/report.json --force
+	$(BIN)/yayi quantize --model $(DEMO)/tiny-bloom -o $(DEMO)/tiny-bloom-int8 --check-data $(DEMO)/split/test.jsonl --force
+	$(BIN)/yayi eval --model $(DEMO)/tiny-bloom-int8 --data $(DEMO)/split/test.jsonl --baseline $(DEMO)/report.json --max-regression 2
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cli_startup.py --runs 15
 	$(BIN)/python benchmarks/validate_throughput.py --records 100000 1000000
+	$(BIN)/python benchmarks/eval_batching.py --records 512 --repeats 5
+	$(BIN)/python benchmarks/quantize_quality.py --steps 300
 
 completions: $(STAMP)
 	for shell in bash zsh fish; do \

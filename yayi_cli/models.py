@@ -39,9 +39,14 @@ class _DropRepeatedCastWarning(logging.Filter):
         return "inputs will be cast" not in record.getMessage()
 
 
+_DROP_CAST_WARNING = _DropRepeatedCastWarning()
+
+
 def quiet_int8_warnings() -> None:
     """bitsandbytes logs on every int8 matmul that it casts inputs to float16: drop that line."""
-    logging.getLogger("bitsandbytes.autograd._functions").addFilter(_DropRepeatedCastWarning())
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if _DROP_CAST_WARNING not in logger.filters:
+        logger.addFilter(_DROP_CAST_WARNING)
 
 
 def _first_line(error: Exception) -> str:
@@ -124,6 +129,7 @@ def load_model(
     reference = resolve_model_reference(model)
     device = resolve_device(device)
     quiet_progress_unless_terminal()
+    quiet_int8_warnings()  # also for checkpoints `yayi quantize` wrote
     from transformers import AutoModelForCausalLM
 
     options: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": resolve_dtype(dtype, device)}
@@ -134,7 +140,6 @@ def load_model(
             raise UsageError("--load-in-8bit needs bitsandbytes: pip install 'yayi-cli[quant]'") from None
         from transformers import BitsAndBytesConfig
 
-        quiet_int8_warnings()
         options.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map=device)
     try:
         loaded = AutoModelForCausalLM.from_pretrained(reference, **options)
