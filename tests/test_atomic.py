@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from yayi_cli.atomic import atomic_directory, write_text_atomic
+from yayi_cli.errors import UsageError
 
 
 def test_a_failed_directory_write_leaves_nothing(tmp_path):
@@ -40,3 +41,17 @@ def test_text_is_replaced_whole(tmp_path):
     path.write_text("old")
     write_text_atomic(path, "new")
     assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_missing_parent_directories_are_created(tmp_path):
+    write_text_atomic(tmp_path / "reports" / "today" / "r.json", "{}")
+    assert (tmp_path / "reports" / "today" / "r.json").read_text() == "{}"
+
+
+def test_a_file_in_the_way_is_a_usage_error_not_a_traceback(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match=r"cannot create .*file \(Not a directory\)"):
+        write_text_atomic(tmp_path / "file" / "sub" / "r.json", "{}")
+    with pytest.raises(UsageError, match="exists and is not a directory"):
+        with atomic_directory(tmp_path / "file", replace=True):
+            pass

@@ -10,6 +10,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from yayi_cli.errors import UsageError
+
+
+def _make_parent(path: Path) -> None:
+    """Create the directory `path` goes in, or say in one line why it cannot be."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"{path}: cannot create {Path(path).parent} ({error.strerror or error})") from None
+
 
 def _default_mode(directory: bool) -> int:
     """The mode a plain open()/mkdir() would give, since mkstemp/mkdtemp make private ones."""
@@ -29,7 +39,11 @@ def atomic_files(paths: Sequence[Path]) -> Iterator[list[TextIO]]:
     handles: list[TextIO] = []
     try:
         for path in paths:
-            fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".tmp")
+            _make_parent(path)
+            try:
+                fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".tmp")
+            except OSError as error:
+                raise UsageError(f"{path}: cannot write here ({error.strerror or error})") from None
             temps.append(tmp)
             handles.append(os.fdopen(fd, "w", encoding="utf-8", newline="\n"))
         yield handles
@@ -61,7 +75,9 @@ def atomic_directory(path: Path, *, replace: bool = False) -> Iterator[Path]:
     failed run (or --force on a crash) never costs the user the directory they had.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path}: exists and is not a directory")
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp

@@ -216,7 +216,6 @@ def split(
     counts = allocate(test_size, dict(survey.strata))
     chosen = {name: test_positions(seed, name, survey.strata[name], count) for name, count in counts.items()}
     report = SplitReport(seed, test_size, stratify, dedupe, skip_invalid, survey, counts)
-    out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_files(outputs) as (train, test, manifest):
         position: Counter[str] = Counter()
         for ordinal, (source, domain, _) in enumerate(_valid_records(paths, None)):
