@@ -50,7 +50,7 @@ def test_missing_parent_directories_are_created(tmp_path):
 
 def test_a_file_in_the_way_is_a_usage_error_not_a_traceback(tmp_path):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(UsageError, match=r"cannot create .*file \(Not a directory\)"):
+    with pytest.raises(UsageError, match=r"cannot create .*file/sub \(Not a directory\)"):
         write_text_atomic(tmp_path / "file" / "sub" / "r.json", "{}")
     with pytest.raises(UsageError, match="exists and is not a directory"):
         with atomic_directory(tmp_path / "file", replace=True):
