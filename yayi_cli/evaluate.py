@@ -16,7 +16,7 @@ import math
 import random
 import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -403,15 +403,16 @@ class EvalReport:
 
 
 def run_eval(options: EvalOptions) -> EvalReport:
-    """Load the model once and compute every metric the options ask for."""
+    """Read the data (refusing invalid records first), load the model once, compute every metric asked for."""
     from yayi_cli.models import context_length, load_model, load_tokenizer
     from yayi_cli.prompt import resolve_template
 
     started = time.perf_counter()
-    template, _ = resolve_template(options.template, options.model)
-    inputs = read_choice_items(options.data) if options.task == "choice" else load_examples(options.data, options.max_samples, options.seed)
     if options.task == "choice":
-        inputs = inputs if options.max_samples is None else inputs[: options.max_samples]
+        inputs = read_choice_items(options.data)[: options.max_samples]
+    else:
+        inputs = load_examples(options.data, options.max_samples, options.seed)
+    template, _ = resolve_template(options.template, options.model)
     tokenizer = load_tokenizer(options.model, trust_remote_code=options.trust_remote_code)
     prompt_tokenizer = PromptTokenizer(template, tokenizer)
     model = load_model(
@@ -422,27 +423,35 @@ def run_eval(options: EvalOptions) -> EvalReport:
     if options.task == "choice":
         return _choice_report(options, template.name, model, prompt_tokenizer, inputs, timings)
     max_length = options.max_length or context_length(options.model, tokenizer)
+    return _lm_report(options, template.name, model, prompt_tokenizer, inputs, timings, max_length)
+
+
+def _lm_report(
+    options: EvalOptions, template: str, model: Any, prompt_tokenizer: PromptTokenizer, examples: list[Example],
+    timings: dict[str, float], max_length: int | None,
+) -> EvalReport:
     started = time.perf_counter()
-    loss = response_loss(model, prompt_tokenizer, inputs, batch_size=options.batch_size, max_length=max_length)
+    loss = response_loss(model, prompt_tokenizer, examples, batch_size=options.batch_size, max_length=max_length)
     timings["loss_s"] = time.perf_counter() - started
     found = {key: value for key, value in loss.overall.to_json().items() if key != "tokens"}
-    counts = {"records": len(inputs), "answer_tokens": loss.overall.tokens, "truncated": loss.truncated}
-    groups = {name: totals.to_json() | {"records": sum(e.group == name for e in inputs)} for name, totals in sorted(loss.groups.items())}
-    report = EvalReport(options, template.name, counts, found, groups, timings)
-    if options.generate:
-        started = time.perf_counter()
-        questions, references = zip(*(split_last_answer(e.conversation) for e in inputs))
-        predicted = generate_answers(
-            model, prompt_tokenizer, questions, batch_size=options.batch_size,
-            max_new_tokens=options.max_new_tokens, sample=options.sample, seed=options.seed,
-        )
-        generation = GenerationResult(predicted, list(references))
-        report.metrics.update(generation.to_json())
-        report.timings["generate_s"] = time.perf_counter() - started
-        report.predictions = [
-            {"location": e.location, "reference": r, "prediction": p, "exact_match": metrics.exact_match(p, r), "rouge_l": metrics.rouge_l(p, r)}
-            for e, p, r in zip(inputs, predicted, references)
-        ]
+    counts = {"records": len(examples), "answer_tokens": loss.overall.tokens, "truncated": loss.truncated}
+    records = Counter(e.group for e in examples)
+    groups = {name: totals.to_json() | {"records": records[name]} for name, totals in sorted(loss.groups.items())}
+    report = EvalReport(options, template, counts, found, groups, timings)
+    if not options.generate:
+        return report
+    started = time.perf_counter()
+    questions, references = zip(*(split_last_answer(e.conversation) for e in examples))
+    predicted = generate_answers(
+        model, prompt_tokenizer, questions, batch_size=options.batch_size,
+        max_new_tokens=options.max_new_tokens, sample=options.sample, seed=options.seed,
+    )
+    report.metrics.update(GenerationResult(predicted, list(references)).to_json())
+    report.timings["generate_s"] = time.perf_counter() - started
+    report.predictions = [
+        {"location": e.location, "reference": r, "prediction": p, "exact_match": metrics.exact_match(p, r), "rouge_l": metrics.rouge_l(p, r)}
+        for e, p, r in zip(examples, predicted, references)
+    ]
     return report
 
 
