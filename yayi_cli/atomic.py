@@ -35,6 +35,9 @@ def atomic_files(paths: Sequence[Path]) -> Iterator[list[TextIO]]:
     Each temp file sits beside its target, so the final renames are atomic; an error or an
     interrupt removes them and leaves the targets as they were.
     """
+    for path in paths:  # refused before anything is written, so the renames below cannot fail on it
+        if Path(path).is_dir():
+            raise UsageError(f"{path} is a directory; it cannot be replaced by a file")
     temps: list[str] = []
     handles: list[TextIO] = []
     try:
@@ -45,7 +48,7 @@ def atomic_files(paths: Sequence[Path]) -> Iterator[list[TextIO]]:
             except OSError as error:
                 raise UsageError(f"{path}: cannot write here ({error.strerror or error})") from None
             temps.append(tmp)
-            handles.append(os.fdopen(fd, "w", encoding="utf-8", newline="\n"))
+            handles.append(os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n"))
         yield handles
         for handle in handles:
             handle.close()

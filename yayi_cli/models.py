@@ -21,7 +21,8 @@ def resolve_model_reference(model: str) -> str:
         return str(path)
     if path.exists():
         raise UsageError(f"{model}: is a file; give the model's directory")
-    if model.startswith(("/", ".", "~")) or model.count("/") > 1:
+    first_part = model.split("/", 1)[0]
+    if model.startswith(("/", ".", "~")) or model.count("/") > 1 or (first_part != model and Path(first_part).is_dir()):
         raise UsageError(f"{model}: no such model directory")
     return model
 

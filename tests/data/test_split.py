@@ -102,7 +102,7 @@ def test_a_test_set_that_leaves_no_training_data_is_refused(tmp_path):
 def test_invalid_input_is_refused_unless_skipped(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"instruction": "q", "output": "a"}\n{"instruction": "x"}\n' + '{"instruction": "q2", "output": "b"}\n' * 3)
-    with pytest.raises(DataError, match=rf"1 invalid record\(s\), the first at {data}:2: error: field 'output' is missing; `yayi data validate`"):
+    with pytest.raises(DataError, match=rf"1 invalid record\(s\), the first at {data}:2 \(field 'output' is missing\); `yayi data validate`"):
         split([data], tmp_path / "out", test_size=1)
     assert not (tmp_path / "out" / "train.jsonl").exists()
     report = split([data], tmp_path / "out", test_size=1, skip_invalid=True)
@@ -118,12 +118,12 @@ def test_dedupe_drops_later_copies_only(tmp_path):
     assert sorted(written) == sorted(read_lines(data)[i] for i in (0, 2, 3))
 
 
-def test_array_items_become_single_lines_and_one_line_items_stay_byte_for_byte(tmp_path):
+def test_array_items_lose_only_their_line_breaks(tmp_path):
     data = tmp_path / "d.json"
     data.write_text('[{"instruction":"q1",  "output":"a"},\n {\n  "instruction": "q2",\n  "output": "b"\n}]')
     split([data], tmp_path / "out", test_size=1)
     written = sorted(read_lines(tmp_path / "out" / "train.jsonl") + read_lines(tmp_path / "out" / "test.jsonl"))
-    assert written == ['{"instruction": "q2", "output": "b"}', '{"instruction":"q1",  "output":"a"}']
+    assert written == ['{  "instruction": "q2",  "output": "b"}', '{"instruction":"q1",  "output":"a"}']
 
 
 def test_existing_outputs_and_inputs_are_never_overwritten(tmp_path):

@@ -174,12 +174,12 @@ def print_report(report: PreviewReport, console: Console) -> None:
         f"text in {legend} carries loss", highlight=False,
     )
     for item in report.items:
-        title = item.source.location
+        title = escape(item.source.location)
         if item.error is not None:
             console.print(Rule(title, style="red"))
-            console.print(f"[red]error:[/] {item.error}", highlight=False)
+            console.print(f"[red]error:[/] {escape(item.error)}", highlight=False, soft_wrap=True)
             continue
-        details = " · ".join(part for part in (item.shape, item.domain) if part)
+        details = " · ".join(escape(part) for part in (item.shape, item.domain) if part)
         console.print(Rule(f"{title} · {details}"))
         console.print(highlighted(item.rendered, plain=plain), highlight=False, soft_wrap=True)
         if item.tokens is not None:
@@ -189,6 +189,8 @@ def print_report(report: PreviewReport, console: Console) -> None:
                 f"({share:.0%}):[/] " + "[dim]|[/]".join(_escape(p) for p in item.tokens.loss_pieces),
                 highlight=False, soft_wrap=True,
             )
+    if not report.items:
+        console.print("[yellow]no records in this file[/]")
     if report.num_errors:
         console.print(f"[red]{report.num_errors} of {len(report.items)} records are invalid[/]", highlight=False)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -52,6 +52,16 @@ def open_data_file(path: Path) -> BinaryIO:
         raise UsageError(f"{path}: permission denied") from None
     except OSError as error:
         raise UsageError(f"{path}: cannot open ({error.strerror or error})") from None
+
+
+def refuse_repeated_inputs(paths: Sequence[Path]) -> None:
+    """The same file named twice would count (and split) every record twice."""
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise UsageError(f"{path} and {seen[resolved]} are the same file; give each input once")
+        seen[resolved] = Path(path)
 
 
 def sha256_of(path: Path) -> str:
@@ -208,6 +218,9 @@ def _array_records(path: str, handle: BinaryIO) -> Iterator[SourceRecord]:
         while True:
             char = scanner.skip_whitespace()
             if char == "]":
+                scanner.take(1)
+                if scanner.skip_whitespace():
+                    yield SourceRecord(path, scanner.line, index, "", error="invalid JSON: text after the closing ']' of the array; a .json file holds one array (or use JSON lines)")
                 return
             if index > 0:
                 if char != ",":

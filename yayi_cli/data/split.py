@@ -14,6 +14,7 @@ import hashlib
 import heapq
 import json
 import math
+from fractions import Fraction
 from array import array
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -23,8 +24,8 @@ from typing import Any
 
 from yayi_cli import __version__
 from yayi_cli.atomic import atomic_files
-from yayi_cli.data.reader import SourceRecord, read_records, sha256_of
-from yayi_cli.data.validate import DUPLICATE, Problem, check_record, content_keys, find_repeats
+from yayi_cli.data.reader import SourceRecord, read_records, refuse_repeated_inputs, sha256_of
+from yayi_cli.data.validate import DUPLICATE, Problem, check_record, find_repeats
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.records import ParsedRecord, domain_of
 
@@ -53,7 +54,7 @@ def allocate(test_size: int | float, strata: dict[str, int]) -> dict[str, int]:
     So every stratum's test count is within one record of its exact share.
     """
     total = sum(strata.values())
-    wanted = test_size if isinstance(test_size, int) else math.ceil(test_size * total)
+    wanted = test_size if isinstance(test_size, int) else math.ceil(Fraction(repr(test_size)) * total)
     if not 0 < wanted < total:
         raise UsageError(
             f"--test-size {test_size} asks for {wanted} test records out of {total} usable ones; "
@@ -114,15 +115,26 @@ def _valid_records(paths: Sequence[Path], survey: Survey | None) -> Iterator[tup
             yield source, domain_of(checked.turns[0].text) or NO_DOMAIN, checked
 
 
+def stable_content_keys(record: ParsedRecord) -> tuple[int, int]:
+    """Like `content_keys`, but BLAKE2b: what --dedupe drops must not depend on Python's hash seed."""
+    *prompt, answer = record.turns
+    prompt_text = json.dumps([record.system, prompt], ensure_ascii=False)
+    keys = []
+    for text in (prompt_text, json.dumps(answer, ensure_ascii=False)):
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        keys.append(int.from_bytes(digest, "little"))
+    return keys[0], keys[1]
+
+
 def survey_inputs(paths: Sequence[Path], *, stratify: bool, dedupe: bool) -> Survey:
     """First pass: check and count everything; with `dedupe`, find the later copies of records."""
     survey = Survey()
-    prompt_keys, answer_keys, stratum_ids, names = array("Q"), array("I"), array("H"), {}
+    prompt_keys, answer_keys, stratum_ids, names = array("Q"), array("Q"), array("H"), {}
     for _, domain, record in _valid_records(paths, survey):
         stratum = domain if stratify else ""
         survey.strata[stratum] += 1
         if dedupe:
-            prompt_key, answer_key = content_keys(record)
+            prompt_key, answer_key = stable_content_keys(record)
             prompt_keys.append(prompt_key)
             answer_keys.append(answer_key)
             stratum_ids.append(names.setdefault(stratum, len(names)))
@@ -174,6 +186,7 @@ class SplitReport:
 
 
 def _output_paths(out_dir: Path, inputs: Sequence[Path], force: bool) -> list[Path]:
+    refuse_repeated_inputs(inputs)
     outputs = [out_dir / name for name in OUTPUT_NAMES]
     resolved_inputs = {Path(p).resolve() for p in inputs}
     for output in outputs:
@@ -187,10 +200,9 @@ def _output_paths(out_dir: Path, inputs: Sequence[Path], force: bool) -> list[Pa
 
 
 def _line(source: SourceRecord) -> str:
-    """The record as one JSON line: its own text, unless it spanned lines in a JSON array."""
-    if "\n" in source.raw or "\r" in source.raw:
-        return json.dumps(source.value, ensure_ascii=False) + "\n"
-    return source.raw + "\n"
+    """The record's own text as one line. JSON strings cannot hold a raw line break, so the
+    breaks of a pretty-printed array item are whitespace between tokens and can go."""
+    return "".join(source.raw.splitlines()) + "\n"
 
 
 def split(
@@ -210,7 +222,8 @@ def split(
     survey = survey_inputs(paths, stratify=stratify, dedupe=dedupe)
     if survey.invalid_count and not skip_invalid:
         raise DataError(
-            f"{survey.invalid_count} invalid record(s), the first at {survey.invalid[0]}; "
+            f"{survey.invalid_count} invalid record(s), the first at {survey.invalid[0].path}:"
+            f"{survey.invalid[0].line} ({survey.invalid[0].message}); "
             "`yayi data validate` lists them all, or pass --skip-invalid to leave them out"
         )
     counts = allocate(test_size, dict(survey.strata))
@@ -236,7 +249,10 @@ def print_report(report: SplitReport, out_dir: Path, console: Any) -> None:
     dropped = [f"{counts['invalid_skipped']} invalid"] if counts["invalid_skipped"] else []
     dropped += [f"{counts['duplicates_dropped']} duplicates"] if counts["duplicates_dropped"] else []
     left_out = f" ({', '.join(dropped)} left out)" if dropped else ""
+    from rich.markup import escape
+
     console.print(
         f"{counts['records']} records{left_out}: [bold]{counts['train']}[/] train, [bold]{counts['test']}[/] test "
-        f"(seed {report.seed}) -> {out_dir}/{{train.jsonl,test.jsonl,split.json}}", highlight=False,
+        f"(seed {report.seed}) -> {escape(str(out_dir))}/{{train.jsonl,test.jsonl,split.json}}",
+        highlight=False, soft_wrap=True,
     )

@@ -20,7 +20,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from yayi_cli.data.reader import LineChunk, SourceRecord, chunk_records, is_json_array, line_chunks, read_records
+from yayi_cli.data.reader import (
+    LineChunk,
+    SourceRecord,
+    chunk_records,
+    is_json_array,
+    line_chunks,
+    read_records,
+    refuse_repeated_inputs,
+)
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.prompt import IGNORE_INDEX, Conversation
 from yayi_cli.records import SHAPES, ParsedRecord, RecordError, domain_of, parse_record
@@ -77,16 +85,17 @@ def check_record(source: SourceRecord) -> ParsedRecord | Problem:
 
 
 def content_keys(record: ParsedRecord) -> tuple[int, int]:
-    """Hash of everything before the last answer (64 bits) and of that answer (32 bits).
+    """64-bit hashes of everything before the last answer, and of that answer.
 
     Python's own string hash: fast, and equal for equal text within this process and the
-    processes it forks (they share its hash secret), which is all duplicate detection needs.
+    processes it forks (they share its hash secret), which is all the warnings need. Two
+    different records share both keys with a chance of about 2^-128.
     """
     *prompt, answer = record.turns
-    return hash((record.system, *prompt)) & _MASK_64, hash(answer) & _MASK_32
+    return hash((record.system, *prompt)) & _MASK_64, hash(answer) & _MASK_64
 
 
-_MASK_64, _MASK_32 = (1 << 64) - 1, (1 << 32) - 1
+_MASK_64 = (1 << 64) - 1
 
 
 @dataclass
@@ -99,11 +108,13 @@ class Tally:
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     problems: list[Problem] = field(default_factory=list)
     prompt_keys: array = field(default_factory=lambda: array("Q"))
-    answer_keys: array = field(default_factory=lambda: array("I"))
+    answer_keys: array = field(default_factory=lambda: array("Q"))
     run_starts: array = field(default_factory=lambda: array("Q"))
     run_offsets: array = field(default_factory=lambda: array("q"))
     """Line numbers as runs: from ordinal `run_starts[i]` on, line = ordinal + `run_offsets[i]`.
     A JSON-lines file without blank or invalid lines is one run, so lines cost nothing per record."""
+    reserved: frozenset[str] = frozenset()
+    """With --model: the tokenizer's special tokens, refused inside text like the markers."""
     first_ordinal: dict[str, int] = field(default_factory=dict)
     """Where each file's records start among the keys: records of a file are consecutive."""
 
@@ -147,6 +158,12 @@ class Tally:
         if isinstance(checked, Problem):
             self.report(checked)
             return None
+        if self.reserved:
+            try:
+                checked.conversation.refuse(self.reserved)
+            except DataError as error:
+                self.report(Problem(source.path, source.line, source.index, ERROR, "special-token", str(error)))
+                return None
         stats.valid += 1
         stats.shapes[checked.shape] += 1
         stats.turns += len(checked.turns)
@@ -199,7 +216,7 @@ class Repeat(NamedTuple):
 
 
 def find_repeats(prompt_keys: array, answer_keys: array) -> list[Repeat]:
-    """Records (by ordinal) that repeat an earlier prompt, in input order.
+    """Records (by ordinal) that repeat an earlier prompt, in input order (keys: 64-bit each).
 
     A `duplicate` has the prompt and answer of an earlier record (`earlier` is the first such);
     a `conflicting-answer` record is the first with its answer among records sharing the prompt
@@ -293,11 +310,6 @@ class TokenCounter:
         self.pending: list[tuple[SourceRecord, Conversation]] = []
 
     def add(self, source: SourceRecord, conversation: Conversation) -> None:
-        try:
-            conversation.refuse(self.prompt_tokenizer.reserved)
-        except DataError as error:
-            self.tally.report(Problem(source.path, source.line, source.index, ERROR, "special-token", str(error)))
-            return
         self.pending.append((source, conversation))
         if len(self.pending) >= self.BATCH:
             self.flush()
@@ -409,6 +421,9 @@ def validate(
     `progress` is called with the number of bytes finished, for a progress bar.
     `workers=None` uses one process per core for large JSON-lines input (without a model).
     """
+    refuse_repeated_inputs(paths)
+    if model is None and (max_length is not None or template_name is not None):
+        raise UsageError("--max-length and --template only matter with --model (the tokenizer to count with)")
     sizes = _sizes(paths)
     tally = Tally(max_listed)
     counter = _token_counter(model, template_name, max_length, trust_remote_code, tally) if model else None
@@ -446,7 +461,9 @@ def _token_counter(model: str, template_name: str | None, max_length: int | None
     add_markers(tokenizer)
     limit = max_length if max_length is not None else context_length(model, tokenizer)
     stats = TokenStats(model, template.name, limit)
-    return TokenCounter(PromptTokenizer(template, tokenizer), stats, tally)
+    prompt_tokenizer = PromptTokenizer(template, tokenizer)
+    tally.reserved = prompt_tokenizer.reserved
+    return TokenCounter(prompt_tokenizer, stats, tally)
 
 
 def print_report(report: ValidationReport, console: Any) -> None:

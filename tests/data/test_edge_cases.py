@@ -1,0 +1,80 @@
+"""Inputs new users feed the data commands that their authors did not plan for."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.helpers import SAMPLE_DATA
+from yayi_cli.cli import app
+from yayi_cli.data.reader import read_records
+from yayi_cli.data.split import allocate, split
+from yayi_cli.data.validate import validate
+from yayi_cli.errors import UsageError
+
+runner = CliRunner()
+
+
+def test_fractions_are_exact():
+    assert allocate(0.07, {"": 100}) == {"": 7}  # not ceil(7.000000000000001) = 8
+
+
+def test_text_after_the_closing_bracket_of_an_array_is_an_error(tmp_path):
+    path = tmp_path / "two.json"
+    path.write_text('[{"instruction": "q", "output": "a"}]\n[{"instruction": "r", "output": "b"}]\n')
+    found = list(read_records(path))
+    assert found[-1].line == 2 and "text after the closing ']'" in found[-1].error
+
+
+def test_the_same_file_twice_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="are the same file"):
+        validate([SAMPLE_DATA, SAMPLE_DATA.parent / ".." / SAMPLE_DATA.parent.name / SAMPLE_DATA.name])
+    with pytest.raises(UsageError, match="are the same file"):
+        split([SAMPLE_DATA, SAMPLE_DATA], tmp_path / "o", test_size=2)
+
+
+def test_tokenizer_options_without_a_model_are_refused():
+    with pytest.raises(UsageError, match="only matter with --model"):
+        validate([SAMPLE_DATA], max_length=5)
+
+
+def test_a_special_token_makes_a_record_invalid_not_valid_and_invalid(tiny_model_dirs, tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"instruction": "q</s>", "output": "a"}) + "\n")
+    stats = validate([path], model=str(tiny_model_dirs["bloom"])).to_json()["totals"]
+    assert (stats["records"], stats["valid"], stats["errors"]) == (1, 0, 1)
+
+
+def test_a_directory_where_an_output_goes_is_refused_before_anything_is_written(tmp_path):
+    (tmp_path / "o" / "test.jsonl").mkdir(parents=True)
+    with pytest.raises(UsageError, match="is a directory"):
+        split([SAMPLE_DATA], tmp_path / "o", test_size=2, force=True)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["test.jsonl"]
+
+
+def test_rich_markup_in_data_and_paths_is_shown_as_text(tmp_path):
+    data = tmp_path / "x[red]y.jsonl"
+    data.write_text(json.dumps({"conversations": [{"from": "[/x]", "value": "a"}]}) + "\n" + json.dumps({"instruction": "【[bold]重要】q", "output": "a"}, ensure_ascii=False) + "\n")
+    result = runner.invoke(app, ["data", "preview", str(data)])
+    assert result.exit_code == 1 and "unknown role '[/x]'" in result.stdout and "[bold]重要" in result.stdout
+    out = runner.invoke(app, ["data", "split", str(SAMPLE_DATA), "--test-size", "2", "-o", str(tmp_path / "o[/x]")])
+    assert out.exit_code == 0 and "o[/x]" in out.stdout
+
+
+def test_dedupe_does_not_depend_on_the_hash_seed(tmp_path):
+    data = tmp_path / "d.jsonl"
+    records = [{"instruction": "写一首诗", "output": f"answer {i}"} for i in range(50)] + [{"instruction": "写一首诗", "output": "answer 7"}]
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    outputs = []
+    for seed in ("0", "1"):
+        out = tmp_path / f"o{seed}"
+        command = [sys.executable, "-m", "yayi_cli", "data", "split", str(data), "--test-size", "5", "--dedupe", "-o", str(out)]
+        subprocess.run(command, check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": seed})
+        outputs.append(((out / "train.jsonl").read_bytes(), (out / "test.jsonl").read_bytes()))
+        assert json.loads((out / "split.json").read_text())["counts"]["duplicates_dropped"] == 1
+    assert outputs[0] == outputs[1]
