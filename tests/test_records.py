@@ -71,7 +71,7 @@ def test_a_prompt_without_answer_is_accepted_only_when_asked():
         ({"conversations": []}, "field 'conversations' is empty"),
         ({"conversations": ["hi"]}, "conversations[0] must be an object, found a string"),
         ({"conversations": [{"from": "robot", "value": "hi"}]}, "conversations[0].from: unknown role 'robot' (expected one of human, user, yayi, assistant, gpt, system)"),
-        ({"conversations": [{"value": "hi"}]}, "conversations[0].from: unknown role None"),
+        ({"conversations": [{"value": "hi"}]}, "conversations[0].from is missing"),
         ({"conversations": [{"from": "yayi", "value": "hi"}]}, "conversations[0]: the conversation starts with the assistant"),
         ({"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]}, "conversations[1]: two human messages in a row"),
         ({"conversations": [{"from": "human", "value": "q"}, {"from": "yayi", "value": "a"}, {"from": "yayi", "value": "b"}]}, "conversations[2]: two assistant messages in a row"),

@@ -97,7 +97,10 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UsageError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
-        index = int(device.partition(":")[2] or 0)
+        number = device.partition(":")[2] or "0"
+        if not number.isdigit():
+            raise UsageError(f"--device {device!r}: use cuda or cuda:N with N a GPU number")
+        index = int(number)
         if index >= torch.cuda.device_count():
             raise UsageError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) here")
     elif device != "cpu":

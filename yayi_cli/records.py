@@ -198,6 +198,8 @@ class _RecordParser:
 
     @staticmethod
     def role(value: Any, where: str) -> str:
+        if value is None:
+            raise RecordError(f"{where} is missing", "missing-field")
         role = ROLE_ALIASES.get(value.lower()) if isinstance(value, str) else None
         if role is None:
             raise RecordError(

@@ -167,6 +167,8 @@ def test_empty_files_and_huge_lines(tmp_path):
     report = validate([empty, huge])
     assert report.ok and report.records == 2
     assert report.to_json()["files"][0]["records"] == 0
+    assert [(p.path, p.code) for p in report.tally.problems] == [(str(empty), "empty-file")]
+    assert not validate([empty], strict=True).ok
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

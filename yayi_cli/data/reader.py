@@ -19,6 +19,8 @@ from typing import Any, BinaryIO, NamedTuple
 from yayi_cli.errors import UsageError
 
 CHUNK_CHARS = 1 << 20
+"""Characters decoded at a time from a JSON array file."""
+INVALID_UTF8 = "invalid UTF-8"
 CHUNK_BYTES = 4 << 20
 _WHITESPACE = " \t\r\n"
 _decoder = json.JSONDecoder()
@@ -37,6 +39,11 @@ class SourceRecord(NamedTuple):
     @property
     def location(self) -> str:
         return f"{self.path}:{self.line}"
+
+    @property
+    def error_code(self) -> str:
+        """`invalid-utf8` or `invalid-json`, for reports that programs read."""
+        return "invalid-utf8" if self.error and self.error.startswith(INVALID_UTF8) else "invalid-json"
 
 
 def open_data_file(path: Path) -> BinaryIO:
@@ -146,7 +153,7 @@ def chunk_records(chunk: LineChunk, first_index: int = 0) -> Iterator[SourceReco
     index = first_index
     for number, raw, bad_byte in _decoded_lines(chunk):
         if raw is None:
-            yield SourceRecord(chunk.path, number, index, "", error=f"invalid UTF-8 at byte {bad_byte + 1} of the line")
+            yield SourceRecord(chunk.path, number, index, "", error=f"{INVALID_UTF8} at byte {bad_byte + 1} of the line")
             index += 1
             continue
         if raw.endswith("\r"):
@@ -239,4 +246,4 @@ def _array_records(path: str, handle: BinaryIO) -> Iterator[SourceRecord]:
             yield SourceRecord(path, line, index, scanner.take(end), value=value)
             index += 1
     except UnicodeDecodeError:
-        yield SourceRecord(path, scanner.line, index, "", error="invalid UTF-8; the file must be UTF-8 encoded")
+        yield SourceRecord(path, scanner.line, index, "", error=f"{INVALID_UTF8}; the file must be UTF-8 encoded")

@@ -32,7 +32,8 @@ from yayi_cli.records import ParsedRecord, domain_of
 DEFAULT_SEED = 515
 """The upstream YaYi training default."""
 OUTPUT_NAMES = ("train.jsonl", "test.jsonl", "split.json")
-NO_DOMAIN = "(none)"
+NO_DOMAIN = ""
+"""The stratum of records without a domain prefix (no real domain is empty); `(none)` in split.json."""
 
 
 def parse_test_size(text: str) -> int | float:
@@ -179,7 +180,7 @@ class SplitReport:
         }
         if self.stratify:
             document["strata"] = {
-                name: {"records": self.survey.strata[name], "test": self.test_counts[name]}
+                name or "(none)": {"records": self.survey.strata[name], "test": self.test_counts[name]}
                 for name in sorted(self.survey.strata)
             }
         return document

@@ -76,8 +76,7 @@ class FileStats:
 def check_record(source: SourceRecord) -> ParsedRecord | Problem:
     """The parsed record, or the error that makes it invalid (shared with `data split`)."""
     if source.error is not None:
-        code = "invalid-utf8" if "UTF-8" in source.error else "invalid-json"
-        return Problem(source.path, source.line, source.index, ERROR, code, source.error)
+        return Problem(source.path, source.line, source.index, ERROR, source.error_code, source.error)
     try:
         return parse_record(source.value)
     except RecordError as error:
@@ -128,9 +127,8 @@ class Tally:
             self.first_ordinal[path] = len(self.prompt_keys)
         return self.files[path]
 
-    def locate(self, ordinal: int) -> tuple[str, int]:
-        """(path, line) of the record with this ordinal among the keys."""
-        starts = list(self.first_ordinal.values())
+    def locate(self, ordinal: int, starts: list[int]) -> tuple[str, int]:
+        """(path, line) of the record with this ordinal among the keys; `starts`: first ordinals of the files."""
         run = bisect.bisect_right(self.run_starts, ordinal) - 1
         return self.paths[bisect.bisect_right(starts, ordinal) - 1], ordinal + self.run_offsets[run]
 
@@ -196,9 +194,10 @@ class Tally:
 
     def report_duplicates(self) -> None:
         """Warn about repeated records and about one prompt given different answers."""
+        starts = list(self.first_ordinal.values())
         for repeat in find_repeats(self.prompt_keys, self.answer_keys):
-            path, line = self.locate(repeat.ordinal)
-            where = "{}:{}".format(*self.locate(repeat.earlier))
+            path, line = self.locate(repeat.ordinal, starts)
+            where = "{}:{}".format(*self.locate(repeat.earlier, starts))
             if repeat.kind == DUPLICATE:
                 message = f"duplicate of the record at {where}"
             else:
@@ -448,6 +447,9 @@ def validate(
             progress(size)
     if counter is not None and counter.pending:
         counter.flush()
+    for stats in tally.files.values():
+        if stats.records == 0:  # a truncated download or the wrong file, most likely
+            tally.report(Problem(stats.path, 1, None, WARNING, "empty-file", "the file holds no records"))
     tally.report_duplicates()
     return ValidationReport(tally, strict, counter.stats if counter else None)
 
