@@ -163,7 +163,7 @@ def test_empty_files_and_huge_lines(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
     huge = tmp_path / "huge.jsonl"
-    huge.write_text(json.dumps({"instruction": "q", "output": "x" * 9_000_000}) + "\n" + json.dumps(GOOD) + "\n")
+    huge.write_text(json.dumps({"instruction": "huge", "output": "x" * 9_000_000}) + "\n" + json.dumps(GOOD) + "\n")
     report = validate([empty, huge])
     assert report.ok and report.records == 2
     assert report.to_json()["files"][0]["records"] == 0
