@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ CHUNK_CHARS = 1 << 20
 """Characters decoded at a time from a JSON array file."""
 INVALID_UTF8 = "invalid UTF-8"
 CHUNK_BYTES = 4 << 20
-_WHITESPACE = " \t\r\n"
+_NOT_WHITESPACE = re.compile(r"[^ \t\r\n]")
 _decoder = json.JSONDecoder()
 
 
@@ -168,12 +169,14 @@ def chunk_records(chunk: LineChunk, first_index: int = 0) -> Iterator[SourceReco
 
 
 class _ArrayScanner:
-    """Walks a top-level JSON array chunk by chunk, keeping only the unread tail in memory."""
+    """Walks a top-level JSON array chunk by chunk with a read position, keeping only the
+    unread tail in memory (it is moved to the front when the next chunk is read)."""
 
     def __init__(self, handle: BinaryIO) -> None:
         self.handle = handle
         self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
         self.buffer = ""
+        self.pos = 0
         self.line = 1
         self.eof = False
 
@@ -182,35 +185,36 @@ class _ArrayScanner:
         if self.eof:
             return False
         chunk = self.handle.read(CHUNK_CHARS)
-        self.buffer += self.decoder.decode(chunk, final=not chunk)
+        self.buffer = self.buffer[self.pos :] + self.decoder.decode(chunk, final=not chunk)
+        self.pos = 0
         self.eof = not chunk
         return bool(chunk)
 
     def skip_whitespace(self) -> str:
-        """Drop leading whitespace and return the next character ('' at end of file)."""
+        """Move past whitespace and return the next character ('' at end of file)."""
         while True:
-            stripped = self.buffer.lstrip(_WHITESPACE)
-            self.line += self.buffer.count("\n", 0, len(self.buffer) - len(stripped))
-            self.buffer = stripped
-            if self.buffer or not self.fill():
-                return self.buffer[:1]
+            found = _NOT_WHITESPACE.search(self.buffer, self.pos)
+            stop = found.start() if found else len(self.buffer)
+            self.line += self.buffer.count("\n", self.pos, stop)
+            self.pos = stop
+            if found or not self.fill():
+                return self.buffer[self.pos : self.pos + 1]
 
     def take(self, count: int) -> str:
-        taken, self.buffer = self.buffer[:count], self.buffer[count:]
+        taken = self.buffer[self.pos : self.pos + count]
         self.line += taken.count("\n")
+        self.pos += count
         return taken
 
     def decode_value(self) -> tuple[Any, int]:
-        """Decode the value at the start of the buffer, reading more until it is complete.
-
-        A value that ends exactly at the end of the buffer may be cut (a number split across
-        chunks), so that case reads on before trusting it.
-        """
+        """Decode the value at the read position and return it with its length in characters,
+        reading more until it is complete. A value that ends exactly at the end of the buffer
+        may be cut (a number split across chunks), so that case reads on before trusting it."""
         while True:
             try:
-                value, end = _decoder.raw_decode(self.buffer)
+                value, end = _decoder.raw_decode(self.buffer, self.pos)
                 if end < len(self.buffer) or self.eof:
-                    return value, end
+                    return value, end - self.pos
             except json.JSONDecodeError:
                 if self.eof:
                     raise
@@ -240,7 +244,7 @@ def _array_records(path: str, handle: BinaryIO) -> Iterator[SourceRecord]:
             try:
                 value, end = scanner.decode_value()
             except json.JSONDecodeError as error:
-                line += scanner.buffer.count("\n", 0, error.pos)
+                line += scanner.buffer.count("\n", scanner.pos, error.pos)
                 yield SourceRecord(path, line, index, "", error=_json_error(error) + "; the rest of the array is not read")
                 return
             yield SourceRecord(path, line, index, scanner.take(end), value=value)
