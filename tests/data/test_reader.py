@@ -83,3 +83,11 @@ def test_missing_files_and_directories_are_usage_errors(tmp_path):
     assert missing.value.exit_code == 2
     with pytest.raises(UsageError, match="is a directory"):
         list(read_records(tmp_path))
+
+
+def test_pretty_printed_objects_one_after_another_in_a_json_file(tmp_path):
+    body = "\n".join(json.dumps(r, ensure_ascii=False, indent=2) for r in RECORDS[:2])
+    found = list(read_records(write(tmp_path, "d.json", body)))
+    assert [(r.line, r.value) for r in found] == [(1, RECORDS[0]), (5, RECORDS[1])]
+    one = list(read_records(write(tmp_path, "one.json", json.dumps(RECORDS[0], indent=2))))
+    assert [r.value for r in one] == [RECORDS[0]]

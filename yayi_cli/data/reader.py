@@ -83,9 +83,10 @@ def sha256_of(path: Path) -> str:
 
 def read_records(path: Path) -> Iterator[SourceRecord]:
     """Yield every record of one data file in order."""
-    if is_json_array(path):
+    layout = file_layout(path)
+    if layout != LINES:
         with open_data_file(path) as handle:
-            yield from _array_records(str(path), handle)
+            yield from _scanned_records(str(path), handle, in_array=layout == ARRAY)
         return
     index = 0
     for chunk in line_chunks(path):
@@ -94,12 +95,26 @@ def read_records(path: Path) -> Iterator[SourceRecord]:
             index = record.index + 1
 
 
-def is_json_array(path: Path) -> bool:
-    """Whether `path` is read as one top-level JSON array rather than as JSON lines."""
+LINES, ARRAY, VALUES = "lines", "array", "values"
+
+
+def file_layout(path: Path) -> str:
+    """How a file holds its records: JSON lines; or, in a `.json` file, one top-level array, or
+    pretty-printed objects one after another (the first line alone is then not JSON)."""
     if Path(path).suffix.lower() != ".json":
-        return False
+        return LINES
     with open_data_file(path) as handle:
-        return handle.read(4096).lstrip(codecs.BOM_UTF8).lstrip().startswith(b"[")
+        head = handle.read(1 << 16).removeprefix(codecs.BOM_UTF8).lstrip()
+    if head.startswith(b"["):
+        return ARRAY
+    first_line, newline, _ = head.partition(b"\n")
+    if not head.startswith(b"{") or not newline:
+        return LINES
+    try:
+        json.loads(first_line)
+    except ValueError:
+        return VALUES
+    return LINES
 
 
 def _json_error(error: json.JSONDecodeError) -> str:
@@ -169,7 +184,7 @@ def chunk_records(chunk: LineChunk, first_index: int = 0) -> Iterator[SourceReco
 
 
 class _ArrayScanner:
-    """Walks a top-level JSON array chunk by chunk with a read position, keeping only the
+    """Walks JSON text (an array, or values one after another) chunk by chunk with a read position, keeping only the
     unread tail in memory (it is moved to the front when the next chunk is read)."""
 
     def __init__(self, handle: BinaryIO) -> None:
@@ -221,33 +236,44 @@ class _ArrayScanner:
             self.fill()
 
 
-def _array_records(path: str, handle: BinaryIO) -> Iterator[SourceRecord]:
+def _next_value(scanner: _ArrayScanner, path: str, index: int) -> SourceRecord:
+    """The record at the read position, or an error record (after which nothing can be read)."""
+    line = scanner.line
+    try:
+        value, end = scanner.decode_value()
+    except json.JSONDecodeError as error:
+        line += scanner.buffer.count("\n", scanner.pos, error.pos)
+        return SourceRecord(path, line, index, "", error=_json_error(error) + "; the rest of the file is not read")
+    return SourceRecord(path, line, index, scanner.take(end), value=value)
+
+
+def _scanned_records(path: str, handle: BinaryIO, *, in_array: bool) -> Iterator[SourceRecord]:
+    """Records of a top-level array, or of JSON values written one after another."""
     scanner, index = _ArrayScanner(handle), 0
     try:
-        scanner.skip_whitespace()
-        scanner.take(1)  # the opening '['
+        if in_array:
+            scanner.skip_whitespace()
+            scanner.take(1)  # the opening '['
         while True:
             char = scanner.skip_whitespace()
-            if char == "]":
+            if not in_array and not char:
+                return
+            if in_array and char == "]":
                 scanner.take(1)
                 if scanner.skip_whitespace():
                     yield SourceRecord(path, scanner.line, index, "", error="invalid JSON: text after the closing ']' of the array; a .json file holds one array (or use JSON lines)")
                 return
-            if index > 0:
+            if in_array and index > 0:
                 if char != ",":
                     found = repr(char) if char else "end of file"
                     yield SourceRecord(path, scanner.line, index, "", error=f"invalid JSON: expected ',' or ']' between array items, found {found}")
                     return
                 scanner.take(1)
                 scanner.skip_whitespace()
-            line = scanner.line
-            try:
-                value, end = scanner.decode_value()
-            except json.JSONDecodeError as error:
-                line += scanner.buffer.count("\n", scanner.pos, error.pos)
-                yield SourceRecord(path, line, index, "", error=_json_error(error) + "; the rest of the array is not read")
+            record = _next_value(scanner, path, index)
+            yield record
+            if record.error is not None:
                 return
-            yield SourceRecord(path, line, index, scanner.take(end), value=value)
             index += 1
     except UnicodeDecodeError:
         yield SourceRecord(path, scanner.line, index, "", error=f"{INVALID_UTF8}; the file must be UTF-8 encoded")

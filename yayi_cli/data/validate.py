@@ -24,7 +24,8 @@ from yayi_cli.data.reader import (
     LineChunk,
     SourceRecord,
     chunk_records,
-    is_json_array,
+    LINES,
+    file_layout,
     line_chunks,
     read_records,
     refuse_repeated_inputs,
@@ -436,7 +437,7 @@ def validate(
             pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers, mp_context=context))
         for path, size in zip(paths, sizes):
             tally.file(str(path))  # listed even when it holds no record
-            if pool is not None and not is_json_array(path):
+            if pool is not None and file_layout(path) == LINES:
                 _check_in_parallel(pool, workers, path, tally, progress)
                 continue
             with _no_cyclic_gc():
