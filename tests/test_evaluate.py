@@ -178,6 +178,9 @@ def test_cli_report_baseline_and_gate_exit_codes(tiny_model_dirs, tmp_path):
     assert cli("--model", model, "--data", str(SAMPLE_DATA), "--output", str(report)).exit_code == 2
     assert cli("--model", model, "--data", str(SAMPLE_DATA), "--max-regression", "1").exit_code == 2
     assert cli("--model", model, "--data", str(SAMPLE_DATA), "--fail-if", "nonsense").exit_code == 2
+    (tmp_path / "broken.json").write_text("{}")
+    broken = cli("--model", model, "--data", str(SAMPLE_DATA), "--baseline", str(tmp_path / "broken.json"))
+    assert broken.exit_code == 2 and "not a yayi eval report" in broken.stderr
     missing = cli("--model", str(tmp_path / "none"), "--data", str(SAMPLE_DATA))
     assert missing.exit_code == 2 and "no such model directory" in missing.stderr
 

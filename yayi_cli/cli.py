@@ -212,7 +212,7 @@ def eval_command(
 
     Answer-only loss and perplexity (the masking training uses), per domain; with --generate, exact match, ROUGE-L and BLEU-4; with --task choice, accuracy per subject. Exits 1 when a --fail-if gate holds or --max-regression is exceeded.
     """
-    from yayi_cli.evaluate import EvalOptions, Gate, print_report, regressions, run_eval, write_json_lines
+    from yayi_cli.evaluate import EvalOptions, Gate, baseline_metrics, print_report, regressions, run_eval, write_json_lines
 
     gates = [Gate.parse(text) for text in fail_if]
     for path in (output, predictions):
@@ -220,7 +220,7 @@ def eval_command(
             raise UsageError(f"{path} already exists; use --force to replace it")
     if max_regression is not None and baseline is None:
         raise UsageError("--max-regression needs --baseline REPORT.json")
-    previous = _read_report(baseline) if baseline is not None else None
+    previous = baseline_metrics(baseline) if baseline is not None else None
     options = EvalOptions(
         model=model, data=data, task=task, generate=generate, sample=sample, max_new_tokens=max_new_tokens,
         batch_size=batch_size, max_samples=max_samples, max_length=max_length, seed=seed, device=device,
@@ -276,17 +276,6 @@ def quantize_command(
         print_json(report.to_json())
     else:
         print_report(report, Console())
-
-
-def _read_report(path: Path) -> dict[str, float]:
-    """The metrics of a report that `yayi eval --output` wrote."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-        return {name: float(value) for name, value in document["metrics"].items()}
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise UsageError(f"{path}: not a yayi eval report ({error})") from None
 
 
 def main() -> None:

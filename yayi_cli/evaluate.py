@@ -340,6 +340,17 @@ class Gate:
         return f"{self.metric} = {actual:.6g}, which is {self.op} {self.value:g}" if holds else None
 
 
+def baseline_metrics(path: Path) -> dict[str, float]:
+    """The metrics of a report that `yayi eval --output` wrote."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        return {name: float(value) for name, value in document["metrics"].items()}
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UsageError(f"{path}: not a yayi eval report ({error})") from None
+
+
 def regressions(current: dict[str, float], baseline: dict[str, float], max_percent: float) -> list[str]:
     """Metrics more than `max_percent` worse than the baseline, in each metric's own direction."""
     failures = []
