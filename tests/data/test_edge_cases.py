@@ -78,3 +78,10 @@ def test_dedupe_does_not_depend_on_the_hash_seed(tmp_path):
         outputs.append(((out / "train.jsonl").read_bytes(), (out / "test.jsonl").read_bytes()))
         assert json.loads((out / "split.json").read_text())["counts"]["duplicates_dropped"] == 1
     assert outputs[0] == outputs[1]
+
+
+def test_a_pipe_is_refused_because_split_reads_twice(tmp_path):
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match="not a regular file"):
+        split([fifo], tmp_path / "o", test_size=1)

@@ -188,6 +188,9 @@ class SplitReport:
 
 def _output_paths(out_dir: Path, inputs: Sequence[Path], force: bool) -> list[Path]:
     refuse_repeated_inputs(inputs)
+    for path in inputs:
+        if Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir():
+            raise UsageError(f"{path}: not a regular file; split reads its inputs twice, so save a pipe's data to a file first")
     outputs = [out_dir / name for name in OUTPUT_NAMES]
     resolved_inputs = {Path(p).resolve() for p in inputs}
     for output in outputs:
