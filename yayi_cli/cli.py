@@ -19,8 +19,10 @@ from rich.markup import escape
 
 from yayi_cli import __version__
 from yayi_cli.atomic import write_text_atomic
+from yayi_cli.data import DEFAULT_SEED
 from yayi_cli.errors import UsageError, YayiError
 from yayi_cli.prompt import TEMPLATES
+from yayi_cli.train.options import OFFLOADS, OVERLONG, PRECISIONS, SCHEDULERS, ZERO_STAGES
 
 EXIT_CODES = (
     "Exit codes: 0 success; 1 the work ran and found a problem (invalid data, failed check); "
@@ -42,6 +44,11 @@ data_app = typer.Typer(
 app.add_typer(data_app, name="data")
 
 TemplateName = Literal[tuple(TEMPLATES)]  # type: ignore[valid-type]  # choices come from the data
+ZeroStage = Literal[ZERO_STAGES]  # type: ignore[valid-type]
+Offload = Literal[OFFLOADS]  # type: ignore[valid-type]
+Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
+Overlong = Literal[OVERLONG]  # type: ignore[valid-type]
+Scheduler = Literal[SCHEDULERS]  # type: ignore[valid-type]
 TemplateOption = typer.Option(
     None, "--template",
     help="Prompt template (default: saved with the model, else detected from its name or config).",
@@ -159,7 +166,7 @@ def data_split(
     files: list[Path] = typer.Argument(..., metavar="FILE...", help="Data files to split.", show_default=False),
     test_size: str = typer.Option(..., "--test-size", metavar="N|F", help="Test records: a count (400) or a fraction (0.05).", show_default=False),
     output: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="Directory for train.jsonl, test.jsonl and split.json.", show_default=False),
-    seed: int = typer.Option(515, "--seed", help="Seed of the deterministic selection (515 as upstream)."),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Seed of the deterministic selection (as upstream)."),
     stratify: Optional[Literal["domain"]] = typer.Option(None, "--stratify", help="Keep each domain's share in test."),
     dedupe: bool = typer.Option(False, "--dedupe", help="Drop later copies of identical records."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Leave invalid records out instead of refusing."),
@@ -180,6 +187,79 @@ def data_split(
         print_json(report.to_json())
     else:
         print_report(report, output, Console())
+
+
+@app.command("train")
+@reports_errors
+def train_command(
+    data: Optional[list[Path]] = typer.Option(None, "--data", "--data-path", "-d", metavar="FILE", help="Training data (repeat for several files).", show_default=False),
+    model: Optional[str] = typer.Option(None, "--model", "--input-model", "-m", metavar="DIR|HUB_ID", help="The model to fine-tune.", show_default=False),
+    output: Optional[Path] = typer.Option(None, "--output", "--local-output-dir", "-o", metavar="DIR", help="Checkpoints, then the final model, go here.", show_default=False),
+    config: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="YAML or JSON file of options (flags override it)."),
+    eval_data: Optional[list[Path]] = typer.Option(None, "--eval-data", metavar="FILE", help="Held-out data for evaluation during training."),
+    test_size: Optional[str] = typer.Option(None, "--test-size", metavar="N|F", help="Hold out N records (or a fraction) of --data for evaluation."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", "--num-gpus", metavar="N", help="GPUs per machine (default: all; with --cpu, CPU ranks)."),
+    num_nodes: Optional[int] = typer.Option(None, "--num-nodes", metavar="N", help="Use the first N machines of --hostfile."),
+    hostfile: Optional[Path] = typer.Option(None, "--hostfile", metavar="FILE", help="Machines to train on ('host slots=N' lines)."),
+    include: Optional[str] = typer.Option(None, "--include", metavar="HOST:I,J@...", help="Exactly which GPUs (DeepSpeed's --include)."),
+    master_addr: Optional[str] = typer.Option(None, "--master-addr", help="Address of the first machine."),
+    master_port: Optional[int] = typer.Option(None, "--master-port", help="Port for the ranks to meet on."),
+    cpu: Optional[bool] = typer.Option(None, "--cpu", help="Train on the CPU with DeepSpeed's CPU accelerator (tests)."),
+    zero: Optional[ZeroStage] = typer.Option(None, "--zero", help="ZeRO stage [default: 2]."),
+    offload: Optional[Offload] = typer.Option(None, "--offload", help="Offload optimizer state (and at ZeRO-3 parameters) [default: none]."),
+    nvme_path: Optional[Path] = typer.Option(None, "--nvme-path", metavar="DIR", help="Local NVMe folder for --offload nvme."),
+    precision: Optional[Precision] = typer.Option(None, "--precision", help="auto: bf16 where the GPU has it, else fp16; fp32 on the CPU [default: auto]."),
+    deepspeed: Optional[Path] = typer.Option(None, "--deepspeed", metavar="FILE", help="Your own DeepSpeed config, used as it is."),
+    micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", "--per-device-train-batch-size", metavar="N", help="Examples (or packed rows) per rank per step [default: 8]."),
+    eval_batch_size: Optional[int] = typer.Option(None, "--eval-batch-size", "--per-device-eval-batch-size", metavar="N", help="[default: 8]"),
+    gradient_accumulation_steps: Optional[int] = typer.Option(None, "--gradient-accumulation-steps", metavar="N", help="[default: 1]"),
+    global_batch_size: Optional[int] = typer.Option(None, "--global-batch-size", metavar="N", help="Set accumulation so micro x accumulation x ranks = N."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", metavar="TOKENS", help="Longest example (default: the model's context)."),
+    overlong: Optional[Overlong] = typer.Option(None, "--overlong", help="Longer examples are cut or left out, and counted [default: truncate]."),
+    packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help="Pack several examples into each row."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", "--num-train-epochs", help="[default: 2]"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps (overrides --epochs)."),
+    lr: Optional[float] = typer.Option(None, "--lr", "--learning-rate", help="Peak learning rate [default: 5e-6]."),
+    lr_scheduler: Optional[Scheduler] = typer.Option(None, "--lr-scheduler", help="[default: linear]"),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="[default: 0]"),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="[default: 0]"),
+    max_grad_norm: Optional[float] = typer.Option(None, "--max-grad-norm", help="Gradient clipping [default: 1.0]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="[default: 515]"),
+    logging_steps: Optional[int] = typer.Option(None, "--logging-steps", help="[default: 10]"),
+    save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N steps [default: 500]."),
+    save_total_limit: Optional[int] = typer.Option(None, "--save-total-limit", help="Keep the newest N checkpoints [default: 3]."),
+    eval_steps: Optional[int] = typer.Option(None, "--eval-steps", help="[default: --save-steps]"),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing", help="Recompute activations to save memory."),
+    report_to: Optional[str] = typer.Option(None, "--report-to", metavar="none|tensorboard|wandb|...", help="[default: none]"),
+    template: Optional[TemplateName] = TemplateOption,
+    resume: Optional[str] = typer.Option(None, "--resume", metavar="auto|CHECKPOINT", help="Continue a run: auto = the newest complete checkpoint in --output."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", metavar="DIR", help="Tokenized data cache [default: ~/.cache/yayi/tokenized]."),
+    force: Optional[bool] = typer.Option(None, "--force", help="Start over in a non-empty --output (its old contents are moved beside it, not deleted)."),
+    trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="Allow the model's own Python code to run."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the launch command, ZeRO config and memory estimate; run and write nothing."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Fine-tune with DeepSpeed ZeRO: writes OUTPUT/ds_config.json and OUTPUT/run.json, then runs the deepspeed launcher.
+
+    Loss is on every assistant answer and nothing else. The final model, tokenizer and template are saved in OUTPUT, ready for yayi chat, eval and quantize. Exits with the launcher's status (1 when training failed, 130 when interrupted).
+    """
+    flags = {name: value for name, value in locals().items() if name not in ("config", "dry_run", "json_output")}
+    from yayi_cli.train.launch import child_environment, plan_launch, run_launcher, write_run_files
+    from yayi_cli.train.options import flag_values, resolve_options
+
+    plan = plan_launch(resolve_options(config, flag_values(flags)), dry_run=dry_run)
+    if json_output:
+        print_json(plan.to_json())
+    else:
+        from yayi_cli.train.report import print_plan
+
+        print_plan(plan, Console(stderr=not dry_run), dry_run=dry_run)
+    if dry_run:
+        return
+    kept = write_run_files(plan)
+    if kept is not None:
+        Console(stderr=True).print(f"moved the previous contents of {escape(str(plan.output))} to {escape(str(kept))}")
+    raise typer.Exit(run_launcher(plan.command, child_environment(plan.options)))
 
 
 @app.command("eval")

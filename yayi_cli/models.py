@@ -50,7 +50,7 @@ def quiet_int8_warnings() -> None:
         logger.addFilter(_DROP_CAST_WARNING)
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -63,7 +63,7 @@ def load_tokenizer(model: str, *, trust_remote_code: bool = False) -> Any:
     try:
         return AutoTokenizer.from_pretrained(reference, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
-        raise UsageError(f"cannot load a tokenizer from {model!r}: {_first_line(error)}") from None
+        raise UsageError(f"cannot load a tokenizer from {model!r}: {first_line(error)}") from None
 
 
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length")
@@ -148,7 +148,7 @@ def load_model(
     try:
         loaded = AutoModelForCausalLM.from_pretrained(reference, **options)
     except (OSError, ValueError) as error:
-        raise UsageError(f"cannot load a model from {model!r}: {_first_line(error)}") from None
+        raise UsageError(f"cannot load a model from {model!r}: {first_line(error)}") from None
     if not load_in_8bit:
         loaded.to(device)
     return loaded.eval()

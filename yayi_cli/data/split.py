@@ -24,13 +24,12 @@ from typing import Any
 
 from yayi_cli import __version__
 from yayi_cli.atomic import atomic_files
+from yayi_cli.data import DEFAULT_SEED
 from yayi_cli.data.reader import SourceRecord, read_records, refuse_repeated_inputs, sha256_of
 from yayi_cli.data.validate import DUPLICATE, Problem, check_record, find_repeats
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.records import ParsedRecord, domain_of
 
-DEFAULT_SEED = 515
-"""The upstream YaYi training default."""
 OUTPUT_NAMES = ("train.jsonl", "test.jsonl", "split.json")
 NO_DOMAIN = ""
 """The stratum of records without a domain prefix (no real domain is empty); `(none)` in split.json."""

@@ -1,0 +1,171 @@
+"""Planning a launch: ranks, the launcher's argv, output and resume checks; a dry run writes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.helpers import SAMPLE_DATA
+from yayi_cli.cli import app
+from yayi_cli.errors import DataError, UsageError
+from yayi_cli.train import launch
+from yayi_cli.train.launch import (
+    Ranks, check_data, check_output, launcher_command, plan_ranks, resolve_resume, write_run_files,
+)
+from yayi_cli.train.options import TrainOptions
+
+RUN = Path("/runs/a/run.json")
+
+
+def options(**values) -> TrainOptions:
+    return TrainOptions(**({"data": ["d.jsonl"], "model": "m", "output": "out"} | values))
+
+
+def test_a_single_machine_launch_names_the_gpus_the_worker_and_the_run_file():
+    command = launcher_command(options(gpus=8), Ranks({"localhost": list(range(8))}, None), RUN)
+    assert Path(command[0]).name == "deepspeed" or command[1:3] == ["-m", "deepspeed.launcher.runner"]
+    assert command[-6:] == ["--num_gpus", "8", "--module", "yayi_cli.train.worker", "--run-config", str(RUN)]
+
+
+def test_a_multi_machine_launch_passes_the_hostfile_nodes_and_master(tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("# two machines\nworker-1 slots=8\nworker-2 slots=8\n", encoding="utf-8")
+    chosen = options(hostfile=str(hostfile), num_nodes=2, master_addr="worker-1", master_port=29600)
+    ranks = plan_ranks(chosen, [], dry_run=False)
+    assert ranks.world_size == 16 and ranks.num_nodes == 2
+    command = launcher_command(chosen, ranks, RUN)
+    assert command[command.index("--hostfile") + 1] == str(hostfile)
+    expected = ["--num_nodes", "2", "--num_gpus", "8", "--master_addr", "worker-1", "--master_port", "29600"]
+    assert command[command.index("--num_nodes"):command.index("--module")] == expected
+
+
+@pytest.mark.parametrize(("selection", "world_size"), [
+    ({"num_nodes": 1}, 8), ({"gpus": 4}, 8), ({"include": "worker-1:0,1@worker-2:3"}, 3),
+])
+def test_ranks_follow_the_launchers_selection_rules(tmp_path, selection, world_size):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("worker-1 slots=8\nworker-2 slots=8\n", encoding="utf-8")
+    assert plan_ranks(options(hostfile=str(hostfile), **selection), [], dry_run=False).world_size == world_size
+
+
+def test_include_is_passed_on_instead_of_a_gpu_count(tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("worker-1 slots=8\n", encoding="utf-8")
+    chosen = options(hostfile=str(hostfile), include="worker-1:0,1")
+    command = launcher_command(chosen, plan_ranks(chosen, [], dry_run=False), RUN)
+    assert command[command.index("--include") + 1] == "worker-1:0,1" and "--num_gpus" not in command
+
+
+@pytest.mark.parametrize(("text", "message"), [("worker-1 8\n", "lines look like"), ("", "empty")])
+def test_a_bad_hostfile_is_refused_with_its_expected_format(tmp_path, text, message):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text(text, encoding="utf-8")
+    with pytest.raises(UsageError, match=message):
+        plan_ranks(options(hostfile=str(hostfile)), [], dry_run=False)
+
+
+def test_no_gpu_without_cpu_is_refused_but_a_dry_run_only_warns(monkeypatch):
+    monkeypatch.setattr(launch, "count_local_gpus", lambda: 0)
+    with pytest.raises(UsageError, match="no GPU found.*--cpu"):
+        plan_ranks(options(), [], dry_run=False)
+    warnings: list[str] = []
+    assert plan_ranks(options(gpus=8), warnings, dry_run=True).world_size == 8
+    assert "no GPU found" in warnings[0]
+
+
+def test_more_gpus_than_present_is_refused(monkeypatch):
+    monkeypatch.setattr(launch, "count_local_gpus", lambda: 4)
+    with pytest.raises(UsageError, match="--gpus 8, but this machine has 4 GPU"):
+        plan_ranks(options(gpus=8), [], dry_run=False)
+    assert plan_ranks(options(), [], dry_run=False).world_size == 4  # default: all of them
+
+
+def test_cpu_ranks_need_no_gpu():
+    assert plan_ranks(options(cpu=True, gpus=2), [], dry_run=False).world_size == 2
+
+
+def test_an_output_holding_anything_needs_resume_or_force(tmp_path):
+    (tmp_path / "checkpoint-5").mkdir()
+    with pytest.raises(UsageError, match="not empty; add --resume auto.*or --force"):
+        check_output(options(output=str(tmp_path)))
+    check_output(options(output=str(tmp_path), resume="auto"))
+    check_output(options(output=str(tmp_path), force=True))
+    with pytest.raises(UsageError, match="is a file"):
+        check_output(options(output=str(SAMPLE_DATA)))
+
+
+def write_checkpoint(output: Path, step: int, *, complete: bool = True, shards: int = 0) -> Path:
+    checkpoint = output / f"checkpoint-{step}"
+    (checkpoint / f"global_step{step}").mkdir(parents=True)
+    for rank in range(shards):
+        (checkpoint / f"global_step{step}" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    if complete:
+        (checkpoint / "trainer_state.json").write_text("{}", encoding="utf-8")
+    return checkpoint
+
+
+def test_resume_auto_takes_the_newest_complete_checkpoint(tmp_path):
+    write_checkpoint(tmp_path, 10)
+    write_checkpoint(tmp_path, 20)
+    write_checkpoint(tmp_path, 30, complete=False)  # the save that Ctrl-C cut short
+    warnings: list[str] = []
+    assert resolve_resume(options(output=str(tmp_path), resume="auto"), 1, warnings) == tmp_path / "checkpoint-20"
+    assert "checkpoint-30 was not written to the end" in warnings[0]
+
+
+def test_resume_auto_without_checkpoints_starts_from_the_model(tmp_path):
+    warnings: list[str] = []
+    assert resolve_resume(options(output=str(tmp_path), resume="auto"), 1, warnings) is None
+    assert "starting from the model" in warnings[0]
+
+
+def test_resuming_zero_state_on_another_number_of_ranks_is_refused_with_the_ways_out(tmp_path):
+    checkpoint = write_checkpoint(tmp_path, 10, shards=2)
+    assert resolve_resume(options(resume=str(checkpoint)), 2, []) == checkpoint
+    with pytest.raises(UsageError, match="split over 2 rank.*this launch has 4.*--model .*checkpoint-10"):
+        resolve_resume(options(resume=str(checkpoint)), 4, [])
+    with pytest.raises(UsageError, match="not a complete checkpoint"):
+        resolve_resume(options(resume=str(write_checkpoint(tmp_path, 11, complete=False))), 2, [])
+
+
+def test_invalid_data_is_refused_before_launch_pointing_at_validate(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "hi", "output": "ok"}\n{"instruction": "", "output": "x"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"1 invalid record\(s\), first .*bad.jsonl:2.*yayi data validate"):
+        check_data([str(bad)], "--data")
+    with pytest.raises(UsageError, match="no such file"):
+        check_data([str(tmp_path / "missing.jsonl")], "--data")
+
+
+def test_force_moves_the_previous_run_aside_instead_of_deleting_it(tmp_path, tiny_model_dirs):
+    output = tmp_path / "out"
+    old = write_checkpoint(output, 7)
+    plan = launch.plan_launch(options(data=[str(SAMPLE_DATA)], model=str(tiny_model_dirs["llama"]),
+                                      output=str(output), cpu=True, force=True), dry_run=False)
+    kept = write_run_files(plan)
+    assert (kept / old.name / "trainer_state.json").is_file()
+    assert sorted(p.name for p in output.iterdir()) == ["ds_config.json", "run.json"]
+    run = json.loads((output / "run.json").read_text(encoding="utf-8"))
+    assert run["options"]["model"] == str(tiny_model_dirs["llama"]) and run["world_size"] == 1
+    assert run["data"][0]["sha256"] and run["versions"]["deepspeed"]
+
+
+def test_a_dry_run_prints_the_plan_as_json_and_writes_nothing(tmp_path, tiny_model_dirs):
+    output = tmp_path / "never-created"
+    result = CliRunner().invoke(app, [
+        "train", "--dry-run", "--json", "--data-path", str(SAMPLE_DATA), "--input-model", str(tiny_model_dirs["bloom"]),
+        "--local-output-dir", str(output), "--gpus", "8", "--zero", "3", "--per-device-train-batch-size", "2",
+        "--global-batch-size", "64",
+    ])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert not output.exists()
+    assert plan["world_size"] == 8 and plan["global_batch_size"] == 64
+    assert plan["run"]["gradient_accumulation_steps"] == 4
+    assert plan["deepspeed_config"]["zero_optimization"]["stage"] == 3
+    assert plan["command"][-2:] == ["--run-config", str(output.resolve() / "run.json")]
+    assert plan["memory"]["parameters"] > 0 and plan["memory"]["gpu_gib_per_rank"] >= 0
+    assert any("no GPU found" in warning for warning in plan["warnings"])

@@ -1,0 +1,80 @@
+"""`yayi train` options: defaults < config file < flags, upstream names accepted, bad values refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from yayi_cli.cli import app
+from yayi_cli.errors import UsageError
+from yayi_cli.train.options import UPSTREAM_ALIASES, TrainOptions, read_config_file, resolve_options
+
+REQUIRED = {"data": ["d.jsonl"], "model": "m", "output": "out"}
+
+
+def test_defaults_apply_when_nothing_else_is_given():
+    options = resolve_options(None, REQUIRED)
+    assert (options.zero, options.precision, options.micro_batch_size, options.seed) == (2, "auto", 8, 515)
+
+
+def test_a_config_file_overrides_defaults_and_flags_override_the_file(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("zero: 3\nlr: 1.0e-4\nepochs: 1\nmicro_batch_size: 2\n", encoding="utf-8")
+    options = resolve_options(config, REQUIRED | {"lr": 3e-4, "epochs": None})
+    assert options.zero == 3 and options.micro_batch_size == 2  # from the file
+    assert options.lr == 3e-4  # the flag wins
+    assert options.epochs == 1.0  # a flag not typed (None) leaves the file's value
+
+
+def test_config_files_accept_upstream_and_dashed_names_in_json(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({
+        "data-path": "train.json", "input_model": "yayi-7b", "local_output_dir": "ckpt",
+        "per_device_train_batch_size": 4, "learning_rate": 5e-6, "test_size": 400,
+    }), encoding="utf-8")
+    options = resolve_options(config, {})
+    assert (options.data, options.model, options.output) == (["train.json"], "yayi-7b", "ckpt")
+    assert (options.micro_batch_size, options.lr, options.test_size) == (4, 5e-6, 400)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("zero: [3]\n", "expected a whole number"),
+    ("packing: yes please\n", "expected true or false"),
+    ("learning_rat: 1\n", "unknown option 'learning_rat'"),
+    ("- a list\n", "expected a mapping"),
+    ("zero: 2\n  bad: indent\n", "not valid YAML"),
+])
+def test_config_file_mistakes_name_the_file_and_the_key(tmp_path, text, message):
+    config = tmp_path / "run.yaml"
+    config.write_text(text, encoding="utf-8")
+    with pytest.raises(UsageError, match=message) as caught:
+        read_config_file(config)
+    assert str(config) in str(caught.value)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    ({"data": []}, "missing --data"),
+    ({"zero": 4}, "zero 4"),
+    ({"micro_batch_size": 0}, "--micro-batch-size must be at least 1"),
+    ({"eval_data": ["e.jsonl"], "test_size": 10}, "--eval-data or --test-size"),
+    ({"deepspeed": "ds.json", "zero": 3}, "--zero: these come from --deepspeed FILE"),
+])
+def test_impossible_options_are_refused(flags, message):
+    with pytest.raises(UsageError, match=message):
+        resolve_options(None, REQUIRED | flags)
+
+
+def test_every_upstream_flag_name_is_accepted_on_the_command_line():
+    command = next(c for c in app.registered_commands if c.name == "train")
+    import typer.main
+
+    click_command = typer.main.get_command_from_info(command, pretty_exceptions_short=True, rich_markup_mode=None)
+    declared = {opt for param in click_command.params for opt in param.opts}
+    upstream = {"--data-path", "--input-model", "--local-output-dir", "--per-device-train-batch-size",
+                "--per-device-eval-batch-size", "--epochs", "--lr", "--seed", "--warmup-steps", "--logging-steps",
+                "--save-steps", "--save-total-limit", "--eval-steps", "--test-size", "--deepspeed"}
+    assert upstream <= declared
+    assert {"--" + alias.replace("_", "-") for alias in UPSTREAM_ALIASES} <= declared
+    option_names = {param.name for param in click_command.params}
+    assert option_names - {"config", "dry_run", "json_output"} == set(TrainOptions.__dataclass_fields__)

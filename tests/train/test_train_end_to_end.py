@@ -1,0 +1,114 @@
+"""`yayi train` for real: the deepspeed launcher, 2 CPU ranks (gloo), a tiny model built offline.
+
+The first DeepSpeed run on a machine JIT-builds a CPU communication op (about 2 minutes, then
+cached under ~/.cache/torch_extensions); each run after that takes some 30 seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from yayi_cli.evaluate import generate_answers, load_examples
+from yayi_cli.models import load_model, load_tokenizer
+from yayi_cli.prompt import Conversation, PromptTokenizer, resolve_template
+from yayi_cli.train.launch import latest_complete_checkpoint
+
+pytestmark = pytest.mark.slow
+
+RECORDS = [
+    {"instruction": "你好", "output": "你好！我是雅意，很高兴为你服务。"},
+    {"instruction": "What is YaYi?", "output": "YaYi is a helpful assistant."},
+]
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("train-data") / "train.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS * 4), encoding="utf-8")
+    return path
+
+
+def yayi_train(*args: str, **popen) -> subprocess.Popen:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    command = [sys.executable, "-m", "yayi_cli", "train", "--cpu", "--gpus", "2", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **popen)
+
+
+def finished(process: subprocess.Popen, timeout: float = 600) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def test_two_ranks_with_zero2_learn_the_data_and_save_a_model_that_answers(tiny_model_dirs, small_data, tmp_path):
+    output = tmp_path / "run"
+    finished(yayi_train("--data", str(small_data), "--model", str(tiny_model_dirs["llama"]), "-o", str(output),
+                        "--zero", "2", "--micro-batch-size", "2", "--epochs", "60", "--lr", "1e-2",
+                        "--logging-steps", "5", "--save-steps", "1000"))
+    summary = json.loads((output / "train_summary.json").read_text(encoding="utf-8"))
+    losses = [entry["loss"] for entry in summary["loss_history"]]
+    assert losses[-1] < losses[0] / 10
+    assert summary["examples"]["train"]["kept"] == 8
+    run = json.loads((output / "run.json").read_text(encoding="utf-8"))
+    assert run["world_size"] == 2 and run["global_batch_size"] == 4
+    assert json.loads((output / "ds_config.json").read_text(encoding="utf-8"))["zero_optimization"]["stage"] == 2
+
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(output).num_parameters() > 0
+    model = load_model(str(output), device="cpu")
+    template, source = resolve_template(None, str(output))
+    assert source != "--template"
+    prompts = PromptTokenizer(template, load_tokenizer(str(output)))
+    questions = [Conversation(e.conversation.turns[:1]) for e in load_examples([small_data])[:2]]
+    assert generate_answers(model, prompts, questions, max_new_tokens=40) == [r["output"] for r in RECORDS]
+
+
+def test_zero3_saves_the_whole_model_not_placeholders(tiny_model_dirs, small_data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    output = tmp_path / "run"
+    finished(yayi_train("--data", str(small_data), "--model", str(tiny_model_dirs["bloom"]), "-o", str(output),
+                        "--zero", "3", "--micro-batch-size", "2", "--max-steps", "2", "--save-steps", "1000"))
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["bloom"])
+    saved = AutoModelForCausalLM.from_pretrained(output)
+    assert saved.num_parameters() == original.num_parameters()
+    for (name, before), (_, after) in zip(original.state_dict().items(), saved.state_dict().items()):
+        assert after.shape == before.shape, name
+
+
+def rank_processes(run_file: Path) -> list[str]:
+    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in listing.splitlines() if str(run_file) in line and "ps -eo" not in line]
+
+
+def test_ctrl_c_stops_every_rank_and_the_run_resumes_from_its_last_checkpoint(tiny_model_dirs, small_data, tmp_path):
+    output = tmp_path / "run"
+    common = ["--data", str(small_data), "--model", str(tiny_model_dirs["llama"]), "-o", str(output),
+              "--micro-batch-size", "1", "--save-steps", "2", "--save-total-limit", "2"]
+    process = yayi_train(*common, "--max-steps", "100000", start_new_session=True)
+    deadline = time.monotonic() + 300
+    while latest_complete_checkpoint(output, []) is None or len(list(output.glob("checkpoint-*"))) < 2:
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()[-3000:]
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert rank_processes(output / "run.json") == []
+
+    last = latest_complete_checkpoint(output, [])
+    step = int(last.name.split("-")[1])
+    finished(yayi_train(*common, "--resume", "auto", "--max-steps", str(step + 2)))
+    run = json.loads((output / "run.json").read_text(encoding="utf-8"))
+    assert run["resume_from"] == str(last.resolve())
+    state = json.loads((output / f"checkpoint-{step + 2}" / "trainer_state.json").read_text(encoding="utf-8"))
+    assert state["global_step"] == step + 2
+    assert (output / "model.safetensors").is_file()

@@ -1,0 +1,54 @@
+"""What `yayi train` tells a person before launching (and all that `--dry-run` prints)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+from rich.markup import escape
+from rich.syntax import Syntax
+from rich.table import Table
+
+from yayi_cli.train.launch import DS_CONFIG_FILE, LaunchPlan
+
+
+def _count(number: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if number >= scale:
+            return f"{number / scale:.3g}{unit}"
+    return str(number)
+
+
+def _size(size: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size / 2**10:.1f} KiB"
+
+
+def print_plan(plan: LaunchPlan, console: Any, *, dry_run: bool) -> None:
+    options, ranks = plan.options, plan.ranks
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_row("model", escape(options.model))
+    table.add_row("data", escape(", ".join(options.data)))
+    table.add_row("output", escape(options.output))
+    table.add_row("ranks", f"{ranks.world_size} ({ranks.num_nodes} machine(s), {ranks.gpus_per_node} per machine"
+                  f"{', CPU' if options.cpu else ''})")
+    table.add_row("batch", f"micro {options.micro_batch_size} x accumulation {plan.gradient_accumulation_steps} "
+                  f"x {ranks.world_size} rank(s) = {plan.global_batch_size} per optimizer step")
+    zero = f"your config {options.deepspeed}" if options.deepspeed else f"stage {options.zero}, offload {options.offload}"
+    table.add_row("ZeRO", escape(zero))
+    table.add_row("resume", escape(str(plan.resume_from)) if plan.resume_from else "no (starts from the model)")
+    memory = plan.memory
+    table.add_row("memory", f"{_count(memory.parameters)} parameters: about {_size(memory.gpu_bytes_per_rank)} per GPU "
+                  f"and {_size(memory.cpu_bytes_per_node)} of CPU memory per machine for model states "
+                  "(activations extra)")
+    console.print(table)
+    for warning in plan.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    if dry_run:
+        console.print(f"\n{DS_CONFIG_FILE}:")
+        console.print(Syntax(json.dumps(plan.deepspeed_config, indent=2), "json", background_color="default"))
+        console.print("\ncommand (dry run: nothing was run or written):")
+    console.print(escape(shlex.join(plan.command)), highlight=False, soft_wrap=True)
