@@ -16,28 +16,21 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import random
 import tempfile
 import time
 from pathlib import Path
 
+from synthetic import instruction_records
 from yayi_cli.evaluate import Example, response_loss
 from yayi_cli.models import load_model, load_tokenizer
 from yayi_cli.prompt import ASSISTANT, HUMAN, TEMPLATES, Conversation, PromptTokenizer, Turn, render_training
 from yayi_cli.tiny import TinySpec, build_tiny
 
-WORDS = "数据 模型 城市 安全 金融 风险 舆情 媒体 宣传 治理 分析 报告 the model data city risk report".split()
-
-
 def records(count: int) -> list[Example]:
-    rng = random.Random(0)
-    examples = []
-    for i in range(count):
-        length = int(rng.lognormvariate(3.0, 0.8)) + 2  # median ~20 words, a long tail
-        question = " ".join(rng.choice(WORDS) for _ in range(8))
-        answer = " ".join(rng.choice(WORDS) for _ in range(length))
-        examples.append(Example(f"generated:{i}", "(none)", Conversation((Turn(HUMAN, question), Turn(ASSISTANT, answer)))))
-    return examples
+    return [
+        Example(f"generated:{i}", "(none)", Conversation((Turn(HUMAN, r["instruction"]), Turn(ASSISTANT, r["output"]))))
+        for i, r in enumerate(instruction_records(count))
+    ]
 
 
 def plain_loop(model, prompt_tokenizer: PromptTokenizer, examples: list[Example]) -> float:

@@ -22,7 +22,7 @@ from yayi_cli.atomic import write_text_atomic
 from yayi_cli.data import DEFAULT_SEED
 from yayi_cli.errors import UsageError, YayiError
 from yayi_cli.prompt import TEMPLATES
-from yayi_cli.train.options import OFFLOADS, OVERLONG, PRECISIONS, SCHEDULERS, ZERO_STAGES
+from yayi_cli.train.options import OFFLOADS, OVERLONG, PRECISIONS, SCHEDULERS, ZERO_STAGES, TrainOptions
 
 EXIT_CODES = (
     "Exit codes: 0 success; 1 the work ran and found a problem (invalid data, failed check); "
@@ -60,6 +60,11 @@ TrustRemoteCodeOption = typer.Option(
     False, "--trust-remote-code", help="Allow the model's own Python code to run when loading it."
 )
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout instead of text.")
+
+
+def default_of(option: str) -> str:
+    """A train option's default for its help, read from TrainOptions so the two cannot drift."""
+    return f"[default: {getattr(TrainOptions(), option)}]"
 
 
 def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -205,32 +210,32 @@ def train_command(
     master_addr: Optional[str] = typer.Option(None, "--master-addr", help="Address of the first machine."),
     master_port: Optional[int] = typer.Option(None, "--master-port", help="Port for the ranks to meet on."),
     cpu: Optional[bool] = typer.Option(None, "--cpu", help="Train on the CPU with DeepSpeed's CPU accelerator (tests)."),
-    zero: Optional[ZeroStage] = typer.Option(None, "--zero", help="ZeRO stage [default: 2]."),
-    offload: Optional[Offload] = typer.Option(None, "--offload", help="Offload optimizer state (and at ZeRO-3 parameters) [default: none]."),
+    zero: Optional[ZeroStage] = typer.Option(None, "--zero", help="ZeRO stage " + default_of("zero")),
+    offload: Optional[Offload] = typer.Option(None, "--offload", help="Offload optimizer state (and at ZeRO-3 parameters) " + default_of("offload")),
     nvme_path: Optional[Path] = typer.Option(None, "--nvme-path", metavar="DIR", help="Local NVMe folder for --offload nvme."),
-    precision: Optional[Precision] = typer.Option(None, "--precision", help="auto: bf16 where the GPU has it, else fp16; fp32 on the CPU [default: auto]."),
+    precision: Optional[Precision] = typer.Option(None, "--precision", help="auto: bf16 where the GPU has it, else fp16; fp32 on the CPU " + default_of("precision")),
     deepspeed: Optional[Path] = typer.Option(None, "--deepspeed", metavar="FILE", help="Your own DeepSpeed config, used as it is."),
-    micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", "--per-device-train-batch-size", metavar="N", help="Examples (or packed rows) per rank per step [default: 8]."),
-    eval_batch_size: Optional[int] = typer.Option(None, "--eval-batch-size", "--per-device-eval-batch-size", metavar="N", help="[default: 8]"),
-    gradient_accumulation_steps: Optional[int] = typer.Option(None, "--gradient-accumulation-steps", metavar="N", help="[default: 1]"),
+    micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", "--per-device-train-batch-size", metavar="N", help="Examples (or packed rows) per rank per step " + default_of("micro_batch_size")),
+    eval_batch_size: Optional[int] = typer.Option(None, "--eval-batch-size", "--per-device-eval-batch-size", metavar="N", help=default_of("eval_batch_size")),
+    gradient_accumulation_steps: Optional[int] = typer.Option(None, "--gradient-accumulation-steps", metavar="N", help=default_of("gradient_accumulation_steps")),
     global_batch_size: Optional[int] = typer.Option(None, "--global-batch-size", metavar="N", help="Set accumulation so micro x accumulation x ranks = N."),
     max_length: Optional[int] = typer.Option(None, "--max-length", metavar="TOKENS", help="Longest example (default: the model's context)."),
-    overlong: Optional[Overlong] = typer.Option(None, "--overlong", help="Longer examples are cut or left out, and counted [default: truncate]."),
+    overlong: Optional[Overlong] = typer.Option(None, "--overlong", help="Longer examples are cut or left out, and counted " + default_of("overlong")),
     packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help="Pack several examples into each row."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", "--num-train-epochs", help="[default: 2]"),
+    epochs: Optional[float] = typer.Option(None, "--epochs", "--num-train-epochs", help=default_of("epochs")),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps (overrides --epochs)."),
-    lr: Optional[float] = typer.Option(None, "--lr", "--learning-rate", help="Peak learning rate [default: 5e-6]."),
-    lr_scheduler: Optional[Scheduler] = typer.Option(None, "--lr-scheduler", help="[default: linear]"),
-    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="[default: 0]"),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="[default: 0]"),
-    max_grad_norm: Optional[float] = typer.Option(None, "--max-grad-norm", help="Gradient clipping [default: 1.0]."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="[default: 515]"),
-    logging_steps: Optional[int] = typer.Option(None, "--logging-steps", help="[default: 10]"),
-    save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N steps [default: 500]."),
-    save_total_limit: Optional[int] = typer.Option(None, "--save-total-limit", help="Keep the newest N checkpoints [default: 3]."),
+    lr: Optional[float] = typer.Option(None, "--lr", "--learning-rate", help="Peak learning rate " + default_of("lr")),
+    lr_scheduler: Optional[Scheduler] = typer.Option(None, "--lr-scheduler", help=default_of("lr_scheduler")),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help=default_of("warmup_steps")),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help=default_of("weight_decay")),
+    max_grad_norm: Optional[float] = typer.Option(None, "--max-grad-norm", help="Gradient clipping " + default_of("max_grad_norm")),
+    seed: Optional[int] = typer.Option(None, "--seed", help=default_of("seed")),
+    logging_steps: Optional[int] = typer.Option(None, "--logging-steps", help=default_of("logging_steps")),
+    save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N steps " + default_of("save_steps")),
+    save_total_limit: Optional[int] = typer.Option(None, "--save-total-limit", help="Keep the newest N checkpoints " + default_of("save_total_limit")),
     eval_steps: Optional[int] = typer.Option(None, "--eval-steps", help="[default: --save-steps]"),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing", help="Recompute activations to save memory."),
-    report_to: Optional[str] = typer.Option(None, "--report-to", metavar="none|tensorboard|wandb|...", help="[default: none]"),
+    report_to: Optional[str] = typer.Option(None, "--report-to", metavar="none|tensorboard|wandb|...", help=default_of("report_to")),
     template: Optional[TemplateName] = TemplateOption,
     resume: Optional[str] = typer.Option(None, "--resume", metavar="auto|CHECKPOINT", help="Continue a run: auto = the newest complete checkpoint in --output."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", metavar="DIR", help="Tokenized data cache [default: ~/.cache/yayi/tokenized]."),
@@ -244,7 +249,7 @@ def train_command(
     Loss is on every assistant answer and nothing else. The final model, tokenizer and template are saved in OUTPUT, ready for yayi chat, eval and quantize. Exits with the launcher's status (1 when training failed, 130 when interrupted).
     """
     flags = {name: value for name, value in locals().items() if name not in ("config", "dry_run", "json_output")}
-    from yayi_cli.train.launch import child_environment, plan_launch, run_launcher, write_run_files
+    from yayi_cli.train.launch import child_environment, interrupted_note, plan_launch, run_launcher, write_run_files
     from yayi_cli.train.options import flag_values, resolve_options
 
     plan = plan_launch(resolve_options(config, flag_values(flags)), dry_run=dry_run)
@@ -259,7 +264,10 @@ def train_command(
     kept = write_run_files(plan)
     if kept is not None:
         Console(stderr=True).print(f"moved the previous contents of {escape(str(plan.output))} to {escape(str(kept))}")
-    raise typer.Exit(run_launcher(plan.command, child_environment(plan.options)))
+    status = run_launcher(plan.command, child_environment(plan.options))
+    if status == 130:
+        Console(stderr=True).print(f"[yellow]interrupted:[/] {escape(interrupted_note(plan.output))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(status)
 
 
 @app.command("eval")

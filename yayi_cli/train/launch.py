@@ -348,19 +348,36 @@ def child_environment(options: TrainOptions) -> dict[str, str]:
 
 
 def run_launcher(command: list[str], env: dict[str, str]) -> int:
-    """Run the launcher with our stdout/stderr, and return its exit status.
+    """Run the launcher with our stdout/stderr and return its exit status (130 when interrupted).
 
-    Ctrl-C reaches the launcher and every rank from the terminal (same process group); the
-    launcher stops all ranks. A SIGTERM sent to us alone is passed on. Checkpoints are written
-    whole or recognised as cut short, so the last complete one stays usable.
+    The launcher and its ranks get a process group of their own, so that Ctrl-C reaches only us;
+    we then stop the whole group with SIGTERM (the launcher's own shutdown path, no tracebacks),
+    as we do when we receive SIGTERM. A checkpoint cut short lacks its last file and is skipped
+    by --resume auto, so the newest complete one stays usable.
     """
-    process = subprocess.Popen(command, env=env)
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signal.SIGTERM))
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+
+    def stop(*_: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
+        return process.wait()
+    except KeyboardInterrupt:
+        stop()
         while True:
             try:
-                return process.wait()
+                process.wait()
+                return 130
             except KeyboardInterrupt:
-                process.send_signal(signal.SIGINT)
+                continue
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted_note(output: Path) -> str:
+    checkpoint = latest_complete_checkpoint(output, [])
+    if checkpoint is None:
+        return "all ranks stopped before the first complete checkpoint"
+    return f"all ranks stopped; {checkpoint} is complete: continue from it with --resume auto"
