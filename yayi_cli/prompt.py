@@ -204,7 +204,8 @@ class RenderedText:
     spans: tuple[tuple[int, int], ...]
 
 
-def _human_text(turn: Turn, template: Template) -> str:
+def human_text(turn: Turn, template: Template) -> str:
+    """A human turn's text with its upstream-style `input` joined on, as the model sees it."""
     return turn.text + template.input_separator + turn.input if turn.input else turn.text
 
 
@@ -216,7 +217,7 @@ def render_segments(conversation: Conversation, template: Template) -> list[Segm
     for turn in conversation.turns:
         if turn.role == HUMAN:
             prompt += (
-                template.separator + template.human_header + _human_text(turn, template)
+                template.separator + template.human_header + human_text(turn, template)
                 + template.separator + template.assistant_header
             )
         else:
