@@ -48,7 +48,8 @@ def run_chat(
 
     if jsonl:
         return 1 if answer_lines(session, stdin, stdout.write) else 0
-    answer_text(session, prompt if prompt is not None else read_stdin(stdin), stdout)
+    message = prompt if prompt is not None else read_stdin(stdin).rstrip("\r\n")  # echo's newline is not the message's
+    answer_text(session, message, stdout)
     return 0
 
 

@@ -246,9 +246,11 @@ class ChatSession:
         """Answer `message`, streaming text to `on_text`; the exchange is kept unless interrupted."""
         turns = [*self.turns, Turn(HUMAN, message)]
         reply, start = self._answer(turns, self.window_start, on_text, stop_event)
-        if reply.stop_reason != "interrupted":
-            self.turns = [*turns, Turn(ASSISTANT, reply.text)]
-            self.window_start = start
+        if reply.stop_reason == "interrupted":
+            self.last_reply = reply
+            return reply
+        self.turns = [*turns, Turn(ASSISTANT, reply.text)]
+        self.window_start = start
         if start > 0 and not self.truncation_reported:
             self.truncation_reported = True
             reply = dataclasses.replace(reply, notice=self._truncation_notice(start))
@@ -274,11 +276,13 @@ class ChatSession:
             self.system = session_system
 
     def fit(self, turns: list[Turn], start: int = 0) -> tuple[list[int], int]:
-        """The prompt ids of `turns[start:]`, starting an exchange later while the answer would not fit."""
+        """The prompt ids of `turns[start:]`, starting an exchange later while the prompt leaves less
+        than `max_new_tokens` (at most half the context) for the answer."""
         limit = self.max_context_tokens
+        room = min(self.settings.max_new_tokens, limit // 2) if limit is not None else 0
         while True:
             ids = self.prompt_tokenizer.encode_inference(Conversation(tuple(turns[start:]), self.system))
-            if limit is None or len(ids) + self.settings.max_new_tokens <= limit or start + 1 >= len(turns):
+            if limit is None or len(ids) + room <= limit or start + 1 >= len(turns):
                 break
             start += 2
         if limit is not None and len(ids) >= limit:
