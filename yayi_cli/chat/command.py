@@ -34,9 +34,10 @@ def read_stdin(stdin: TextIO) -> str:
 
 def run_chat(
     options: ChatOptions, *, prompt: str | None = None, jsonl: bool = False, history_file: Path | None = None,
-    stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
+    stdin: TextIO | None = None, stdout: TextIO | None = None,
 ) -> int:
     """Open the session and run the mode the streams call for; returns the exit code."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout  # read at call time: tests replace them
     if jsonl and prompt is not None:
         raise UsageError("--jsonl reads its prompts from stdin; leave out --prompt")
     interactive = prompt is None and not jsonl and stdin.isatty() and stdout.isatty()
