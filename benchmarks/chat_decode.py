@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from yayi_cli.chat.session import ChatOptions, compile_decoding, open_session
+from yayi_cli.data.reader import read_records
 from yayi_cli.prompt import HUMAN, TEMPLATES, Conversation, Turn, render_training
 from yayi_cli.records import parse_record
-from yayi_cli.data.reader import read_records
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.jsonl"
 QUESTION = Conversation((Turn(HUMAN, "请写一篇关于城市图书驿站的新闻稿。"),))

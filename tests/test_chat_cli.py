@@ -30,7 +30,7 @@ def test_chat_help_imports_no_heavy_library():
     code = (
         "import sys; from yayi_cli.cli import main; sys.argv = ['yayi', 'chat', '--help']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print('HEAVY:' + ','.join(m for m in %r if m in sys.modules))" % (HEAVY_MODULES,)
+        f"print('HEAVY:' + ','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "--max-context-tokens" in result.stdout and result.stdout.strip().endswith("HEAVY:")

@@ -65,12 +65,12 @@ def test_a_line_ending_in_a_backslash_continues_the_message(tiny_model_dirs):
 
 def test_save_writes_a_valid_record_and_asks_before_replacing(tiny_model_dirs, tmp_path):
     path = tmp_path / "chat.jsonl"
-    output, repl = run_repl(tiny_model_dirs["bloom"], ["你好", f"/save {path}", "再问一次", f"/save {path}", "n"])
+    output, _ = run_repl(tiny_model_dirs["bloom"], ["你好", f"/save {path}", "再问一次", f"/save {path}", "n"])
     assert "exists; replace it? [y/N]" in output and "not saved" in output
     record = json.loads(path.read_text(encoding="utf-8"))
-    assert [item["value"] for item in record["conversations"]][0] == "你好" and len(record["conversations"]) == 2
+    assert record["conversations"][0]["value"] == "你好" and len(record["conversations"]) == 2
     assert validate([path]).errors == 0
-    output, repl = run_repl(tiny_model_dirs["bloom"], [f"/load {path}", "/clear", f"/load {tmp_path / 'none.jsonl'}"])
+    output, _ = run_repl(tiny_model_dirs["bloom"], [f"/load {path}", "/clear", f"/load {tmp_path / 'none.jsonl'}"])
     assert "loaded 1 exchange(s)" in output and "new conversation" in output and "no such file" in output
 
 

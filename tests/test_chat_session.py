@@ -7,11 +7,25 @@ import threading
 
 import pytest
 
-from yayi_cli.chat.session import ChatOptions, ChatSession, GenerationSettings, open_session
+from yayi_cli.chat.session import (
+    ChatOptions,
+    ChatSession,
+    GenerationSettings,
+    open_session,
+)
 from yayi_cli.data.validate import validate
 from yayi_cli.errors import UsageError
 from yayi_cli.evaluate import generate_answers
-from yayi_cli.prompt import END_MARKER, HUMAN, HUMAN_MARKER, MARKERS, TEMPLATES, Conversation, PromptTokenizer, Turn
+from yayi_cli.prompt import (
+    END_MARKER,
+    HUMAN,
+    HUMAN_MARKER,
+    MARKERS,
+    TEMPLATES,
+    Conversation,
+    PromptTokenizer,
+    Turn,
+)
 
 
 class ScriptedModel:

@@ -11,6 +11,7 @@ conversation (the message stays in the history, so up-arrow brings it back).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -88,7 +89,7 @@ class Repl:
                 if not self.command(message):
                     return
             elif message.strip():
-                self.stream(lambda on_text, stop: self.session.reply(message, on_text, stop))
+                self.stream(functools.partial(self.session.reply, message))
 
     def read_message(self) -> str:
         """One message; a line ending in a backslash continues on the next (joined by a newline)."""
@@ -191,8 +192,8 @@ def show(repl: Repl, argument: str) -> None:
         f"model      {session.model_name}",
         f"template   {session.prompt_tokenizer.template.name}",
         f"settings   {session.settings.describe()}",
-        f"context    {session.context_tokens()} of {session.max_context_tokens or 'unknown'} tokens; "
-        f"{window} of {session.exchanges} exchanges in the prompt",
+        (f"context    {session.context_tokens()} of {session.max_context_tokens or 'unknown'} tokens; "
+         f"{window} of {session.exchanges} exchanges in the prompt"),
     ]
     if session.warmup_seconds is not None:
         lines.append(f"compiled   static cache, warm-up {session.warmup_seconds:.1f} s")
@@ -205,7 +206,7 @@ def show(repl: Repl, argument: str) -> None:
 def retry(repl: Repl, argument: str) -> None:
     if not repl.session.turns:
         raise UsageError("nothing to retry yet")
-    repl.stream(lambda on_text, stop: repl.session.retry(on_text, stop))
+    repl.stream(repl.session.retry)
 
 
 def undo(repl: Repl, argument: str) -> None:

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from yayi_cli.errors import DataError, UsageError
-from yayi_cli.prompt import ASSISTANT, HUMAN, AnswerStream, Conversation, PromptTokenizer, Turn, human_text
+from yayi_cli.prompt import (
+    ASSISTANT,
+    HUMAN,
+    AnswerStream,
+    Conversation,
+    PromptTokenizer,
+    Turn,
+    human_text,
+)
 from yayi_cli.records import CONVERSATIONS, RecordError, parse_record
 
 ROLE_NAMES = {HUMAN: "human", ASSISTANT: "yayi"}
@@ -401,7 +409,7 @@ def compile_decoding(session: ChatSession) -> float:
     session.settings = dataclasses.replace(settings, max_new_tokens=4, do_sample=False, seed=None)
     try:
         session.answer(Conversation((Turn(HUMAN, WARMUP_MESSAGE),)))
-    except Exception as error:  # a missing C++ compiler, an unsupported model: say so in one line
+    except Exception as error:  # noqa: BLE001 - a missing C++ compiler, an unsupported model: one line, not a traceback
         raise UsageError(f"--compile failed while warming up: {str(error).strip().splitlines()[0]}") from None
     finally:
         session.settings = settings  # re-seeds, so a --seed gives the same answers with and without --compile
