@@ -103,3 +103,44 @@ def test_markers_are_added_once_to_a_tokenizer_that_lacks_them():
     encoded = PromptTokenizer(YAYI, tokenizer).encode_training(exchange("q", "a"))
     assert loss_text(tokenizer, encoded).replace(" ", "") == "a\n\n<|End|>"  # a, \n, \n, <|End|>
     assert encoded.num_loss_tokens == 4
+
+
+def streamed(prompt_tokenizer: PromptTokenizer, ids: list[int]) -> list[str]:
+    stream = prompt_tokenizer.answer_stream()
+    return [stream.push(token) for token in ids] + [stream.finish()]
+
+
+@pytest.mark.parametrize(
+    "answer, after",
+    [
+        ("你好，世界！", "\n\n" + END_MARKER),
+        ("第一段\n\n第二段", "\n\n" + END_MARKER + "继续"),
+        ("ends with one newline\n", ""),
+        ("半个", "\n\n" + HUMAN_MARKER + ":\n下一轮"),
+        ("three\n\n\n", ""),
+    ],
+)
+def test_the_answer_stream_releases_exactly_what_decode_answer_gives(tokenizer, answer, after):
+    prompt_tokenizer = PromptTokenizer(YAYI, tokenizer)
+    ids = tokenizer.encode(answer + after, add_special_tokens=False)
+    pieces = streamed(prompt_tokenizer, ids)
+    assert "".join(pieces) == prompt_tokenizer.decode_answer(ids)
+    assert not any(marker in piece for piece in pieces for marker in MARKERS)
+
+
+def test_the_answer_stream_never_splits_a_wide_character(tokenizer):
+    """Byte-level tokens can end inside a UTF-8 character; such text waits for the next token."""
+    prompt_tokenizer = PromptTokenizer(YAYI, tokenizer)
+    ids = tokenizer.encode("雅意大模型：龘齉爨𠀀😀，谢谢", add_special_tokens=False)
+    pieces = streamed(prompt_tokenizer, ids)
+    assert len(ids) > len("雅意大模型：龘齉爨𠀀😀，谢谢")  # rare characters take several byte tokens
+    assert "".join(pieces) == "雅意大模型：龘齉爨𠀀😀，谢谢"
+    assert all("\ufffd" not in piece for piece in pieces)
+
+
+def test_the_answer_stream_matches_decode_answer_on_arbitrary_tokens(tokenizer):
+    prompt_tokenizer = PromptTokenizer(YAYI, tokenizer)
+    vocabulary = sorted(tokenizer.get_vocab().values())
+    for start in range(0, len(vocabulary) - 40, 13):
+        ids = vocabulary[start : start + 40]
+        assert "".join(streamed(prompt_tokenizer, ids)) == prompt_tokenizer.decode_answer(ids)

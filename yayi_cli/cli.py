@@ -333,6 +333,55 @@ def eval_command(
         raise typer.Exit(1)
 
 
+@app.command("chat")
+@reports_errors
+def chat_command(
+    model: str = typer.Option(..., "--model", "-m", metavar="DIR|HUB_ID", help="Model directory or hub id.", show_default=False),
+    template: Optional[TemplateName] = TemplateOption,
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt (default: the template's)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Answer this one message, print only the answer, exit."),
+    jsonl: bool = typer.Option(False, "--jsonl", help='Read JSON lines on stdin ({"prompt": ...} or any record), write one JSON line per answer.'),
+    temperature: float = typer.Option(0.3, "--temperature"),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    top_k: int = typer.Option(50, "--top-k", help="0 turns it off."),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
+    repetition_penalty: float = typer.Option(1.1, "--repetition-penalty"),
+    sample: bool = typer.Option(True, "--sample/--greedy", help="Sample (upstream's default) or take the most likely token."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed the sampler once, for repeatable answers."),
+    max_context_tokens: Optional[int] = typer.Option(
+        None, "--max-context-tokens", min=16, help="Drop the oldest exchanges beyond this (default: the model's context)."
+    ),
+    history_file: Optional[Path] = typer.Option(None, "--history-file", help="Input history (default: $XDG_STATE_HOME/yayi/chat_history)."),
+    no_history: bool = typer.Option(False, "--no-history", help="Keep no input history on disk."),
+    compile_: bool = typer.Option(False, "--compile", help="Static KV cache compiled by torch.compile: faster decoding after a warm-up."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = typer.Option("auto", "--dtype"),
+    load_in_8bit: bool = typer.Option(False, "--load-in-8bit", help="Load the model in int8 (bitsandbytes)."),
+    trust_remote_code: bool = TrustRemoteCodeOption,
+) -> None:
+    """Chat with a model: a REPL on a terminal (/help lists its commands); when piped, only the answer.
+
+    `echo 你好 | yayi chat -m M` answers stdin as one message; --prompt TEXT does the same without stdin; --jsonl answers one JSON object per line. Exits 1 if a --jsonl line could not be answered.
+    """
+    from yayi_cli.chat.command import run_chat
+    from yayi_cli.chat.repl import default_history_file
+    from yayi_cli.chat.session import ChatOptions, GenerationSettings
+
+    settings = GenerationSettings(
+        temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
+        repetition_penalty=repetition_penalty, do_sample=sample, seed=seed,
+    )
+    options = ChatOptions(
+        model=model, template=template, system=system, settings=settings, device=device, dtype=dtype,
+        load_in_8bit=load_in_8bit, trust_remote_code=trust_remote_code, max_context_tokens=max_context_tokens,
+        compile=compile_,
+    )
+    history = None if no_history else history_file or default_history_file()
+    code = run_chat(options, prompt=prompt, jsonl=jsonl, history_file=history)
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command("quantize")
 @reports_errors
 def quantize_command(

@@ -204,7 +204,8 @@ class RenderedText:
     spans: tuple[tuple[int, int], ...]
 
 
-def _human_text(turn: Turn, template: Template) -> str:
+def human_text(turn: Turn, template: Template) -> str:
+    """A human turn's text with its upstream-style `input` joined on, as the model sees it."""
     return turn.text + template.input_separator + turn.input if turn.input else turn.text
 
 
@@ -216,7 +217,7 @@ def render_segments(conversation: Conversation, template: Template) -> list[Segm
     for turn in conversation.turns:
         if turn.role == HUMAN:
             prompt += (
-                template.separator + template.human_header + _human_text(turn, template)
+                template.separator + template.human_header + human_text(turn, template)
                 + template.separator + template.assistant_header
             )
         else:
@@ -366,6 +367,54 @@ class PromptTokenizer:
     def encode_inference(self, conversation: Conversation) -> list[int]:
         conversation.refuse(self.reserved)
         return list(self.tokenizer(render_inference(conversation, self.template))["input_ids"])
+
+    def answer_stream(self) -> AnswerStream:
+        """An incremental `decode_answer`, for printing an answer while it is generated."""
+        return AnswerStream(self.tokenizer, frozenset(stop_token_ids(self.tokenizer)), self.template.separator)
+
+
+class AnswerStream:
+    """Token by token, the text `decode_answer` gives in one go, released once it cannot change.
+
+    An incomplete UTF-8 character waits for its next token; a tail that may be the separator
+    before <|End|> waits to see whether the answer ends there; nothing after a stop token (or
+    any marker) is ever released. Each token costs two short decodes, not the whole answer's.
+    """
+
+    def __init__(self, tokenizer: Any, stops: frozenset[int], separator: str) -> None:
+        self._tokenizer, self._stops, self._separator = tokenizer, stops, separator
+        self._ids: list[int] = []
+        self._prefix = self._read = 0  # ids[_prefix:_read] give context to decode the new ids with
+        self._held = ""
+        self.stopped = False
+
+    def _decode(self, start: int, end: int | None = None) -> str:
+        return self._tokenizer.decode(self._ids[start:end], skip_special_tokens=True)
+
+    def push(self, token_id: int) -> str:
+        """The text that `token_id` completes (often "", never a marker)."""
+        if self.stopped or token_id in self._stops:
+            self.stopped = True
+            return ""
+        self._ids.append(token_id)
+        before, text = self._decode(self._prefix, self._read), self._decode(self._prefix)
+        if len(text) <= len(before) or text.endswith("\ufffd"):
+            return ""
+        self._prefix, self._read = self._read, len(self._ids)
+        return self._release(self._held + text[len(before):])
+
+    def _release(self, pending: str) -> str:
+        held = next((k for k in range(min(len(pending), len(self._separator)), 0, -1)
+                     if self._separator.startswith(pending[-k:])), 0)
+        self._held = pending[len(pending) - held:]
+        return pending[: len(pending) - held]
+
+    def finish(self) -> str:
+        """What is left once generation is over: the held tail, unless it is the separator."""
+        rest = self._held + self._decode(self._prefix)[len(self._decode(self._prefix, self._read)):]
+        self._held = ""
+        self._prefix = self._read = len(self._ids)
+        return rest.removesuffix(self._separator)
 
 
 # --- choosing the template --------------------------------------------------------------------

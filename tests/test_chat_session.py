@@ -1,0 +1,209 @@
+"""The chat engine without a terminal: settings, streaming, stopping, the context window, save and load."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from yayi_cli.chat.session import (
+    ChatOptions,
+    ChatSession,
+    GenerationSettings,
+    open_session,
+)
+from yayi_cli.data.validate import validate
+from yayi_cli.errors import UsageError
+from yayi_cli.evaluate import generate_answers
+from yayi_cli.prompt import (
+    END_MARKER,
+    HUMAN,
+    HUMAN_MARKER,
+    MARKERS,
+    TEMPLATES,
+    Conversation,
+    PromptTokenizer,
+    Turn,
+)
+
+
+class ScriptedModel:
+    """Stands in for a causal LM: `generate` streams a fixed answer the way transformers does
+    (prompt ids first, then one token at a time), honouring eos ids, the token budget and
+    stopping criteria. It records every prompt it was given."""
+
+    device = "cpu"
+
+    def __init__(self, answer_ids: list[int]) -> None:
+        self.answer_ids, self.prompts = answer_ids, []
+
+    def generate(self, input_ids, streamer, stopping_criteria, eos_token_id, max_new_tokens, **kwargs):
+        import torch
+
+        self.prompts.append(input_ids[0].tolist())
+        streamer.put(input_ids)
+        ids = input_ids
+        for token in self.answer_ids[:max_new_tokens]:
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+            streamer.put(torch.tensor([token]))
+            if token in eos_token_id or stopping_criteria(ids, None).all():
+                break
+        streamer.end()
+        return ids
+
+
+def scripted_session(tokenizer, text: str, **options) -> ChatSession:
+    prompt_tokenizer = PromptTokenizer(TEMPLATES["yayi"], tokenizer)
+    model = ScriptedModel(tokenizer.encode(text, add_special_tokens=False))
+    return ChatSession(model, prompt_tokenizer, **options)
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+def test_settings_default_to_upstream_yayi_sampling():
+    settings = GenerationSettings()
+    assert (settings.temperature, settings.repetition_penalty, settings.max_new_tokens, settings.do_sample) == (0.3, 1.1, 512, True)
+
+
+def test_set_parses_each_value_by_its_type():
+    settings = GenerationSettings().apply("temperature=0.5 top_k=0 do_sample=off seed=7 max_new_tokens=64")
+    assert (settings.temperature, settings.top_k, settings.do_sample, settings.seed, settings.max_new_tokens) == (0.5, 0, False, 7, 64)
+    assert settings.apply("seed=none").seed is None
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("temp=1", "unknown setting 'temp'; did you mean temperature?"),
+        ("temperature", "expected key=value, got 'temperature'"),
+        ("top_k=1.5", "top_k='1.5': expected a whole number"),
+        ("do_sample=maybe", "expected true or false"),
+        ("temperature=0", "temperature must be above 0"),
+        ("top_p=1.5", "top_p must be in (0, 1]"),
+        ("max_new_tokens=0", "max_new_tokens must be at least 1"),
+        ("", "nothing to set"),
+    ],
+)
+def test_a_bad_setting_is_refused_with_a_message_that_names_it(text, message):
+    with pytest.raises(UsageError) as caught:
+        GenerationSettings().apply(text)
+    assert message in str(caught.value)
+
+
+def test_greedy_settings_pass_no_sampling_knobs_to_generate():
+    assert "temperature" not in GenerationSettings(do_sample=False).generate_kwargs()
+    assert GenerationSettings().generate_kwargs()["temperature"] == 0.3
+
+
+# --- streaming and stopping ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop", [END_MARKER, HUMAN_MARKER + ":\n下一个问题", "</s>"])
+def test_an_answer_streams_without_markers_and_stops_at_a_stop_token(tokenizer, stop):
+    session = scripted_session(tokenizer, "你好！很高兴见到你。\n\n" + stop + "不该出现")
+    pieces: list[str] = []
+    reply = session.reply("你好", on_text=pieces.append)
+    assert reply.text == "".join(pieces) == "你好！很高兴见到你。"
+    assert not any(marker in piece for piece in pieces for marker in MARKERS)
+    assert reply.stop_reason == "end"
+    assert session.turns[-1].text == "你好！很高兴见到你。"
+
+
+def test_an_answer_cut_by_the_budget_says_so(tokenizer):
+    session = scripted_session(tokenizer, "一二三四五六七八九十" * 5, settings=GenerationSettings(max_new_tokens=5))
+    reply = session.reply("数数")
+    assert (reply.stop_reason, reply.new_tokens) == ("length", 5)
+
+
+def test_the_stop_event_ends_the_answer_and_the_exchange_is_not_kept(tokenizer):
+    session = scripted_session(tokenizer, "很长的回答 " * 50)
+    stop = threading.Event()
+    pieces: list[str] = []
+
+    def interrupt_after_first_piece(text: str) -> None:
+        pieces.append(text)
+        stop.set()
+
+    reply = session.reply("讲个故事", on_text=interrupt_after_first_piece, stop_event=stop)
+    assert reply.stop_reason == "interrupted"
+    assert 1 <= reply.new_tokens <= 2 and len(pieces) == 1
+    assert session.turns == []
+
+
+def test_a_real_model_streams_what_batch_generation_answers(tiny_model_dirs, arch):
+    session = open_session(ChatOptions(
+        str(tiny_model_dirs[arch]), settings=GenerationSettings(do_sample=False, repetition_penalty=1.0, max_new_tokens=24),
+    ))
+    pieces: list[str] = []
+    reply = session.reply("请介绍一下你自己", on_text=pieces.append)
+    question = Conversation((Turn(HUMAN, "请介绍一下你自己"),))
+    [expected] = generate_answers(session.model, session.prompt_tokenizer, [question], max_new_tokens=24)
+    assert "".join(pieces) == reply.text == expected
+
+
+# --- the conversation ---------------------------------------------------------------------------
+
+
+def test_retry_undo_and_clear(tokenizer):
+    session = scripted_session(tokenizer, "好的\n\n" + END_MARKER)
+    session.reply("第一")
+    session.reply("第二")
+    assert session.retry().text == "好的" and session.exchanges == 2
+    assert [turn.text for turn in session.undo()] == ["第二", "好的"]
+    assert [turn.text for turn in session.turns] == ["第一", "好的"]
+    session.clear()
+    assert session.turns == [] and session.undo() == ()
+
+
+def test_old_exchanges_leave_the_prompt_when_the_context_is_full_and_the_user_is_told_once(tokenizer):
+    answer = "这是一个比较长的回答，" * 4
+    session = scripted_session(
+        tokenizer, answer + "\n\n" + END_MARKER, system="简短的系统提示",
+        max_context_tokens=160, settings=GenerationSettings(max_new_tokens=40),
+    )
+    notices = [session.reply(f"第{i}个问题").notice for i in range(6)]
+    assert [n is not None for n in notices].count(True) == 1
+    assert "outgrew the context (160 tokens)" in next(n for n in notices if n)
+    last_prompt = session.model.prompts[-1]
+    assert len(last_prompt) + 40 <= 160
+    text = tokenizer.decode(last_prompt)
+    assert "简短的系统提示" in text and "第0个问题" not in text and "第5个问题" in text
+    assert session.exchanges == 6 and session.window_start > 0  # /save still has everything
+
+
+def test_a_message_longer_than_the_context_is_refused(tokenizer):
+    session = scripted_session(tokenizer, "好", max_context_tokens=64)
+    with pytest.raises(UsageError, match="the context holds 64"):
+        session.reply("很长的问题" * 100)
+
+
+def test_a_saved_conversation_is_valid_training_data_and_loads_back(tokenizer, tmp_path):
+    session = scripted_session(tokenizer, "好的\n\n" + END_MARKER, system="自定义系统提示")
+    session.reply("你好")
+    session.reply("再见")
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps(session.to_record(), ensure_ascii=False) + "\n", encoding="utf-8")
+    report = validate([path])
+    assert report.ok and report.errors == 0 and report.warnings == 0
+    other = scripted_session(tokenizer, "好")
+    other.load_record(json.loads(path.read_text(encoding="utf-8")))
+    assert (other.turns, other.system) == (session.turns, "自定义系统提示")
+
+
+def test_answer_leaves_the_conversation_alone(tokenizer):
+    session = scripted_session(tokenizer, "好的\n\n" + END_MARKER)
+    reply = session.answer(Conversation((Turn(HUMAN, "问题"),), "批量系统提示"))
+    assert reply.text == "好的" and session.turns == [] and session.system is None
+    assert "批量系统提示" in tokenizer.decode(session.model.prompts[0])
+
+
+@pytest.mark.slow
+def test_compile_gives_the_same_greedy_tokens_as_the_default_path(tiny_model_dirs):
+    settings = GenerationSettings(do_sample=False, max_new_tokens=32)
+    plain = open_session(ChatOptions(str(tiny_model_dirs["llama"]), settings=settings))
+    compiled = open_session(ChatOptions(str(tiny_model_dirs["llama"]), settings=settings, compile=True))
+    assert compiled.warmup_seconds is not None and compiled.model.generation_config.cache_implementation == "static"
+    for message in ("你好", "请写一首关于城市的诗", "第三个问题"):
+        assert compiled.reply(message).text == plain.reply(message).text

@@ -1,0 +1,66 @@
+"""`yayi chat` for scripts: one message in, only the answer out; or JSON lines in and out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, TextIO
+
+from yayi_cli.chat.session import ChatSession
+from yayi_cli.errors import UsageError, YayiError
+from yayi_cli.prompt import HUMAN, Conversation, Turn
+from yayi_cli.records import parse_record
+
+
+def answer_text(session: ChatSession, message: str, out: TextIO) -> None:
+    """Stream the answer to `message` to `out` as it is generated, then a newline: nothing else."""
+    if not message.strip():
+        raise UsageError("no message: give one on stdin or with --prompt")
+
+    def write(text: str) -> None:
+        out.write(text)
+        out.flush()
+
+    session.reply(message, on_text=write)
+    out.write("\n")
+    out.flush()
+
+
+def question_of(value: Any) -> Conversation:
+    """`{"prompt": ..., "system"?: ...}` or a record of any shape; a record that ends with an
+    answer is asked its last question again (that answer is left out)."""
+    if isinstance(value, dict) and "prompt" in value:
+        if not isinstance(value["prompt"], str) or not value["prompt"].strip():
+            raise UsageError("'prompt' must be a non-empty string")
+        return Conversation((Turn(HUMAN, value["prompt"]),), value.get("system"))
+    conversation = parse_record(value, require_answer=False).conversation
+    if conversation.ends_with_answer:
+        return Conversation(conversation.turns[:-1], conversation.system)
+    return conversation
+
+
+def answer_lines(session: ChatSession, lines: Iterable[str], write: Callable[[str], None]) -> int:
+    """Answer each JSON line (a fresh conversation each); returns how many lines could not be answered.
+
+    Every non-blank input line gives one output line, in order: the answer and token counts, or
+    the error; `line` is the input line number and an input `id` is copied.
+    """
+    failures = 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        result: dict[str, Any] = {"line": number}
+        try:
+            value = json.loads(line)
+        except ValueError as error:
+            value, result["error"] = None, f"invalid JSON: {error}"
+        if isinstance(value, dict) and "id" in value:
+            result["id"] = value["id"]
+        try:
+            if "error" not in result:
+                result.update(session.answer(question_of(value)).to_json())
+        except YayiError as error:
+            result["error"] = str(error)
+        failures += "error" in result
+        write(json.dumps(result, ensure_ascii=False) + "\n")
+    return failures
