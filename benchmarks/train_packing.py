@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--micro-batch-size", type=int, default=8)
-    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--hidden-size", type=int, default=256)
     parser.add_argument("--spread", type=float, default=1.2, help="sigma of the log-normal answer lengths")
     args = parser.parse_args()
@@ -55,7 +55,7 @@ def main() -> None:
         data = Path(work) / "train.jsonl"
         data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
         texts = [render_training(parse_record(r).conversation, TEMPLATES["yayi"]).text for r in records]
-        model = build_tiny(Path(work) / "tiny", texts, TinySpec(arch="llama", hidden_size=args.hidden_size, layers=4))
+        model = build_tiny(Path(work) / "tiny", texts, TinySpec(arch="llama", hidden_size=args.hidden_size, layers=4), TEMPLATES["yayi"])
         best = {"padded batches (upstream style)": 0.0, "--packing": 0.0}
         for _ in range(args.repeats):
             for name in best:

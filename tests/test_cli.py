@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -114,3 +115,19 @@ def test_usage_errors_are_one_line_and_exit_2(args, message):
 def test_a_bad_option_value_is_a_usage_error():
     result = yayi("data", "preview", str(SAMPLE_DATA), "--template", "chatml")
     assert result.exit_code == 2 and "'chatml' is not one of 'yayi', 'yayi-llama2'" in result.stderr
+
+
+def test_quiet_leaves_out_the_report_but_keeps_json_and_the_exit_code(tmp_path):
+    assert yayi("-q", "data", "validate", str(SAMPLE_DATA)).stdout == ""
+    assert json.loads(yayi("-q", "data", "validate", str(SAMPLE_DATA), "--json").stdout)["ok"] is True
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json}\n", encoding="utf-8")
+    quiet_failure = yayi("-q", "data", "validate", str(bad))
+    assert quiet_failure.exit_code == 1 and quiet_failure.stdout == ""
+
+
+def test_output_to_a_pipe_has_no_colour_or_progress_bars():
+    result = subprocess.run([sys.executable, "-m", "yayi_cli", "data", "validate", str(SAMPLE_DATA)],
+                            capture_output=True, text=True, env={**os.environ, "TERM": "xterm-256color"})
+    assert result.returncode == 0 and "records" in result.stdout
+    assert "\x1b[" not in result.stdout + result.stderr

@@ -68,3 +68,18 @@ def test_cli_json_report_and_usage_errors(tiny_model_dirs, tmp_path):
     assert again.exit_code == 2 and "already exists" in again.stderr
     bad_bits = runner.invoke(app, ["quantize", "-m", str(tiny_model_dirs["llama"]), "-o", str(tmp_path / "r"), "--bits", "3"])
     assert bad_bits.exit_code == 2
+
+
+def test_json_on_stdout_stays_clean_when_deepspeed_is_installed(tiny_model_dirs, tmp_path):
+    """accelerate imports DeepSpeed for int8 loading, and DeepSpeed logs to stdout unless told otherwise."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "int8"
+    for command in (["quantize", "--model", str(tiny_model_dirs["llama"]), "-o", str(out)],
+                    ["eval", "--model", str(out), "--data", str(SAMPLE_DATA), "--max-samples", "2"]):
+        result = subprocess.run([sys.executable, "-m", "yayi_cli", *command, "--json"], capture_output=True,
+                                text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        assert result.returncode == 0, result.stderr[-2000:]
+        json.loads(result.stdout)

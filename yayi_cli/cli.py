@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +26,8 @@ from yayi_cli.prompt import TEMPLATES
 from yayi_cli.train.options import OFFLOADS, OVERLONG, PRECISIONS, SCHEDULERS, ZERO_STAGES, TrainOptions
 
 EXIT_CODES = (
-    "Exit codes: 0 success; 1 the work ran and found a problem (invalid data, failed check); "
-    "2 usage or environment error (bad option, missing file, model not loadable)."
+    "Exit codes: 0 success; 1 the work ran and found a problem (invalid data, failed check, training failed); "
+    "2 usage or environment error (bad option, missing file, model not loadable, no GPU); 130 interrupted."
 )
 
 app = typer.Typer(
@@ -43,6 +44,17 @@ data_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 
+def complete_directories(incomplete: str) -> list[str]:
+    """TAB candidates for model and output options: directories only (files complete as usual)."""
+    folder, slash, start = incomplete.rpartition("/")
+    try:
+        names = [entry.name for entry in os.scandir(folder + slash or ".") if entry.is_dir() and entry.name.startswith(start)]
+    except OSError:
+        return []
+    show_hidden = start.startswith(".")
+    return sorted(f"{folder}{slash}{name}/" for name in names if show_hidden or not name.startswith("."))
+
+
 TemplateName = Literal[tuple(TEMPLATES)]  # type: ignore[valid-type]  # choices come from the data
 ZeroStage = Literal[ZERO_STAGES]  # type: ignore[valid-type]
 Offload = Literal[OFFLOADS]  # type: ignore[valid-type]
@@ -54,7 +66,8 @@ TemplateOption = typer.Option(
     help="Prompt template (default: saved with the model, else detected from its name or config).",
 )
 ModelOption = typer.Option(
-    None, "--model", "-m", metavar="DIR|HUB_ID", help="Model directory or hub id (its tokenizer is used)."
+    None, "--model", "-m", metavar="DIR|HUB_ID", help="Model directory or hub id (its tokenizer is used).",
+    autocompletion=complete_directories,
 )
 TrustRemoteCodeOption = typer.Option(
     False, "--trust-remote-code", help="Allow the model's own Python code to run when loading it."
@@ -83,6 +96,15 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+QUIET = {"enabled": False}
+"""Set by `yayi -q`: human reports are left out; --json, answers, errors and exit codes stay."""
+
+
+def report_console(*, stderr: bool = False) -> Console:
+    """Where a command's human-readable report goes (nowhere under -q)."""
+    return Console(stderr=stderr, quiet=QUIET["enabled"])
+
+
 def print_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
 
@@ -98,11 +120,14 @@ def main_options(
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
     ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Print no human-readable report (errors, --json and answers still print)."
+    ),
 ) -> None:
-    pass
+    QUIET["enabled"] = quiet
 
 
-@data_app.command("preview")
+@data_app.command("preview", epilog=EXIT_CODES)
 @reports_errors
 def data_preview(
     file: Path = typer.Argument(..., metavar="FILE", help="A .jsonl or .json data file.", show_default=False),
@@ -122,12 +147,12 @@ def data_preview(
     if json_output:
         print_json(report.to_json())
     else:
-        print_report(report, Console())
+        print_report(report, report_console())
     if report.num_errors:
         raise typer.Exit(1)
 
 
-@data_app.command("validate")
+@data_app.command("validate", epilog=EXIT_CODES)
 @reports_errors
 def data_validate(
     files: list[Path] = typer.Argument(..., metavar="FILE...", help="Data files (.jsonl, or .json array or lines).", show_default=False),
@@ -160,17 +185,17 @@ def data_validate(
     if json_output:
         print_json(report.to_json())
     else:
-        print_report(report, Console())
+        print_report(report, report_console())
     if not report.ok:
         raise typer.Exit(1)
 
 
-@data_app.command("split")
+@data_app.command("split", epilog=EXIT_CODES)
 @reports_errors
 def data_split(
     files: list[Path] = typer.Argument(..., metavar="FILE...", help="Data files to split.", show_default=False),
     test_size: str = typer.Option(..., "--test-size", metavar="N|F", help="Test records: a count (400) or a fraction (0.05).", show_default=False),
-    output: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="Directory for train.jsonl, test.jsonl and split.json.", show_default=False),
+    output: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="Directory for train.jsonl, test.jsonl and split.json.", show_default=False, autocompletion=complete_directories),
     seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Seed of the deterministic selection (as upstream)."),
     stratify: Optional[Literal["domain"]] = typer.Option(None, "--stratify", help="Keep each domain's share in test."),
     dedupe: bool = typer.Option(False, "--dedupe", help="Drop later copies of identical records."),
@@ -191,15 +216,15 @@ def data_split(
     if json_output:
         print_json(report.to_json())
     else:
-        print_report(report, output, Console())
+        print_report(report, output, report_console())
 
 
-@app.command("train")
+@app.command("train", epilog=EXIT_CODES)
 @reports_errors
 def train_command(
     data: Optional[list[Path]] = typer.Option(None, "--data", "--data-path", "-d", metavar="FILE", help="Training data (repeat for several files).", show_default=False),
-    model: Optional[str] = typer.Option(None, "--model", "--input-model", "-m", metavar="DIR|HUB_ID", help="The model to fine-tune.", show_default=False),
-    output: Optional[Path] = typer.Option(None, "--output", "--local-output-dir", "-o", metavar="DIR", help="Checkpoints, then the final model, go here.", show_default=False),
+    model: Optional[str] = typer.Option(None, "--model", "--input-model", "-m", metavar="DIR|HUB_ID", help="The model to fine-tune.", show_default=False, autocompletion=complete_directories),
+    output: Optional[Path] = typer.Option(None, "--output", "--local-output-dir", "-o", metavar="DIR", help="Checkpoints, then the final model, go here.", show_default=False, autocompletion=complete_directories),
     config: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="YAML or JSON file of options (flags override it)."),
     eval_data: Optional[list[Path]] = typer.Option(None, "--eval-data", metavar="FILE", help="Held-out data for evaluation during training."),
     test_size: Optional[str] = typer.Option(None, "--test-size", metavar="N|F", help="Hold out N records (or a fraction) of --data for evaluation."),
@@ -212,7 +237,7 @@ def train_command(
     cpu: Optional[bool] = typer.Option(None, "--cpu", help="Train on the CPU with DeepSpeed's CPU accelerator (tests)."),
     zero: Optional[ZeroStage] = typer.Option(None, "--zero", help="ZeRO stage " + default_of("zero")),
     offload: Optional[Offload] = typer.Option(None, "--offload", help="Offload optimizer state (and at ZeRO-3 parameters) " + default_of("offload")),
-    nvme_path: Optional[Path] = typer.Option(None, "--nvme-path", metavar="DIR", help="Local NVMe folder for --offload nvme."),
+    nvme_path: Optional[Path] = typer.Option(None, "--nvme-path", metavar="DIR", help="Local NVMe folder for --offload nvme.", autocompletion=complete_directories),
     precision: Optional[Precision] = typer.Option(None, "--precision", help="auto: bf16 where the GPU has it, else fp16; fp32 on the CPU " + default_of("precision")),
     deepspeed: Optional[Path] = typer.Option(None, "--deepspeed", metavar="FILE", help="Your own DeepSpeed config, used as it is."),
     micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", "--per-device-train-batch-size", metavar="N", help="Examples (or packed rows) per rank per step " + default_of("micro_batch_size")),
@@ -237,8 +262,8 @@ def train_command(
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing", help="Recompute activations to save memory."),
     report_to: Optional[str] = typer.Option(None, "--report-to", metavar="none|tensorboard|wandb|...", help=default_of("report_to")),
     template: Optional[TemplateName] = TemplateOption,
-    resume: Optional[str] = typer.Option(None, "--resume", metavar="auto|CHECKPOINT", help="Continue a run: auto = the newest complete checkpoint in --output."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", metavar="DIR", help="Tokenized data cache [default: ~/.cache/yayi/tokenized]."),
+    resume: Optional[str] = typer.Option(None, "--resume", metavar="auto|CHECKPOINT", help="Continue a run: auto = the newest complete checkpoint in --output.", autocompletion=complete_directories),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", metavar="DIR", help="Tokenized data cache [default: ~/.cache/yayi/tokenized].", autocompletion=complete_directories),
     force: Optional[bool] = typer.Option(None, "--force", help="Start over in a non-empty --output (its old contents are moved beside it, not deleted)."),
     trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="Allow the model's own Python code to run."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the launch command, ZeRO config and memory estimate; run and write nothing."),
@@ -258,7 +283,7 @@ def train_command(
     else:
         from yayi_cli.train.report import print_plan
 
-        print_plan(plan, Console(stderr=not dry_run), dry_run=dry_run)
+        print_plan(plan, report_console(stderr=not dry_run), dry_run=dry_run)
     if dry_run:
         return
     kept = write_run_files(plan)
@@ -270,10 +295,10 @@ def train_command(
     raise typer.Exit(status)
 
 
-@app.command("eval")
+@app.command("eval", epilog=EXIT_CODES)
 @reports_errors
 def eval_command(
-    model: str = typer.Option(..., "--model", "-m", metavar="DIR|HUB_ID", help="Model directory or hub id.", show_default=False),
+    model: str = typer.Option(..., "--model", "-m", metavar="DIR|HUB_ID", help="Model directory or hub id.", show_default=False, autocompletion=complete_directories),
     data: list[Path] = typer.Option(..., "--data", "-d", metavar="FILE", help="Held-out data (repeat for several files).", show_default=False),
     task: Literal["lm", "choice"] = typer.Option("lm", "--task", help="lm: answer loss and generation; choice: multiple-choice accuracy (CSV question,A,B,C,D,answer or JSON lines)."),
     generate: bool = typer.Option(False, "--generate", help="Also generate each last answer and score it (exact match, ROUGE-L, BLEU-4)."),
@@ -326,17 +351,17 @@ def eval_command(
     if json_output:
         print_json(document)
     else:
-        print_report(report, Console(), previous)
+        print_report(report, report_console(), previous)
         for failure in failures:
             Console(stderr=True).print(f"[red]gate failed:[/] {escape(failure)}", highlight=False, soft_wrap=True)
     if failures:
         raise typer.Exit(1)
 
 
-@app.command("chat")
+@app.command("chat", epilog=EXIT_CODES)
 @reports_errors
 def chat_command(
-    model: str = typer.Option(..., "--model", "-m", metavar="DIR|HUB_ID", help="Model directory or hub id.", show_default=False),
+    model: str = typer.Option(..., "--model", "-m", metavar="DIR|HUB_ID", help="Model directory or hub id.", show_default=False, autocompletion=complete_directories),
     template: Optional[TemplateName] = TemplateOption,
     system: Optional[str] = typer.Option(None, "--system", help="System prompt (default: the template's)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Answer this one message, print only the answer, exit."),
@@ -382,11 +407,11 @@ def chat_command(
         raise typer.Exit(code)
 
 
-@app.command("quantize")
+@app.command("quantize", epilog=EXIT_CODES)
 @reports_errors
 def quantize_command(
-    model: str = typer.Option(..., "--model", "-m", metavar="DIR|HUB_ID", help="Model to quantize.", show_default=False),
-    output: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="Directory for the quantized checkpoint.", show_default=False),
+    model: str = typer.Option(..., "--model", "-m", metavar="DIR|HUB_ID", help="Model to quantize.", show_default=False, autocompletion=complete_directories),
+    output: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="Directory for the quantized checkpoint.", show_default=False, autocompletion=complete_directories),
     bits: Literal[8, 4] = typer.Option(8, "--bits", help="8: LLM.int8; 4: NF4."),
     threshold: float = typer.Option(6.0, "--threshold", help="LLM.int8 outlier threshold."),
     skip_modules: list[str] = typer.Option(["lm_head"], "--skip-modules", help="Modules kept in full precision (repeatable)."),
@@ -412,7 +437,7 @@ def quantize_command(
     if json_output:
         print_json(report.to_json())
     else:
-        print_report(report, Console())
+        print_report(report, report_console())
 
 
 def main() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from yayi_cli.errors import UsageError
+from yayi_cli.terminal import deepspeed_logs_to_stderr
 
 
 def resolve_model_reference(model: str) -> str:
@@ -18,6 +20,8 @@ def resolve_model_reference(model: str) -> str:
     """
     path = Path(model).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{model}: no config.json in this directory; give a saved model's directory or a hub id")
         return str(path)
     if path.exists():
         raise UsageError(f"{model}: is a file; give the model's directory")
@@ -122,6 +126,15 @@ def resolve_dtype(dtype: str, device: str) -> Any:
         raise UsageError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}") from None
 
 
+def is_quantized(reference: str) -> bool:
+    """Whether a local checkpoint was saved quantized (by `yayi quantize`, for one)."""
+    config = Path(reference) / "config.json"
+    try:
+        return "quantization_config" in json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
 def load_model(
     model: str, *, device: str = "auto", dtype: str = "auto", load_in_8bit: bool = False,
     trust_remote_code: bool = False,
@@ -132,6 +145,8 @@ def load_model(
     """
     reference = resolve_model_reference(model)
     device = resolve_device(device)
+    if load_in_8bit or is_quantized(reference):
+        deepspeed_logs_to_stderr()  # int8 loading goes through accelerate, which imports DeepSpeed when installed
     quiet_progress_unless_terminal()
     quiet_int8_warnings()  # also for checkpoints `yayi quantize` wrote
     from transformers import AutoModelForCausalLM

@@ -233,8 +233,10 @@ def _load_quantized(reference: str, options: QuantizeOptions, device: str) -> An
     from transformers import AutoModelForCausalLM
 
     from yayi_cli.models import quiet_int8_warnings
+    from yayi_cli.terminal import deepspeed_logs_to_stderr
 
     quiet_int8_warnings()
+    deepspeed_logs_to_stderr()  # accelerate (device_map) imports DeepSpeed when it is installed
     try:
         model = AutoModelForCausalLM.from_pretrained(
             reference, quantization_config=quantization_config(options), device_map=device,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import sys
 from collections.abc import Callable, Iterator
 
 PROGRESS_MIN_BYTES = 8 << 20
@@ -23,3 +25,16 @@ def byte_progress(description: str, total_bytes: int) -> Iterator[Callable[[int]
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(description, total=total_bytes)
         yield lambda n_bytes: progress.advance(task, n_bytes)
+
+
+def deepspeed_logs_to_stderr() -> None:
+    """Keep stdout for results (`--json`, answers) when DeepSpeed is installed.
+
+    DeepSpeed's logger writes to whatever stdout was when it was first imported, and it is imported
+    by accelerate (int8 loading) and by `yayi train`; importing it here with stdout pointed at stderr
+    sends its messages, such as "Setting accelerator to CPU", to stderr for good.
+    """
+    if "deepspeed" in sys.modules or importlib.util.find_spec("deepspeed") is None:
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        import deepspeed  # noqa: F401

@@ -138,6 +138,8 @@ def test_invalid_data_is_refused_before_launch_pointing_at_validate(tmp_path):
         check_data([str(bad)], "--data")
     with pytest.raises(UsageError, match="no such file"):
         check_data([str(tmp_path / "missing.jsonl")], "--data")
+    with pytest.raises(UsageError, match="is a directory"):
+        check_data([str(tmp_path)], "--data")
 
 
 def test_force_moves_the_previous_run_aside_instead_of_deleting_it(tmp_path, tiny_model_dirs):

@@ -10,7 +10,7 @@ import pytest
 from yayi_cli.errors import UsageError
 from yayi_cli.train.options import OFFLOADS, PRECISIONS, ZERO_STAGES, TrainOptions
 from yayi_cli.train.zero import (
-    check_batch_sizes, deepspeed_config, precision_of, resolve_accumulation, stage_of,
+    check_batch_sizes, deepspeed_config, offload_of, precision_of, resolve_accumulation, stage_of,
 )
 
 COMBINATIONS = list(itertools.product(ZERO_STAGES, OFFLOADS, PRECISIONS))
@@ -56,7 +56,7 @@ def test_every_combination_is_valid_for_deepspeed_or_refused_with_the_way_out(st
             deepspeed_config(options)
         return
     config = deepspeed_config(options)
-    assert stage_of(config) == stage and precision_of(config) == precision
+    assert (stage_of(config), offload_of(config), precision_of(config)) == (stage, offload, precision)
     concrete = "bf16" if precision == "auto" else precision  # the worker decides "auto" from the hardware
     parsed = DeepSpeedConfig(filled_by_transformers(config, concrete, tiny_llama))
     assert parsed.zero_optimization_stage == stage

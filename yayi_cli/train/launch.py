@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib.util
 import json
 import os
 import re
@@ -26,9 +27,12 @@ from yayi_cli import __version__
 from yayi_cli.atomic import write_text_atomic
 from yayi_cli.data.reader import sha256_of
 from yayi_cli.errors import DataError, UsageError
+from yayi_cli.terminal import deepspeed_logs_to_stderr
 from yayi_cli.train.memory import MemoryEstimate, estimate_memory
 from yayi_cli.train.options import TrainOptions
-from yayi_cli.train.zero import check_batch_sizes, deepspeed_config, read_user_config, resolve_accumulation, stage_of
+from yayi_cli.train.zero import (
+    check_batch_sizes, deepspeed_config, offload_of, read_user_config, resolve_accumulation, stage_of,
+)
 
 WORKER_MODULE = "yayi_cli.train.worker"
 RUN_FILE = "run.json"
@@ -41,13 +45,11 @@ PACKAGES = ("yayi-cli", "torch", "transformers", "deepspeed", "datasets", "accel
 
 @contextlib.contextmanager
 def deepspeed_logs_on_stderr() -> Iterator[None]:
-    """DeepSpeed's logger writes to the stdout of its import time; keep stdout for our --json."""
-    with contextlib.redirect_stdout(sys.stderr):
-        try:
-            import deepspeed.launcher.runner  # noqa: F401
-        except ImportError:
-            raise UsageError("yayi train needs DeepSpeed: pip install 'yayi-cli[train]'") from None
-        yield
+    """Planning uses DeepSpeed's own hostfile parser and memory estimators; refuse clearly without it."""
+    if importlib.util.find_spec("deepspeed") is None:
+        raise UsageError("yayi train needs DeepSpeed: pip install 'yayi-cli[train]' (see the README)")
+    deepspeed_logs_to_stderr()
+    yield
 
 
 @dataclass(frozen=True)
@@ -205,9 +207,6 @@ def check_data(paths: list[str], option: str) -> list[dict[str, Any]]:
     from yayi_cli.data.validate import validate
 
     files = [Path(path) for path in paths]
-    for path in files:
-        if not path.is_file():
-            raise UsageError(f"{option} {path}: no such file")
     report = validate(files, max_listed=1)
     if not report.ok:
         first = report.tally.problems[0] if report.tally.problems else None
@@ -312,7 +311,7 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
         data = check_data(options.data, "--data")
         eval_data = check_data(options.eval_data, "--eval-data") if options.eval_data else []
         memory = estimate_memory(
-            options.model, stage=stage_of(config), offload=options.offload, gpus_per_node=ranks.gpus_per_node,
+            options.model, stage=stage_of(config), offload=offload_of(config), gpus_per_node=ranks.gpus_per_node,
             num_nodes=ranks.num_nodes, trust_remote_code=options.trust_remote_code,
         )
     return LaunchPlan(options, ranks, accumulation, config, resume_from, data, eval_data, memory, warnings)

@@ -107,6 +107,13 @@ def stage_of(config: dict[str, Any]) -> int:
     return int(section.get("stage", 0)) if isinstance(section, dict) else 0
 
 
+def offload_of(config: dict[str, Any]) -> str:
+    """Where a config offloads optimizer state: none, cpu or nvme."""
+    section = config.get("zero_optimization") or {}
+    offload = section.get("offload_optimizer") if isinstance(section, dict) else None
+    return str(offload.get("device", "none")) if isinstance(offload, dict) else "none"
+
+
 def precision_of(config: dict[str, Any]) -> str:
     """What a config asks for: bf16, fp16, fp32, or auto (the worker decides from the hardware)."""
     for name in ("bf16", "fp16"):
