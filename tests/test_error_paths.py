@@ -25,6 +25,7 @@ def error_cases(model: str, folder: str) -> list[tuple[list[str], str]]:
         (["train", "--data", MISSING, "--model", model, "-o", f"{folder}/run", "--cpu"], "no such file"),
         (["train", "--data", data, "--model", folder, "-o", f"{folder}/run", "--cpu"], "no config.json"),
         (["train", "--data", data, "--model", model, "-o", data, "--cpu"], "is a file"),
+        (["train", "--data", data, "--model", model, "-o", f"{data}/run", "--cpu"], "cannot be created"),
         (["train", "--config", MISSING], "cannot read it"),
         (["train", "--data", data, "--model", model, "-o", f"{folder}/run", "--cpu", "--offload", "nvme"], "needs --zero 3"),
         (["eval", "--model", "./no-such-model", "--data", data], "no such model directory"),
@@ -32,6 +33,7 @@ def error_cases(model: str, folder: str) -> list[tuple[list[str], str]]:
         (["eval", "--model", model, "--data", data, "--fail-if", "loss is high"], "loss is high"),
         (["quantize", "--model", folder, "-o", f"{folder}/q"], "no config.json"),
         (["quantize", "--model", model, "-o", data], "already exists"),
+        (["quantize", "--model", model, "-o", f"{data}/int8"], "cannot create"),
         (["chat", "--model", folder, "--prompt", "你好"], "no config.json"),
         (["chat", "--model", model, "--prompt", "你好", "--temperature", "-1"], "temperature"),
     ]

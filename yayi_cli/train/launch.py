@@ -195,6 +195,9 @@ def check_output(options: TrainOptions) -> None:
     output = Path(options.output)
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output} is a file; give a directory")
+    existing = next(parent for parent in output.parents if parent.exists())
+    if not output.exists() and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        raise UsageError(f"--output {output} cannot be created: {existing} is not a writable directory")
     if output.is_dir() and any(output.iterdir()) and not (options.resume or options.force):
         raise UsageError(
             f"--output {output} is not empty; add --resume auto to continue its run, or --force to start over "
