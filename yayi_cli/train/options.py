@@ -7,6 +7,7 @@ A config file (YAML or JSON) holds a mapping of option names: the field names be
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -89,7 +90,12 @@ class TrainOptions:
 
 
 FIELDS = {item.name: item for item in dataclasses.fields(TrainOptions)}
-HINTS = typing.get_type_hints(TrainOptions)
+
+
+@functools.cache
+def field_types() -> dict[str, Any]:
+    """The fields' types, resolved on first use (not on every `--help` and TAB press)."""
+    return typing.get_type_hints(TrainOptions)
 
 
 def _canonical(key: str) -> str:
@@ -121,7 +127,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         from yayi_cli.data.split import parse_test_size
 
         return None if value is None else parse_test_size(str(value))
-    hint = HINTS[name]
+    hint = field_types()[name]
     kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None:
         if type(None) in kinds:
