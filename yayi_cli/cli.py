@@ -289,7 +289,7 @@ def train_command(
     kept = write_run_files(plan)
     if kept is not None:
         Console(stderr=True).print(f"moved the previous contents of {escape(str(plan.output))} to {escape(str(kept))}")
-    status = run_launcher(plan.command, child_environment(plan.options))
+    status = run_launcher(plan.command, child_environment(plan.options), stdout_to_stderr=json_output)
     if status == 130:
         Console(stderr=True).print(f"[yellow]interrupted:[/] {escape(interrupted_note(plan.output))}", highlight=False, soft_wrap=True)
     raise typer.Exit(status)

@@ -111,3 +111,11 @@ def test_unpacked_batches_are_padded_to_a_multiple_of_8_with_no_loss_on_padding(
     assert batch["input_ids"].tolist() == [[5, 6, 7, 0, 0, 0, 0, 0], [5, 0, 0, 0, 0, 0, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0, 0]]
     assert batch["labels"][1].tolist() == [5] + [IGNORE_INDEX] * 7
+
+
+def test_the_cache_key_tells_training_data_from_held_out_data(prompt_tokenizer):
+    from yayi_cli.train.examples import cache_key
+
+    both_trained = {"data": ["a", "b"], "eval_data": [], "test_size": None, "seed": 515}
+    one_held_out = {"data": ["a"], "eval_data": ["b"], "test_size": None, "seed": 515}
+    assert cache_key(prompt_tokenizer, both_trained, 512, "truncate") != cache_key(prompt_tokenizer, one_held_out, 512, "truncate")

@@ -25,7 +25,7 @@ def options(**values) -> TrainOptions:
 
 
 def test_a_single_machine_launch_names_the_gpus_the_worker_and_the_run_file():
-    command = launcher_command(options(gpus=8), Ranks({"localhost": list(range(8))}, None), RUN)
+    command = launcher_command(options(gpus=8), Ranks({"localhost": list(range(8))}, ("--num_gpus", "8")), RUN)
     assert Path(command[0]).name == "deepspeed" or command[1:3] == ["-m", "deepspeed.launcher.runner"]
     assert command[-6:] == ["--num_gpus", "8", "--module", "yayi_cli.train.worker", "--run-config", str(RUN)]
 
@@ -38,7 +38,7 @@ def test_a_multi_machine_launch_passes_the_hostfile_nodes_and_master(tmp_path):
     assert ranks.world_size == 16 and ranks.num_nodes == 2
     command = launcher_command(chosen, ranks, RUN)
     assert command[command.index("--hostfile") + 1] == str(hostfile)
-    expected = ["--num_nodes", "2", "--num_gpus", "8", "--master_addr", "worker-1", "--master_port", "29600"]
+    expected = ["--num_nodes", "2", "--master_addr", "worker-1", "--master_port", "29600"]
     assert command[command.index("--num_nodes"):command.index("--module")] == expected
 
 
@@ -59,7 +59,44 @@ def test_include_is_passed_on_instead_of_a_gpu_count(tmp_path):
     assert command[command.index("--include") + 1] == "worker-1:0,1" and "--num_gpus" not in command
 
 
-@pytest.mark.parametrize(("text", "message"), [("worker-1 8\n", "lines look like"), ("", "empty")])
+def test_hosts_with_different_slots_get_their_own_counts_and_gpus_cannot_exceed_the_smallest(tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("worker-1 slots=4\nworker-2 slots=2\n", encoding="utf-8")
+    ranks = plan_ranks(options(hostfile=str(hostfile)), [], dry_run=False)
+    assert ranks.world_size == 6 and "--num_gpus" not in ranks.selection  # the launcher reads the slots itself
+    assert plan_ranks(options(hostfile=str(hostfile), gpus=2), [], dry_run=False).world_size == 4
+    with pytest.raises(UsageError, match="--gpus 8, but a host has only 2 slot"):
+        plan_ranks(options(hostfile=str(hostfile), gpus=8), [], dry_run=False)
+    with pytest.raises(UsageError, match="--num-nodes 3, but the hostfile lists 2 host"):
+        plan_ranks(options(hostfile=str(hostfile), num_nodes=3), [], dry_run=False)
+
+
+@pytest.mark.parametrize(("chosen", "message"), [
+    ({"include": "localhost:0", "num_nodes": 1}, "cannot be combined"),
+    ({"include": "worker-1:0"}, "without --hostfile only localhost"),
+    ({"include": "localhost:a", "cpu": True}, "e.g. localhost:0,1"),
+])
+def test_include_mistakes_are_refused_with_the_format(chosen, message):
+    with pytest.raises(UsageError, match=message):
+        plan_ranks(options(**chosen), [], dry_run=False)
+
+
+def test_a_dry_run_with_include_works_on_a_machine_without_gpus(monkeypatch):
+    monkeypatch.setattr(launch, "count_local_gpus", lambda: 0)
+    ranks = plan_ranks(options(include="localhost:0,1"), [], dry_run=True)
+    assert ranks.world_size == 2 and ranks.selection == ("--include", "localhost:0,1")
+
+
+def test_cuda_visible_devices_keeps_choosing_the_gpus(monkeypatch):
+    monkeypatch.setattr(launch, "count_local_gpus", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    ranks = plan_ranks(options(gpus=1), [], dry_run=False)
+    assert ranks.world_size == 1 and ranks.selection == ()  # no --num_gpus: the launcher honours the variable
+    assert launch.child_environment(options(gpus=1))["CUDA_VISIBLE_DEVICES"] == "2"
+
+
+@pytest.mark.parametrize(("text", "message"), [("worker-1 8\n", "lines look like"), ("", "empty"),
+                                               ("worker-1 slots=0\n", "slots=1 or more")])
 def test_a_bad_hostfile_is_refused_with_its_expected_format(tmp_path, text, message):
     hostfile = tmp_path / "hosts"
     hostfile.write_text(text, encoding="utf-8")
@@ -171,3 +208,31 @@ def test_a_dry_run_prints_the_plan_as_json_and_writes_nothing(tmp_path, tiny_mod
     assert plan["command"][-2:] == ["--run-config", str(output.resolve() / "run.json")]
     assert plan["memory"]["parameters"] > 0 and plan["memory"]["gpu_gib_per_rank"] >= 0
     assert any("no GPU found" in warning for warning in plan["warnings"])
+
+
+def test_resume_auto_never_trains_over_a_directory_without_checkpoints(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(UsageError, match="no complete checkpoint to continue from.*--force"):
+        resolve_resume(options(output=str(tmp_path), resume="auto"), 1, [])
+
+
+def test_training_into_the_model_directory_is_refused(tiny_model_dirs):
+    model = str(tiny_model_dirs["llama"])
+    with pytest.raises(UsageError, match="--output is the --model directory"):
+        launch.plan_launch(options(data=[str(SAMPLE_DATA)], model=model, output=model, cpu=True, force=True),
+                           dry_run=True)
+
+
+def test_no_records_or_no_records_left_after_test_size_is_refused_before_launch(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match="no records"):
+        check_data([str(empty)], "--data")
+    with pytest.raises(UsageError, match="test"):
+        check_data([str(SAMPLE_DATA)], "--data", test_size=20)
+
+
+def test_a_tilde_in_a_path_means_the_home_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    chosen = launch.absolute_paths(options(data=["~/train.jsonl"], output="~/run"))
+    assert chosen.data == [str(tmp_path / "train.jsonl")] and chosen.output == str(tmp_path / "run")

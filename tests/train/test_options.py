@@ -78,3 +78,25 @@ def test_every_upstream_flag_name_is_accepted_on_the_command_line():
     assert {"--" + alias.replace("_", "-") for alias in UPSTREAM_ALIASES} <= declared
     option_names = {param.name for param in click_command.params}
     assert option_names - {"config", "dry_run", "json_output"} == set(TrainOptions.__dataclass_fields__)
+
+
+def test_yaml_numbers_written_as_text_are_numbers(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("lr: 1e-5\nwarmup_steps: '100'\n", encoding="utf-8")  # PyYAML reads 1e-5 as a string
+    options = resolve_options(config, REQUIRED)
+    assert (options.lr, options.warmup_steps) == (1e-5, 100)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    ({"global_batch_size": 64, "gradient_accumulation_steps": 4}, "not both"),
+    ({"master_port": 99999}, "at most 65535"),
+    ({"warmup_steps": -5}, "--warmup-steps must be at least 0"),
+    ({"epochs": 0}, "--epochs must be above 0"),
+])
+def test_more_impossible_options_are_refused(flags, message):
+    with pytest.raises(UsageError, match=message):
+        resolve_options(None, REQUIRED | flags)
+
+
+def test_max_steps_makes_epochs_irrelevant():
+    assert resolve_options(None, REQUIRED | {"epochs": 0, "max_steps": 10}).max_steps == 10

@@ -93,3 +93,19 @@ def test_a_users_config_with_numbers_must_match_the_batch_arithmetic():
     check_batch_sizes({"train_batch_size": "auto"}, options, world_size=3)
     with pytest.raises(UsageError, match=r"train_batch_size=32, but this run has 16 \(micro batch 4 x accumulation 2 x 2"):
         check_batch_sizes({"train_batch_size": 32}, options, world_size=2)
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"zero_optimization": {"stage": "x"}}, "stage must be 0, 1, 2 or 3"),
+    ({"bf16": True}, '"bf16" must be an object'),
+    ({"zero_optimization": {"stage": 3}}, "stage3_gather_16bit_weights_on_model_save"),
+])
+def test_a_users_config_is_checked_for_what_yayi_relies_on(tmp_path, config, message):
+    import json
+
+    from yayi_cli.train.zero import read_user_config
+
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(UsageError, match=message):
+        read_user_config(path)

@@ -45,7 +45,9 @@ def parse_test_size(text: str) -> int | float:
         return int(value)
     if 0 < value < 1:
         return value
-    raise UsageError(f"--test-size {text!r}: a fraction must lie between 0 and 1, a count must be a whole number")
+    raise UsageError(
+        f"--test-size {text!r}: give a count of 1 or more (400) or a fraction strictly between 0 and 1 (0.05)"
+    )
 
 
 def allocate(test_size: int | float, strata: dict[str, int]) -> dict[str, int]:

@@ -55,10 +55,11 @@ def default_cache_dir() -> Path:
     return Path(base) / "yayi" / "tokenized"
 
 
-def cache_key(prompt_tokenizer: PromptTokenizer, data_hashes: Sequence[str], max_length: int, overlong: str) -> str:
-    """Everything the tokens depend on: data, exact tokenizer, template, limits, and this code."""
+def cache_key(prompt_tokenizer: PromptTokenizer, inputs: dict[str, Any], max_length: int, overlong: str) -> str:
+    """Everything the tokens depend on: which data is trained and held out, the exact tokenizer,
+    template, limits, and this code."""
     parts = {
-        "data": list(data_hashes),
+        "inputs": inputs,
         "tokenizer": hashlib.sha256(prompt_tokenizer.tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
         "template": prompt_tokenizer.template.to_dict(),
         "max_length": max_length,

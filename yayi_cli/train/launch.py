@@ -54,10 +54,10 @@ def deepspeed_logs_on_stderr() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Ranks:
-    """Where the ranks run: hosts (None for this machine alone) and how many on each."""
+    """Where the ranks run (host -> slots), and the launcher flags that select exactly those."""
 
     slots: dict[str, list[int]]
-    hostfile: str | None
+    selection: tuple[str, ...]
 
     @property
     def world_size(self) -> int:
@@ -78,64 +78,101 @@ def count_local_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _select(pool: dict[str, int], options: TrainOptions) -> dict[str, list[int]]:
-    """The launcher's own selection: --include filters, then --num-nodes and --gpus cut."""
-    from deepspeed.launcher.runner import parse_inclusion_exclusion
+HOSTFILE_FORMAT = "lines look like 'worker-1 slots=8'"
+INCLUDE_FORMAT = "use HOST:SLOT,SLOT@HOST:SLOT, e.g. localhost:0,1 or worker-1:0-3@worker-2"
+
+
+def read_hostfile(path: Path) -> dict[str, int]:
+    """Hosts and their slots, read by DeepSpeed's own parser."""
+    from deepspeed.launcher.runner import fetch_hostfile
+
+    if not path.is_file():
+        raise UsageError(f"--hostfile {path}: no such file")
+    try:
+        pool = fetch_hostfile(str(path))
+    except ValueError as error:
+        raise UsageError(f"--hostfile {path}: {str(error).rstrip('.')}; {HOSTFILE_FORMAT}") from None
+    if not pool:
+        raise UsageError(f"--hostfile {path}: no hosts in it; {HOSTFILE_FORMAT}")
+    if min(pool.values()) < 1:
+        raise UsageError(f"--hostfile {path}: every host needs slots=1 or more")
+    return dict(pool)
+
+
+def select_ranks(pool: dict[str, int], options: TrainOptions, include: str) -> dict[str, list[int]]:
+    """The ranks the launcher starts, by its own rules: --include, else the first --num-nodes hosts
+    with the first --gpus slots each."""
+    from deepspeed.launcher.runner import apply_num_nodes_and_gpus, parse_inclusion_exclusion
 
     try:
-        active = parse_inclusion_exclusion(pool, options.include or "", "")
+        active = parse_inclusion_exclusion(pool, include, "")
     except (ValueError, KeyError) as error:
-        raise UsageError(f"--include {options.include!r}: {error}") from None
-    hosts = list(active.items())[: options.num_nodes or None]
-    return {host: list(slots)[: options.gpus or None] for host, slots in hosts}
+        raise UsageError(f"--include {include!r}: {str(error).strip(chr(39))}; {INCLUDE_FORMAT}") from None
+    if options.num_nodes and options.num_nodes > len(active):
+        raise UsageError(f"--num-nodes {options.num_nodes}, but the hostfile lists {len(active)} host(s)")
+    if options.gpus and options.gpus > min(len(slots) for slots in active.values()):
+        raise UsageError(f"--gpus {options.gpus}, but a host has only {min(pool.values())} slot(s)")
+    return dict(apply_num_nodes_and_gpus(active, options.num_nodes or 0, options.gpus or 0))
+
+
+def local_slots(options: TrainOptions, warnings: list[str], *, dry_run: bool) -> int:
+    """This machine's GPUs (or the CPU ranks asked for); too few is an error, or a warning in --dry-run."""
+    if options.cpu:
+        return options.gpus or 1
+    present = count_local_gpus()
+    problem = None
+    if present == 0:
+        problem = "no GPU found on this machine; use --cpu for a CPU test run, or --hostfile to train elsewhere"
+    elif options.gpus and options.gpus > present:
+        problem = f"--gpus {options.gpus}, but this machine has {present} GPU(s)"
+    if problem and not dry_run:
+        raise UsageError(problem)
+    if problem:
+        warnings.append(problem)
+        included = [int(n) for n in re.findall(r"\d+", (options.include or "").partition(":")[2])]
+        present = max([present, options.gpus or 1] + [n + 1 for n in included])
+    return present
+
+
+def visible_gpus(options: TrainOptions) -> list[str]:
+    """CUDA_VISIBLE_DEVICES when it decides the GPUs of a local run (the launcher honours it only
+    when given no --num_gpus/--include, so then we pass neither)."""
+    if options.cpu or options.hostfile or options.include:
+        return []
+    return [device for device in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if device.strip()]
 
 
 def plan_ranks(options: TrainOptions, warnings: list[str], *, dry_run: bool) -> Ranks:
-    """Count the ranks the launcher will start; refuse more GPUs than there are (a warning in --dry-run)."""
-    if options.include and options.gpus:
-        raise UsageError("--include and --gpus cannot be combined (the launcher refuses it); use one")
+    """The ranks the launcher will start and the flags that select them; refuse more GPUs than there
+    are (a warning in --dry-run, which may run on a login node without GPUs)."""
+    if options.include and (options.gpus or options.num_nodes):
+        raise UsageError("--include cannot be combined with --gpus or --num-nodes (the launcher refuses it); use one")
     if options.hostfile:
-        from deepspeed.launcher.runner import fetch_hostfile
-
         path = Path(options.hostfile)
-        if not path.is_file():
-            raise UsageError(f"--hostfile {path}: no such file")
-        try:
-            pool = fetch_hostfile(str(path))
-        except ValueError as error:
-            raise UsageError(f"--hostfile {path}: {str(error).rstrip('.')}; lines look like 'worker-1 slots=8'") from None
-        if not pool:
-            raise UsageError(f"--hostfile {path}: no hosts in it; lines look like 'worker-1 slots=8'")
-        return Ranks(_select(dict(pool), options), str(path))
+        selection = ("--hostfile", str(path))
+        selection += ("--include", options.include) if options.include else ()
+        selection += ("--num_nodes", str(options.num_nodes)) if options.num_nodes else ()
+        selection += ("--num_gpus", str(options.gpus)) if options.gpus else ()
+        return Ranks(select_ranks(read_hostfile(path), options, options.include or ""), selection)
     if options.num_nodes and options.num_nodes > 1:
         raise UsageError(f"--num-nodes {options.num_nodes} needs --hostfile listing the machines")
-    present = options.gpus or 1 if options.cpu else count_local_gpus()
-    if not options.cpu:
-        problem = None
-        if present == 0:
-            problem = "no GPU found on this machine; use --cpu for a CPU test run, or --hostfile to train elsewhere"
-        elif options.gpus and options.gpus > present:
-            problem = f"--gpus {options.gpus}, but this machine has {present} GPU(s)"
-        if problem and not dry_run:
-            raise UsageError(problem)
-        if problem:
-            warnings.append(problem)
-            present = max(present, options.gpus or 1)
-    return Ranks(_select({"localhost": present}, options), None)
+    if options.include and not options.include.startswith("localhost:"):
+        raise UsageError(f"--include {options.include!r}: without --hostfile only localhost:SLOTS can be named")
+    present = local_slots(options, warnings, dry_run=dry_run)
+    if options.include:
+        return Ranks(select_ranks({"localhost": present}, options, options.include), ("--include", options.include))
+    count = options.gpus or present
+    slots = {"localhost": list(range(count))}
+    if visible_gpus(options):
+        return Ranks(slots, ())  # the launcher turns CUDA_VISIBLE_DEVICES into its --include
+    return Ranks(slots, ("--num_gpus", str(count)))
 
 
 def launcher_command(options: TrainOptions, ranks: Ranks, run_file: Path) -> list[str]:
     """`deepspeed ... --module yayi_cli.train.worker --run-config RUN` as an argument list (no shell)."""
     executable = Path(sys.executable).with_name("deepspeed")
     command = [str(executable)] if executable.exists() else [sys.executable, "-m", "deepspeed.launcher.runner"]
-    if ranks.hostfile:
-        command += ["--hostfile", ranks.hostfile]
-    if options.include:
-        command += ["--include", options.include]
-    if options.num_nodes:
-        command += ["--num_nodes", str(options.num_nodes)]
-    if not options.include:
-        command += ["--num_gpus", str(options.gpus or ranks.gpus_per_node)]
+    command += ranks.selection
     if options.master_addr:
         command += ["--master_addr", options.master_addr]
     if options.master_port:
@@ -173,11 +210,18 @@ def resolve_resume(options: TrainOptions, world_size: int, warnings: list[str]) 
         return None
     if options.resume == "auto":
         checkpoint = latest_complete_checkpoint(output, warnings)
+        if checkpoint is None and output.is_dir() and any(output.iterdir()):
+            raise UsageError(
+                f"--resume auto: {output} holds no complete checkpoint to continue from, and starting over there "
+                "would write over what it holds; use --force to start over (its contents are kept beside it)"
+            )
         if checkpoint is None:
-            warnings.append(f"--resume auto: no complete checkpoint in {output}; starting from the model")
+            warnings.append(f"--resume auto: no checkpoint in {output} yet; starting from the model")
             return None
     else:
         checkpoint = Path(options.resume)
+        if not checkpoint.is_dir():
+            raise UsageError(f"--resume {checkpoint}: no such checkpoint directory; give checkpoint-N or auto")
         if not (checkpoint / COMPLETE_MARKER).is_file():
             raise UsageError(f"--resume {checkpoint}: not a complete checkpoint (no {COMPLETE_MARKER} in it)")
     written_by = checkpoint_world_size(checkpoint)
@@ -205,8 +249,10 @@ def check_output(options: TrainOptions) -> None:
         )
 
 
-def check_data(paths: list[str], option: str) -> list[dict[str, Any]]:
-    """Every data file exists and is valid (the worker must never drop a record); their hashes."""
+def check_data(paths: list[str], option: str, test_size: int | float | None = None) -> list[dict[str, Any]]:
+    """Every data file exists and is valid (the worker must never drop a record), there is data to
+    train on (and to hold out with --test-size); their sizes and hashes for run.json."""
+    from yayi_cli.data.split import allocate
     from yayi_cli.data.validate import validate
 
     files = [Path(path) for path in paths]
@@ -217,7 +263,11 @@ def check_data(paths: list[str], option: str) -> list[dict[str, Any]]:
             f"{option}: {report.errors} invalid record(s), first {first}; "
             f"run `yayi data validate {' '.join(map(str, files))}` for all of them"
         )
-    return [{"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": sha256_of(path)} for path in files]
+    if report.records == 0:
+        raise DataError(f"{option}: no records in {', '.join(map(str, files))}")
+    if test_size is not None:
+        allocate(test_size, {"": report.records})  # refuses a test size that leaves nothing to train on
+    return [{"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_of(path)} for path in files]
 
 
 def package_versions() -> dict[str, str | None]:
@@ -234,14 +284,14 @@ def absolute_paths(options: TrainOptions) -> TrainOptions:
     """The options with local paths made absolute, so every rank (and a later resume) finds them."""
 
     def absolute(path: str | None) -> str | None:
-        return str(Path(path).resolve()) if path else path
+        return os.path.abspath(os.path.expanduser(path)) if path else path
 
-    model = absolute(options.model) if Path(options.model).exists() else options.model
+    model = absolute(options.model) if Path(options.model).expanduser().exists() else options.model
     return TrainOptions(**(options.to_json() | {
         "data": [absolute(p) for p in options.data], "eval_data": [absolute(p) for p in options.eval_data],
         "model": model, "output": absolute(options.output), "hostfile": absolute(options.hostfile),
         "deepspeed": absolute(options.deepspeed), "resume": options.resume if options.resume in (None, "auto")
-        else absolute(options.resume), "cache_dir": absolute(options.cache_dir),
+        else absolute(options.resume), "cache_dir": absolute(options.cache_dir), "nvme_path": absolute(options.nvme_path),
     }))
 
 
@@ -304,6 +354,11 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
     warnings: list[str] = []
     options = absolute_paths(options)
     check_output(options)
+    if options.model == options.output:
+        raise UsageError("--output is the --model directory; train into a new directory (the model is read from it)")
+    output = Path(options.output)
+    if options.force and not options.resume and output.is_dir() and any(output.iterdir()):
+        warnings.append(f"--force: the contents of {output} will be moved to {output.name}.replaced-<time> beside it")
     with deepspeed_logs_on_stderr():
         ranks = plan_ranks(options, warnings, dry_run=dry_run)
         config = read_user_config(Path(options.deepspeed)) if options.deepspeed else deepspeed_config(options)
@@ -311,7 +366,7 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
         options.gradient_accumulation_steps = accumulation
         check_batch_sizes(config, options, ranks.world_size)
         resume_from = resolve_resume(options, ranks.world_size, warnings)
-        data = check_data(options.data, "--data")
+        data = check_data(options.data, "--data", options.test_size)
         eval_data = check_data(options.eval_data, "--eval-data") if options.eval_data else []
         memory = estimate_memory(
             options.model, stage=stage_of(config), offload=offload_of(config), gpus_per_node=ranks.gpus_per_node,
@@ -346,34 +401,39 @@ def child_environment(options: TrainOptions) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     if options.cpu:
         env["DS_ACCELERATOR"] = "cpu"
+    visible = visible_gpus(options)
+    if visible and options.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[: options.gpus])  # --gpus N: the first N of them
     return env
 
 
-def run_launcher(command: list[str], env: dict[str, str]) -> int:
+def run_launcher(command: list[str], env: dict[str, str], *, stdout_to_stderr: bool = False) -> int:
     """Run the launcher with our stdout/stderr and return its exit status (130 when interrupted).
 
     The launcher and its ranks get a process group of their own, so that Ctrl-C reaches only us;
     we then stop the whole group with SIGTERM (the launcher's own shutdown path, no tracebacks),
-    as we do when we receive SIGTERM. A checkpoint cut short lacks its last file and is skipped
-    by --resume auto, so the newest complete one stays usable.
+    as we do when we receive SIGTERM; a second Ctrl-C kills the group outright. A checkpoint cut
+    short lacks its last file and is skipped by --resume auto, so the newest complete one stays
+    usable. With `stdout_to_stderr` (under --json) the ranks' output keeps off our stdout.
     """
-    process = subprocess.Popen(command, env=env, start_new_session=True)
+    process = subprocess.Popen(command, env=env, start_new_session=True, stdout=sys.stderr if stdout_to_stderr else None)
 
-    def stop(*_: object) -> None:
+    def signal_group(signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(process.pid, signum)
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = signal.signal(signal.SIGTERM, lambda *_: signal_group(signal.SIGTERM))
     try:
-        return process.wait()
+        status = process.wait()
+        return 128 - status if status < 0 else status  # killed by a signal: the shell's convention
     except KeyboardInterrupt:
-        stop()
-        while True:
-            try:
-                process.wait()
-                return 130
-            except KeyboardInterrupt:
-                continue
+        signal_group(signal.SIGTERM)
+        try:
+            process.wait()
+        except KeyboardInterrupt:
+            signal_group(signal.SIGKILL)
+            process.wait()
+        return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -112,6 +112,11 @@ def _scalar(value: Any, kind: type, where: str) -> Any:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise UsageError(f"{where}: expected text, got {value!r}")
+    if kind in (int, float) and isinstance(value, str):  # YAML reads 1e-5 as text
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if kind is int and isinstance(value, float) and value.is_integer():
         value = int(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -181,15 +186,23 @@ def check_options(options: TrainOptions) -> None:
     for name, allowed in choices.items():
         if getattr(options, name) not in allowed:
             raise UsageError(f"{name} {getattr(options, name)!r}: choose one of {', '.join(map(str, allowed))}")
-    positive = ("micro_batch_size", "eval_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps")
-    for name in positive + ("gpus", "num_nodes", "global_batch_size", "max_length", "eval_steps", "save_total_limit"):
+    at_least = {name: 1 for name in ("micro_batch_size", "eval_batch_size", "gradient_accumulation_steps",
+                                     "logging_steps", "save_steps", "gpus", "num_nodes", "global_batch_size",
+                                     "max_length", "eval_steps", "save_total_limit", "master_port")}
+    at_least |= {"warmup_steps": 0, "weight_decay": 0}
+    for name, lowest in at_least.items():
         value = getattr(options, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if value is not None and value < lowest:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least {lowest}, got {value}")
+    if options.master_port is not None and options.master_port > 65535:
+        raise UsageError(f"--master-port {options.master_port}: a port is at most 65535")
+    for name in ("lr", "max_grad_norm") + (("epochs",) if options.max_steps <= 0 else ()):
+        if getattr(options, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be above 0, got {getattr(options, name)}")
     if options.eval_data and options.test_size is not None:
         raise UsageError("give --eval-data or --test-size, not both")
-    if options.lr <= 0 or options.epochs <= 0:
-        raise UsageError("--lr and --epochs must be positive")
+    if options.global_batch_size and options.gradient_accumulation_steps != 1:
+        raise UsageError("give --global-batch-size or --gradient-accumulation-steps, not both (one sets the other)")
 
 
 def flag_values(flags: dict[str, Any]) -> dict[str, Any]:

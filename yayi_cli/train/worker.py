@@ -107,9 +107,9 @@ def build_datasets(run: dict[str, Any], options: TrainOptions, prompt_tokenizer:
     if options.test_size is not None:
         examples, held_out = split_off_test(examples, options.test_size, options.seed)
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
-    hashes = [item["sha256"] for item in run["data"] + run["eval_data"]]
-    key = cache_key(prompt_tokenizer, hashes + [f"test_size={options.test_size}", f"seed={options.seed}"],
-                    max_length, options.overlong)
+    inputs = {"data": [item["sha256"] for item in run["data"]], "eval_data": [item["sha256"] for item in run["eval_data"]],
+              "test_size": options.test_size, "seed": options.seed}
+    key = cache_key(prompt_tokenizer, inputs, max_length, options.overlong)
     counts = {}
     datasets = []
     for name, part in (("train", examples), ("eval", held_out)):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from yayi_cli.errors import UsageError
-from yayi_cli.train.options import TrainOptions
+from yayi_cli.train.options import ZERO_STAGES, TrainOptions
 
 AUTO = "auto"
 
@@ -99,7 +99,23 @@ def read_user_config(path: Path) -> dict[str, Any]:
         raise UsageError(f"--deepspeed {path}: not valid JSON: {error}") from None
     if not isinstance(loaded, dict):
         raise UsageError(f"--deepspeed {path}: expected a JSON object")
+    check_user_config(loaded, path)
     return loaded
+
+
+def check_user_config(config: dict[str, Any], path: Path) -> None:
+    """The parts of a user's config that yayi relies on, checked before any rank starts."""
+    section = config.get("zero_optimization", {})
+    if not isinstance(section, dict) or section.get("stage", 0) not in ZERO_STAGES:
+        raise UsageError(f"--deepspeed {path}: zero_optimization.stage must be 0, 1, 2 or 3")
+    for name in ("bf16", "fp16"):
+        if not isinstance(config.get(name, {}), dict):
+            raise UsageError(f'--deepspeed {path}: "{name}" must be an object such as {{"enabled": true}}')
+    if section.get("stage") == 3 and section.get("stage3_gather_16bit_weights_on_model_save") is not True:
+        raise UsageError(
+            f"--deepspeed {path}: at ZeRO-3 set zero_optimization.stage3_gather_16bit_weights_on_model_save "
+            "to true, or the final model would be saved as shards instead of a loadable checkpoint"
+        )
 
 
 def stage_of(config: dict[str, Any]) -> int:
