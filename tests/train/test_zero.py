@@ -49,7 +49,8 @@ def test_every_combination_is_valid_for_deepspeed_or_refused_with_the_way_out(st
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    options = TrainOptions(zero=stage, offload=offload, precision=precision, nvme_path="/local/nvme")
+    options = TrainOptions(zero=stage, offload=offload, precision=precision,
+                           nvme_path="/local/nvme" if offload == "nvme" else None)
     expected_refusal = refusal(stage, offload)
     if expected_refusal:
         with pytest.raises(UsageError, match=expected_refusal):
@@ -74,6 +75,11 @@ def test_every_combination_is_valid_for_deepspeed_or_refused_with_the_way_out(st
 def test_nvme_offload_needs_a_path():
     with pytest.raises(UsageError, match="--nvme-path"):
         deepspeed_config(TrainOptions(zero=3, offload="nvme"))
+
+
+def test_an_nvme_path_without_nvme_offload_is_refused():
+    with pytest.raises(UsageError, match="--nvme-path only matters with --offload nvme"):
+        deepspeed_config(TrainOptions(zero=3, offload="cpu", nvme_path="/local/nvme"))
 
 
 def test_fp16_is_refused_on_the_cpu():

@@ -64,6 +64,8 @@ def check_zero_options(options: TrainOptions) -> None:
         raise UsageError("--offload nvme needs --zero 3 (ZeRO-Infinity); use --offload cpu with stages 1-2")
     if options.offload == "nvme" and not options.nvme_path:
         raise UsageError("--offload nvme needs --nvme-path DIR on a fast local disk")
+    if options.nvme_path and options.offload != "nvme":
+        raise UsageError("--nvme-path only matters with --offload nvme (and --zero 3)")
     if options.precision == "fp16" and options.cpu:
         raise UsageError("--precision fp16 does not run on the CPU; use bf16 or fp32 with --cpu")
 
