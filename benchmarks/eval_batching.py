@@ -21,19 +21,21 @@ import time
 from pathlib import Path
 
 from synthetic import instruction_records
-from yayi_cli.evaluate import Example, response_loss
+from yayi_cli.data.checked import Record
+from yayi_cli.records import NO_DOMAIN
+from yayi_cli.inference import response_loss
 from yayi_cli.models import load_model, load_tokenizer
 from yayi_cli.prompt import ASSISTANT, HUMAN, TEMPLATES, Conversation, PromptTokenizer, Turn, render_training
 from yayi_cli.tiny import TinySpec, build_tiny
 
-def records(count: int) -> list[Example]:
+def records(count: int) -> list[Record]:
     return [
-        Example(f"generated:{i}", "(none)", Conversation((Turn(HUMAN, r["instruction"]), Turn(ASSISTANT, r["output"]))))
+        Record(f"generated:{i}", NO_DOMAIN, Conversation((Turn(HUMAN, r["instruction"]), Turn(ASSISTANT, r["output"]))))
         for i, r in enumerate(instruction_records(count))
     ]
 
 
-def plain_loop(model, prompt_tokenizer: PromptTokenizer, examples: list[Example]) -> float:
+def plain_loop(model, prompt_tokenizer: PromptTokenizer, examples: list[Record]) -> float:
     import torch
 
     total = tokens = 0.0

@@ -35,14 +35,14 @@ def write_records(path: Path, count: int, seed: int) -> None:
 def train(directory: Path, data: Path, steps: int) -> None:
     import torch
 
-    from yayi_cli.evaluate import load_examples
+    from yayi_cli.data.checked import load_records
     from yayi_cli.models import load_model, load_tokenizer
     from yayi_cli.prompt import PromptTokenizer, resolve_template
 
     model = load_model(str(directory), device="cpu")
     model.train()
     prompt_tokenizer = PromptTokenizer(resolve_template(None, str(directory))[0], load_tokenizer(str(directory)))
-    encoded = prompt_tokenizer.encode_training_batch([e.conversation for e in load_examples([data])])
+    encoded = prompt_tokenizer.encode_training_batch([e.conversation for e in load_records([data])])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     rng = random.Random(0)
     for _ in range(steps):

@@ -15,7 +15,7 @@ from yayi_cli.chat.session import (
 )
 from yayi_cli.data.validate import validate
 from yayi_cli.errors import UsageError
-from yayi_cli.evaluate import generate_answers
+from yayi_cli.inference import generate_answers
 from yayi_cli.prompt import (
     END_MARKER,
     HUMAN,

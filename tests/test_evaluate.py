@@ -11,16 +11,9 @@ from typer.testing import CliRunner
 
 from tests.helpers import SAMPLE_DATA
 from yayi_cli.cli import app
-from yayi_cli.evaluate import (
-    ChoiceItem,
-    Gate,
-    choice_accuracy,
-    generate_answers,
-    load_examples,
-    regressions,
-    response_loss,
-    split_last_answer,
-)
+from yayi_cli.data.checked import load_records
+from yayi_cli.evaluate import ChoiceItem, Gate, choice_accuracy, regressions
+from yayi_cli.inference import generate_answers, response_loss, split_last_answer
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.models import load_model, load_tokenizer
 from yayi_cli.prompt import PromptTokenizer, resolve_template
@@ -61,7 +54,7 @@ def multi_turn_file(tmp_path):
 
 def test_reported_loss_equals_plain_transformers_on_the_same_masks(tiny_model_dirs, arch, multi_turn_file):
     model, prompt_tokenizer = load(tiny_model_dirs[arch])
-    examples = load_examples([SAMPLE_DATA, multi_turn_file])
+    examples = load_records([SAMPLE_DATA, multi_turn_file])
     expected = plain_transformers_loss(model, prompt_tokenizer, [e.conversation for e in examples])
     for batch_size in (1, 8):
         result = response_loss(model, prompt_tokenizer, examples, batch_size=batch_size)
@@ -73,7 +66,7 @@ def test_reported_loss_equals_plain_transformers_on_the_same_masks(tiny_model_di
 
 def test_losses_per_domain_add_up_to_the_whole(tiny_model_dirs):
     model, prompt_tokenizer = load(tiny_model_dirs["bloom"])
-    result = response_loss(model, prompt_tokenizer, load_examples([SAMPLE_DATA]), batch_size=4)
+    result = response_loss(model, prompt_tokenizer, load_records([SAMPLE_DATA]), batch_size=4)
     assert len(result.groups) == 6
     assert sum(g.tokens for g in result.groups.values()) == result.overall.tokens
     assert sum(g.nll for g in result.groups.values()) == pytest.approx(result.overall.nll)
@@ -99,7 +92,7 @@ def overfit(source_dir, target_dir, conversations, steps=150):
 
 
 def test_generation_through_the_prompt_core_reproduces_learned_answers(tiny_model_dirs, multi_turn_file, tmp_path):
-    examples = load_examples([multi_turn_file])
+    examples = load_records([multi_turn_file])
     trained = overfit(tiny_model_dirs["llama"], tmp_path / "trained", [e.conversation for e in examples])
     model, prompt_tokenizer = load(trained)
     questions, references = zip(*(split_last_answer(e.conversation) for e in examples))
@@ -152,7 +145,7 @@ def test_invalid_data_stops_the_run_as_validate_reports_it(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"instruction": "q", "output": "a"}\n{"instruction": "q"}\n')
     with pytest.raises(DataError, match=rf"1 invalid record\(s\), the first at {path}:2: error: field 'output' is missing"):
-        load_examples([path])
+        load_records([path])
 
 
 def cli(*args):

@@ -10,7 +10,9 @@ from typer.testing import CliRunner
 from tests.helpers import SAMPLE_DATA
 from yayi_cli.cli import app
 from yayi_cli.errors import DataError, UsageError
-from yayi_cli.evaluate import generate_answers, load_examples, response_loss, split_last_answer
+from yayi_cli.data.checked import load_records
+from yayi_cli.inference import generate_answers, response_loss, split_last_answer
+from yayi_cli.sampling import seeded_sample
 from yayi_cli.models import load_model, load_tokenizer
 from yayi_cli.prompt import PromptTokenizer, resolve_template
 from yayi_cli.quantize import QuantizeOptions, quantize
@@ -34,7 +36,7 @@ def test_a_quantized_checkpoint_reloads_and_answers_through_the_prompt_core(tiny
     template, source = resolve_template(None, str(out))
     assert source == "saved with the model"
     prompt_tokenizer = PromptTokenizer(template, load_tokenizer(str(out)))
-    examples = load_examples([SAMPLE_DATA], max_samples=8)
+    examples = seeded_sample(load_records([SAMPLE_DATA]), 8, seed=0)
     perplexity = response_loss(model, prompt_tokenizer, examples).overall.to_json()["perplexity"]
     assert perplexity == pytest.approx(report.after.perplexity, rel=1e-4)  # the report's number is eval's number
     answers = generate_answers(model, prompt_tokenizer, [split_last_answer(e.conversation)[0] for e in examples[:2]], max_new_tokens=5)

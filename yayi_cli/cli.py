@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -19,10 +20,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from yayi_cli import __version__
-from yayi_cli.atomic import write_text_atomic
+from yayi_cli.chat.session import ChatOptions, GenerationSettings
 from yayi_cli.data import DEFAULT_SEED
-from yayi_cli.errors import UsageError, YayiError
+from yayi_cli.errors import YayiError
+from yayi_cli.evaluate import EvalOptions
+from yayi_cli.models import DTYPES
 from yayi_cli.prompt import TEMPLATES
+from yayi_cli.quantize import QuantizeOptions
 from yayi_cli.train.options import OFFLOADS, OVERLONG, PRECISIONS, SCHEDULERS, ZERO_STAGES, TrainOptions
 
 EXIT_CODES = (
@@ -96,17 +100,32 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-QUIET = {"enabled": False}
-"""Set by `yayi -q`: human reports are left out; --json, answers, errors and exit codes stay."""
+@dataclass
+class Output:
+    """Where results go, set once by the top-level options and handed to every command."""
+
+    quiet: bool = False
+    """`yayi -q`: human reports are left out; --json, answers, errors and exit codes stay."""
+
+    def console(self, *, stderr: bool = False) -> Console:
+        """Where a command's human-readable report goes (nowhere under -q)."""
+        return Console(stderr=stderr, quiet=self.quiet)
+
+    def finish(self, json_output: bool, document: Callable[[], Any], print_human: Callable[[Console], None]) -> None:
+        """How every command ends: one strict JSON document on stdout, or the human report."""
+        if json_output:
+            print_json(document())
+        else:
+            print_human(self.console())
 
 
-def report_console(*, stderr: bool = False) -> Console:
-    """Where a command's human-readable report goes (nowhere under -q)."""
-    return Console(stderr=stderr, quiet=QUIET["enabled"])
+def output_of(ctx: typer.Context) -> Output:
+    return ctx.find_object(Output) or Output()
 
 
 def print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+    """Strict JSON (an undefined number is null, never NaN), so every parser reads it."""
+    sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2, allow_nan=False) + "\n")
 
 
 def _print_version(value: bool) -> None:
@@ -117,6 +136,7 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
     ),
@@ -124,12 +144,13 @@ def main_options(
         False, "--quiet", "-q", help="Print no human-readable report (errors, --json and answers still print)."
     ),
 ) -> None:
-    QUIET["enabled"] = quiet
+    ctx.obj = Output(quiet=quiet)
 
 
 @data_app.command("preview", epilog=EXIT_CODES)
 @reports_errors
 def data_preview(
+    ctx: typer.Context,
     file: Path = typer.Argument(..., metavar="FILE", help="A .jsonl or .json data file.", show_default=False),
     num_records: int = typer.Option(3, "-n", "--num-records", min=1, help="How many records to show."),
     template: Optional[TemplateName] = TemplateOption,
@@ -144,10 +165,7 @@ def data_preview(
     from yayi_cli.data.preview import preview, print_report
 
     report = preview(file, num_records, template, model, trust_remote_code=trust_remote_code)
-    if json_output:
-        print_json(report.to_json())
-    else:
-        print_report(report, report_console())
+    output_of(ctx).finish(json_output, report.to_json, functools.partial(print_report, report))
     if report.num_errors:
         raise typer.Exit(1)
 
@@ -155,6 +173,7 @@ def data_preview(
 @data_app.command("validate", epilog=EXIT_CODES)
 @reports_errors
 def data_validate(
+    ctx: typer.Context,
     files: list[Path] = typer.Argument(..., metavar="FILE...", help="Data files (.jsonl, or .json array or lines).", show_default=False),
     model: Optional[str] = ModelOption,
     max_length: Optional[int] = typer.Option(
@@ -182,10 +201,7 @@ def data_validate(
             files, model=model, template_name=template, max_length=max_length, strict=strict,
             max_listed=max_errors, workers=workers, trust_remote_code=trust_remote_code, progress=advance,
         )
-    if json_output:
-        print_json(report.to_json())
-    else:
-        print_report(report, report_console())
+    output_of(ctx).finish(json_output, report.to_json, functools.partial(print_report, report))
     if not report.ok:
         raise typer.Exit(1)
 
@@ -193,6 +209,7 @@ def data_validate(
 @data_app.command("split", epilog=EXIT_CODES)
 @reports_errors
 def data_split(
+    ctx: typer.Context,
     files: list[Path] = typer.Argument(..., metavar="FILE...", help="Data files to split.", show_default=False),
     test_size: str = typer.Option(..., "--test-size", metavar="N|F", help="Test records: a count (400) or a fraction (0.05).", show_default=False),
     output: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="Directory for train.jsonl, test.jsonl and split.json.", show_default=False, autocompletion=complete_directories),
@@ -207,21 +224,20 @@ def data_split(
 
     Records are written exactly as they were in their input. All three outputs appear together or not at all; inputs are never modified. Refuses invalid input (exit 1) unless --skip-invalid.
     """
-    from yayi_cli.data.split import parse_test_size, print_report, split
+    from yayi_cli.data.split import print_report, split
+    from yayi_cli.sampling import parse_test_size
 
     report = split(
         files, output, test_size=parse_test_size(test_size), seed=seed, stratify=stratify == "domain",
         dedupe=dedupe, skip_invalid=skip_invalid, force=force,
     )
-    if json_output:
-        print_json(report.to_json())
-    else:
-        print_report(report, output, report_console())
+    output_of(ctx).finish(json_output, report.to_json, functools.partial(print_report, report, output))
 
 
 @app.command("train", epilog=EXIT_CODES)
 @reports_errors
 def train_command(
+    ctx: typer.Context,
     data: Optional[list[Path]] = typer.Option(None, "--data", "--data-path", "-d", metavar="FILE", help="Training data (repeat for several files).", show_default=False),
     model: Optional[str] = typer.Option(None, "--model", "--input-model", "-m", metavar="DIR|HUB_ID", help="The model to fine-tune.", show_default=False, autocompletion=complete_directories),
     output: Optional[Path] = typer.Option(None, "--output", "--local-output-dir", "-o", metavar="DIR", help="Checkpoints, then the final model, go here.", show_default=False, autocompletion=complete_directories),
@@ -273,7 +289,7 @@ def train_command(
 
     Loss is on every assistant answer and nothing else. The final model, tokenizer and template are saved in OUTPUT, ready for yayi chat, eval and quantize. Exits with the launcher's status (1 when training failed, 130 when interrupted).
     """
-    flags = {name: value for name, value in locals().items() if name not in ("config", "dry_run", "json_output")}
+    flags = {name: value for name, value in locals().items() if name not in ("ctx", "config", "dry_run", "json_output")}
     from yayi_cli.train.launch import child_environment, interrupted_note, plan_launch, run_launcher, write_run_files
     from yayi_cli.train.options import flag_values, resolve_options
 
@@ -283,7 +299,7 @@ def train_command(
     else:
         from yayi_cli.train.report import print_plan
 
-        print_plan(plan, report_console(stderr=not dry_run), dry_run=dry_run)
+        print_plan(plan, output_of(ctx).console(stderr=not dry_run), dry_run=dry_run)
     if dry_run:
         return
     kept = write_run_files(plan)
@@ -298,26 +314,27 @@ def train_command(
 @app.command("eval", epilog=EXIT_CODES)
 @reports_errors
 def eval_command(
+    ctx: typer.Context,
     model: str = typer.Option(..., "--model", "-m", metavar="DIR|HUB_ID", help="Model directory or hub id.", show_default=False, autocompletion=complete_directories),
     data: list[Path] = typer.Option(..., "--data", "-d", metavar="FILE", help="Held-out data (repeat for several files).", show_default=False),
-    task: Literal["lm", "choice"] = typer.Option("lm", "--task", help="lm: answer loss and generation; choice: multiple-choice accuracy (CSV question,A,B,C,D,answer or JSON lines)."),
-    generate: bool = typer.Option(False, "--generate", help="Also generate each last answer and score it (exact match, ROUGE-L, BLEU-4)."),
-    sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding with --generate."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
-    predictions: Optional[Path] = typer.Option(None, "--predictions", metavar="FILE.jsonl", help="Write each prediction with its reference and scores."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    task: Literal["lm", "choice"] = typer.Option(EvalOptions.task, "--task", help="lm: answer loss and generation; choice: multiple-choice accuracy (CSV question,A,B,C,D,answer or JSON lines)."),
+    generate: bool = typer.Option(EvalOptions.generate, "--generate", help="Also generate each last answer and score it (exact match, ROUGE-L, BLEU-4)."),
+    sample: bool = typer.Option(EvalOptions.sample, "--sample", help="Sample instead of greedy decoding with --generate."),
+    max_new_tokens: int = typer.Option(EvalOptions.max_new_tokens, "--max-new-tokens", min=1),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", metavar="FILEvalOptions.jsonl", help="Write each prediction with its reference and scores."),
+    batch_size: int = typer.Option(EvalOptions.batch_size, "--batch-size", min=1),
     max_samples: Optional[int] = typer.Option(None, "--max-samples", min=1, help="Evaluate a seeded sample of this many records."),
     max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="Truncate longer sequences (default: the model's context)."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = typer.Option("auto", "--dtype"),
-    load_in_8bit: bool = typer.Option(False, "--load-in-8bit", help="Load the model in int8 (bitsandbytes)."),
+    seed: int = typer.Option(EvalOptions.seed, "--seed", help="Seed of --max-samples and of --sample."),
+    device: str = typer.Option(EvalOptions.device, "--device", help="auto, cpu, cuda or cuda:N."),
+    dtype: Literal[DTYPES] = typer.Option(EvalOptions.dtype, "--dtype"),
+    load_in_8bit: bool = typer.Option(EvalOptions.load_in_8bit, "--load-in-8bit", help="Load the model in int8 (bitsandbytes)."),
     template: Optional[TemplateName] = TemplateOption,
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="REPORT.json", help="Write the JSON report here."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", metavar="REPORT.json", help="A previous report: print changes against it."),
     fail_if: list[str] = typer.Option([], "--fail-if", metavar="EXPR", help='Exit 1 when it holds, e.g. "ppl>12.5" (repeatable).'),
     max_regression: Optional[float] = typer.Option(None, "--max-regression", metavar="PCT", min=0, help="With --baseline: exit 1 when a metric is more than PCT% worse."),
-    force: bool = typer.Option(False, "--force", help="Replace existing --output or --predictions files."),
+    force: bool = typer.Option(EvalOptions.force, "--force", help="Replace existing --output or --predictions files."),
     trust_remote_code: bool = TrustRemoteCodeOption,
     json_output: bool = JsonOption,
 ) -> None:
@@ -325,36 +342,14 @@ def eval_command(
 
     Answer-only loss and perplexity (the masking training uses), per domain; with --generate, exact match, ROUGE-L and BLEU-4; with --task choice, accuracy per subject. Exits 1 when a --fail-if gate holds or --max-regression is exceeded.
     """
-    from yayi_cli.evaluate import EvalOptions, Gate, baseline_metrics, print_report, regressions, run_eval, write_json_lines
+    flags = {name: value for name, value in locals().items() if name not in ("ctx", "json_output")}
+    from yayi_cli.evaluate import evaluate, print_report
 
-    gates = [Gate.parse(text) for text in fail_if]
-    for path in (output, predictions):
-        if path is not None and path.exists() and not force:
-            raise UsageError(f"{path} already exists; use --force to replace it")
-    if max_regression is not None and baseline is None:
-        raise UsageError("--max-regression needs --baseline REPORT.json")
-    previous = baseline_metrics(baseline) if baseline is not None else None
-    options = EvalOptions(
-        model=model, data=data, task=task, generate=generate, sample=sample, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, max_samples=max_samples, max_length=max_length, seed=seed, device=device,
-        dtype=dtype, load_in_8bit=load_in_8bit, template=template, trust_remote_code=trust_remote_code,
-    )
-    report = run_eval(options)
-    failures = [failure for gate in gates if (failure := gate.fails(report.metrics))]
-    if previous is not None and max_regression is not None:
-        failures += regressions(report.metrics, previous, max_regression)
-    document = report.to_json() | {"gate": {"passed": not failures, "failures": failures}}
-    if output is not None:
-        write_text_atomic(output, json.dumps(document, ensure_ascii=False, indent=2) + "\n")
-    if predictions is not None:
-        write_json_lines(predictions, report.predictions)
-    if json_output:
-        print_json(document)
-    else:
-        print_report(report, report_console(), previous)
-        for failure in failures:
-            Console(stderr=True).print(f"[red]gate failed:[/] {escape(failure)}", highlight=False, soft_wrap=True)
-    if failures:
+    outcome = evaluate(EvalOptions(**flags))
+    output_of(ctx).finish(json_output, outcome.to_json, functools.partial(print_report, outcome))
+    for failure in outcome.failures:
+        Console(stderr=True).print(f"[red]gate failed:[/] {escape(failure)}", highlight=False, soft_wrap=True)
+    if outcome.failures:
         raise typer.Exit(1)
 
 
@@ -366,22 +361,22 @@ def chat_command(
     system: Optional[str] = typer.Option(None, "--system", help="System prompt (default: the template's)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Answer this one message, print only the answer, exit."),
     jsonl: bool = typer.Option(False, "--jsonl", help='Read JSON lines on stdin ({"prompt": ...} or any record), write one JSON line per answer.'),
-    temperature: float = typer.Option(0.3, "--temperature"),
-    top_p: float = typer.Option(1.0, "--top-p"),
-    top_k: int = typer.Option(50, "--top-k", help="0 turns it off."),
-    max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
-    repetition_penalty: float = typer.Option(1.1, "--repetition-penalty"),
-    sample: bool = typer.Option(True, "--sample/--greedy", help="Sample (upstream's default) or take the most likely token."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed the sampler once, for repeatable answers."),
+    temperature: float = typer.Option(GenerationSettings.temperature, "--temperature"),
+    top_p: float = typer.Option(GenerationSettings.top_p, "--top-p"),
+    top_k: int = typer.Option(GenerationSettings.top_k, "--top-k", help="0 turns it off."),
+    max_new_tokens: int = typer.Option(GenerationSettings.max_new_tokens, "--max-new-tokens"),
+    repetition_penalty: float = typer.Option(GenerationSettings.repetition_penalty, "--repetition-penalty"),
+    sample: bool = typer.Option(GenerationSettings.do_sample, "--sample/--greedy", help="Sample (upstream's default) or take the most likely token."),
+    seed: Optional[int] = typer.Option(GenerationSettings.seed, "--seed", help="Seed the sampler once, for repeatable answers."),
     max_context_tokens: Optional[int] = typer.Option(
-        None, "--max-context-tokens", min=16, help="Drop the oldest exchanges beyond this (default: the model's context)."
+        ChatOptions.max_context_tokens, "--max-context-tokens", min=16, help="Drop the oldest exchanges beyond this (default: the model's context)."
     ),
     history_file: Optional[Path] = typer.Option(None, "--history-file", help="Input history (default: $XDG_STATE_HOME/yayi/chat_history)."),
     no_history: bool = typer.Option(False, "--no-history", help="Keep no input history on disk."),
-    compile_: bool = typer.Option(False, "--compile", help="Static KV cache compiled by torch.compile: faster decoding after a warm-up."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = typer.Option("auto", "--dtype"),
-    load_in_8bit: bool = typer.Option(False, "--load-in-8bit", help="Load the model in int8 (bitsandbytes)."),
+    compile_: bool = typer.Option(ChatOptions.compile, "--compile", help="Static KV cache compiled by torch.compile: faster decoding after a warm-up."),
+    device: str = typer.Option(ChatOptions.device, "--device", help="auto, cpu, cuda or cuda:N."),
+    dtype: Literal[DTYPES] = typer.Option(ChatOptions.dtype, "--dtype"),
+    load_in_8bit: bool = typer.Option(ChatOptions.load_in_8bit, "--load-in-8bit", help="Load the model in int8 (bitsandbytes)."),
     trust_remote_code: bool = TrustRemoteCodeOption,
 ) -> None:
     """Chat with a model: a REPL on a terminal (/help lists its commands); when piped, only the answer.
@@ -390,7 +385,6 @@ def chat_command(
     """
     from yayi_cli.chat.command import run_chat
     from yayi_cli.chat.repl import default_history_file
-    from yayi_cli.chat.session import ChatOptions, GenerationSettings
 
     settings = GenerationSettings(
         temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
@@ -410,16 +404,17 @@ def chat_command(
 @app.command("quantize", epilog=EXIT_CODES)
 @reports_errors
 def quantize_command(
+    ctx: typer.Context,
     model: str = typer.Option(..., "--model", "-m", metavar="DIR|HUB_ID", help="Model to quantize.", show_default=False, autocompletion=complete_directories),
     output: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="Directory for the quantized checkpoint.", show_default=False, autocompletion=complete_directories),
-    bits: Literal[8, 4] = typer.Option(8, "--bits", help="8: LLM.int8; 4: NF4."),
-    threshold: float = typer.Option(6.0, "--threshold", help="LLM.int8 outlier threshold."),
-    skip_modules: list[str] = typer.Option(["lm_head"], "--skip-modules", help="Modules kept in full precision (repeatable)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    bits: Literal[8, 4] = typer.Option(QuantizeOptions.bits, "--bits", help="8: LLM.int8; 4: NF4."),
+    threshold: float = typer.Option(QuantizeOptions.threshold, "--threshold", help="LLM.int8 outlier threshold."),
+    skip_modules: list[str] = typer.Option(list(QuantizeOptions.skip_modules), "--skip-modules", help="Modules kept in full precision (repeatable)."),
+    device: str = typer.Option(QuantizeOptions.device, "--device", help="auto, cpu, cuda or cuda:N."),
     check_data: list[Path] = typer.Option([], "--check-data", metavar="FILE", help="Records to measure answer perplexity and greedy agreement on."),
-    max_check_samples: int = typer.Option(64, "--max-check-samples", min=1),
+    max_check_samples: int = typer.Option(QuantizeOptions.max_check_samples, "--max-check-samples", min=1),
     max_ppl_increase: Optional[float] = typer.Option(None, "--max-ppl-increase", metavar="PCT", help="Exit 1 (and write nothing) if perplexity rises more."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output directory (only once the new one is complete)."),
+    force: bool = typer.Option(QuantizeOptions.force, "--force", help="Replace an existing output directory (only once the new one is complete)."),
     trust_remote_code: bool = TrustRemoteCodeOption,
     json_output: bool = JsonOption,
 ) -> None:
@@ -427,17 +422,14 @@ def quantize_command(
 
     The checkpoint loads directly in yayi chat, yayi eval and from_pretrained. int8 decodes several times slower than bf16 at batch 1: it saves memory, not time.
     """
-    from yayi_cli.quantize import QuantizeOptions, print_report, quantize
+    from yayi_cli.quantize import print_report, quantize
 
     report = quantize(QuantizeOptions(
         model=model, output=output, bits=bits, threshold=threshold, skip_modules=tuple(skip_modules), device=device,
         check_data=check_data, max_check_samples=max_check_samples, max_ppl_increase=max_ppl_increase,
         force=force, trust_remote_code=trust_remote_code,
     ))
-    if json_output:
-        print_json(report.to_json())
-    else:
-        print_report(report, report_console())
+    output_of(ctx).finish(json_output, report.to_json, functools.partial(print_report, report))
 
 
 def main() -> None:

@@ -12,191 +12,27 @@ from __future__ import annotations
 
 import csv
 import json
-import math
-import random
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from yayi_cli import metrics
+from yayi_cli.atomic import write_json_atomic, write_json_lines_atomic
+from yayi_cli.data.checked import Record, load_records
 from yayi_cli.data.reader import open_data_file, read_records, sha256_of
-from yayi_cli.data.validate import Problem, check_record
 from yayi_cli.errors import DataError, UsageError
-from yayi_cli.prompt import ASSISTANT, HUMAN, IGNORE_INDEX, Conversation, Encoded, PromptTokenizer, Turn, stop_token_ids
-from yayi_cli.records import domain_of
+from yayi_cli.inference import choice_scores, generate_answers, response_loss, split_last_answer
+from yayi_cli.prompt import ASSISTANT, HUMAN, Conversation, PromptTokenizer, Turn
+from yayi_cli.records import NO_DOMAIN_LABEL
+from yayi_cli.sampling import seeded_sample
 
 LOWER_IS_BETTER = frozenset({"loss", "perplexity"})
 METRIC_ALIASES = {"ppl": "perplexity", "em": "exact_match", "acc": "accuracy", "rouge": "rouge_l", "bleu": "bleu4"}
-NO_DOMAIN = "(none)"
 CHOICE_LETTERS = ("A", "B", "C", "D")
-
-
-@dataclass(frozen=True)
-class Example:
-    """A conversation to score, where it came from, and the group it is reported under."""
-
-    location: str
-    group: str
-    conversation: Conversation
-
-
-def _sample(examples: list[Example], max_samples: int | None, seed: int) -> list[Example]:
-    """A seeded subset, kept in file order, when there are more than `max_samples`."""
-    if max_samples is None or len(examples) <= max_samples:
-        return examples
-    keep = sorted(random.Random(seed).sample(range(len(examples)), max_samples))
-    return [examples[i] for i in keep]
-
-
-def load_examples(paths: Sequence[Path], max_samples: int | None = None, seed: int = 0) -> list[Example]:
-    """The records of `paths` as examples; any invalid record stops the run as `data validate` says."""
-    examples, problems = [], []
-    for path in paths:
-        for source in read_records(path):
-            checked = check_record(source)
-            if isinstance(checked, Problem):
-                problems.append(checked)
-                continue
-            domain = domain_of(checked.turns[0].text) or NO_DOMAIN
-            examples.append(Example(source.location, domain, checked.conversation))
-    if problems:
-        raise DataError(
-            f"{len(problems)} invalid record(s), the first at {problems[0]}; `yayi data validate` lists them all"
-        )
-    if not examples:
-        raise DataError("no records to evaluate in " + ", ".join(str(p) for p in paths))
-    return _sample(examples, max_samples, seed)
-
-
-# --- loss ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class LossTotals:
-    """Summed negative log-likelihood over the answer tokens, and how many there were."""
-
-    nll: float = 0.0
-    tokens: int = 0
-
-    def add(self, nll: float, tokens: int) -> None:
-        self.nll += nll
-        self.tokens += tokens
-
-    @property
-    def loss(self) -> float:
-        return self.nll / self.tokens if self.tokens else float("nan")
-
-    def to_json(self) -> dict[str, Any]:
-        return {"loss": self.loss, "perplexity": math.exp(self.loss) if self.tokens else float("nan"), "tokens": self.tokens}
-
-
-def length_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    """Indexes grouped into batches of similar length (longest first), so little is padding."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
-
-
-def pad_id(tokenizer: Any) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return candidate
-    return 0
-
-
-def sequence_nll(model: Any, encoded: Sequence[Encoded], padding: int) -> list[tuple[float, int]]:
-    """(summed NLL, token count) of the labelled tokens of each sequence, in one padded forward pass.
-
-    Only the logits that predict an answer token are turned into losses (in float32), so the
-    prompt positions, most of a batch, cost nothing beyond the forward pass.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    width = max(len(e.input_ids) for e in encoded)
-    ids = torch.tensor([e.input_ids + [padding] * (width - len(e.input_ids)) for e in encoded])
-    labels = torch.tensor([e.labels + [IGNORE_INDEX] * (width - len(e.labels)) for e in encoded])
-    mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in encoded])
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        targets = labels[:, 1:].to(logits.device)
-        rows, positions = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
-        losses = F.cross_entropy(logits[rows, positions].float(), targets[rows, positions], reduction="none")
-        totals = torch.zeros(len(encoded), dtype=torch.float64, device=logits.device)
-        totals.index_add_(0, rows, losses.double())
-    counts = torch.bincount(rows.cpu(), minlength=len(encoded)).tolist()
-    return list(zip(totals.tolist(), counts))
-
-
-def truncate(encoded: Encoded, max_length: int | None) -> Encoded:
-    if max_length is None or len(encoded.input_ids) <= max_length:
-        return encoded
-    return Encoded(encoded.input_ids[:max_length], encoded.labels[:max_length])
-
-
-@dataclass
-class LossResult:
-    overall: LossTotals = field(default_factory=LossTotals)
-    groups: dict[str, LossTotals] = field(default_factory=lambda: defaultdict(LossTotals))
-    truncated: int = 0
-    no_answer_tokens: int = 0
-
-
-def response_loss(
-    model: Any, prompt_tokenizer: PromptTokenizer, examples: Sequence[Example], *,
-    batch_size: int = 8, max_length: int | None = None,
-) -> LossResult:
-    """Answer-only loss over `examples`, overall and per group (domain or subject)."""
-    result = LossResult()
-    encoded = prompt_tokenizer.encode_training_batch([e.conversation for e in examples])
-    result.truncated = sum(max_length is not None and len(e.input_ids) > max_length for e in encoded)
-    encoded = [truncate(e, max_length) for e in encoded]
-    padding = pad_id(prompt_tokenizer.tokenizer)
-    for batch in length_batches([len(e.input_ids) for e in encoded], batch_size):
-        for index, (nll, tokens) in zip(batch, sequence_nll(model, [encoded[i] for i in batch], padding)):
-            result.no_answer_tokens += tokens == 0
-            result.overall.add(nll, tokens)
-            result.groups[examples[index].group].add(nll, tokens)
-    return result
-
-
-# --- generation ---------------------------------------------------------------------------------
-
-
-def generate_answers(
-    model: Any, prompt_tokenizer: PromptTokenizer, questions: Sequence[Conversation], *,
-    batch_size: int = 8, max_new_tokens: int = 256, sample: bool = False, seed: int = 0,
-) -> list[str]:
-    """The model's answer to each conversation (which ends with a human turn), batched.
-
-    Prompts are left-padded so every row's answer starts right after its own prompt; each
-    answer is cut at its first stop token (<|End|>, a new <|Human|> turn, or EOS).
-    """
-    import torch
-
-    tokenizer = prompt_tokenizer.tokenizer
-    prompts = [prompt_tokenizer.encode_inference(question) for question in questions]
-    stops, padding = stop_token_ids(tokenizer), pad_id(tokenizer)
-    device = next(model.parameters()).device
-    answers: list[str] = [""] * len(prompts)
-    torch.manual_seed(seed)
-    for batch in length_batches([len(p) for p in prompts], batch_size):
-        width = max(len(prompts[i]) for i in batch)
-        ids = torch.tensor([[padding] * (width - len(prompts[i])) + prompts[i] for i in batch], device=device)
-        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch], device=device)
-        with torch.inference_mode():
-            output = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=sample,
-                eos_token_id=stops, pad_token_id=padding,
-            )
-        for row, index in enumerate(batch):
-            answers[index] = prompt_tokenizer.decode_answer(output[row, width:].tolist())
-    return answers
 
 
 @dataclass
@@ -212,11 +48,6 @@ class GenerationResult:
             "rouge_l": sum(metrics.rouge_l(p, r) for p, r in pairs) / count,
             "bleu4": metrics.corpus_bleu4(self.predictions, self.references),
         }
-
-
-def split_last_answer(conversation: Conversation) -> tuple[Conversation, str]:
-    """The conversation up to its last question, and the reference answer to it."""
-    return Conversation(conversation.turns[:-1], conversation.system), conversation.turns[-1].text
 
 
 # --- multiple choice ----------------------------------------------------------------------------
@@ -291,12 +122,7 @@ class ChoiceResult:
 def choice_accuracy(model: Any, prompt_tokenizer: PromptTokenizer, items: Sequence[ChoiceItem], *, batch_size: int = 8) -> ChoiceResult:
     """Pick, for each item, the letter whose answer the model finds most likely."""
     conversations = [item.conversation(letter) for item in items for letter in CHOICE_LETTERS]
-    encoded = prompt_tokenizer.encode_training_batch(conversations)
-    scores = [0.0] * len(encoded)
-    padding = pad_id(prompt_tokenizer.tokenizer)
-    for batch in length_batches([len(e.input_ids) for e in encoded], batch_size):
-        for index, (nll, _) in zip(batch, sequence_nll(model, [encoded[i] for i in batch], padding)):
-            scores[index] = nll
+    scores = choice_scores(model, prompt_tokenizer, conversations, batch_size=batch_size)
     result = ChoiceResult()
     for number, item in enumerate(items):
         options = scores[number * 4 : number * 4 + 4]
@@ -332,30 +158,37 @@ class Gate:
         except ValueError:
             raise UsageError(f"--fail-if {text!r}: {value!r} is not a number") from None
 
-    def fails(self, metrics_found: dict[str, float]) -> str | None:
+    def fails(self, metrics_found: dict[str, float | None]) -> str | None:
+        """Why the gate fails, or None; an undefined metric (null) fails every gate on it."""
         if self.metric not in metrics_found:
             raise UsageError(f"--fail-if: this run has no metric {self.metric!r} (it has {', '.join(metrics_found)})")
         actual = metrics_found[self.metric]
+        if actual is None:
+            return f"{self.metric} is undefined in this run, so the gate cannot pass"
         holds = {"<": actual < self.value, ">": actual > self.value, "<=": actual <= self.value, ">=": actual >= self.value}[self.op]
         return f"{self.metric} = {actual:.6g}, which is {self.op} {self.value:g}" if holds else None
 
 
-def baseline_metrics(path: Path) -> dict[str, float]:
-    """The metrics of a report that `yayi eval --output` wrote."""
+def baseline_metrics(path: Path) -> dict[str, float | None]:
+    """The metrics of a report that `yayi eval --output` wrote (null where undefined there)."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-        return {name: float(value) for name, value in document["metrics"].items()}
+        return {name: None if value is None else float(value) for name, value in document["metrics"].items()}
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise UsageError(f"{path}: not a yayi eval report ({error})") from None
 
 
-def regressions(current: dict[str, float], baseline: dict[str, float], max_percent: float) -> list[str]:
-    """Metrics more than `max_percent` worse than the baseline, in each metric's own direction."""
+def regressions(current: dict[str, float | None], baseline: dict[str, float | None], max_percent: float) -> list[str]:
+    """Metrics more than `max_percent` worse than the baseline, in each metric's own direction;
+    a metric the baseline had and this run cannot compute counts as a regression."""
     failures = []
     for name, value in current.items():
         before = baseline.get(name)
+        if before is not None and value is None:
+            failures.append(f"{name} is undefined in this run (the baseline has {before:.6g})")
+            continue
         if before is None or not before:
             continue
         change = (value - before) / abs(before) * 100
@@ -370,7 +203,7 @@ def regressions(current: dict[str, float], baseline: dict[str, float], max_perce
 
 @dataclass
 class EvalOptions:
-    """Everything `yayi eval` is asked to do, resolved in one place."""
+    """Everything `yayi eval` is asked to do, resolved in one place (the CLI's defaults come from here)."""
 
     model: str
     data: list[Path]
@@ -387,6 +220,12 @@ class EvalOptions:
     load_in_8bit: bool = False
     template: str | None = None
     trust_remote_code: bool = False
+    output: Path | None = None
+    predictions: Path | None = None
+    baseline: Path | None = None
+    fail_if: list[str] = field(default_factory=list)
+    max_regression: float | None = None
+    force: bool = False
 
 
 @dataclass
@@ -409,7 +248,7 @@ class EvalReport:
             "metrics": self.metrics,
             "groups": self.groups,
             "timings": self.timings,
-            "options": {k: v for k, v in vars(self.options).items() if k not in ("model", "data")},
+            "options": {k: v for k, v in asdict(self.options).items() if k in RUN_OPTIONS},
         }
 
 
@@ -420,9 +259,9 @@ def run_eval(options: EvalOptions) -> EvalReport:
 
     started = time.perf_counter()
     if options.task == "choice":
-        inputs = read_choice_items(options.data)[: options.max_samples]
+        inputs = seeded_sample(read_choice_items(options.data), options.max_samples, options.seed)
     else:
-        inputs = load_examples(options.data, options.max_samples, options.seed)
+        inputs = seeded_sample(load_records(options.data), options.max_samples, options.seed)
     template, _ = resolve_template(options.template, options.model)
     tokenizer = load_tokenizer(options.model, trust_remote_code=options.trust_remote_code)
     prompt_tokenizer = PromptTokenizer(template, tokenizer)
@@ -438,21 +277,27 @@ def run_eval(options: EvalOptions) -> EvalReport:
 
 
 def _lm_report(
-    options: EvalOptions, template: str, model: Any, prompt_tokenizer: PromptTokenizer, examples: list[Example],
+    options: EvalOptions, template: str, model: Any, prompt_tokenizer: PromptTokenizer, records: list[Record],
     timings: dict[str, float], max_length: int | None,
 ) -> EvalReport:
     started = time.perf_counter()
-    loss = response_loss(model, prompt_tokenizer, examples, batch_size=options.batch_size, max_length=max_length)
+    loss = response_loss(model, prompt_tokenizer, records, batch_size=options.batch_size, max_length=max_length)
     timings["loss_s"] = time.perf_counter() - started
+    if not loss.overall.tokens:
+        raise DataError(
+            f"no answer token to score: the prompts of all {len(records)} record(s) fill the {max_length}-token "
+            f"context ({loss.truncated} cut); raise --max-length if the model allows it, or shorten the prompts"
+        )
     found = {key: value for key, value in loss.overall.to_json().items() if key != "tokens"}
-    counts = {"records": len(examples), "answer_tokens": loss.overall.tokens, "truncated": loss.truncated}
-    records = Counter(e.group for e in examples)
-    groups = {name: totals.to_json() | {"records": records[name]} for name, totals in sorted(loss.groups.items())}
+    counts = {"records": len(records), "answer_tokens": loss.overall.tokens, "truncated": loss.truncated}
+    per_domain = Counter(r.domain for r in records)
+    groups = {name or NO_DOMAIN_LABEL: totals.to_json() | {"records": per_domain[name]}
+              for name, totals in sorted(loss.groups.items())}
     report = EvalReport(options, template, counts, found, groups, timings)
     if not options.generate:
         return report
     started = time.perf_counter()
-    questions, references = zip(*(split_last_answer(e.conversation) for e in examples))
+    questions, references = zip(*(split_last_answer(r.conversation) for r in records))
     predicted = generate_answers(
         model, prompt_tokenizer, questions, batch_size=options.batch_size,
         max_new_tokens=options.max_new_tokens, sample=options.sample, seed=options.seed,
@@ -461,7 +306,7 @@ def _lm_report(
     report.timings["generate_s"] = time.perf_counter() - started
     report.predictions = [
         {"location": e.location, "reference": r, "prediction": p, "exact_match": metrics.exact_match(p, r), "rouge_l": metrics.rouge_l(p, r)}
-        for e, p, r in zip(examples, predicted, references)
+        for e, p, r in zip(records, predicted, references)
     ]
     return report
 
@@ -476,16 +321,53 @@ def _choice_report(options: EvalOptions, template: str, model: Any, prompt_token
     return report
 
 
-def write_json_lines(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    from yayi_cli.atomic import write_text_atomic
+RUN_OPTIONS = ("task", "generate", "sample", "max_new_tokens", "batch_size", "max_samples", "max_length", "seed",
+               "device", "dtype", "load_in_8bit", "template", "trust_remote_code")
+"""The options that decide the numbers, recorded in the report (not where it was written)."""
 
-    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+@dataclass
+class EvalOutcome:
+    """A finished `yayi eval`: the report, the baseline it was compared with, and the gates that failed."""
+
+    report: EvalReport
+    baseline: dict[str, float | None] | None
+    failures: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.report.to_json() | {"gate": {"passed": not self.failures, "failures": self.failures}}
 
 
-def print_report(report: EvalReport, console: Any, baseline: dict[str, float] | None = None) -> None:
+def evaluate(options: EvalOptions) -> EvalOutcome:
+    """`yayi eval`: check the options and outputs first, run, apply the gates, write the report files."""
+    gates = [Gate.parse(text) for text in options.fail_if]
+    for path in (options.output, options.predictions):
+        if path is not None and path.exists() and not options.force:
+            raise UsageError(f"{path} already exists; use --force to replace it")
+    if options.max_regression is not None and options.baseline is None:
+        raise UsageError("--max-regression needs --baseline REPORT.json")
+    baseline = baseline_metrics(options.baseline) if options.baseline is not None else None
+    report = run_eval(options)
+    failures = [failure for gate in gates if (failure := gate.fails(report.metrics))]
+    if baseline is not None and options.max_regression is not None:
+        failures += regressions(report.metrics, baseline, options.max_regression)
+    outcome = EvalOutcome(report, baseline, failures)
+    if options.output is not None:
+        write_json_atomic(options.output, outcome.to_json())
+    if options.predictions is not None:
+        write_json_lines_atomic(options.predictions, report.predictions)
+    return outcome
+
+
+def _number(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
+
+
+def print_report(outcome: EvalOutcome, console: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    report, baseline = outcome.report, outcome.baseline
     table = Table(title=f"{escape(report.options.model)} (template {report.template})", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -493,11 +375,11 @@ def print_report(report: EvalReport, console: Any, baseline: dict[str, float] | 
         table.add_column("baseline", justify="right")
         table.add_column("change", justify="right")
     for name, value in report.metrics.items():
-        row = [name, f"{value:.4f}"]
+        row = [name, _number(value)]
         if baseline is not None:
             before = baseline.get(name)
-            change = "" if before is None else f"{value - before:+.4f}"
-            row += ["" if before is None else f"{before:.4f}", change]
+            change = "" if before is None or value is None else f"{value - before:+.4f}"
+            row += ["" if before is None else _number(before), change]
         table.add_row(*row)
     console.print(table)
     if report.groups:
@@ -508,7 +390,8 @@ def print_report(report: EvalReport, console: Any, baseline: dict[str, float] | 
         for column in columns:
             groups.add_column(column, justify="right")
         for name, values in report.groups.items():
-            groups.add_row(escape(name), *(f"{values[c]:.4f}" if isinstance(values[c], float) else str(values[c]) for c in columns))
+            groups.add_row(escape(name), *(_number(values[c]) if values[c] is None or isinstance(values[c], float)
+                                           else str(values[c]) for c in columns))
         console.print(groups)
     counts = ", ".join(f"{value} {name.replace('_', ' ')}" for name, value in report.counts.items())
     console.print(f"[dim]{counts}; " + ", ".join(f"{k} {v:.1f}" for k, v in report.timings.items()) + "[/]", highlight=False)

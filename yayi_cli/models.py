@@ -112,18 +112,30 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_dtype(dtype: str, device: str) -> Any:
-    """`auto` -> bf16 on GPUs that have it, fp16 on older GPUs, fp32 on the CPU."""
+def best_precision(on_gpu: bool) -> str:
+    """The precision to run in when none is asked for: bf16 on GPUs that have it, fp16 on older
+    GPUs, fp32 on the CPU (training and inference alike)."""
+    if not on_gpu:
+        return "fp32"
     import torch
 
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def torch_dtype(precision: str) -> Any:
+    """bf16 / fp16 / fp32 as a torch dtype."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    """`--dtype`: `auto` follows `best_precision` for the device."""
     if dtype == "auto":
-        if not device.startswith("cuda"):
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    try:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-    except KeyError:
-        raise UsageError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}") from None
+        dtype = best_precision(device.startswith("cuda"))
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    return torch_dtype(dtype)
 
 
 def is_quantized(reference: str) -> bool:

@@ -10,7 +10,6 @@ size on disk, memory footprint, decode speed, and with check data the answer-onl
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 
 from yayi_cli.atomic import atomic_directory
 from yayi_cli.errors import DataError, UsageError
+from yayi_cli.sampling import seeded_sample
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 REPORT_FILE = "quantize.json"
@@ -176,7 +176,8 @@ def quantize(options: QuantizeOptions) -> QuantizeReport:
 
     Nothing is written when the perplexity gate fails or anything else goes wrong.
     """
-    from yayi_cli.evaluate import load_examples, response_loss, split_last_answer
+    from yayi_cli.data.checked import load_records
+    from yayi_cli.inference import response_loss, split_last_answer
     from yayi_cli.models import load_model, load_tokenizer, resolve_device, resolve_model_reference
     from yayi_cli.prompt import PromptTokenizer, resolve_template, save_template
 
@@ -192,7 +193,7 @@ def quantize(options: QuantizeOptions) -> QuantizeReport:
     template, _ = resolve_template(None, options.model)
     tokenizer = load_tokenizer(options.model, trust_remote_code=options.trust_remote_code)
     prompt_tokenizer = PromptTokenizer(template, tokenizer)
-    examples = load_examples(options.check_data, options.max_check_samples) if options.check_data else []
+    examples = seeded_sample(load_records(options.check_data), options.max_check_samples, seed=0) if options.check_data else []
     prompts = [prompt_tokenizer.encode_inference(split_last_answer(e.conversation)[0]) for e in examples[:4]]
     probe = prompts[0] if prompts else tokenizer("你好，请介绍一下你自己。")["input_ids"]
 
@@ -201,19 +202,24 @@ def quantize(options: QuantizeOptions) -> QuantizeReport:
     before = _measure(original, parameters, weights_size(Path(reference)), probe, options)
     greedy_before = greedy_tokens(original, prompts, 16)
     if examples:
-        before.perplexity = math.exp(response_loss(original, prompt_tokenizer, examples).overall.loss)
+        before.perplexity = response_loss(original, prompt_tokenizer, examples).overall.perplexity
     del original
 
     quantized = _load_quantized(reference, options, device)
     after = _measure(quantized, parameters, None, probe, options)
     greedy_after = greedy_tokens(quantized, prompts, 16)
     if examples:
-        after.perplexity = math.exp(response_loss(quantized, prompt_tokenizer, examples).overall.loss)
+        after.perplexity = response_loss(quantized, prompt_tokenizer, examples).overall.perplexity
     report = QuantizeReport(
         options, template.name, before, after, 0.0,
         agreement(greedy_before, greedy_after) if prompts else None, len(examples),
     )
     increase = report.perplexity_increase_percent
+    if options.max_ppl_increase is not None and increase is None:
+        raise DataError(
+            "--max-ppl-increase: perplexity is undefined (no --check-data, or no answer token left in it within the "
+            "model's context), so the gate cannot pass; nothing was written"
+        )
     if options.max_ppl_increase is not None and increase is not None and increase > options.max_ppl_increase:
         raise DataError(
             f"perplexity rose {increase:.2f}% ({before.perplexity:.4g} -> {after.perplexity:.4g}), more than "

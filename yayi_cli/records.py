@@ -37,6 +37,11 @@ KNOWN_KEYS = {
 }
 ITEM_KEYS = {CONVERSATIONS: ("from", "value"), MESSAGES: ("role", "content")}
 
+NO_DOMAIN = ""
+"""The domain of records without a prefix: no real domain is empty, so it cannot clash."""
+NO_DOMAIN_LABEL = "(none)"
+"""How reports show NO_DOMAIN."""
+
 _DOMAIN = re.compile(r"^\s*【([^【】\n]{1,40})】")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 """Control characters other than tab and newline."""
@@ -71,6 +76,11 @@ class ParsedRecord(NamedTuple):
     @property
     def conversation(self) -> Conversation:
         return Conversation(self.turns, self.system)
+
+    @property
+    def domain(self) -> str:
+        """The domain prefix of the first message, or NO_DOMAIN."""
+        return domain_of(self.turns[0].text) or NO_DOMAIN
 
 
 def _type_name(value: Any) -> str:

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from yayi_cli.atomic import atomic_directory
+from yayi_cli.data.checked import skip_problem, valid_records
 from yayi_cli.data.reader import read_records
 from yayi_cli.errors import UsageError, YayiError
 from yayi_cli.models import quiet_progress_unless_terminal
 from yayi_cli.prompt import MARKERS, Template, detect_template, render_training, save_template, stop_token_ids
-from yayi_cli.records import RecordError, parse_record
 
 ARCHITECTURES = ("llama", "bloom")
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
@@ -114,12 +114,8 @@ def build_tiny(
 def training_texts(paths: Sequence[Path], template: Template) -> Iterator[str]:
     """The rendered training text of every valid record in the files (invalid ones skipped)."""
     for path in paths:
-        for source in read_records(path):
-            if source.error is None:
-                try:
-                    yield render_training(parse_record(source.value).conversation, template).text
-                except RecordError:
-                    continue
+        for _, record in valid_records(read_records(path), skip_problem):
+            yield render_training(record.conversation, template).text
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from tests.helpers import SAMPLE_DATA
 from yayi_cli.cli import app
 from yayi_cli.data.reader import read_records
-from yayi_cli.data.split import allocate, split
+from yayi_cli.data.split import split
+from yayi_cli.sampling import allocate
 from yayi_cli.data.validate import validate
 from yayi_cli.errors import UsageError
 

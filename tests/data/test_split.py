@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from tests.helpers import SAMPLE_DATA
 from yayi_cli.cli import app
 from yayi_cli.data import split as split_module
-from yayi_cli.data.split import allocate, parse_test_size, split
+from yayi_cli.data.split import split
+from yayi_cli.sampling import allocate, parse_test_size
 from yayi_cli.errors import DataError, UsageError
 
 runner = CliRunner()
@@ -151,29 +152,79 @@ def test_a_failure_mid_write_leaves_no_output_and_no_temp_file(tmp_path, monkeyp
     monkeypatch.setattr(split_module, "_line", failing_line)
     with pytest.raises(KeyboardInterrupt):
         split([SAMPLE_DATA], tmp_path / "out", test_size=2)
-    assert list((tmp_path / "out").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # not even the output directory it would have made
+
+
+def big_data(path, records=300_000):
+    with open(path, "w", encoding="utf-8") as handle:
+        for i in range(records):
+            handle.write(json.dumps({"instruction": f"问题 {i}", "output": f"回答 {i}"}, ensure_ascii=False) + "\n")
+    return path
+
+
+def previous_output(out):
+    out.mkdir()
+    (out / "train.jsonl").write_text("previous train\n")
+
+
+def wait_for(condition, timeout=120.0):
+    """Poll until `condition()` holds; fail the test if it never does."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the awaited event never happened"
+        time.sleep(0.01)
 
 
 @pytest.mark.slow
-def test_a_killed_split_leaves_the_previous_outputs_whole(tmp_path):
-    data = tmp_path / "big.jsonl"
-    with open(data, "w", encoding="utf-8") as handle:
-        for i in range(300_000):
-            handle.write(json.dumps({"instruction": f"问题 {i}", "output": f"回答 {i}"}, ensure_ascii=False) + "\n")
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "train.jsonl").write_text("previous train\n")
+def test_a_split_killed_while_writing_leaves_the_previous_outputs_whole(tmp_path):
+    data, out = big_data(tmp_path / "big.jsonl"), tmp_path / "out"
+    previous_output(out)
     command = [sys.executable, "-m", "yayi_cli", "data", "split", str(data), "--test-size", "100", "-o", str(out), "--force"]
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not list(out.glob(".train.jsonl.*.tmp")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.2)  # well into writing
+    staged = lambda: [f for f in tmp_path.glob(".out.*.tmp/train.jsonl") if f.stat().st_size > 0]  # noqa: E731
+    wait_for(lambda: staged() or process.poll() is not None)
+    assert process.poll() is None and staged(), "split finished before any output was staged: nothing was tested"
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in out.iterdir()) == ["train.jsonl"]
     assert (out / "train.jsonl").read_text() == "previous train\n"
-    assert not (out / "test.jsonl").exists() and not (out / "split.json").exists()
+
+
+DIE_AFTER_FIRST_RENAME = """
+import os, signal, sys
+from yayi_cli import atomic
+from yayi_cli.cli import main
+
+def dying(step):
+    def call(*args):
+        result = step(*args)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    return call
+
+os.rename, os.replace, atomic._exchange = dying(os.rename), dying(os.replace), dying(atomic._exchange)
+sys.argv = ["yayi", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-directory", "replacing-outputs"])
+def test_a_split_killed_between_renames_shows_all_new_outputs_or_the_old_ones(tmp_path, existing):
+    data, out = big_data(tmp_path / "data.jsonl", records=50), tmp_path / "out"
+    if existing:
+        previous_output(out)
+    command = [sys.executable, "-c", DIE_AFTER_FIRST_RENAME, "data", "split", str(data), "--test-size", "5", "-o", str(out), "--force"]
+    process = subprocess.run(command, stderr=subprocess.PIPE, text=True)
+    assert process.returncode == -signal.SIGKILL, process.stderr  # it died right after its first rename
+    names = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    assert names in ([], ["train.jsonl"], ["split.json", "test.jsonl", "train.jsonl"])
+    if names == ["train.jsonl"]:
+        assert (out / "train.jsonl").read_text() == "previous train\n"
+    if len(names) == 3:
+        counts = json.loads((out / "split.json").read_text())["counts"]
+        lines = {name: len((out / f"{name}.jsonl").read_text().splitlines()) for name in ("train", "test")}
+        assert (counts["train"], counts["test"]) == (lines["train"], lines["test"]) == (45, 5)
 
 
 def test_the_cli_writes_the_three_files_and_reports_counts(tmp_path):

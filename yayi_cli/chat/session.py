@@ -181,7 +181,7 @@ class ChatSession:
         self, model: Any, prompt_tokenizer: PromptTokenizer, settings: GenerationSettings | None = None, *,
         system: str | None = None, max_context_tokens: int | None = None, model_name: str = "",
     ) -> None:
-        from yayi_cli.evaluate import pad_id
+        from yayi_cli.inference import pad_id
         from yayi_cli.prompt import stop_token_ids
 
         self.model, self.prompt_tokenizer = model, prompt_tokenizer

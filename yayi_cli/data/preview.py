@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.rule import Rule
 from rich.text import Text
 
+from yayi_cli.data.checked import Problem, check_record
 from yayi_cli.data.reader import SourceRecord, read_records
 from yayi_cli.errors import DataError
 from yayi_cli.prompt import (
@@ -29,7 +30,7 @@ from yayi_cli.prompt import (
     render_training,
     resolve_template,
 )
-from yayi_cli.records import domain_of, parse_record
+from yayi_cli.records import domain_of
 
 TRAINED_STYLE = "bold green underline"
 MARKER_STYLE = "magenta"
@@ -116,10 +117,10 @@ def _token_view(prompt_tokenizer: PromptTokenizer, conversation: Any) -> TokenVi
 
 
 def preview_record(source: SourceRecord, template: Template, prompt_tokenizer: PromptTokenizer | None) -> PreviewItem:
-    if source.error is not None:
-        return PreviewItem(source, error=source.error)
+    parsed = check_record(source)
+    if isinstance(parsed, Problem):
+        return PreviewItem(source, error=parsed.message)
     try:
-        parsed = parse_record(source.value)
         rendered = render_training(parsed.conversation, template)
         tokens = _token_view(prompt_tokenizer, parsed.conversation) if prompt_tokenizer else None
     except DataError as error:

@@ -11,10 +11,7 @@ stratum id per record with --dedupe).
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
-import math
-from fractions import Fraction
 from array import array
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -25,58 +22,14 @@ from typing import Any
 from yayi_cli import __version__
 from yayi_cli.atomic import atomic_files
 from yayi_cli.data import DEFAULT_SEED
+from yayi_cli.data.checked import Problem, skip_problem, valid_records
 from yayi_cli.data.reader import SourceRecord, read_records, refuse_repeated_inputs, sha256_of
-from yayi_cli.data.validate import DUPLICATE, Problem, check_record, find_repeats
+from yayi_cli.data.validate import DUPLICATE, find_repeats
 from yayi_cli.errors import DataError, UsageError
-from yayi_cli.records import ParsedRecord, domain_of
+from yayi_cli.records import NO_DOMAIN_LABEL, ParsedRecord
+from yayi_cli.sampling import allocate, chosen_positions
 
 OUTPUT_NAMES = ("train.jsonl", "test.jsonl", "split.json")
-NO_DOMAIN = ""
-"""The stratum of records without a domain prefix (no real domain is empty); `(none)` in split.json."""
-
-
-def parse_test_size(text: str) -> int | float:
-    """A count (`400`) or a fraction of the records (`0.05`)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"--test-size {text!r}: give a count such as 400 or a fraction such as 0.05") from None
-    if value.is_integer() and value >= 1 and "." not in text:
-        return int(value)
-    if 0 < value < 1:
-        return value
-    raise UsageError(
-        f"--test-size {text!r}: give a count of 1 or more (400) or a fraction strictly between 0 and 1 (0.05)"
-    )
-
-
-def allocate(test_size: int | float, strata: dict[str, int]) -> dict[str, int]:
-    """How many test records each stratum gives: its share of the total, rounded by largest remainder.
-
-    So every stratum's test count is within one record of its exact share.
-    """
-    total = sum(strata.values())
-    wanted = test_size if isinstance(test_size, int) else math.ceil(Fraction(repr(test_size)) * total)
-    if not 0 < wanted < total:
-        raise UsageError(
-            f"--test-size {test_size} asks for {wanted} test records out of {total} usable ones; "
-            "both train and test need at least one"
-        )
-    exact = {name: wanted * count / total for name, count in strata.items()}
-    counts = {name: math.floor(share) for name, share in exact.items()}
-    by_remainder = sorted(strata, key=lambda name: (-(exact[name] - counts[name]), name))
-    for name in by_remainder[: wanted - sum(counts.values())]:
-        counts[name] += 1
-    return counts
-
-
-def test_positions(seed: int, stratum: str, size: int, count: int) -> set[int]:
-    """The `count` positions out of `size` whose keyed hashes are smallest: a seeded sample."""
-
-    def key(position: int) -> bytes:
-        return hashlib.blake2b(f"{seed}\x00{stratum}\x00{position}".encode(), digest_size=8).digest()
-
-    return set(heapq.nsmallest(count, range(size), key=key))
 
 
 @dataclass
@@ -97,24 +50,22 @@ class Survey:
     strata: Counter[str] = field(default_factory=Counter)
     duplicates: set[int] = field(default_factory=set)
 
+    def count_invalid(self, source: SourceRecord, problem: Problem) -> None:
+        self.inputs[-1].records += 1
+        self.invalid_count += 1
+        self.invalid[:1] = self.invalid[:1] or [problem]
 
-def _valid_records(paths: Sequence[Path], survey: Survey | None) -> Iterator[tuple[SourceRecord, str, ParsedRecord]]:
-    """(source, domain, parsed record) of every valid record; counts into `survey` when given."""
+
+def _valid_records(paths: Sequence[Path], survey: Survey | None) -> Iterator[tuple[SourceRecord, ParsedRecord]]:
+    """(source, parsed record) of every valid record; counts into `survey` when given."""
     for path in paths:
         if survey is not None:
             survey.inputs.append(InputFile(str(path), sha256_of(path)))
-        for source in read_records(path):
-            checked = check_record(source)
+        for source, record in valid_records(read_records(path), survey.count_invalid if survey else skip_problem):
             if survey is not None:
                 survey.inputs[-1].records += 1
-            if isinstance(checked, Problem):
-                if survey is not None:
-                    survey.invalid_count += 1
-                    survey.invalid[:1] = survey.invalid[:1] or [checked]
-                continue
-            if survey is not None:
                 survey.inputs[-1].valid += 1
-            yield source, domain_of(checked.turns[0].text) or NO_DOMAIN, checked
+            yield source, record
 
 
 def stable_content_keys(record: ParsedRecord) -> tuple[int, int]:
@@ -132,8 +83,8 @@ def survey_inputs(paths: Sequence[Path], *, stratify: bool, dedupe: bool) -> Sur
     """First pass: check and count everything; with `dedupe`, find the later copies of records."""
     survey = Survey()
     prompt_keys, answer_keys, stratum_ids, names = array("Q"), array("Q"), array("H"), {}
-    for _, domain, record in _valid_records(paths, survey):
-        stratum = domain if stratify else ""
+    for _, record in _valid_records(paths, survey):
+        stratum = record.domain if stratify else ""
         survey.strata[stratum] += 1
         if dedupe:
             prompt_key, answer_key = stable_content_keys(record)
@@ -181,7 +132,7 @@ class SplitReport:
         }
         if self.stratify:
             document["strata"] = {
-                name or "(none)": {"records": self.survey.strata[name], "test": self.test_counts[name]}
+                name or NO_DOMAIN_LABEL: {"records": self.survey.strata[name], "test": self.test_counts[name]}
                 for name in sorted(self.survey.strata)
             }
         return document
@@ -232,14 +183,14 @@ def split(
             "`yayi data validate` lists them all, or pass --skip-invalid to leave them out"
         )
     counts = allocate(test_size, dict(survey.strata))
-    chosen = {name: test_positions(seed, name, survey.strata[name], count) for name, count in counts.items()}
+    chosen = {name: chosen_positions(seed=seed, stratum=name, size=survey.strata[name], count=count) for name, count in counts.items()}
     report = SplitReport(seed, test_size, stratify, dedupe, skip_invalid, survey, counts)
     with atomic_files(outputs) as (train, test, manifest):
         position: Counter[str] = Counter()
-        for ordinal, (source, domain, _) in enumerate(_valid_records(paths, None)):
+        for ordinal, (source, record) in enumerate(_valid_records(paths, None)):
             if ordinal in survey.duplicates:
                 continue
-            stratum = domain if stratify else ""
+            stratum = record.domain if stratify else ""
             is_test = position[stratum] in chosen[stratum]
             position[stratum] += 1
             (test if is_test else train).write(_line(source))

@@ -14,7 +14,7 @@ import multiprocessing
 import os
 from array import array
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,28 +30,14 @@ from yayi_cli.data.reader import (
     read_records,
     refuse_repeated_inputs,
 )
+from yayi_cli.data.checked import ERROR, WARNING, Problem, valid_records
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.prompt import IGNORE_INDEX, Conversation
-from yayi_cli.records import SHAPES, ParsedRecord, RecordError, domain_of, parse_record
+from yayi_cli.records import NO_DOMAIN, SHAPES, ParsedRecord
 
-ERROR, WARNING = "error", "warning"
 DUPLICATE, CONFLICTING_ANSWER = "duplicate", "conflicting-answer"
 PARALLEL_MIN_BYTES = 32 << 20
 """JSON-lines input at least this large is checked by one process per core."""
-NO_DOMAIN = ""
-
-
-@dataclass(frozen=True)
-class Problem:
-    path: str
-    line: int
-    index: int | None
-    severity: str
-    code: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.severity}: {self.message}"
 
 
 @dataclass
@@ -72,16 +58,6 @@ class FileStats:
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "shapes": {shape: self.shapes[shape] for shape in SHAPES}}
-
-
-def check_record(source: SourceRecord) -> ParsedRecord | Problem:
-    """The parsed record, or the error that makes it invalid (shared with `data split`)."""
-    if source.error is not None:
-        return Problem(source.path, source.line, source.index, ERROR, source.error_code, source.error)
-    try:
-        return parse_record(source.value)
-    except RecordError as error:
-        return Problem(source.path, source.line, source.index, ERROR, error.code, str(error))
 
 
 def content_keys(record: ParsedRecord) -> tuple[int, int]:
@@ -149,33 +125,40 @@ class Tally:
         if len(self.problems) < self.max_listed:
             self.problems.append(problem)
 
-    def add(self, source: SourceRecord) -> ParsedRecord | None:
-        """Check and count one record; return its parse when it is valid."""
+    def reject(self, source: SourceRecord, problem: Problem) -> None:
+        """Count an invalid record."""
+        self.file(source.path).records += 1
+        self.report(problem)
+
+    def accept(self, source: SourceRecord, record: ParsedRecord) -> bool:
+        """Count a valid record (unless it holds a reserved token) and its warnings; False if refused."""
         stats = self.file(source.path)
         stats.records += 1
-        checked = check_record(source)
-        if isinstance(checked, Problem):
-            self.report(checked)
-            return None
         if self.reserved:
             try:
-                checked.conversation.refuse(self.reserved)
+                record.conversation.refuse(self.reserved)
             except DataError as error:
                 self.report(Problem(source.path, source.line, source.index, ERROR, "special-token", str(error)))
-                return None
+                return False
         stats.valid += 1
-        stats.shapes[checked.shape] += 1
-        stats.turns += len(checked.turns)
-        for turn in checked.turns:
+        stats.shapes[record.shape] += 1
+        stats.turns += len(record.turns)
+        for turn in record.turns:
             stats.characters += len(turn.text) + len(turn.input)
-        self.domains[domain_of(checked.turns[0].text) or NO_DOMAIN] += 1
-        for warning in checked.warnings:
+        self.domains[record.domain] += 1
+        for warning in record.warnings:
             self.report(Problem(source.path, source.line, source.index, WARNING, warning.code, warning.message))
-        prompt_key, answer_key = content_keys(checked)
+        prompt_key, answer_key = content_keys(record)
         self._add_line(len(self.prompt_keys), source.line)
         self.prompt_keys.append(prompt_key)
         self.answer_keys.append(answer_key)
-        return checked
+        return True
+
+    def check(self, sources: Iterable[SourceRecord]) -> Iterator[tuple[SourceRecord, ParsedRecord]]:
+        """Check and count every record; yield the valid ones."""
+        for source, record in valid_records(sources, self.reject):
+            if self.accept(source, record):
+                yield source, record
 
     def merge(self, other: Tally, index_offset: int) -> None:
         """Add a later chunk's tally, whose record indexes started at 0."""
@@ -269,8 +252,8 @@ def _check_chunk(chunk: LineChunk, max_listed: int) -> Tally:
     """Worker: check one chunk of JSON lines in another process."""
     tally = Tally(max_listed)
     with _no_cyclic_gc():
-        for source in chunk_records(chunk):
-            tally.add(source)
+        for _ in tally.check(chunk_records(chunk)):
+            pass  # counting is all a worker does
     return tally
 
 
@@ -441,10 +424,9 @@ def validate(
                 _check_in_parallel(pool, workers, path, tally, progress)
                 continue
             with _no_cyclic_gc():
-                for source in read_records(path):
-                    parsed = tally.add(source)
-                    if parsed is not None and counter is not None:
-                        counter.add(source, parsed.conversation)
+                for source, record in tally.check(read_records(path)):
+                    if counter is not None:
+                        counter.add(source, record.conversation)
             progress(size)
     if counter is not None and counter.pending:
         counter.flush()

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -31,7 +30,7 @@ from yayi_cli.terminal import deepspeed_logs_to_stderr
 from yayi_cli.train.memory import MemoryEstimate, estimate_memory
 from yayi_cli.train.options import TrainOptions
 from yayi_cli.train.zero import (
-    check_batch_sizes, deepspeed_config, offload_of, read_user_config, resolve_accumulation, stage_of,
+    AUTO, check_batch_sizes, deepspeed_config, offload_of, precision_of, read_user_config, resolve_accumulation, stage_of,
 )
 
 WORKER_MODULE = "yayi_cli.train.worker"
@@ -40,16 +39,16 @@ DS_CONFIG_FILE = "ds_config.json"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "trainer_state.json"
 """The Trainer writes this last into a checkpoint, so a checkpoint without it was cut short."""
+DEFAULT_MAX_LENGTH = 2048
+"""Where examples are cut when neither --max-length nor the model says how long a context is."""
 PACKAGES = ("yayi-cli", "torch", "transformers", "deepspeed", "datasets", "accelerate", "tokenizers")
 
 
-@contextlib.contextmanager
-def deepspeed_logs_on_stderr() -> Iterator[None]:
+def require_deepspeed() -> None:
     """Planning uses DeepSpeed's own hostfile parser and memory estimators; refuse clearly without it."""
     if importlib.util.find_spec("deepspeed") is None:
         raise UsageError("yayi train needs DeepSpeed: pip install 'yayi-cli[train]' (see the README)")
     deepspeed_logs_to_stderr()
-    yield
 
 
 @dataclass(frozen=True)
@@ -180,6 +179,32 @@ def launcher_command(options: TrainOptions, ranks: Ranks, run_file: Path) -> lis
     return command + ["--module", WORKER_MODULE, "--run-config", str(run_file)]
 
 
+def resolve_precision(config: dict[str, Any], options: TrainOptions) -> str:
+    """What the ranks will train in. `auto` stays only when this machine has no GPU to decide by
+    (a login node launching onto --hostfile machines): each rank then decides the same way."""
+    from yayi_cli.models import best_precision
+
+    asked = precision_of(config)
+    if asked != AUTO:
+        return asked
+    if options.cpu:
+        return best_precision(on_gpu=False)
+    return best_precision(on_gpu=True) if count_local_gpus() else AUTO
+
+
+def resolve_max_length(options: TrainOptions, warnings: list[str]) -> int:
+    """The longest example: --max-length, else the model's context, else DEFAULT_MAX_LENGTH (said so)."""
+    if options.max_length:
+        return options.max_length
+    from yayi_cli.models import context_length, load_tokenizer
+
+    found = context_length(options.model, load_tokenizer(options.model, trust_remote_code=options.trust_remote_code))
+    if found is None:
+        warnings.append(f"{options.model} declares no context length; examples are cut at {DEFAULT_MAX_LENGTH} "
+                        "tokens (set --max-length to choose)")
+    return found or DEFAULT_MAX_LENGTH
+
+
 def checkpoints(directory: Path) -> list[Path]:
     """The Trainer's checkpoint-N directories, oldest first."""
     if not directory.is_dir():
@@ -252,7 +277,7 @@ def check_output(options: TrainOptions) -> None:
 def check_data(paths: list[str], option: str, test_size: int | float | None = None) -> list[dict[str, Any]]:
     """Every data file exists and is valid (the worker must never drop a record), there is data to
     train on (and to hold out with --test-size); their sizes and hashes for run.json."""
-    from yayi_cli.data.split import allocate
+    from yayi_cli.sampling import allocate
     from yayi_cli.data.validate import validate
 
     files = [Path(path) for path in paths]
@@ -301,6 +326,8 @@ class LaunchPlan:
     ranks: Ranks
     gradient_accumulation_steps: int
     deepspeed_config: dict[str, Any]
+    precision: str
+    max_length: int
     resume_from: Path | None
     data: list[dict[str, Any]]
     eval_data: list[dict[str, Any]]
@@ -329,6 +356,8 @@ class LaunchPlan:
             "num_nodes": self.ranks.num_nodes,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "global_batch_size": self.global_batch_size,
+            "precision": self.precision,
+            "max_length": self.max_length,
             "deepspeed_config": DS_CONFIG_FILE,
             "resume_from": str(self.resume_from) if self.resume_from else None,
             "data": self.data,
@@ -359,20 +388,23 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
     output = Path(options.output)
     if options.force and not options.resume and output.is_dir() and any(output.iterdir()):
         warnings.append(f"--force: the contents of {output} will be moved to {output.name}.replaced-<time> beside it")
-    with deepspeed_logs_on_stderr():
-        ranks = plan_ranks(options, warnings, dry_run=dry_run)
-        config = read_user_config(Path(options.deepspeed)) if options.deepspeed else deepspeed_config(options)
-        accumulation = resolve_accumulation(options, ranks.world_size)
-        options.gradient_accumulation_steps = accumulation
-        check_batch_sizes(config, options, ranks.world_size)
-        resume_from = resolve_resume(options, ranks.world_size, warnings)
-        data = check_data(options.data, "--data", options.test_size)
-        eval_data = check_data(options.eval_data, "--eval-data") if options.eval_data else []
-        memory = estimate_memory(
-            options.model, stage=stage_of(config), offload=offload_of(config), gpus_per_node=ranks.gpus_per_node,
-            num_nodes=ranks.num_nodes, trust_remote_code=options.trust_remote_code,
-        )
-    return LaunchPlan(options, ranks, accumulation, config, resume_from, data, eval_data, memory, warnings)
+    require_deepspeed()
+    ranks = plan_ranks(options, warnings, dry_run=dry_run)
+    config = read_user_config(Path(options.deepspeed)) if options.deepspeed else deepspeed_config(options)
+    accumulation = resolve_accumulation(options, ranks.world_size)
+    options.gradient_accumulation_steps = accumulation
+    check_batch_sizes(config, options, ranks.world_size)
+    precision = resolve_precision(config, options)
+    max_length = resolve_max_length(options, warnings)
+    resume_from = resolve_resume(options, ranks.world_size, warnings)
+    data = check_data(options.data, "--data", options.test_size)
+    eval_data = check_data(options.eval_data, "--eval-data") if options.eval_data else []
+    memory = estimate_memory(
+        options.model, stage=stage_of(config), offload=offload_of(config), gpus_per_node=ranks.gpus_per_node,
+        num_nodes=ranks.num_nodes, trust_remote_code=options.trust_remote_code,
+    )
+    return LaunchPlan(options, ranks, accumulation, config, precision, max_length, resume_from, data, eval_data, memory,
+                      warnings)
 
 
 def set_aside(output: Path) -> Path:

@@ -129,7 +129,7 @@ def _scalar(value: Any, kind: type, where: str) -> Any:
 def _coerce(name: str, value: Any, where: str) -> Any:
     """A config-file value as the field's type, or one clear error."""
     if name == "test_size":
-        from yayi_cli.data.split import parse_test_size
+        from yayi_cli.sampling import parse_test_size
 
         return None if value is None else parse_test_size(str(value))
     hint = field_types()[name]

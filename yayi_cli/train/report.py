@@ -11,6 +11,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from yayi_cli.train.launch import DS_CONFIG_FILE, LaunchPlan
+from yayi_cli.train.zero import AUTO
 
 
 def _count(number: int) -> str:
@@ -39,6 +40,9 @@ def print_plan(plan: LaunchPlan, console: Any, *, dry_run: bool) -> None:
                   f"x {ranks.world_size} rank(s) = {plan.global_batch_size} per optimizer step")
     zero = f"your config {options.deepspeed}" if options.deepspeed else f"stage {options.zero}, offload {options.offload}"
     table.add_row("ZeRO", escape(zero))
+    precision = "decided on each machine (bf16 where the GPU has it, else fp16)" if plan.precision == AUTO else plan.precision
+    table.add_row("precision", precision)
+    table.add_row("max length", f"{plan.max_length} tokens")
     table.add_row("resume", escape(str(plan.resume_from)) if plan.resume_from else "no (starts from the model)")
     memory = plan.memory
     table.add_row("memory", f"{_count(memory.parameters)} parameters: about {_size(memory.gpu_bytes_per_rank)} per GPU "

@@ -17,29 +17,16 @@ from typing import Any
 from yayi_cli.errors import YayiError
 from yayi_cli.train.launch import DS_CONFIG_FILE
 from yayi_cli.train.options import TrainOptions
+from yayi_cli.train.zero import AUTO
 
 FINAL_STAGING = ".final-model"
 SUMMARY_FILE = "train_summary.json"
 
 
-def resolve_precision(config: dict[str, Any], cpu: bool) -> str:
-    """bf16 on GPUs that have it, fp16 on older GPUs, fp32 on the CPU, unless the config says."""
-    import torch
-
-    from yayi_cli.train.zero import AUTO, precision_of
-
-    precision = precision_of(config)
-    if precision != AUTO:
-        return precision
-    if cpu or not torch.cuda.is_available():
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
 def training_arguments(run: dict[str, Any], options: TrainOptions, precision: str, has_eval: bool) -> Any:
     from transformers import TrainingArguments
 
-    # transformers 5.2x renamed gradient_checkpointing; the GPU machines still run 5.17
+    # transformers 5.2x renamed gradient_checkpointing; older 5.x releases know only the old name
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ \
         else "gradient_checkpointing"
     return TrainingArguments(
@@ -87,25 +74,16 @@ def group_by_length(args: Any) -> None:
         args.group_by_length = True
 
 
-def split_off_test(examples: list[Any], test_size: int | float, seed: int) -> tuple[list[Any], list[Any]]:
-    """--test-size: the same deterministic selection as `yayi data split` (no stratification)."""
-    from yayi_cli.data.split import allocate, test_positions
-
-    count = allocate(test_size, {"": len(examples)})[""]
-    chosen = test_positions(seed, "", count, len(examples))
-    train = [example for i, example in enumerate(examples) if i not in chosen]
-    return train, [examples[i] for i in sorted(chosen)]
-
-
 def build_datasets(run: dict[str, Any], options: TrainOptions, prompt_tokenizer: Any, max_length: int,
                    log: Any) -> tuple[Any, Any, dict[str, Any]]:
-    from yayi_cli.evaluate import load_examples
-    from yayi_cli.train.examples import cache_key, count_examples, default_cache_dir, tokenize_examples, usable
+    from yayi_cli.data.checked import load_records
+    from yayi_cli.sampling import hold_out
+    from yayi_cli.train.dataset import cache_key, count_examples, default_cache_dir, tokenize_examples, usable
 
-    examples = load_examples([Path(p) for p in options.data])
-    held_out = load_examples([Path(p) for p in options.eval_data]) if options.eval_data else []
+    examples = load_records([Path(p) for p in options.data])
+    held_out = load_records([Path(p) for p in options.eval_data]) if options.eval_data else []
     if options.test_size is not None:
-        examples, held_out = split_off_test(examples, options.test_size, options.seed)
+        examples, held_out = hold_out(examples, options.test_size, options.seed)
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     inputs = {"data": [item["sha256"] for item in run["data"]], "eval_data": [item["sha256"] for item in run["eval_data"]],
               "test_size": options.test_size, "seed": options.seed}
@@ -125,14 +103,12 @@ def build_datasets(run: dict[str, Any], options: TrainOptions, prompt_tokenizer:
 
 
 def load_model_for_training(options: TrainOptions, tokenizer: Any, precision: str) -> Any:
-    import torch
     from transformers import AutoModelForCausalLM
 
-    from yayi_cli.models import resolve_model_reference
+    from yayi_cli.models import resolve_model_reference, torch_dtype
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     model = AutoModelForCausalLM.from_pretrained(
-        resolve_model_reference(options.model), dtype=dtype, trust_remote_code=options.trust_remote_code
+        resolve_model_reference(options.model), dtype=torch_dtype(precision), trust_remote_code=options.trust_remote_code
     )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # markers added: room for them
         model.resize_token_embeddings(len(tokenizer))
@@ -160,23 +136,24 @@ def save_final_model(trainer: Any, tokenizer: Any, template: Any, output: Path) 
 
 
 def train(run: dict[str, Any]) -> dict[str, Any]:
+    import torch
     from transformers import Trainer
 
-    from yayi_cli.models import context_length, load_tokenizer, quiet_progress_unless_terminal
+    from yayi_cli.models import best_precision, load_tokenizer, quiet_progress_unless_terminal
     from yayi_cli.prompt import PromptTokenizer, add_markers, resolve_template
-    from yayi_cli.train.examples import PackedExamples, PaddingCollator, supports_packing
+    from yayi_cli.train.dataset import PackedExamples, PaddingCollator, supports_packing
 
     options = TrainOptions(**run["options"])
     output = Path(options.output)
     quiet_progress_unless_terminal()
-    config = json.loads((output / DS_CONFIG_FILE).read_text(encoding="utf-8"))
-    precision = resolve_precision(config, options.cpu)
+    precision, max_length = run["precision"], run["max_length"]
+    if precision == AUTO:  # launched from a machine without GPUs: decided here, on the training machine
+        precision = best_precision(torch.cuda.is_available() and not options.cpu)
     tokenizer = load_tokenizer(options.model, trust_remote_code=options.trust_remote_code)
     add_markers(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     template, _ = resolve_template(options.template, options.model)
-    max_length = options.max_length or context_length(options.model, tokenizer) or 2048
     # Before the model: ZeRO-3 partitions while loading, which needs the ranks joined and the config set.
     join_ranks(options.cpu)
     args = training_arguments(run, options, precision, has_eval=bool(options.eval_data or options.test_size))

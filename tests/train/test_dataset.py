@@ -6,16 +6,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from yayi_cli.evaluate import Example, load_examples
+from yayi_cli.data.checked import Record, load_records
 from yayi_cli.prompt import ASSISTANT, HUMAN, IGNORE_INDEX, TEMPLATES, Conversation, PromptTokenizer, Turn, add_markers
 from tests.helpers import SAMPLE_DATA
-from yayi_cli.train.examples import (
+from yayi_cli.train.dataset import (
     PackedExamples, PaddingCollator, count_examples, pack, supports_packing, tokenize_examples, usable,
 )
 
 
-def example(question: str, answer: str) -> Example:
-    return Example("test", "", Conversation((Turn(HUMAN, question), Turn(ASSISTANT, answer))))
+def example(question: str, answer: str) -> Record:
+    return Record("test", "", Conversation((Turn(HUMAN, question), Turn(ASSISTANT, answer))))
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_packed_rows_score_each_example_exactly_as_if_it_were_alone(tiny_model_d
     model = load_model_for_training(TrainOptions(model=str(tiny_model_dirs["llama"])), tiny_tokenizers["llama"], "fp32")
     assert supports_packing(model)
     prompts = PromptTokenizer(TEMPLATES["yayi"], tiny_tokenizers["llama"])
-    examples = load_examples([SAMPLE_DATA])[:6]
+    examples = load_records([SAMPLE_DATA])[:6]
     tokenized = usable(tokenize_examples(examples, prompts, max_length=1024, overlong="truncate", cache_file=None))
     packed = PackedExamples(tokenized, max_length=1024)
     assert len(packed) < len(examples)
@@ -114,7 +114,7 @@ def test_unpacked_batches_are_padded_to_a_multiple_of_8_with_no_loss_on_padding(
 
 
 def test_the_cache_key_tells_training_data_from_held_out_data(prompt_tokenizer):
-    from yayi_cli.train.examples import cache_key
+    from yayi_cli.train.dataset import cache_key
 
     both_trained = {"data": ["a", "b"], "eval_data": [], "test_size": None, "seed": 515}
     one_held_out = {"data": ["a"], "eval_data": ["b"], "test_size": None, "seed": 515}

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from yayi_cli import __version__
-from yayi_cli.evaluate import Example
+from yayi_cli.data.checked import Record
 from yayi_cli.prompt import IGNORE_INDEX, PromptTokenizer
 
 KEPT, TRUNCATED, TOO_LONG, NO_ANSWER = range(4)
@@ -80,7 +80,7 @@ def _fit(input_ids: list[int], labels: list[int], max_length: int, overlong: str
     return input_ids[:max_length], labels, TRUNCATED
 
 
-def tokenize_examples(examples: Sequence[Example], prompt_tokenizer: PromptTokenizer, *, max_length: int,
+def tokenize_examples(examples: Sequence[Record], prompt_tokenizer: PromptTokenizer, *, max_length: int,
                       overlong: str, cache_file: Path | None) -> Any:
     """A `datasets.Dataset` with input_ids, labels, length and status for every record, in order.
 
