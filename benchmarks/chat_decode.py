@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from yayi_cli.chat.session import ChatOptions, compile_decoding, open_session
+from yayi_cli.chat.session import compile_decoding, open_session
+from yayi_cli.options import ChatOptions
 from yayi_cli.data.reader import read_records
 from yayi_cli.prompt import HUMAN, TEMPLATES, Conversation, Turn, render_training
 from yayi_cli.records import parse_record

@@ -1,7 +1,7 @@
 """Start-up cost of `yayi --help` against `transformers --help`, measured side by side.
 
 The two commands are run in alternation so that load on a shared machine hits both alike;
-the report gives medians and their ratio. Target (DESIGN.md): `yayi --help` under 0.25 s.
+the report gives medians and their ratio. Target: `yayi --help` under 0.25 s.
 
     .venv/bin/python benchmarks/cli_startup.py [--runs 9]
 """

@@ -74,7 +74,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
     from yayi_cli.prompt import TEMPLATES, render_training
-    from yayi_cli.quantize import QuantizeOptions, quantize
+    from yayi_cli.options import QuantizeOptions
+    from yayi_cli.quantize import quantize
     from yayi_cli.records import parse_record
     from yayi_cli.tiny import TinySpec, build_tiny
 

@@ -1,18 +1,23 @@
-"""The `yayi` entry point: start-up cost, version, and `yayi data preview` end to end."""
+"""The `yayi` entry point: start-up cost, version, help defaults, and `yayi data preview` end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from tests.helpers import SAMPLE_DATA
 from yayi_cli import __version__
 from yayi_cli.cli import app
+from yayi_cli.options import ChatOptions, EvalOptions, GenerationSettings, QuantizeOptions
+from yayi_cli.train.options import TrainOptions
 
 HEAVY_MODULES = ("torch", "transformers", "deepspeed", "datasets", "bitsandbytes")
 runner = CliRunner()
@@ -131,3 +136,44 @@ def test_output_to_a_pipe_has_no_colour_or_progress_bars():
                             capture_output=True, text=True, env={**os.environ, "TERM": "xterm-256color"})
     assert result.returncode == 0 and "records" in result.stdout
     assert "\x1b[" not in result.stdout + result.stderr
+
+
+DATACLASSES_OF = {"eval": (EvalOptions,), "chat": (ChatOptions, GenerationSettings), "quantize": (QuantizeOptions,)}
+RENAMED = {("chat", "sample"): "do_sample", ("chat", "compile_"): "compile"}
+
+
+def dataclass_default(classes, name):
+    for cls in classes:
+        field = cls.__dataclass_fields__.get(name)
+        if field is not None:
+            return field.default_factory() if field.default is dataclasses.MISSING else field.default
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("command_name", sorted(DATACLASSES_OF))
+def test_help_defaults_are_the_option_dataclasses_defaults(command_name):
+    command = typer.main.get_command(app).commands[command_name]
+    compared = 0
+    for param in command.params:
+        name = RENAMED.get((command_name, param.name), param.name)
+        if param.required:
+            continue
+        try:
+            expected = dataclass_default(DATACLASSES_OF[command_name], name)
+        except KeyError:
+            continue
+        actual = list(param.default) if isinstance(param.default, (list, tuple)) else param.default
+        expected = list(expected) if isinstance(expected, (list, tuple)) else expected
+        assert actual == expected, name
+        compared += 1
+    assert compared >= 8  # every tunable option, not a lucky few
+
+
+def test_train_help_defaults_are_the_train_options_defaults():
+    command = typer.main.get_command(app).commands["train"]
+    shown = {param.name: re.search(r"\[default: ([^\]]+)\]", param.help or "") for param in command.params}
+    shown = {name: match.group(1) for name, match in shown.items()
+             if match and getattr(TrainOptions(), name, None) is not None}  # None: the help says what is used instead
+    assert len(shown) >= 10
+    for name, text in shown.items():
+        assert text == str(getattr(TrainOptions(), name)), name

@@ -11,32 +11,32 @@ from yayi_cli.cli import app
 MISSING = "no-such-file.jsonl"
 
 
-def error_cases(model: str, folder: str) -> list[tuple[list[str], str]]:
-    """(arguments, what the one error line must say) for every command."""
-    data = str(SAMPLE_DATA)
-    return [
-        (["data", "validate", MISSING], "no such file"),
-        (["data", "validate", folder], "is a directory"),
-        (["data", "validate", data, "--model", folder], "no config.json"),
-        (["data", "split", MISSING, "--test-size", "2", "-o", f"{folder}/out"], "no such file"),
-        (["data", "split", data, "--test-size", "lots", "-o", f"{folder}/out"], "--test-size 'lots'"),
-        (["data", "split", data, "--test-size", "2", "-o", data], "not a directory"),
-        (["data", "preview", folder], "is a directory"),
-        (["train", "--data", MISSING, "--model", model, "-o", f"{folder}/run", "--cpu"], "no such file"),
-        (["train", "--data", data, "--model", folder, "-o", f"{folder}/run", "--cpu"], "no config.json"),
-        (["train", "--data", data, "--model", model, "-o", data, "--cpu"], "is a file"),
-        (["train", "--data", data, "--model", model, "-o", f"{data}/run", "--cpu"], "cannot be created"),
-        (["train", "--config", MISSING], "cannot read it"),
-        (["train", "--data", data, "--model", model, "-o", f"{folder}/run", "--cpu", "--offload", "nvme"], "needs --zero 3"),
-        (["eval", "--model", "./no-such-model", "--data", data], "no such model directory"),
-        (["eval", "--model", model, "--data", folder], "is a directory"),
-        (["eval", "--model", model, "--data", data, "--fail-if", "loss is high"], "loss is high"),
-        (["quantize", "--model", folder, "-o", f"{folder}/q"], "no config.json"),
-        (["quantize", "--model", model, "-o", data], "already exists"),
-        (["quantize", "--model", model, "-o", f"{data}/int8"], "cannot create"),
-        (["chat", "--model", folder, "--prompt", "你好"], "no config.json"),
-        (["chat", "--model", model, "--prompt", "你好", "--temperature", "-1"], "temperature"),
-    ]
+MODEL, FOLDER, DATA = "{model}", "{folder}", str(SAMPLE_DATA)
+"""Placeholders for a tiny model and an empty directory, filled in when each case runs."""
+
+ERROR_CASES = [  # (arguments, what the one error line must say)
+    (["data", "validate", MISSING], "no such file"),
+    (["data", "validate", FOLDER], "is a directory"),
+    (["data", "validate", DATA, "--model", FOLDER], "no config.json"),
+    (["data", "split", MISSING, "--test-size", "2", "-o", f"{FOLDER}/out"], "no such file"),
+    (["data", "split", DATA, "--test-size", "lots", "-o", f"{FOLDER}/out"], "--test-size 'lots'"),
+    (["data", "split", DATA, "--test-size", "2", "-o", DATA], "not a directory"),
+    (["data", "preview", FOLDER], "is a directory"),
+    (["train", "--data", MISSING, "--model", MODEL, "-o", f"{FOLDER}/run", "--cpu"], "no such file"),
+    (["train", "--data", DATA, "--model", FOLDER, "-o", f"{FOLDER}/run", "--cpu"], "no config.json"),
+    (["train", "--data", DATA, "--model", MODEL, "-o", DATA, "--cpu"], "is a file"),
+    (["train", "--data", DATA, "--model", MODEL, "-o", f"{DATA}/run", "--cpu"], "cannot be created"),
+    (["train", "--config", MISSING], "cannot read it"),
+    (["train", "--data", DATA, "--model", MODEL, "-o", f"{FOLDER}/run", "--cpu", "--offload", "nvme"], "needs --zero 3"),
+    (["eval", "--model", "./no-such-model", "--data", DATA], "no such model directory"),
+    (["eval", "--model", MODEL, "--data", FOLDER], "is a directory"),
+    (["eval", "--model", MODEL, "--data", DATA, "--fail-if", "loss is high"], "loss is high"),
+    (["quantize", "--model", FOLDER, "-o", f"{FOLDER}/q"], "no config.json"),
+    (["quantize", "--model", MODEL, "-o", DATA], "already exists"),
+    (["quantize", "--model", MODEL, "-o", f"{DATA}/int8"], "cannot create"),
+    (["chat", "--model", FOLDER, "--prompt", "你好"], "no config.json"),
+    (["chat", "--model", MODEL, "--prompt", "你好", "--temperature", "-1"], "temperature"),
+]
 
 
 BAD_OPTION_VALUES = [
@@ -51,18 +51,19 @@ BAD_OPTION_VALUES = [
 
 
 @pytest.fixture(scope="module")
-def cases(tiny_model_dirs, tmp_path_factory):
-    return error_cases(str(tiny_model_dirs["llama"]), str(tmp_path_factory.mktemp("errors")))
+def folder(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("errors"))
 
 
-def test_every_command_reports_user_errors_in_one_line_with_exit_2(cases):
-    for arguments, expected in cases:
-        result = CliRunner().invoke(app, arguments)
-        assert result.exception is None or isinstance(result.exception, SystemExit), (arguments, result.exception)
-        assert result.exit_code == 2, (arguments, result.output)
-        lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("[20")]
-        assert lines and lines[-1].startswith("error:") and expected in lines[-1], (arguments, result.stderr)
-        assert "Traceback" not in result.output
+@pytest.mark.parametrize(("arguments", "expected"), ERROR_CASES, ids=lambda case: " ".join(case) if isinstance(case, list) else "")
+def test_a_user_error_is_one_line_with_exit_2(arguments, expected, tiny_model_dirs, folder):
+    arguments = [a.format(model=tiny_model_dirs["llama"], folder=folder) for a in arguments]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("[20")]
+    assert lines and lines[-1].startswith("error:") and expected in lines[-1], result.stderr
+    assert "Traceback" not in result.output
 
 
 @pytest.mark.parametrize("arguments", BAD_OPTION_VALUES, ids=lambda a: " ".join(a[:2]))

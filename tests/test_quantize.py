@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from tests.helpers import SAMPLE_DATA
 from yayi_cli.cli import app
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.data.checked import load_records
-from yayi_cli.inference import generate_answers, response_loss, split_last_answer
+from yayi_cli.inference import generate_answers, pad_id, response_loss, split_last_answer
 from yayi_cli.sampling import seeded_sample
 from yayi_cli.models import load_model, load_tokenizer
-from yayi_cli.prompt import PromptTokenizer, resolve_template
-from yayi_cli.quantize import QuantizeOptions, quantize
+from yayi_cli.prompt import PromptTokenizer, resolve_template, stop_token_ids
+from yayi_cli.options import QuantizeOptions
+from yayi_cli.quantize import quantize
 
 runner = CliRunner()
 
@@ -39,8 +41,13 @@ def test_a_quantized_checkpoint_reloads_and_answers_through_the_prompt_core(tiny
     examples = seeded_sample(load_records([SAMPLE_DATA]), 8, seed=0)
     perplexity = response_loss(model, prompt_tokenizer, examples).overall.to_json()["perplexity"]
     assert perplexity == pytest.approx(report.after.perplexity, rel=1e-4)  # the report's number is eval's number
-    answers = generate_answers(model, prompt_tokenizer, [split_last_answer(e.conversation)[0] for e in examples[:2]], max_new_tokens=5)
-    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    questions = [split_last_answer(e.conversation)[0] for e in examples[:2]]
+    answers = generate_answers(model, prompt_tokenizer, questions, max_new_tokens=5, batch_size=1)
+    for question, answer in zip(questions, answers, strict=True):  # our batched path == plain generate on the int8 model
+        ids = prompt_tokenizer.encode_inference(question)
+        plain = model.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False,
+                               eos_token_id=stop_token_ids(prompt_tokenizer.tokenizer), pad_token_id=pad_id(prompt_tokenizer.tokenizer))
+        assert answer == prompt_tokenizer.decode_answer(plain[0, len(ids):].tolist())
 
 
 def test_the_perplexity_gate_fails_and_writes_nothing(tiny_model_dirs, tmp_path):

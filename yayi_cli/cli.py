@@ -20,13 +20,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from yayi_cli import __version__
-from yayi_cli.chat.session import ChatOptions, GenerationSettings
 from yayi_cli.data import DEFAULT_SEED
 from yayi_cli.errors import YayiError
-from yayi_cli.evaluate import EvalOptions
 from yayi_cli.models import DTYPES
+from yayi_cli.options import ChatOptions, EvalOptions, GenerationSettings, QuantizeOptions
 from yayi_cli.prompt import TEMPLATES
-from yayi_cli.quantize import QuantizeOptions
 from yayi_cli.train.options import OFFLOADS, OVERLONG, PRECISIONS, SCHEDULERS, ZERO_STAGES, TrainOptions
 
 EXIT_CODES = (

@@ -1,6 +1,6 @@
 """Errors a user can cause, each carrying the exit code the CLI reports for it.
 
-DESIGN.md: 0 success; 1 the work ran and found a problem; 2 usage or environment error.
+Exit codes: 0 success; 1 the work ran and found a problem; 2 usage or environment error.
 Anything that is not a `YayiError` is a bug and is allowed to show a traceback.
 """
 

@@ -25,6 +25,7 @@ from yayi_cli.atomic import write_json_atomic, write_json_lines_atomic
 from yayi_cli.data.checked import Record, load_records
 from yayi_cli.data.reader import open_data_file, read_records, sha256_of
 from yayi_cli.errors import DataError, UsageError
+from yayi_cli.options import EvalOptions
 from yayi_cli.inference import choice_scores, generate_answers, response_loss, split_last_answer
 from yayi_cli.prompt import ASSISTANT, HUMAN, Conversation, PromptTokenizer, Turn
 from yayi_cli.records import NO_DOMAIN_LABEL
@@ -199,33 +200,6 @@ def regressions(current: dict[str, float | None], baseline: dict[str, float | No
 
 
 # --- the whole run ------------------------------------------------------------------------------
-
-
-@dataclass
-class EvalOptions:
-    """Everything `yayi eval` is asked to do, resolved in one place (the CLI's defaults come from here)."""
-
-    model: str
-    data: list[Path]
-    task: str = "lm"
-    generate: bool = False
-    sample: bool = False
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    max_samples: int | None = None
-    max_length: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    load_in_8bit: bool = False
-    template: str | None = None
-    trust_remote_code: bool = False
-    output: Path | None = None
-    predictions: Path | None = None
-    baseline: Path | None = None
-    fail_if: list[str] = field(default_factory=list)
-    max_regression: float | None = None
-    force: bool = False
 
 
 @dataclass

@@ -12,32 +12,17 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from yayi_cli.atomic import atomic_directory
 from yayi_cli.errors import DataError, UsageError
+from yayi_cli.options import QuantizeOptions
 from yayi_cli.sampling import seeded_sample
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 REPORT_FILE = "quantize.json"
-
-
-@dataclass
-class QuantizeOptions:
-    model: str
-    output: Path
-    bits: int = 8
-    threshold: float = 6.0
-    skip_modules: tuple[str, ...] = ("lm_head",)
-    device: str = "auto"
-    check_data: list[Path] = field(default_factory=list)
-    max_check_samples: int = 64
-    max_ppl_increase: float | None = None
-    decode_tokens: int = 32
-    force: bool = False
-    trust_remote_code: bool = False
 
 
 @dataclass

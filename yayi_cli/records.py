@@ -1,4 +1,4 @@
-"""The three record shapes of DESIGN.md, turned into `Conversation`s or rejected with a reason.
+"""The three record shapes yayi accepts, turned into `Conversation`s or rejected with a reason.
 
 1. instruction:   {"instruction", "input"?, "output", "system"?}
 2. conversations: {"system"?, "conversations": [{"from": "human"|"yayi", "value"}, ...]}

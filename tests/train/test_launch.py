@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from tests.helpers import SAMPLE_DATA
 from yayi_cli.cli import app
+from yayi_cli.data.checked import load_records
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.train import launch
 from yayi_cli.train.launch import (
@@ -206,7 +208,7 @@ def test_a_dry_run_prints_the_plan_as_json_and_writes_nothing(tmp_path, tiny_mod
     assert plan["run"]["gradient_accumulation_steps"] == 4
     assert plan["deepspeed_config"]["zero_optimization"]["stage"] == 3
     assert plan["command"][-2:] == ["--run-config", str(output.resolve() / "run.json")]
-    assert plan["memory"]["parameters"] > 0 and plan["memory"]["gpu_gib_per_rank"] >= 0
+    assert plan["memory"]["parameters"] == AutoModelForCausalLM.from_pretrained(tiny_model_dirs["bloom"]).num_parameters()
     assert any("no GPU found" in warning for warning in plan["warnings"])
 
 
@@ -228,8 +230,9 @@ def test_no_records_or_no_records_left_after_test_size_is_refused_before_launch(
     empty.write_text("", encoding="utf-8")
     with pytest.raises(DataError, match="no records"):
         check_data([str(empty)], "--data")
-    with pytest.raises(UsageError, match="test"):
-        check_data([str(SAMPLE_DATA)], "--data", test_size=20)
+    records = len(load_records([SAMPLE_DATA]))
+    with pytest.raises(UsageError, match=f"asks for {records} test records out of {records} usable ones"):
+        check_data([str(SAMPLE_DATA)], "--data", test_size=records)
 
 
 def test_a_tilde_in_a_path_means_the_home_directory(monkeypatch, tmp_path):

@@ -67,7 +67,7 @@ def test_two_ranks_with_zero2_learn_the_data_and_save_a_model_that_answers(tiny_
     assert AutoModelForCausalLM.from_pretrained(output).num_parameters() > 0
     model = load_model(str(output), device="cpu")
     template, source = resolve_template(None, str(output))
-    assert source != "--template"
+    assert source == "saved with the model"
     prompts = PromptTokenizer(template, load_tokenizer(str(output)))
     questions = [Conversation(e.conversation.turns[:1]) for e in load_records([small_data])[:2]]
     assert generate_answers(model, prompts, questions, max_new_tokens=40) == [r["output"] for r in RECORDS]

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from yayi_cli.chat.session import ChatOptions, ChatSession, open_session
+from yayi_cli.chat.session import ChatSession, open_session
+from yayi_cli.options import ChatOptions
 from yayi_cli.errors import UsageError
 
 

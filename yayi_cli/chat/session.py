@@ -8,7 +8,6 @@ the model comes only from the prompt core (`PromptTokenizer`); answers are strea
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from yayi_cli.errors import DataError, UsageError
+from yayi_cli.options import ChatOptions, GenerationSettings
 from yayi_cli.prompt import (
     ASSISTANT,
     HUMAN,
@@ -29,81 +29,6 @@ from yayi_cli.records import CONVERSATIONS, RecordError, parse_record
 
 ROLE_NAMES = {HUMAN: "human", ASSISTANT: "yayi"}
 """Roles as the `conversations` record shape writes them."""
-
-
-def _flag(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(text)
-
-
-def _optional_int(text: str) -> int | None:
-    return None if text.lower() in ("none", "off", "") else int(text)
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """How answers are generated; the defaults are upstream YaYi's, with room for longer answers."""
-
-    temperature: float = 0.3
-    top_p: float = 1.0
-    top_k: int = 50
-    max_new_tokens: int = 512
-    repetition_penalty: float = 1.1
-    do_sample: bool = True
-    seed: int | None = None
-
-    PARSERS = {  # noqa: RUF012 - a class constant, not a field (no annotation)
-        "temperature": float, "top_p": float, "top_k": int, "max_new_tokens": int,
-        "repetition_penalty": float, "do_sample": _flag, "seed": _optional_int,
-    }
-
-    def __post_init__(self) -> None:
-        checks = (
-            (self.temperature > 0, "temperature must be above 0 (for greedy answers use --greedy, or /set do_sample=false)"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (self.top_k >= 0, "top_k must be 0 (off) or more"),
-            (self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
-            (self.repetition_penalty > 0, "repetition_penalty must be above 0 (1 is none)"),
-            (self.seed is None or self.seed >= 0, "seed must be 0 or more (or none)"),
-        )
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
-
-    def apply(self, text: str) -> GenerationSettings:
-        """A copy with `key=value ...` applied ("temperature=0.5 top_k=40"); a bad pair raises, naming it."""
-        changes: dict[str, Any] = {}
-        for pair in text.split():
-            key, equals, value = pair.partition("=")
-            if not equals:
-                raise UsageError(f"expected key=value, got {pair!r}")
-            parse = self.PARSERS.get(key)
-            if parse is None:
-                close = difflib.get_close_matches(key, self.PARSERS, n=1, cutoff=0.5)
-                hint = f"did you mean {close[0]}? " if close else ""
-                raise UsageError(f"unknown setting {key!r}; {hint}settings: {', '.join(self.PARSERS)}")
-            try:
-                changes[key] = parse(value)
-            except ValueError:
-                expected = {_flag: "true or false", _optional_int: "a whole number or none", int: "a whole number"}
-                raise UsageError(f"{key}={value!r}: expected {expected.get(parse, 'a number')}") from None
-        if not changes:
-            raise UsageError(f"nothing to set; give key=value pairs of: {', '.join(self.PARSERS)}")
-        return dataclasses.replace(self, **changes)
-
-    def describe(self) -> str:
-        return " ".join(f"{field.name}={getattr(self, field.name)}" for field in dataclasses.fields(self))
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        """Arguments for `model.generate`; sampling knobs only when sampling (else transformers warns)."""
-        kwargs: dict[str, Any] = {"do_sample": self.do_sample, "repetition_penalty": self.repetition_penalty}
-        if self.do_sample:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
-        return kwargs
 
 
 @dataclass(frozen=True)
@@ -347,22 +272,6 @@ class ChatSession:
 # --- loading --------------------------------------------------------------------------------------
 
 
-@dataclass
-class ChatOptions:
-    """Everything `yayi chat` needs to open a session, resolved in one place."""
-
-    model: str
-    template: str | None = None
-    system: str | None = None
-    settings: GenerationSettings = dataclasses.field(default_factory=GenerationSettings)
-    device: str = "auto"
-    dtype: str = "auto"
-    load_in_8bit: bool = False
-    trust_remote_code: bool = False
-    max_context_tokens: int | None = None
-    compile: bool = False
-
-
 def open_session(options: ChatOptions) -> ChatSession:
     """Load tokenizer and model (one-line errors), pick the template, and warm up --compile."""
     from yayi_cli.models import context_length, load_model, load_tokenizer
@@ -392,7 +301,8 @@ def compile_decoding(session: ChatSession) -> float:
     """Static KV cache, with the decode step compiled by transformers itself; returns the warm-up seconds.
 
     The cache is sized to the whole context once, so later prompts reuse it and its compilation.
-    Wrapping `forward` in torch.compile ourselves broke on GPUs (see shared/NOTES.md).
+    Wrapping `forward` in torch.compile ourselves instead broke on GPUs (CUDA-graph outputs overwritten
+    between steps), so compilation is left to transformers.
     """
     from transformers import CompileConfig
 

@@ -74,16 +74,23 @@ def group_by_length(args: Any) -> None:
         args.group_by_length = True
 
 
-def build_datasets(run: dict[str, Any], options: TrainOptions, prompt_tokenizer: Any, max_length: int,
-                   log: Any) -> tuple[Any, Any, dict[str, Any]]:
+def training_records(options: TrainOptions) -> tuple[list[Any], list[Any]]:
+    """(records to train on, records to evaluate on): --eval-data, or --test-size held out of --data
+    exactly as `yayi data split --test-size N --seed S` would hold them out."""
     from yayi_cli.data.checked import load_records
     from yayi_cli.sampling import hold_out
+
+    records = load_records([Path(p) for p in options.data])
+    if options.test_size is not None:
+        return hold_out(records, options.test_size, options.seed)
+    return records, load_records([Path(p) for p in options.eval_data]) if options.eval_data else []
+
+
+def build_datasets(run: dict[str, Any], options: TrainOptions, prompt_tokenizer: Any, max_length: int,
+                   log: Any) -> tuple[Any, Any, dict[str, Any]]:
     from yayi_cli.train.dataset import cache_key, count_examples, default_cache_dir, tokenize_examples, usable
 
-    examples = load_records([Path(p) for p in options.data])
-    held_out = load_records([Path(p) for p in options.eval_data]) if options.eval_data else []
-    if options.test_size is not None:
-        examples, held_out = hold_out(examples, options.test_size, options.seed)
+    examples, held_out = training_records(options)
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     inputs = {"data": [item["sha256"] for item in run["data"]], "eval_data": [item["sha256"] for item in run["eval_data"]],
               "test_size": options.test_size, "seed": options.seed}

@@ -7,15 +7,11 @@ import threading
 
 import pytest
 
-from yayi_cli.chat.session import (
-    ChatOptions,
-    ChatSession,
-    GenerationSettings,
-    open_session,
-)
+from yayi_cli.chat.session import ChatSession, open_session
 from yayi_cli.data.validate import validate
 from yayi_cli.errors import UsageError
 from yayi_cli.inference import generate_answers
+from yayi_cli.options import ChatOptions, GenerationSettings
 from yayi_cli.prompt import (
     END_MARKER,
     HUMAN,

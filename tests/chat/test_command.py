@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.test_cli import HEAVY_MODULES
-from yayi_cli.chat.session import ChatOptions, GenerationSettings, open_session
+from yayi_cli.chat.session import open_session
+from yayi_cli.options import ChatOptions, GenerationSettings
 from yayi_cli.cli import app
 
 runner = CliRunner()

@@ -6,14 +6,14 @@ import io
 import json
 import os
 import sys
-import time
 
 import pytest
 from rich.console import Console
 
 from tests.helpers import REPO
 from yayi_cli.chat.repl import COMMANDS, Repl, default_history_file
-from yayi_cli.chat.session import ChatOptions, GenerationSettings, open_session
+from yayi_cli.chat.session import open_session
+from yayi_cli.options import ChatOptions, GenerationSettings
 from yayi_cli.data.validate import validate
 
 
@@ -119,7 +119,8 @@ def test_a_terminal_session_from_start_to_ctrl_d(tiny_model_dirs, tmp_path):
     child.sendline("/set max_new_tokens=100000 do_sample=false")
     child.expect(PROMPT)
     child.sendline("讲一个很长的故事")
-    time.sleep(1.5)
+    child.expect_exact("讲一个很长的故事")
+    child.expect(r"[\u4e00-\u9fffA-Za-z]{2}")  # the answer is streaming (terminal escapes have no two letters in a row)
     child.sendintr()  # Ctrl-C during the answer
     child.expect_exact("(stopped: this exchange is not kept")
     command(child, "/show", "0 of 0 exchanges in the prompt")
