@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import sacrebleu
 
 from yayi_cli.metrics import corpus_bleu4, exact_match, rouge_l
 
@@ -50,3 +51,19 @@ def test_bleu4_sums_counts_over_the_corpus_and_clips_repeats():
 
 def test_bleu4_is_zero_when_an_order_has_no_match():
     assert corpus_bleu4(["abc"], ["abd"]) == 0.0
+
+
+CHINESE_PAIRS = [  # (prediction, reference): Chinese text and punctuation only, where characters are sacrebleu's tokens
+    ("本市首批十座社区图书驿站启用。", "本市首批十座社区图书驿站今日启用，居民可免费借阅。"),
+    ("今天天气很好，适合出门。", "今天天气很好，适合出门散步。"),
+    ("该事件引发网友广泛讨论。", "该事件在网上引发了广泛讨论。"),
+    ("情感倾向为正面。", "情感倾向：正面。"),
+]
+
+
+@pytest.mark.parametrize("pairs", [CHINESE_PAIRS, CHINESE_PAIRS[:2], CHINESE_PAIRS[1:]])
+def test_bleu_equals_sacrebleu_with_its_chinese_tokenizer_on_chinese_text(pairs):
+    predictions, references = [p for p, _ in pairs], [r for _, r in pairs]
+    expected = sacrebleu.corpus_bleu(predictions, [references], tokenize="zh", smooth_method="none", force=True).score
+    assert expected > 0  # the pairs share 4-grams, so the comparison is not 0 == 0
+    assert corpus_bleu4(predictions, references) * 100 == pytest.approx(expected, abs=1e-9)

@@ -14,15 +14,10 @@ from tests.helpers import SAMPLE_DATA
 from yayi_cli.cli import app
 from yayi_cli.data.reader import read_records
 from yayi_cli.data.split import split
-from yayi_cli.sampling import allocate
 from yayi_cli.data.validate import validate
 from yayi_cli.errors import UsageError
 
 runner = CliRunner()
-
-
-def test_fractions_are_exact():
-    assert allocate(0.07, {"": 100}) == {"": 7}  # not ceil(7.000000000000001) = 8
 
 
 def test_text_after_the_closing_bracket_of_an_array_is_an_error(tmp_path):

@@ -18,7 +18,6 @@ from tests.helpers import SAMPLE_DATA
 from yayi_cli.cli import app
 from yayi_cli.data import split as split_module
 from yayi_cli.data.split import split
-from yayi_cli.sampling import allocate, parse_test_size
 from yayi_cli.errors import DataError, UsageError
 
 runner = CliRunner()
@@ -76,23 +75,6 @@ def test_stratified_test_keeps_each_domains_share_within_one_record(tmp_path):
         assert abs(in_test - 17 * count / total) < 1, domain
     strata = json.loads((tmp_path / "out" / "split.json").read_text())["strata"]
     assert sum(s["test"] for s in strata.values()) == 17 and strata["(none)"]["records"] == 3
-
-
-def test_allocation_by_largest_remainder():
-    assert allocate(10, {"a": 50, "b": 30, "c": 20}) == {"a": 5, "b": 3, "c": 2}
-    assert allocate(3, {"a": 1, "b": 1, "c": 1, "d": 1}) == {"a": 1, "b": 1, "c": 1, "d": 0}
-    assert allocate(0.1, {"a": 11}) == {"a": 2}  # fractions round up, as scikit-learn does
-
-
-@pytest.mark.parametrize("text, value", [("400", 400), ("0.05", 0.05), ("1", 1)])
-def test_test_size_is_a_count_or_a_fraction(text, value):
-    assert parse_test_size(text) == value
-
-
-@pytest.mark.parametrize("text", ["0", "1.5", "-3", "abc", "2.0"])
-def test_impossible_test_sizes_are_usage_errors(text):
-    with pytest.raises(UsageError):
-        parse_test_size(text)
 
 
 def test_a_test_set_that_leaves_no_training_data_is_refused(tmp_path):
