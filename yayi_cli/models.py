@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from yayi_cli.atomic import atomic_directory
 from yayi_cli.errors import UsageError
 from yayi_cli.terminal import deepspeed_logs_to_stderr
 
@@ -57,6 +61,24 @@ def quiet_int8_warnings() -> None:
 def first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+_OS_MESSAGE = re.compile(r'message: "([^"]+)"')
+
+
+@contextlib.contextmanager
+def model_directory(path: Path, *, replace: bool = False) -> Iterator[Path]:
+    """`atomic_directory` for saving a model: safetensors reports a full disk as its own error type,
+    which becomes the same one line (path and cause) as any other failed write."""
+    from safetensors import SafetensorError
+
+    try:
+        with atomic_directory(path, replace=replace) as tmp:
+            yield tmp
+    except SafetensorError as error:
+        cause = _OS_MESSAGE.search(str(error))
+        raise UsageError(f"cannot write {path}: {cause.group(1) if cause else first_line(error)}; "
+                         "nothing was changed") from None
 
 
 def load_tokenizer(model: str, *, trust_remote_code: bool = False) -> Any:

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from yayi_cli.atomic import atomic_directory
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.options import QuantizeOptions
 from yayi_cli.sampling import seeded_sample
@@ -163,7 +162,7 @@ def quantize(options: QuantizeOptions) -> QuantizeReport:
     """
     from yayi_cli.data.checked import load_records
     from yayi_cli.inference import response_loss, split_last_answer
-    from yayi_cli.models import load_model, load_tokenizer, resolve_device, resolve_model_reference
+    from yayi_cli.models import load_model, load_tokenizer, model_directory, resolve_device, resolve_model_reference
     from yayi_cli.prompt import PromptTokenizer, resolve_template, save_template
 
     if options.output.exists() and not options.force:
@@ -210,7 +209,7 @@ def quantize(options: QuantizeOptions) -> QuantizeReport:
             f"perplexity rose {increase:.2f}% ({before.perplexity:.4g} -> {after.perplexity:.4g}), more than "
             f"--max-ppl-increase {options.max_ppl_increase:g}%; nothing was written"
         )
-    with atomic_directory(options.output, replace=options.force) as tmp:
+    with model_directory(options.output, replace=options.force) as tmp:
         quantized.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         save_template(tmp, template)

@@ -238,6 +238,22 @@ def parse_record(value: Any, *, require_answer: bool = True) -> ParsedRecord:
     return ParsedRecord(shape, turns, system, tuple(parser.warnings))
 
 
+PROMPT = "prompt"
+"""`{"prompt": ..., "system"?}`: a question for `yayi chat --jsonl`, checked like any record."""
+
+
+def parse_question(value: Any) -> ParsedRecord:
+    """A record to be answered: `{"prompt": ...}` or a record of any shape that may end with a
+    human message; the same checks (types, markers, turn order) as training records."""
+    if not (isinstance(value, dict) and PROMPT in value):
+        return parse_record(value, require_answer=False)
+    parser = _RecordParser(require_answer=False)
+    turn = Turn(HUMAN, parser.text(value[PROMPT], f"field '{PROMPT}'", required=True))
+    system = parser.system(value)
+    parser.unknown_keys(value, METADATA_KEYS | {PROMPT}, "")
+    return ParsedRecord(PROMPT, (turn,), system, tuple(parser.warnings))
+
+
 def domain_of(first_message: str) -> str | None:
     """The YaYi domain prefix of a conversation's first message, `【媒宣领域任务】…` -> `媒宣领域任务`."""
     match = _DOMAIN.match(first_message)

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from yayi_cli.atomic import atomic_directory
 from yayi_cli.data.checked import skip_problem, valid_records
 from yayi_cli.data.reader import read_records
 from yayi_cli.errors import UsageError, YayiError
-from yayi_cli.models import quiet_progress_unless_terminal
+from yayi_cli.models import model_directory, quiet_progress_unless_terminal
 from yayi_cli.prompt import MARKERS, Template, detect_template, render_training, save_template, stop_token_ids
 
 ARCHITECTURES = ("llama", "bloom")
@@ -104,7 +103,7 @@ def build_tiny(
     )
     model = build_model(tokenizer, spec)
     quiet_progress_unless_terminal()
-    with atomic_directory(out_dir, replace=replace) as tmp:
+    with model_directory(out_dir, replace=replace) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         save_template(tmp, template or detect_template("", {"model_type": spec.arch}))

@@ -73,6 +73,24 @@ def test_jsonl_answers_each_line_and_reports_bad_lines_in_place(tiny_model_dirs)
     assert rows[1]["error"].startswith("invalid JSON") and "'<|End|>'" in rows[4]["error"]
 
 
+def test_jsonl_lines_get_the_record_checks_and_a_bad_line_never_stops_the_rest(tiny_model_dirs):
+    lines = [
+        json.dumps({"prompt": "你好", "system": 5}, ensure_ascii=False),
+        "[" * 100_000 + "]" * 100_000,
+        json.dumps({"prompt": ""}),
+        json.dumps([1, 2]),
+        json.dumps({"prompt": "再见"}, ensure_ascii=False),
+    ]
+    result = chat("--model", str(tiny_model_dirs["llama"]), *GREEDY, "--jsonl", input="\n".join(lines) + "\n")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # exit 1: some lines failed, no crash
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row.get("error", "")[:40] for row in rows] == [
+        "field 'system' must be a string, found a", "invalid JSON: nested too deeply to read ",
+        "field 'prompt' is empty", "expected a JSON object, found an array", "",
+    ]
+    assert rows[-1]["answer"] == expected_answer(tiny_model_dirs["llama"], "再见")
+
+
 def test_jsonl_with_only_good_lines_exits_0(tiny_model_dirs):
     result = chat("--model", str(tiny_model_dirs["llama"]), *GREEDY, "--jsonl", input='{"prompt": "hi"}\n')
     assert result.exit_code == 0 and json.loads(result.stdout)["line"] == 1

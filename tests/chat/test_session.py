@@ -175,6 +175,14 @@ def test_a_message_longer_than_the_context_is_refused(tokenizer):
         session.reply("很长的问题" * 100)
 
 
+def test_a_long_system_text_is_named_as_what_fills_the_context(tokenizer):
+    system = "这是一段很长的系统提示。" * 20
+    session = scripted_session(tokenizer, "好", max_context_tokens=64, system=system)
+    expected = len(tokenizer(system, add_special_tokens=False)["input_ids"])
+    with pytest.raises(UsageError, match=rf"the system text alone takes {expected}: .*/system TEXT.*--template"):
+        session.reply("你好")
+
+
 def test_a_saved_conversation_is_valid_training_data_and_loads_back(tokenizer, tmp_path):
     session = scripted_session(tokenizer, "好的\n\n" + END_MARKER, system="自定义系统提示")
     session.reply("你好")

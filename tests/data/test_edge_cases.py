@@ -81,3 +81,36 @@ def test_a_pipe_is_refused_because_split_reads_twice(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(UsageError, match="not a regular file"):
         split([fifo], tmp_path / "o", test_size=1)
+
+
+DEEP_RECORDS = ["[" * 200_000 + "]" * 200_000, '{"conversations": ' + "[" * 5000 + "]" * 5000 + "}"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_record_nested_too_deeply_is_one_invalid_record_not_a_crash(tmp_path, suffix):
+    path = tmp_path / f"deep{suffix}"
+    good = [json.dumps({"instruction": f"问{i}", "output": "答"}, ensure_ascii=False) for i in range(2)]
+    text = "\n".join([good[0], *DEEP_RECORDS, good[1]]) + "\n" if suffix == ".jsonl" else "[" + DEEP_RECORDS[0] + "]"
+    path.write_text(text, encoding="utf-8")
+    report = validate([path])
+    assert [p.code for p in report.tally.problems] == ["invalid-json"] * (2 if suffix == ".jsonl" else 1)
+    assert all("nested too deeply" in p.message for p in report.tally.problems)
+    for arguments in (["data", "validate", str(path)], ["eval", "--model", "unused", "--data", str(path)],
+                      ["data", "split", str(path), "--test-size", "1", "-o", str(tmp_path / "out")]):
+        result = runner.invoke(app, arguments)
+        assert result.exit_code in (1, 2) and not isinstance(result.exception, RecursionError), arguments
+        assert "Traceback" not in result.output
+
+
+def test_a_key_written_twice_in_one_object_is_a_warning_naming_it(tmp_path):
+    path = tmp_path / "dup.jsonl"
+    path.write_text(
+        '{"instruction": "q", "output": "first", "output": "second"}\n'
+        '{"messages": [{"role": "user", "content": "a", "content": "b"}, {"role": "assistant", "content": "c"}]}\n'
+        '{"instruction": "a \\":\\" inside a string is no key", "output": "x"}\n',
+        encoding="utf-8",
+    )
+    report = validate([path])
+    found = [(p.line, p.code, p.message.split(" appears")[0]) for p in report.tally.problems]
+    assert found == [(1, "duplicate-key", "key 'output'"), (2, "duplicate-key", "key 'content'")]
+    assert report.ok and not validate([path], strict=True).ok

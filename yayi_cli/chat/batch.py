@@ -8,8 +8,9 @@ from typing import Any, TextIO
 
 from yayi_cli.chat.session import ChatSession
 from yayi_cli.errors import UsageError, YayiError
-from yayi_cli.prompt import HUMAN, Conversation, Turn
-from yayi_cli.records import parse_record
+from yayi_cli.data.reader import TOO_DEEP
+from yayi_cli.prompt import Conversation
+from yayi_cli.records import parse_question
 
 
 def answer_text(session: ChatSession, message: str, out: TextIO) -> None:
@@ -29,11 +30,7 @@ def answer_text(session: ChatSession, message: str, out: TextIO) -> None:
 def question_of(value: Any) -> Conversation:
     """`{"prompt": ..., "system"?: ...}` or a record of any shape; a record that ends with an
     answer is asked its last question again (that answer is left out)."""
-    if isinstance(value, dict) and "prompt" in value:
-        if not isinstance(value["prompt"], str) or not value["prompt"].strip():
-            raise UsageError("'prompt' must be a non-empty string")
-        return Conversation((Turn(HUMAN, value["prompt"]),), value.get("system"))
-    conversation = parse_record(value, require_answer=False).conversation
+    conversation = parse_question(value).conversation
     if conversation.ends_with_answer:
         return Conversation(conversation.turns[:-1], conversation.system)
     return conversation
@@ -54,6 +51,8 @@ def answer_lines(session: ChatSession, lines: Iterable[str], write: Callable[[st
             value = json.loads(line)
         except ValueError as error:
             value, result["error"] = None, f"invalid JSON: {error}"
+        except RecursionError:
+            value, result["error"] = None, TOO_DEEP
         if isinstance(value, dict) and "id" in value:
             result["id"] = value["id"]
         try:

@@ -220,9 +220,16 @@ class ChatSession:
             start += 2
         if limit is not None and len(ids) >= limit:
             raise UsageError(
-                f"the message makes a prompt of {len(ids)} tokens, and the context holds {limit}: shorten it"
+                f"the message makes a prompt of {len(ids)} tokens, and the context holds {limit}; the system text "
+                f"alone takes {self.system_tokens()}: shorten the message, or the system text (/system TEXT, "
+                "--system TEXT) or pick another template (--template)"
             )
         return ids, start
+
+    def system_tokens(self) -> int:
+        """Tokens of the system text every prompt starts with (this session's, else the template's)."""
+        text = self.prompt_tokenizer.template.system if self.system is None else self.system
+        return len(self.prompt_tokenizer.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def context_tokens(self) -> int:
         """Tokens the kept part of the conversation takes in the next prompt (without a new message)."""

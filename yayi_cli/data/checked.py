@@ -7,14 +7,17 @@ invalid ones to the caller's `on_problem` and yields the valid ones.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from yayi_cli.data.reader import SourceRecord, read_records
 from yayi_cli.errors import DataError
 from yayi_cli.prompt import Conversation
-from yayi_cli.records import ParsedRecord, RecordError, parse_record
+from yayi_cli.records import ParsedRecord, RecordError, RecordWarning, parse_record
 
 ERROR, WARNING = "error", "warning"
 
@@ -39,9 +42,56 @@ def check_record(source: SourceRecord) -> ParsedRecord | Problem:
     if source.error is not None:
         return Problem(source.path, source.line, source.index, ERROR, source.error_code, source.error)
     try:
-        return parse_record(source.value)
+        record = parse_record(source.value)
     except RecordError as error:
         return Problem(source.path, source.line, source.index, ERROR, error.code, str(error))
+    repeated = repeated_keys(source.raw, source.value)
+    if repeated:
+        names = ", ".join(repr(key) for key in dict.fromkeys(repeated))
+        warning = RecordWarning(DUPLICATE_KEY, f"key {names} appears twice in one object; JSON keeps only the last value, "
+                                "so the first is lost: rename one of them")
+        record = record._replace(warnings=(*record.warnings, warning))
+    return record
+
+
+DUPLICATE_KEY = "duplicate-key"
+_KEY_END = re.compile(r'(?<!\\)"\s*:')
+"""Where a key ends: a quote that is not escaped, then a colon. Inside a string a quote is escaped."""
+
+
+def _count_keys(value: Any) -> int:
+    """Keys of every object in a JSON value (without recursion: values may be deeply nested)."""
+    count, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            count += len(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return count
+
+
+def repeated_keys(raw: str, value: Any) -> list[str]:
+    """Keys written twice in one object of `raw`, which `json` silently collapses to the last.
+
+    Cheap first: with no repeat, the parsed value has as many keys as the text has key endings;
+    only a record where the two counts differ is parsed again, noting every key of every object.
+    """
+    if not raw or len(_KEY_END.findall(raw)) == _count_keys(value):
+        return []
+    repeated: list[str] = []
+
+    def note_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                repeated.append(key)
+            seen.add(key)
+        return dict(pairs)
+
+    json.loads(raw, object_pairs_hook=note_repeats)
+    return repeated
 
 
 def valid_records(

@@ -121,6 +121,9 @@ def _json_error(error: json.JSONDecodeError) -> str:
     return f"invalid JSON: {error.msg} (column {error.colno})"
 
 
+TOO_DEEP = "invalid JSON: nested too deeply to read (arrays or objects inside each other hundreds of levels deep)"
+
+
 @dataclass(frozen=True)
 class LineChunk:
     """Whole lines of a JSON-lines file, small enough to hand to another process."""
@@ -180,6 +183,8 @@ def chunk_records(chunk: LineChunk, first_index: int = 0) -> Iterator[SourceReco
             yield SourceRecord(chunk.path, number, index, raw, _decoder.decode(raw))
         except json.JSONDecodeError as error:
             yield SourceRecord(chunk.path, number, index, raw, error=_json_error(error))
+        except RecursionError:
+            yield SourceRecord(chunk.path, number, index, raw, error=TOO_DEEP)
         index += 1
 
 
@@ -244,6 +249,8 @@ def _next_value(scanner: _ArrayScanner, path: str, index: int) -> SourceRecord:
     except json.JSONDecodeError as error:
         line += scanner.buffer.count("\n", scanner.pos, error.pos)
         return SourceRecord(path, line, index, "", error=_json_error(error) + "; the rest of the file is not read")
+    except RecursionError:
+        return SourceRecord(path, line, index, "", error=TOO_DEEP + "; the rest of the file is not read")
     return SourceRecord(path, line, index, scanner.take(end), value=value)
 
 

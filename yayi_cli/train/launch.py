@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import importlib.util
-import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from yayi_cli import __version__
-from yayi_cli.atomic import write_text_atomic
+from yayi_cli.atomic import write_json_atomic, write_text_atomic
 from yayi_cli.data.reader import sha256_of
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.terminal import deepspeed_logs_to_stderr
@@ -420,12 +418,15 @@ def write_run_files(plan: LaunchPlan) -> Path | None:
     output, kept = plan.output, None
     if plan.options.force and not plan.options.resume and output.is_dir() and any(output.iterdir()):
         kept = set_aside(output)
-    output.mkdir(parents=True, exist_ok=True)
-    if plan.options.deepspeed:
-        shutil.copyfile(plan.options.deepspeed, output / DS_CONFIG_FILE)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--output {output}: cannot create it ({error.strerror or error})") from None
+    if plan.options.deepspeed:  # copied as it is, byte for byte: it is the user's file
+        write_text_atomic(output / DS_CONFIG_FILE, Path(plan.options.deepspeed).read_text(encoding="utf-8"))
     else:
-        write_text_atomic(output / DS_CONFIG_FILE, json.dumps(plan.deepspeed_config, indent=2) + "\n")
-    write_text_atomic(output / RUN_FILE, json.dumps(plan.manifest(), ensure_ascii=False, indent=2) + "\n")
+        write_json_atomic(output / DS_CONFIG_FILE, plan.deepspeed_config)
+    write_json_atomic(output / RUN_FILE, plan.manifest())
     return kept
 
 
