@@ -173,7 +173,7 @@ def test_resuming_zero_state_on_another_number_of_ranks_is_refused_with_the_ways
 def test_invalid_data_is_refused_before_launch_pointing_at_validate(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "hi", "output": "ok"}\n{"instruction": "", "output": "x"}\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"1 invalid record\(s\), first .*bad.jsonl:2.*yayi data validate"):
+    with pytest.raises(DataError, match=r"--data: 1 invalid record\(s\), the first at .*bad.jsonl:2.*yayi data validate"):
         check_data([str(bad)], "--data")
     with pytest.raises(UsageError, match="no such file"):
         check_data([str(tmp_path / "missing.jsonl")], "--data")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from yayi_cli.data.reader import SourceRecord, read_records
+from yayi_cli.data.reader import SourceRecord, read_records, refuse_repeated_inputs
 from yayi_cli.errors import DataError
 from yayi_cli.prompt import Conversation
 from yayi_cli.records import ParsedRecord, RecordError, RecordWarning, parse_record
@@ -119,17 +119,33 @@ class Record:
     conversation: Conversation
 
 
-def load_records(paths: Sequence[Path]) -> list[Record]:
-    """Every record of `paths`; one invalid record stops the run, pointing at `data validate`."""
-    records: list[Record] = []
+def _checked_records(paths: Sequence[Path]) -> Iterator[tuple[SourceRecord, ParsedRecord]]:
+    """Every valid record of `paths`; once all are read, any invalid one stops the run."""
+    refuse_repeated_inputs(paths)
     problems: list[Problem] = []
     for path in paths:
-        for source, parsed in valid_records(read_records(path), lambda _, problem: problems.append(problem)):
-            records.append(Record(source.location, parsed.domain, parsed.conversation))
+        yield from valid_records(read_records(path), lambda _, problem: problems.append(problem))
     if problems:
         raise DataError(
             f"{len(problems)} invalid record(s), the first at {problems[0]}; `yayi data validate` lists them all"
         )
+
+
+def _none_in(paths: Sequence[Path]) -> DataError:
+    return DataError("no records in " + ", ".join(str(p) for p in paths))
+
+
+def load_records(paths: Sequence[Path]) -> list[Record]:
+    """Every record of `paths`; one invalid record stops the run, pointing at `data validate`."""
+    records = [Record(source.location, parsed.domain, parsed.conversation) for source, parsed in _checked_records(paths)]
     if not records:
-        raise DataError("no records in " + ", ".join(str(p) for p in paths))
+        raise _none_in(paths)
     return records
+
+
+def count_records(paths: Sequence[Path]) -> int:
+    """How many records `paths` hold, checked as `load_records` checks them, without keeping them."""
+    count = sum(1 for _ in _checked_records(paths))
+    if not count:
+        raise _none_in(paths)
+    return count

@@ -275,21 +275,16 @@ def check_output(options: TrainOptions) -> None:
 def check_data(paths: list[str], option: str, test_size: int | float | None = None) -> list[dict[str, Any]]:
     """Every data file exists and is valid (the worker must never drop a record), there is data to
     train on (and to hold out with --test-size); their sizes and hashes for run.json."""
+    from yayi_cli.data.checked import count_records
     from yayi_cli.sampling import allocate
-    from yayi_cli.data.validate import validate
 
     files = [Path(path) for path in paths]
-    report = validate(files, max_listed=1)
-    if not report.ok:
-        first = report.tally.problems[0] if report.tally.problems else None
-        raise DataError(
-            f"{option}: {report.errors} invalid record(s), first {first}; "
-            f"run `yayi data validate {' '.join(map(str, files))}` for all of them"
-        )
-    if report.records == 0:
-        raise DataError(f"{option}: no records in {', '.join(map(str, files))}")
+    try:
+        records = count_records(files)
+    except DataError as error:
+        raise DataError(f"{option}: {error}") from None
     if test_size is not None:
-        allocate(test_size, {"": report.records})  # refuses a test size that leaves nothing to train on
+        allocate(test_size, {"": records})  # refuses a test size that leaves nothing to train on
     return [{"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_of(path)} for path in files]
 
 
