@@ -177,3 +177,21 @@ def test_train_help_defaults_are_the_train_options_defaults():
     assert len(shown) >= 10
     for name, text in shown.items():
         assert text == str(getattr(TrainOptions(), name)), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["eval", "quantize", "train --dry-run", "tiny"])
+def test_no_library_noise_on_the_console(command, tiny_model_dirs, tmp_path):
+    from tests.train.test_console import LIBRARY_LINE
+
+    model, data = str(tiny_model_dirs["llama"]), str(SAMPLE_DATA)
+    arguments = {
+        "eval": ["-m", "yayi_cli", "eval", "--model", model, "--data", data],
+        "quantize": ["-m", "yayi_cli", "quantize", "--model", model, "-o", str(tmp_path / "q")],
+        "train --dry-run": ["-m", "yayi_cli", "train", "--dry-run", "--data", data, "--model", model, "-o", str(tmp_path / "r"), "--cpu"],
+        "tiny": ["-m", "yayi_cli.tiny", str(tmp_path / "t"), "--data", data],
+    }[command]
+    result = subprocess.run([sys.executable, *arguments], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = (result.stdout + result.stderr).splitlines()
+    assert [line for line in lines if LIBRARY_LINE.search(line) or "accelerator" in line] == []

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -210,9 +211,30 @@ def write_text_atomic(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinity replaced by None: strict JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def json_text(document: Any) -> str:
+    """A document as strict JSON that every parser reads: an undefined number is null, never NaN."""
+    return json.dumps(_finite(document), ensure_ascii=False, indent=2, allow_nan=False) + "\n"
+
+
+def json_line(document: Any) -> str:
+    """A document as one line of strict JSON (for JSON-lines files), without the newline."""
+    return json.dumps(_finite(document), ensure_ascii=False, allow_nan=False)
+
+
 def write_json_atomic(path: Path, document: Any) -> None:
-    """A JSON document (strict JSON: NaN is refused, undefined numbers are null) written atomically."""
-    write_text_atomic(path, json.dumps(document, ensure_ascii=False, indent=2, allow_nan=False) + "\n")
+    """A JSON document (strict: see `json_text`) written atomically."""
+    write_text_atomic(path, json_text(document))
 
 
 def write_json_lines_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -220,5 +242,5 @@ def write_json_lines_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     import jsonlines
 
     with atomic_files([path]) as (handle,):
-        with jsonlines.Writer(handle, dumps=lambda row: json.dumps(row, ensure_ascii=False, allow_nan=False)) as writer:
+        with jsonlines.Writer(handle, dumps=json_line) as writer:
             writer.write_all(rows)

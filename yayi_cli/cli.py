@@ -7,7 +7,6 @@ transformers, deepspeed, datasets and bitsandbytes are imported inside the comma
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -104,6 +103,8 @@ class Output:
 
     quiet: bool = False
     """`yayi -q`: human reports are left out; --json, answers, errors and exit codes stay."""
+    verbose: bool = False
+    """`yayi -v`: library output (logs, warnings, progress bars) is shown, and all of every training rank's."""
 
     def console(self, *, stderr: bool = False) -> Console:
         """Where a command's human-readable report goes (nowhere under -q)."""
@@ -123,7 +124,9 @@ def output_of(ctx: typer.Context) -> Output:
 
 def print_json(document: Any) -> None:
     """Strict JSON (an undefined number is null, never NaN), so every parser reads it."""
-    sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2, allow_nan=False) + "\n")
+    from yayi_cli.atomic import json_text
+
+    sys.stdout.write(json_text(document))
 
 
 def _print_version(value: bool) -> None:
@@ -141,8 +144,15 @@ def main_options(
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="Print no human-readable report (errors, --json and answers still print)."
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Also show what the libraries print (progress bars, info and warning logs)."
+    ),
 ) -> None:
-    ctx.obj = Output(quiet=quiet)
+    ctx.obj = Output(quiet=quiet, verbose=verbose)
+    if not verbose:
+        from yayi_cli.terminal import quiet_libraries
+
+        quiet_libraries()
 
 
 @data_app.command("preview", epilog=EXIT_CODES)
@@ -288,25 +298,25 @@ def train_command(
     Loss is on every assistant answer and nothing else. The final model, tokenizer and template are saved in OUTPUT, ready for yayi chat, eval and quantize. Exits with the launcher's status (1 when training failed, 130 when interrupted).
     """
     flags = {name: value for name, value in locals().items() if name not in ("ctx", "config", "dry_run", "json_output")}
-    from yayi_cli.train.launch import child_environment, interrupted_note, plan_launch, run_launcher, write_run_files
+    from yayi_cli.train.launch import interrupted_note, plan_launch, run_training
     from yayi_cli.train.options import flag_values, resolve_options
+    from yayi_cli.train.report import print_plan
 
     plan = plan_launch(resolve_options(config, flag_values(flags)), dry_run=dry_run)
-    if json_output:
-        print_json(plan.to_json())
-    else:
-        from yayi_cli.train.report import print_plan
-
-        print_plan(plan, output_of(ctx).console(stderr=not dry_run), dry_run=dry_run)
+    output = output_of(ctx)
     if dry_run:
+        output.finish(json_output, plan.to_json, functools.partial(print_plan, plan, dry_run=True))
         return
-    kept = write_run_files(plan)
-    if kept is not None:
-        Console(stderr=True).print(f"moved the previous contents of {escape(str(plan.output))} to {escape(str(kept))}")
-    status = run_launcher(plan.command, child_environment(plan.options), stdout_to_stderr=json_output)
-    if status == 130:
+    if not json_output:
+        print_plan(plan, output.console(stderr=True), dry_run=False)
+    result = run_training(plan, verbose=output.verbose)
+    if result.kept is not None:
+        Console(stderr=True).print(f"moved the previous contents of {escape(str(plan.output))} to {escape(str(result.kept))}")
+    if result.status == 130:
         Console(stderr=True).print(f"[yellow]interrupted:[/] {escape(interrupted_note(plan.output))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(status)
+    if json_output:
+        print_json(result.to_json())
+    raise typer.Exit(result.status)
 
 
 @app.command("eval", epilog=EXIT_CODES)

@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,14 +32,6 @@ def resolve_model_reference(model: str) -> str:
     if model.startswith(("/", ".", "~")) or model.count("/") > 1 or (first_part != model and Path(first_part).is_dir()):
         raise UsageError(f"{model}: no such model directory")
     return model
-
-
-def quiet_progress_unless_terminal() -> None:
-    """Transformers' own progress bars follow our rule: on stderr only when it is a terminal."""
-    if not sys.stderr.isatty():
-        from transformers.utils import logging
-
-        logging.disable_progress_bar()
 
 
 class _DropRepeatedCastWarning(logging.Filter):
@@ -181,7 +172,6 @@ def load_model(
     device = resolve_device(device)
     if load_in_8bit or is_quantized(reference):
         deepspeed_logs_to_stderr()  # int8 loading goes through accelerate, which imports DeepSpeed when installed
-    quiet_progress_unless_terminal()
     quiet_int8_warnings()  # also for checkpoints `yayi quantize` wrote
     from transformers import AutoModelForCausalLM
 

@@ -20,7 +20,8 @@ from typing import Any
 from yayi_cli.data.checked import skip_problem, valid_records
 from yayi_cli.data.reader import read_records
 from yayi_cli.errors import UsageError, YayiError
-from yayi_cli.models import model_directory, quiet_progress_unless_terminal
+from yayi_cli.models import model_directory
+from yayi_cli.terminal import quiet_libraries
 from yayi_cli.prompt import MARKERS, Template, detect_template, render_training, save_template, stop_token_ids
 
 ARCHITECTURES = ("llama", "bloom")
@@ -102,7 +103,6 @@ def build_tiny(
         texts, vocab_size=spec.vocab_size, prepend_bos=spec.arch == "llama", max_length=spec.max_positions
     )
     model = build_model(tokenizer, spec)
-    quiet_progress_unless_terminal()
     with model_directory(out_dir, replace=replace) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -118,6 +118,7 @@ def training_texts(paths: Sequence[Path], template: Template) -> Iterator[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_libraries()
     parser = argparse.ArgumentParser(prog="python -m yayi_cli.tiny", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--arch", choices=ARCHITECTURES, default="llama")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,10 +38,17 @@ def small_data(tmp_path_factory) -> Path:
     return path
 
 
-def yayi_train(*args: str, **popen) -> subprocess.Popen:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    command = [sys.executable, "-m", "yayi_cli", "train", "--cpu", "--gpus", "2", *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **popen)
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def yayi_train(*args: str, stderr: int = subprocess.STDOUT, **popen) -> subprocess.Popen:
+    """`yayi train` on 2 CPU ranks, meeting on a free port (other runs on the machine may hold the default)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    command = [sys.executable, "-m", "yayi_cli", "train", "--cpu", "--gpus", "2", "--master-port", str(free_port()), *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, **popen)
 
 
 def finished(process: subprocess.Popen, timeout: float = 600) -> str:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import datetime
 import importlib.util
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -24,7 +26,7 @@ from yayi_cli import __version__
 from yayi_cli.atomic import write_json_atomic, write_text_atomic
 from yayi_cli.data.reader import sha256_of
 from yayi_cli.errors import DataError, UsageError
-from yayi_cli.terminal import deepspeed_logs_to_stderr
+from yayi_cli.terminal import deepspeed_logs_to_stderr, library_environment
 from yayi_cli.train.memory import MemoryEstimate, estimate_memory
 from yayi_cli.train.options import TrainOptions
 from yayi_cli.train.zero import (
@@ -34,6 +36,9 @@ from yayi_cli.train.zero import (
 WORKER_MODULE = "yayi_cli.train.worker"
 RUN_FILE = "run.json"
 DS_CONFIG_FILE = "ds_config.json"
+SUMMARY_FILE = "train_summary.json"
+TRAIN_LOG = "train.log"
+METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "trainer_state.json"
 """The Trainer writes this last into a checkpoint, so a checkpoint without it was cut short."""
@@ -425,8 +430,44 @@ def write_run_files(plan: LaunchPlan) -> Path | None:
     return kept
 
 
+@dataclass
+class TrainingResult:
+    """How a launched run ended, and where its outputs are."""
+
+    plan: LaunchPlan
+    status: int
+    kept: Path | None
+    """Where a previous run's contents were moved by --force."""
+
+    def to_json(self) -> dict[str, Any]:
+        summary = self.plan.output / SUMMARY_FILE
+        return {
+            "status": self.status,
+            "output": str(self.plan.output),
+            "summary": json.loads(summary.read_text(encoding="utf-8")) if self.status == 0 and summary.is_file() else None,
+            "log": str(self.plan.output / TRAIN_LOG),
+            "metrics": str(self.plan.output / METRICS_FILE),
+            "moved_previous_to": str(self.kept) if self.kept else None,
+            "plan": self.plan.to_json(),
+        }
+
+
+def run_training(plan: LaunchPlan, *, verbose: bool = False) -> TrainingResult:
+    """Write the run files, run the launcher with the console reading its output, report the end."""
+    from yayi_cli.train.console import RunConsole
+
+    kept = write_run_files(plan)
+    console = RunConsole(plan.output, verbose=verbose)
+    status = 1
+    try:
+        status = run_launcher(plan.command, child_environment(plan.options), console.line)
+    finally:
+        console.finish(status)
+    return TrainingResult(plan, status, kept)
+
+
 def child_environment(options: TrainOptions) -> dict[str, str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    env = library_environment(dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false"))
     if options.cpu:
         env["DS_ACCELERATOR"] = "cpu"
     visible = visible_gpus(options)
@@ -435,35 +476,43 @@ def child_environment(options: TrainOptions) -> dict[str, str]:
     return env
 
 
-def run_launcher(command: list[str], env: dict[str, str], *, stdout_to_stderr: bool = False) -> int:
-    """Run the launcher with our stdout/stderr and return its exit status (130 when interrupted).
+def run_launcher(command: list[str], env: dict[str, str], on_line: Callable[[str], None]) -> int:
+    """Run the launcher, hand each line it and its ranks print to `on_line`, return its exit status
+    (130 when interrupted).
 
     The launcher and its ranks get a process group of their own, so that Ctrl-C reaches only us;
     we then stop the whole group with SIGTERM (the launcher's own shutdown path, no tracebacks),
-    as we do when we receive SIGTERM; a second Ctrl-C kills the group outright. A checkpoint cut
-    short lacks its last file and is skipped by --resume auto, so the newest complete one stays
-    usable. With `stdout_to_stderr` (under --json) the ranks' output keeps off our stdout.
+    as we do when we receive SIGTERM, and keep reading until they have all exited; a second
+    Ctrl-C kills the group outright. A checkpoint cut short lacks its last file and is skipped by
+    --resume auto, so the newest complete one stays usable.
     """
-    process = subprocess.Popen(command, env=env, start_new_session=True, stdout=sys.stderr if stdout_to_stderr else None)
+    process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace")
 
     def signal_group(signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signum)
 
+    def read_all() -> None:
+        for line in process.stdout:
+            on_line(line)
+
     previous = signal.signal(signal.SIGTERM, lambda *_: signal_group(signal.SIGTERM))
+    interrupted = False
     try:
+        while True:
+            try:
+                read_all()
+                break
+            except KeyboardInterrupt:
+                signal_group(signal.SIGKILL if interrupted else signal.SIGTERM)
+                interrupted = True
         status = process.wait()
-        return 128 - status if status < 0 else status  # killed by a signal: the shell's convention
-    except KeyboardInterrupt:
-        signal_group(signal.SIGTERM)
-        try:
-            process.wait()
-        except KeyboardInterrupt:
-            signal_group(signal.SIGKILL)
-            process.wait()
-        return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if interrupted:
+        return 130
+    return 128 - status if status < 0 else status  # killed by a signal: the shell's convention
 
 
 def interrupted_note(output: Path) -> str:

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from yayi_cli.errors import YayiError
-from yayi_cli.train.launch import DS_CONFIG_FILE
+from yayi_cli.train.launch import DS_CONFIG_FILE, SUMMARY_FILE
 from yayi_cli.train.options import TrainOptions
+from yayi_cli.train.progress import tag_output
 from yayi_cli.train.zero import AUTO
 
 FINAL_STAGING = ".final-model"
-SUMMARY_FILE = "train_summary.json"
 
 
 def training_arguments(run: dict[str, Any], options: TrainOptions, precision: str, has_eval: bool) -> Any:
@@ -55,7 +55,7 @@ def training_arguments(run: dict[str, Any], options: TrainOptions, precision: st
         eval_strategy="steps" if has_eval else "no",
         eval_steps=options.eval_steps or options.save_steps,
         report_to=options.report_to,
-        disable_tqdm=not sys.stderr.isatty(),
+        disable_tqdm=True,  # `yayi train` draws progress itself, from the events of train/progress.py
     )
 
 
@@ -146,13 +146,13 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import Trainer
 
-    from yayi_cli.models import best_precision, load_tokenizer, quiet_progress_unless_terminal
+    from yayi_cli.models import best_precision, load_tokenizer
     from yayi_cli.prompt import PromptTokenizer, add_markers, resolve_template
     from yayi_cli.train.dataset import PackedExamples, PaddingCollator, supports_packing
+    from yayi_cli.train.progress import CountingCollator, make_reporter, throughput
 
     options = TrainOptions(**run["options"])
     output = Path(options.output)
-    quiet_progress_unless_terminal()
     precision, max_length = run["precision"], run["max_length"]
     if precision == AUTO:  # launched from a machine without GPUs: decided here, on the training machine
         precision = best_precision(torch.cuda.is_available() and not options.cpu)
@@ -180,19 +180,25 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
         group_by_length(args)
         log(f"packing: {type(model).__name__} takes no position ids, so batches are grouped by length instead")
     log(f"precision {precision}, {args.world_size} rank(s), global batch {run['global_batch_size']}")
+    counter = CountingCollator(PaddingCollator(tokenizer.pad_token_id))
+    reporter = make_reporter(counter, output, world_size=args.world_size, main_rank=main_rank)
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                      data_collator=PaddingCollator(tokenizer.pad_token_id), processing_class=tokenizer)
+                      data_collator=counter, processing_class=tokenizer, callbacks=[reporter])
     result = trainer.train(resume_from_checkpoint=run["resume_from"])
     metrics = dict(result.metrics)
     if eval_set is not None:
         metrics |= trainer.evaluate()
     save_final_model(trainer, tokenizer, template, output)
+    on_gpu = torch.cuda.is_available() and not options.cpu
+    speed = throughput(counter, metrics.get("train_runtime", 0.0), world_size=args.world_size,
+                       parameters=model.num_parameters(), checkpointing=options.gradient_checkpointing,
+                       device_name=torch.cuda.get_device_name() if on_gpu else None)
     summary = {"examples": counts, "metrics": metrics, "precision": precision, "max_length": max_length,
-               "loss_history": [entry for entry in trainer.state.log_history if "loss" in entry]}
+               "throughput": speed, "loss_history": [entry for entry in trainer.state.log_history if "loss" in entry]}
     if main_rank:
-        from yayi_cli.atomic import write_text_atomic
+        from yayi_cli.atomic import write_json_atomic
 
-        write_text_atomic(output / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(output / SUMMARY_FILE, summary)
         log(f"saved the model to {output}; try: yayi chat --model {output}")
     return summary
 
@@ -202,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
     parser.add_argument("--run-config", type=Path, required=True)
     arguments = parser.parse_args(argv)
+    tag_output(int(os.environ.get("RANK", arguments.local_rank or 0)))
     run = json.loads(arguments.run_config.read_text(encoding="utf-8"))
     try:
         train(run)

@@ -1,0 +1,108 @@
+"""The training console: every rank's line in train.log, on the console only yayi's own lines and
+the first rank's progress, and after a failure the failing rank's last lines."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+from rich.console import Console
+
+from tests.train.test_train_end_to_end import small_data, yayi_train  # noqa: F401 - a fixture and a helper
+from yayi_cli.train.console import LAUNCHER, RunConsole, plain_line, split_line
+from yayi_cli.train.progress import EVENT_TAG, TaggedStream, rank_tag
+
+LIBRARY_LINE = re.compile(
+    r"^\[\d{4}-\d\d-\d\d [\d:,]+\] \[(DEBUG|INFO|WARNING)\]"  # DeepSpeed's logger
+    r"|Warning: |warnings\.warn\(|^\{'(loss|train_runtime)'|it/s\]|Loading weights"  # warnings, Trainer dicts, bars
+)
+LOG_EVENT = {"event": "log", "step": 4, "max_steps": 10, "epoch": 0.5, "elapsed_s": 3.0, "loss": 1.23456,
+             "learning_rate": 2e-5, "grad_norm": 0.5, "tokens_per_second": 1234.5, "answer_tokens_per_second": 321.0}
+
+
+def test_a_tagged_stream_tags_whole_lines_only():
+    target = __import__("io").StringIO()
+    stream = TaggedStream(target, rank_tag("node1", 3))
+    stream.write("one\ntw")
+    stream.write("o\nthr")
+    stream.close_line()
+    assert target.getvalue() == "node1 rank 3| one\nnode1 rank 3| two\nnode1 rank 3| thr\n"
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("node1 rank 0| [yayi] hello", ("node1 rank 0", "[yayi] hello")),
+    ("node2: node2 rank 1| error: no", ("node2 rank 1", "error: no")),  # pdsh puts `host: ` first
+    ("[2026-11-29 02:38:38,554] [INFO] [runner.py:618:main] cmd = ...", (LAUNCHER, "[2026-11-29 02:38:38,554] [INFO] [runner.py:618:main] cmd = ...")),
+])
+def test_lines_are_told_apart_by_rank(line, expected):
+    assert split_line(line) == expected
+
+
+def test_a_log_event_is_one_plain_line_with_the_numbers():
+    assert plain_line(LOG_EVENT) == ("step=4/10 epoch=0.50 loss=1.2346 lr=2e-05 grad_norm=0.5 tok/s=1234 "
+                                     "answer_tok/s=321 elapsed=3s")
+    assert plain_line({"event": "eval", "step": 5, "eval_loss": None}) == "eval step=5 eval_loss=-"
+
+
+def run_console(tmp_path, lines, status, **options):
+    console = Console(record=True, width=200, force_terminal=False)
+    run = RunConsole(tmp_path, console=console, **options)
+    for line in lines:
+        run.line(line + "\n")
+    run.finish(status)
+    return console.export_text(), (tmp_path / "train.log").read_text(encoding="utf-8")
+
+
+LINES = [
+    "[2026-11-29 02:38:38,554] [INFO] [runner.py:618:main] cmd = deepspeed ...",
+    "vm rank 0| [yayi] precision fp32, 2 rank(s), global batch 16",
+    "vm rank 1| Some weights were not initialized",
+    "vm rank 0| " + EVENT_TAG + json.dumps(LOG_EVENT),
+    "vm rank 1| Traceback (most recent call last):",
+    "vm rank 1| ValueError: broken",
+]
+
+
+def test_the_console_shows_own_lines_and_progress_and_the_log_keeps_everything(tmp_path):
+    shown, log = run_console(tmp_path, LINES[:4], 0)
+    assert shown.splitlines() == ["[yayi] precision fp32, 2 rank(s), global batch 16", plain_line(LOG_EVENT)]
+    assert [line.split(" ", 1)[1] for line in log.splitlines()] == [f"launcher| {LINES[0]}", *LINES[1:4]]
+
+
+def test_verbose_shows_every_line(tmp_path):
+    shown, _ = run_console(tmp_path, LINES[:3], 0, verbose=True)
+    assert "Some weights were not initialized" in shown and "runner.py" in shown
+
+
+def test_a_failure_shows_the_failing_ranks_last_lines_and_the_log(tmp_path):
+    shown, _ = run_console(tmp_path, LINES, 1)
+    assert "vm rank 1 ended with:\n  Some weights were not initialized\n  Traceback" in shown
+    assert "ValueError: broken" in shown and "vm rank 0 ended with" not in shown
+    assert f"the full output of every rank is in {tmp_path / 'train.log'}" in shown
+
+
+@pytest.mark.slow
+def test_a_real_run_keeps_library_output_off_the_console_and_in_the_log(tiny_model_dirs, small_data, tmp_path):  # noqa: F811
+    output = tmp_path / "run"
+    process = yayi_train("--data", str(small_data), "--model", str(tiny_model_dirs["bloom"]), "-o", str(output),
+                         "--max-steps", "4", "--logging-steps", "1", "--test-size", "2", "--eval-steps", "2",
+                         "--save-steps", "2", "--json", stderr=subprocess.PIPE)
+    stdout, stderr = process.communicate(timeout=900)
+    assert process.returncode == 0, stderr[-3000:]
+    document = json.loads(stdout, parse_constant=lambda constant: pytest.fail(f"{constant} in --json"))
+    assert document["status"] == 0 and document["summary"]["throughput"]["train_tokens_per_second"] > 0
+    noise = [line for line in stderr.splitlines() if LIBRARY_LINE.search(line)]
+    assert noise == [], noise
+    steps = [line for line in stderr.splitlines() if line.startswith("step=")]
+    assert [line.split()[0] for line in steps] == [f"step={n}/4" for n in range(1, 5)]
+    assert any(line.startswith("eval step=2 eval_loss=") for line in stderr.splitlines())
+    log = (output / "train.log").read_text(encoding="utf-8")
+    for source in ("launcher| ", " rank 0| ", " rank 1| "):
+        assert source in log
+    assert LIBRARY_LINE.search(log)  # what the console left out is in the log
+    events = [json.loads(line) for line in (output / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [e["step"] for e in events if e["event"] == "log"] == [1, 2, 3, 4]
+    assert all(e["loss"] > 0 and e["tokens_per_second"] > 0 for e in events if e["event"] == "log")
+    assert {e["step"] for e in events if e["event"] == "eval"} >= {2, 4}
