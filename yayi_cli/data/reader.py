@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
+import orjson
+
 from yayi_cli.errors import UsageError
 
 CHUNK_CHARS = 1 << 20
@@ -179,13 +181,24 @@ def chunk_records(chunk: LineChunk, first_index: int = 0) -> Iterator[SourceReco
             raw = raw[:-1]
         if not raw or raw.isspace():
             continue
-        try:
-            yield SourceRecord(chunk.path, number, index, raw, _decoder.decode(raw))
-        except json.JSONDecodeError as error:
-            yield SourceRecord(chunk.path, number, index, raw, error=_json_error(error))
-        except RecursionError:
-            yield SourceRecord(chunk.path, number, index, raw, error=TOO_DEEP)
+        yield _parsed_line(chunk.path, number, index, raw)
         index += 1
+
+
+def _parsed_line(path: str, line: int, index: int, raw: str) -> SourceRecord:
+    """orjson parses (several times faster); what it refuses goes to the standard library, which
+    accepts a little more (NaN, huge integers, lone surrogates that the record checks then name)
+    and describes errors with the column."""
+    try:
+        return SourceRecord(path, line, index, raw, orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return SourceRecord(path, line, index, raw, _decoder.decode(raw))
+    except json.JSONDecodeError as error:
+        return SourceRecord(path, line, index, raw, error=_json_error(error))
+    except RecursionError:
+        return SourceRecord(path, line, index, raw, error=TOO_DEEP)
 
 
 class _ArrayScanner:
