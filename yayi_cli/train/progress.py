@@ -153,9 +153,9 @@ def make_reporter(counter: CountingCollator, output: Path, *, world_size: int, m
 
 
 def throughput(counter: CountingCollator, seconds: float, *, world_size: int, parameters: int, checkpointing: bool,
-               device_name: str | None) -> dict[str, float | None]:
-    """Trained tokens per second over the whole run, and the model FLOPs utilisation where the
-    GPU's peak is known: tokens/s x FLOPs per token / (peak x GPUs)."""
+               device_name: str | None, peak_memory_bytes: int | None) -> dict[str, float | None]:
+    """Trained tokens per second over the whole run, the model FLOPs utilisation where the GPU's
+    peak is known (tokens/s x FLOPs per token / (peak x GPUs)), and this rank's peak GPU memory."""
     tokens_per_second = counter.tokens * world_size / max(seconds, 1e-9)
     peak = peak_flops(device_name) if device_name else None
     mfu = tokens_per_second * flops_per_token(parameters, checkpointing=checkpointing) / (peak * world_size) if peak else None
@@ -163,4 +163,5 @@ def throughput(counter: CountingCollator, seconds: float, *, world_size: int, pa
         "train_tokens_per_second": round(tokens_per_second, 1),
         "train_answer_tokens_per_second": round(counter.answer_tokens * world_size / max(seconds, 1e-9), 1),
         "mfu": None if mfu is None else round(mfu, 4),
+        "peak_gpu_memory_gib": None if peak_memory_bytes is None else round(peak_memory_bytes / 2**30, 2),
     }

@@ -192,7 +192,8 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
     on_gpu = torch.cuda.is_available() and not options.cpu
     speed = throughput(counter, metrics.get("train_runtime", 0.0), world_size=args.world_size,
                        parameters=model.num_parameters(), checkpointing=options.gradient_checkpointing,
-                       device_name=torch.cuda.get_device_name() if on_gpu else None)
+                       device_name=torch.cuda.get_device_name() if on_gpu else None,
+                       peak_memory_bytes=torch.cuda.max_memory_allocated() if on_gpu else None)
     summary = {"examples": counts, "metrics": metrics, "precision": precision, "max_length": max_length,
                "throughput": speed, "loss_history": [entry for entry in trainer.state.log_history if "loss" in entry]}
     if main_rank:
