@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import logging
 import re
 from collections.abc import Iterator
@@ -173,6 +174,10 @@ def load_model(
     if load_in_8bit or is_quantized(reference):
         deepspeed_logs_to_stderr()  # int8 loading goes through accelerate, which imports DeepSpeed when installed
     quiet_int8_warnings()  # also for checkpoints `yayi quantize` wrote
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":  # set by `quiet_libraries`; read by transformers
+        from transformers.utils import logging as transformers_logging  # only when first imported, so say it again
+
+        transformers_logging.disable_progress_bar()
     from transformers import AutoModelForCausalLM
 
     options: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": resolve_dtype(dtype, device)}
