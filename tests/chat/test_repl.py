@@ -88,7 +88,7 @@ PROMPT = ">>>"
 
 
 def spawn(model_dir, history, *extra: str):
-    env = dict(os.environ, NO_COLOR="1", TERM="xterm", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, NO_COLOR="1", TERM="xterm", PYTHONUNBUFFERED="1", PROMPT_TOOLKIT_NO_CPR="1")
     args = ["-m", "yayi_cli", "chat", "--model", str(model_dir), "--history-file", str(history), *extra]
     child = pexpect.spawn(sys.executable, args, cwd=str(REPO), env=env, encoding="utf-8", timeout=60, dimensions=(40, 200))
     child.expect(PROMPT)
@@ -96,6 +96,7 @@ def spawn(model_dir, history, *extra: str):
 
 
 def command(child, line: str, expect: str | None = None) -> None:
+    """Send a line and wait for the next prompt (after `expect`, since the accepted line redraws the prompt)."""
     child.sendline(line)
     if expect:
         child.expect_exact(expect)
@@ -116,10 +117,9 @@ def test_a_terminal_session_from_start_to_ctrl_d(tiny_model_dirs, tmp_path):
     command(child, "/undo", "dropped the last exchange")
     command(child, f"/load {saved}", "loaded 1 exchange(s)")
     command(child, "/clear", "new conversation")
-    child.sendline("/set max_new_tokens=100000 do_sample=false")
-    child.expect(PROMPT)
+    command(child, "/set max_new_tokens=100000 do_sample=false", "do_sample=False")  # the reply, not the echo
     child.sendline("讲一个很长的故事")
-    child.expect_exact("讲一个很长的故事")
+    child.expect_exact("\x1b[?2004l")  # the prompt has taken the line and handed the terminal back
     child.expect(r"[\u4e00-\u9fffA-Za-z]{2}")  # the answer is streaming (terminal escapes have no two letters in a row)
     child.sendintr()  # Ctrl-C during the answer
     child.expect_exact("(stopped: this exchange is not kept")
@@ -134,8 +134,12 @@ def test_a_terminal_session_from_start_to_ctrl_d(tiny_model_dirs, tmp_path):
     assert record["conversations"][0] == {"from": "human", "value": "你好"}
 
     child = spawn(tiny_model_dirs["llama"], history, "--max-new-tokens", "4")  # a second session
-    child.send("\x1b[A")  # up-arrow: the last line of the first session
-    child.expect_exact("/show")
+    for _ in range(20):  # up-arrow: the last line of the first session (once prompt_toolkit has read the history)
+        child.send("\x1b[A")
+        if child.expect_exact(["/show", pexpect.TIMEOUT], timeout=1) == 0:
+            break
+    else:
+        pytest.fail("up-arrow never brought back the first session's last line")
     child.sendintr()  # Ctrl-D leaves only from an empty line
     child.expect(PROMPT)
     child.sendeof()
