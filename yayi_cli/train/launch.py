@@ -40,7 +40,7 @@ DS_CONFIG_FILE = "ds_config.json"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "trainer_state.json"
 """The Trainer writes this last into a checkpoint, so a checkpoint without it was cut short."""
-PACKAGES = ("yayi-cli", "torch", "transformers", "deepspeed", "datasets", "accelerate", "tokenizers")
+PACKAGES = ("yayi-cli", "torch", "transformers", "deepspeed", "datasets", "accelerate", "tokenizers", "peft", "bitsandbytes")
 
 
 @contextlib.contextmanager
@@ -368,10 +368,17 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
         resume_from = resolve_resume(options, ranks.world_size, warnings)
         data = check_data(options.data, "--data", options.test_size)
         eval_data = check_data(options.eval_data, "--eval-data") if options.eval_data else []
-        memory = estimate_memory(
-            options.model, stage=stage_of(config), offload=offload_of(config), gpus_per_node=ranks.gpus_per_node,
-            num_nodes=ranks.num_nodes, trust_remote_code=options.trust_remote_code,
-        )
+        if options.adapter:
+            from yayi_cli.train.adapters import plan_adapter
+
+            adapter = plan_adapter(options, stage=stage_of(config), offload=offload_of(config),
+                                   gpus_per_node=ranks.gpus_per_node, num_nodes=ranks.num_nodes)
+            options.lora_targets, memory = adapter.targets, adapter.memory
+        else:
+            memory = estimate_memory(
+                options.model, stage=stage_of(config), offload=offload_of(config), gpus_per_node=ranks.gpus_per_node,
+                num_nodes=ranks.num_nodes, trust_remote_code=options.trust_remote_code,
+            )
     return LaunchPlan(options, ranks, accumulation, config, resume_from, data, eval_data, memory, warnings)
 
 
