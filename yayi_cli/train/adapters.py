@@ -149,8 +149,9 @@ def plan_adapter(options: TrainOptions, *, stage: int, offload: str, gpus_per_no
 
     Memory per rank = the frozen base (every weight at 16 bits, or 32 on the CPU; with --qlora the linear
     weights of the blocks at NF4's 4.13 bits and the rest, embeddings and output layer included, at 16 or 32)
-    + DeepSpeed's ZeRO estimate for the trainable parameters alone (16-bit weights and gradients, fp32
-    master weights and Adam moments, split among the ranks as the stage does). Activations come on top.
+    + DeepSpeed's ZeRO estimate for the trainable parameters alone (16-bit weights and gradients, 4 bytes
+    per parameter, + fp32 weights, gradients and Adam moments, 16 bytes, split among the ranks as the stage
+    does). Activations come on top.
     """
     from yayi_cli.models import load_tokenizer
     from yayi_cli.prompt import add_markers
