@@ -93,8 +93,8 @@ def test_chat_eval_and_validate_take_the_adapter_directory(adapter, orphan):
     result = CliRunner().invoke(app, ["eval", "--model", str(orphan), *base, "--data", str(SAMPLE_DATA), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["template"] == "yayi-llama2"  # the adapter's own template
-    result = CliRunner().invoke(app, ["data", "validate", str(SAMPLE_DATA), "--model", str(adapter), "--json"])
-    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["data", "validate", str(SAMPLE_DATA), "--model", str(orphan), "--json"])
+    assert result.exit_code == 0, result.output  # the tokenizer travels with the adapter: no base needed
     assert json.loads(result.stdout)["tokens"]["records"] > 0
 
 

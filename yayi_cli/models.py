@@ -55,10 +55,11 @@ class ModelSource:
         return self.base
 
 
-def resolve_model(model: str, base: str | None = None) -> ModelSource:
+def resolve_model(model: str, base: str | None = None, *, check_base: bool = True) -> ModelSource:
     """The one place an adapter directory (one with adapter_config.json) becomes base + adapter.
 
     The base is the one named in adapter_config.json unless `base` (--base DIR|HUB_ID) replaces it.
+    `check_base=False` is for reading only the adapter's own files (its tokenizer), which need no base.
     """
     config_file = Path(model).expanduser() / ADAPTER_CONFIG_FILE
     if not config_file.is_file():
@@ -70,6 +71,8 @@ def resolve_model(model: str, base: str | None = None) -> ModelSource:
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise UsageError(f"{config_file}: not a readable PEFT adapter config ({first_line(error)})") from None
     chosen = base or named
+    if not check_base and (config_file.parent / "tokenizer_config.json").is_file():
+        return ModelSource(chosen, str(config_file.parent))
     if not chosen:
         raise UsageError(f"{model}: its {ADAPTER_CONFIG_FILE} names no base model; give one with --base DIR|HUB_ID")
     try:
@@ -142,7 +145,7 @@ def first_line(error: Exception) -> str:
 
 def load_tokenizer(model: str, *, trust_remote_code: bool = False, base: str | None = None) -> Any:
     """The model's tokenizer via `AutoTokenizer`; remote code only when the user asks."""
-    reference = resolve_model(model, base).tokenizer
+    reference = resolve_model(model, base, check_base=False).tokenizer
     from transformers import AutoTokenizer
 
     try:
@@ -165,7 +168,7 @@ def context_length(model: str, tokenizer: Any, base: str | None = None) -> int |
 
     try:
         config, _ = PretrainedConfig.get_config_dict(resolve_model(model, base).base)
-    except (OSError, ValueError):
+    except (OSError, ValueError, UsageError):  # no config to read (an adapter's base that is not here)
         return None
     return next((config[key] for key in CONTEXT_KEYS if isinstance(config.get(key), int)), None)
 

@@ -24,18 +24,19 @@ MERGE_TOLERANCE = 1e-4
 W + s*B@A once versus W x and s*B(A x) apart differ only by rounding, about 1e-6 here)."""
 
 
-def base_without_markers(directory: Path, arch: str, output_scale: float = 1.0) -> Path:
-    """A tiny model whose tokenizer lacks the markers. `output_scale` widens the output layer's weights the
-    way pretraining does: a randomly initialised output layer is frozen under LoRA and too small to ever
-    make one token much likelier than the rest, so nothing could be learned to the letter."""
+def base_without_markers(directory: Path, arch: str, sharpness: float = 1.0) -> Path:
+    """A tiny model whose tokenizer lacks the markers. `sharpness` scales the final norm's weights, and so
+    every logit, the way pretraining sharpens a model: with a random model's tiny logits, frozen under LoRA,
+    no token could ever become much likelier than the rest, so nothing could be learned to the letter."""
     import torch
     from transformers import AutoModelForCausalLM
 
     texts = list(training_texts([SAMPLE_DATA], TEMPLATES["yayi"]))
     path = build_tiny(directory, texts, TinySpec(arch=arch, markers=False))
     model = AutoModelForCausalLM.from_pretrained(path)
+    final_norm = getattr(model.base_model, "norm", None) or model.base_model.ln_f
     with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(output_scale)
+        final_norm.weight.mul_(sharpness)
     model.save_pretrained(path)
     return path
 
@@ -59,7 +60,7 @@ def test_lora_trains_only_the_adapter_and_the_new_marker_rows_and_every_command_
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = base_without_markers(tmp_path / "base", "llama", output_scale=30)
+    base = base_without_markers(tmp_path / "base", "llama", sharpness=30)
     output = tmp_path / "adapter"
     finished(yayi_train("--lora", "--data", str(small_data), "--model", str(base), "-o", str(output),
                         "--micro-batch-size", "2", "--epochs", "30", "--lr", "5e-3", "--lora-dropout", "0",

@@ -225,7 +225,7 @@ def check_options(options: TrainOptions) -> None:
         raise UsageError("give --eval-data or --test-size, not both")
     if options.global_batch_size and options.gradient_accumulation_steps != 1:
         raise UsageError("give --global-batch-size or --gradient-accumulation-steps, not both (one sets the other)")
-    if options.lora or options.qlora:
+    if options.adapter:
         from yayi_cli.train.adapters import check_adapter_options
 
         check_adapter_options(options)

@@ -146,7 +146,7 @@ def load_model_for_training(options: TrainOptions, tokenizer: Any, precision: st
     return model
 
 
-def save_final_model(trainer: Any, tokenizer: Any, template: Any, output: Path) -> None:
+def save_final_model(trainer: Any, tokenizer: Any, template: Any, output: Path, *, adapter: bool = False) -> None:
     """Save into a staging folder, then move each file into OUTPUT (each one appears whole).
 
     Every rank calls this: under ZeRO-3 the 16-bit weights are gathered from all of them.
@@ -154,7 +154,7 @@ def save_final_model(trainer: Any, tokenizer: Any, template: Any, output: Path) 
     from yayi_cli.prompt import save_template
 
     staging = output / FINAL_STAGING
-    if hasattr(trainer.model, "peft_config"):
+    if adapter:
         # The adapter alone (ZeRO-3 is refused for adapters, so rank 0 holds all of it): LoRA weights and the
         # new tokens' rows, not the resized embedding matrices PEFT would add; the base stays as it was.
         if trainer.is_world_process_zero():
@@ -221,7 +221,7 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
     metrics = dict(result.metrics)
     if eval_set is not None:
         metrics |= trainer.evaluate()
-    save_final_model(trainer, tokenizer, template, output)
+    save_final_model(trainer, tokenizer, template, output, adapter=bool(options.adapter))
     summary = {"examples": counts, "metrics": metrics, "precision": precision, "max_length": max_length,
                "adapter": options.adapter, "trainable_parameters": trainable, "parameters": total,
                "loss_history": [entry for entry in trainer.state.log_history if "loss" in entry]}
