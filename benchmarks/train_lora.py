@@ -36,6 +36,7 @@ def train(model: Path, data: Path, output: Path, args: argparse.Namespace, lora:
         sys.executable, "-m", "yayi_cli", "train", "--cpu", "--gpus", "1", "--data", str(data), "--model", str(model),
         "-o", str(output), "--force", "--max-steps", str(args.steps), "--micro-batch-size", str(args.micro_batch_size),
         "--max-length", str(args.max_length), "--save-steps", "100000", "--logging-steps", "1", "--json",
+        "--master-port", str(args.master_port),
     ] + (["--lora"] if lora else [])
     env = dict(os.environ, PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1")
     measured = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True, env=env)
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--hidden-size", type=int, default=512)
     parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--master-port", type=int, default=29731, help="away from other runs' default 29500")
     args = parser.parse_args()
     records = instruction_records(args.records)
     with tempfile.TemporaryDirectory() as work:

@@ -32,7 +32,7 @@ def base_without_markers(directory: Path, arch: str, sharpness: float = 1.0) -> 
     from transformers import AutoModelForCausalLM
 
     texts = list(training_texts([SAMPLE_DATA], TEMPLATES["yayi"]))
-    path = build_tiny(directory, texts, TinySpec(arch=arch, markers=False))
+    path = build_tiny(directory, texts, TinySpec(arch=arch, markers=False), TEMPLATES["yayi"])  # the short system prompt
     model = AutoModelForCausalLM.from_pretrained(path)
     final_norm = getattr(model.base_model, "norm", None) or model.base_model.ln_f
     with torch.no_grad():
@@ -63,8 +63,8 @@ def test_lora_trains_only_the_adapter_and_the_new_marker_rows_and_every_command_
     base = base_without_markers(tmp_path / "base", "llama", sharpness=30)
     output = tmp_path / "adapter"
     finished(yayi_train("--lora", "--data", str(small_data), "--model", str(base), "-o", str(output),
-                        "--micro-batch-size", "2", "--epochs", "30", "--lr", "5e-3", "--lora-dropout", "0",
-                        "--logging-steps", "5", "--save-steps", "1000", "--packing", "--gradient-checkpointing"))
+                        "--micro-batch-size", "2", "--epochs", "40", "--lr", "1e-2", "--lora-dropout", "0", "--max-length", "512",
+                        "--logging-steps", "5", "--save-steps", "1000", "--packing"), timeout=1500)
     summary = json.loads((output / "train_summary.json").read_text(encoding="utf-8"))
     losses = [entry["loss"] for entry in summary["loss_history"]]
     assert summary["adapter"] == "lora" and losses[-1] < losses[0] / 10, losses
@@ -116,7 +116,7 @@ def test_qlora_trains_a_4bit_base_on_the_cpu_resumes_and_merges_into_the_16bit_b
     base = base_without_markers(tmp_path / "base", "bloom")
     output = tmp_path / "adapter"
     common = ["--qlora", "--data", str(small_data), "--model", str(base), "-o", str(output), "--micro-batch-size", "2",
-              "--logging-steps", "1", "--save-steps", "2"]
+              "--logging-steps", "1", "--save-steps", "2", "--gradient-checkpointing", "--packing"]
     finished(yayi_train(*common, "--max-steps", "2"))
     log = finished(yayi_train(*common, "--max-steps", "4", "--resume", "auto"))
     assert "qlora on query_key_value, dense, dense_h_to_4h, dense_4h_to_h" in log
