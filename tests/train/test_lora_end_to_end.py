@@ -18,6 +18,7 @@ from yayi_cli.prompt import MARKERS, TEMPLATES
 from yayi_cli.tiny import TinySpec, build_tiny, training_texts
 
 pytestmark = pytest.mark.slow
+# Each run has a master port of its own, so that other launcher runs on the machine cannot meet these.
 
 MERGE_TOLERANCE = 1e-4
 """Largest logit difference allowed between base + adapter and the merged model (fp32 on the CPU:
@@ -62,7 +63,7 @@ def test_lora_trains_only_the_adapter_and_the_new_marker_rows_and_every_command_
 
     base = base_without_markers(tmp_path / "base", "llama", sharpness=30)
     output = tmp_path / "adapter"
-    finished(yayi_train("--lora", "--data", str(small_data), "--model", str(base), "-o", str(output),
+    finished(yayi_train("--lora", "--master-port", "29611", "--data", str(small_data), "--model", str(base), "-o", str(output),
                         "--micro-batch-size", "2", "--epochs", "40", "--lr", "1e-2", "--lora-dropout", "0", "--max-length", "512",
                         "--logging-steps", "5", "--save-steps", "1000", "--packing"), timeout=1500)
     summary = json.loads((output / "train_summary.json").read_text(encoding="utf-8"))
@@ -115,7 +116,7 @@ def test_lora_trains_only_the_adapter_and_the_new_marker_rows_and_every_command_
 def test_qlora_trains_a_4bit_base_on_the_cpu_resumes_and_merges_into_the_16bit_base(small_data, tmp_path):
     base = base_without_markers(tmp_path / "base", "bloom")
     output = tmp_path / "adapter"
-    common = ["--qlora", "--data", str(small_data), "--model", str(base), "-o", str(output), "--micro-batch-size", "2",
+    common = ["--qlora", "--master-port", "29612", "--data", str(small_data), "--model", str(base), "-o", str(output), "--micro-batch-size", "2",
               "--logging-steps", "1", "--save-steps", "2", "--gradient-checkpointing", "--packing"]
     finished(yayi_train(*common, "--max-steps", "2"))
     log = finished(yayi_train(*common, "--max-steps", "4", "--resume", "auto"))
