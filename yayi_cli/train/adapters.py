@@ -54,9 +54,9 @@ def check_adapter_stage(options: TrainOptions, stage: int) -> None:
             "partitioned loading, which yayi does not set up; use --zero 2 (a 4-bit 13B base fits one 24 GB GPU)"
         )
     raise UsageError(
-        "--lora cannot run at ZeRO-3 in yayi: PEFT's trainable marker rows read the embedding outside its forward, "
-        "where ZeRO-3 has not gathered it, and ZeRO-2 already shards all that trains (the adapter's gradients and "
-        "optimizer states); use --zero 2, or --qlora to shrink the frozen base"
+        "--lora cannot run at ZeRO-3 in yayi (not verified: PEFT's trainable marker rows read the whole embedding "
+        "outside its forward, which ZeRO-3 does not gather); ZeRO-2 already shards all that trains (the adapter's "
+        "gradients and optimizer states): use --zero 2, or --qlora to shrink the frozen base"
     )
 
 
