@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from yayi_cli.atomic import atomic_directory, write_text_atomic
+from yayi_cli.atomic import atomic_directory, refuse_output_over, write_text_atomic
 from yayi_cli.errors import UsageError
 
 
@@ -55,3 +55,13 @@ def test_a_file_in_the_way_is_a_usage_error_not_a_traceback(tmp_path):
     with pytest.raises(UsageError, match="exists and is not a directory"):
         with atomic_directory(tmp_path / "file", replace=True):
             pass
+
+
+def test_an_output_that_is_or_holds_an_input_is_refused(tmp_path):
+    model = tmp_path / "models" / "m"
+    model.mkdir(parents=True)
+    for output in (model, model / ".", tmp_path / "models", tmp_path):
+        with pytest.raises(UsageError, match="would replace --model"):
+            refuse_output_over(output, str(model), "--model")
+    refuse_output_over(tmp_path / "models" / "m-int8", str(model), "--model")  # a sibling is fine
+    refuse_output_over(model, "wenge-research/yayi-7b", "--model")  # a hub id is not on this disk

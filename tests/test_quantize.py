@@ -75,6 +75,10 @@ def test_cli_json_report_and_usage_errors(tiny_model_dirs, tmp_path):
     assert document["footprint_ratio"] < 1 and document["perplexity_increase_percent"] is None
     again = runner.invoke(app, ["quantize", "-m", str(tiny_model_dirs["llama"]), "-o", str(tmp_path / "q")])
     assert again.exit_code == 2 and "already exists" in again.stderr
+    model_files = sorted(path.name for path in tiny_model_dirs["llama"].iterdir())
+    over_model = runner.invoke(app, ["quantize", "-m", str(tiny_model_dirs["llama"]), "-o", str(tiny_model_dirs["llama"]), "--force"])
+    assert over_model.exit_code == 2 and "would replace --model" in over_model.stderr
+    assert sorted(path.name for path in tiny_model_dirs["llama"].iterdir()) == model_files
     bad_bits = runner.invoke(app, ["quantize", "-m", str(tiny_model_dirs["llama"]), "-o", str(tmp_path / "r"), "--bits", "3"])
     assert bad_bits.exit_code == 2
 

@@ -22,6 +22,17 @@ from typing import Any, TextIO
 from yayi_cli.errors import UsageError
 
 
+def refuse_output_over(output: Path, source: str | Path, flag: str) -> None:
+    """An output directory that is, or holds, a local input (`--model`, an adapter's base) would replace
+    what is being read: refused with one line before anything is loaded or written."""
+    source_path = Path(source).expanduser()
+    if not source_path.exists():
+        return  # a hub id, or nothing there to lose
+    output, source_path = Path(output).expanduser().resolve(), source_path.resolve()
+    if source_path == output or output in source_path.parents:
+        raise UsageError(f"--output {output} would replace {flag} {source} (it is read from there); write into a new directory")
+
+
 def _make_parent(path: Path) -> None:
     """Create the directory `path` goes in, or say in one line why it cannot be."""
     try:

@@ -22,7 +22,7 @@ from yayi_cli import __version__
 from yayi_cli.data import DEFAULT_SEED
 from yayi_cli.errors import YayiError
 from yayi_cli.models import DTYPES
-from yayi_cli.options import ChatOptions, EvalOptions, GenerationSettings, QuantizeOptions
+from yayi_cli.options import ChatOptions, EvalOptions, GenerationSettings, MergeOptions, QuantizeOptions
 from yayi_cli.prompt import TEMPLATES
 from yayi_cli.train.options import OFFLOADS, OVERLONG, PRECISIONS, SCHEDULERS, ZERO_STAGES, TrainOptions
 
@@ -74,6 +74,10 @@ TrustRemoteCodeOption = typer.Option(
     False, "--trust-remote-code", help="Allow the model's own Python code to run when loading it."
 )
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout instead of text.")
+BaseOption = typer.Option(
+    None, "--base", metavar="DIR|HUB_ID", autocompletion=complete_directories,
+    help="With a LoRA adapter directory as --model: the base model to load it on [default: the one in its adapter_config.json].",
+)
 
 
 def default_of(option: str) -> str:
@@ -273,7 +277,7 @@ def train_command(
     packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help="Pack several examples into each row."),
     epochs: Optional[float] = typer.Option(None, "--epochs", "--num-train-epochs", help=default_of("epochs")),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps (overrides --epochs)."),
-    lr: Optional[float] = typer.Option(None, "--lr", "--learning-rate", help="Peak learning rate " + default_of("lr")),
+    lr: Optional[float] = typer.Option(None, "--lr", "--learning-rate", help=f"Peak learning rate [default: {TrainOptions().lr:g}; {TrainOptions(lora=True).lr:g} with --lora/--qlora]"),
     lr_scheduler: Optional[Scheduler] = typer.Option(None, "--lr-scheduler", help=default_of("lr_scheduler")),
     warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help=default_of("warmup_steps")),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help=default_of("weight_decay")),
@@ -290,12 +294,18 @@ def train_command(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", metavar="DIR", help="Tokenized data cache [default: ~/.cache/yayi/tokenized].", autocompletion=complete_directories),
     force: Optional[bool] = typer.Option(None, "--force", help="Start over in a non-empty --output (its old contents are moved beside it, not deleted)."),
     trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="Allow the model's own Python code to run."),
+    lora: Optional[bool] = typer.Option(None, "--lora", help="Train a LoRA adapter (PEFT) on the frozen 16-bit model instead of every weight."),
+    qlora: Optional[bool] = typer.Option(None, "--qlora", help="LoRA on the model quantized to 4-bit NF4 (bitsandbytes): a 7B model on one 24 GB GPU."),
+    lora_r: Optional[int] = typer.Option(None, "--lora-r", metavar="R", help="Adapter rank " + default_of("lora_r")),
+    lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", metavar="ALPHA", help="Adapter scale (the update is multiplied by alpha/r) [default: 2 x --lora-r]"),
+    lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", metavar="P", help=default_of("lora_dropout")),
+    lora_targets: Optional[list[str]] = typer.Option(None, "--lora-targets", metavar="NAME,...|all-linear", help="Modules that get adapters [default: every linear projection of the attention and MLP blocks]"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the launch command, ZeRO config and memory estimate; run and write nothing."),
     json_output: bool = JsonOption,
 ) -> None:
     """Fine-tune with DeepSpeed ZeRO: writes OUTPUT/ds_config.json and OUTPUT/run.json, then runs the deepspeed launcher.
 
-    Loss is on every assistant answer and nothing else. The final model, tokenizer and template are saved in OUTPUT, ready for yayi chat, eval and quantize. Exits with the launcher's status (1 when training failed, 130 when interrupted).
+    Loss is on every assistant answer and nothing else. The final model, tokenizer and template are saved in OUTPUT, ready for yayi chat, eval and quantize; with --lora/--qlora the adapter, which they load too (yayi merge makes a plain model of it). Exits with the launcher's status (1 when training failed, 130 when interrupted).
     """
     flags = {name: value for name, value in locals().items() if name not in ("ctx", "config", "dry_run", "json_output")}
     from yayi_cli.train.launch import interrupted_note, plan_launch, run_training
@@ -343,6 +353,7 @@ def eval_command(
     fail_if: list[str] = typer.Option([], "--fail-if", metavar="EXPR", help='Exit 1 when it holds, e.g. "ppl>12.5" (repeatable).'),
     max_regression: Optional[float] = typer.Option(None, "--max-regression", metavar="PCT", min=0, help="With --baseline: exit 1 when a metric is more than PCT% worse."),
     force: bool = typer.Option(EvalOptions.force, "--force", help="Replace existing --output or --predictions files."),
+    base: Optional[str] = BaseOption,
     trust_remote_code: bool = TrustRemoteCodeOption,
     json_output: bool = JsonOption,
 ) -> None:
@@ -385,6 +396,7 @@ def chat_command(
     device: str = typer.Option(ChatOptions.device, "--device", help="auto, cpu, cuda or cuda:N."),
     dtype: Literal[DTYPES] = typer.Option(ChatOptions.dtype, "--dtype"),
     load_in_8bit: bool = typer.Option(ChatOptions.load_in_8bit, "--load-in-8bit", help="Load the model in int8 (bitsandbytes)."),
+    base: Optional[str] = BaseOption,
     trust_remote_code: bool = TrustRemoteCodeOption,
 ) -> None:
     """Chat with a model: a REPL on a terminal (/help lists its commands); when piped, only the answer.
@@ -401,7 +413,7 @@ def chat_command(
     options = ChatOptions(
         model=model, template=template, system=system, settings=settings, device=device, dtype=dtype,
         load_in_8bit=load_in_8bit, trust_remote_code=trust_remote_code, max_context_tokens=max_context_tokens,
-        compile=compile_,
+        compile=compile_, base=base,
     )
     history = None if no_history else history_file or default_history_file()
     code = run_chat(options, prompt=prompt, jsonl=jsonl, history_file=history)
@@ -423,6 +435,7 @@ def quantize_command(
     max_check_samples: int = typer.Option(QuantizeOptions.max_check_samples, "--max-check-samples", min=1),
     max_ppl_increase: Optional[float] = typer.Option(None, "--max-ppl-increase", metavar="PCT", help="Exit 1 (and write nothing) if perplexity rises more."),
     force: bool = typer.Option(QuantizeOptions.force, "--force", help="Replace an existing output directory (only once the new one is complete)."),
+    base: Optional[str] = BaseOption,
     trust_remote_code: bool = TrustRemoteCodeOption,
     json_output: bool = JsonOption,
 ) -> None:
@@ -435,8 +448,31 @@ def quantize_command(
     report = quantize(QuantizeOptions(
         model=model, output=output, bits=bits, threshold=threshold, skip_modules=tuple(skip_modules), device=device,
         check_data=check_data, max_check_samples=max_check_samples, max_ppl_increase=max_ppl_increase,
-        force=force, trust_remote_code=trust_remote_code,
+        force=force, trust_remote_code=trust_remote_code, base=base,
     ))
+    output_of(ctx).finish(json_output, report.to_json, functools.partial(print_report, report))
+
+
+@app.command("merge", epilog=EXIT_CODES)
+@reports_errors
+def merge_command(
+    ctx: typer.Context,
+    adapter: str = typer.Argument(..., metavar="ADAPTER_DIR", help="What yayi train --lora/--qlora wrote.", show_default=False, autocompletion=complete_directories),
+    output: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="Directory for the merged model.", show_default=False, autocompletion=complete_directories),
+    base: Optional[str] = typer.Option(MergeOptions.base, "--base", metavar="DIR|HUB_ID", help="The base model [default: the one in the adapter's adapter_config.json].", autocompletion=complete_directories),
+    dtype: Literal[DTYPES] = typer.Option(MergeOptions.dtype, "--dtype", help="Weights of the merged model (auto: as the base was saved)."),
+    force: bool = typer.Option(MergeOptions.force, "--force", help="Replace an existing output directory (only once the new one is complete)."),
+    trust_remote_code: bool = TrustRemoteCodeOption,
+    json_output: bool = JsonOption,
+) -> None:
+    """Merge a LoRA adapter into its base: a plain model, tokenizer and template that need no peft.
+
+    An adapter trained with --qlora is merged into the 16-bit base (the usual practice). All or nothing: DIR appears complete or not at all.
+    """
+    from yayi_cli.merge import merge, print_report
+
+    report = merge(MergeOptions(adapter=adapter, output=output, base=base, dtype=dtype, force=force,
+                                trust_remote_code=trust_remote_code))
     output_of(ctx).finish(json_output, report.to_json, functools.partial(print_report, report))
 
 

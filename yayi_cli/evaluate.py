@@ -237,16 +237,16 @@ def run_eval(options: EvalOptions) -> EvalReport:
     else:
         inputs = seeded_sample(load_records(options.data), options.max_samples, options.seed)
     template, _ = resolve_template(options.template, options.model)
-    tokenizer = load_tokenizer(options.model, trust_remote_code=options.trust_remote_code)
+    tokenizer = load_tokenizer(options.model, trust_remote_code=options.trust_remote_code, base=options.base)
     prompt_tokenizer = PromptTokenizer(template, tokenizer)
     model = load_model(
         options.model, device=options.device, dtype=options.dtype, load_in_8bit=options.load_in_8bit,
-        trust_remote_code=options.trust_remote_code,
+        trust_remote_code=options.trust_remote_code, base=options.base,
     )
     timings = {"load_s": time.perf_counter() - started}
     if options.task == "choice":
         return _choice_report(options, template.name, model, prompt_tokenizer, inputs, timings)
-    max_length = options.max_length or context_length(options.model, tokenizer)
+    max_length = options.max_length or context_length(options.model, tokenizer, options.base)
     return _lm_report(options, template.name, model, prompt_tokenizer, inputs, timings, max_length)
 
 

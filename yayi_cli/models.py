@@ -7,7 +7,9 @@ import json
 import os
 import logging
 import re
+import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ def resolve_model_reference(model: str) -> str:
     """
     path = Path(model).expanduser()
     if path.is_dir():
+        if (path / ADAPTER_CONFIG_FILE).is_file() and not (path / "config.json").is_file():
+            raise UsageError(f"{model}: is a LoRA adapter, not a full model here; make one with `yayi merge {model} -o DIR`")
         if not (path / "config.json").is_file():
             raise UsageError(f"{model}: no config.json in this directory; give a saved model's directory or a hub id")
         return str(path)
@@ -33,6 +37,84 @@ def resolve_model_reference(model: str) -> str:
     if model.startswith(("/", ".", "~")) or model.count("/") > 1 or (first_part != model and Path(first_part).is_dir()):
         raise UsageError(f"{model}: no such model directory")
     return model
+
+
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a --model names: a full model (directory or hub id), or a PEFT adapter directory on its base."""
+
+    base: str
+    adapter: str | None = None
+
+    @property
+    def tokenizer(self) -> str:
+        """Adapters yayi trains carry their tokenizer (with the markers it added); others use the base's."""
+        if self.adapter and (Path(self.adapter) / "tokenizer_config.json").is_file():
+            return self.adapter
+        return self.base
+
+
+def resolve_model(model: str, base: str | None = None, *, check_base: bool = True) -> ModelSource:
+    """The one place an adapter directory (one with adapter_config.json) becomes base + adapter.
+
+    The base is the one named in adapter_config.json unless `base` (--base DIR|HUB_ID) replaces it.
+    `check_base=False` is for reading only the adapter's own files (its tokenizer), which need no base.
+    """
+    config_file = Path(model).expanduser() / ADAPTER_CONFIG_FILE
+    if not config_file.is_file():
+        if base is not None:
+            raise UsageError(f"--base {base}: only an adapter directory takes a base, and {model} has no {ADAPTER_CONFIG_FILE}")
+        return ModelSource(resolve_model_reference(model))
+    try:
+        named = json.loads(config_file.read_text(encoding="utf-8"))["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"{config_file}: not a readable PEFT adapter config ({first_line(error)})") from None
+    chosen = base or named
+    if not check_base and (config_file.parent / "tokenizer_config.json").is_file():
+        return ModelSource(chosen, str(config_file.parent))
+    if not chosen:
+        raise UsageError(f"{model}: its {ADAPTER_CONFIG_FILE} names no base model; give one with --base DIR|HUB_ID")
+    try:
+        return ModelSource(resolve_model_reference(chosen), str(config_file.parent))
+    except UsageError as error:
+        raise UsageError(f"{model} is an adapter whose base cannot be used: {error}; give the base with --base DIR|HUB_ID") from None
+
+
+def fit_embeddings(model: Any, vocabulary: int, *, mean_resizing: bool = True) -> None:
+    """Grow the embeddings to a tokenizer that has more tokens (the markers added); never shrink them.
+
+    New rows start near the old rows' mean for training; an adapter that is loaded replaces them anyway.
+    """
+    if vocabulary > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(vocabulary, mean_resizing=mean_resizing)
+
+
+@contextlib.contextmanager
+def peft_quietly() -> Iterator[None]:
+    """PEFT asks transformers 5.2x a deprecated question on every wrap; keep that warning off the console."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+def attach_saved_adapter(model: Any, source: ModelSource, *, trust_remote_code: bool = False) -> Any:
+    """The loaded base with the adapter on top (PEFT), after making room for the tokens it was trained with."""
+    deepspeed_logs_to_stderr()  # peft imports DeepSpeed when it is installed
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise UsageError(f"{source.adapter} is a LoRA adapter; loading it needs peft: pip install 'yayi-cli[lora]'") from None
+    if source.tokenizer == source.adapter:
+        tokenizer = load_tokenizer(source.adapter, trust_remote_code=trust_remote_code, base=source.base)
+        fit_embeddings(model, len(tokenizer), mean_resizing=False)  # the adapter's token rows replace them
+    try:
+        with peft_quietly():
+            return PeftModel.from_pretrained(model, source.adapter)
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        raise UsageError(f"cannot load the adapter {source.adapter} onto {source.base}: {first_line(error)}") from None
 
 
 class _DropRepeatedCastWarning(logging.Filter):
@@ -73,9 +155,9 @@ def model_directory(path: Path, *, replace: bool = False) -> Iterator[Path]:
                          "nothing was changed") from None
 
 
-def load_tokenizer(model: str, *, trust_remote_code: bool = False) -> Any:
+def load_tokenizer(model: str, *, trust_remote_code: bool = False, base: str | None = None) -> Any:
     """The model's tokenizer via `AutoTokenizer`; remote code only when the user asks."""
-    reference = resolve_model_reference(model)
+    reference = resolve_model(model, base, check_base=False).tokenizer
     from transformers import AutoTokenizer
 
     try:
@@ -89,16 +171,16 @@ UNSET_MAX_LENGTH = 10**7
 """Tokenizers without a known limit report a huge `model_max_length`; anything above this is unset."""
 
 
-def context_length(model: str, tokenizer: Any) -> int | None:
-    """The model's context length: the tokenizer's limit, else the config's, else None."""
+def context_length(model: str, tokenizer: Any, base: str | None = None) -> int | None:
+    """The model's context length: the tokenizer's limit, else the config's (an adapter's base's), else None."""
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and 0 < limit < UNSET_MAX_LENGTH:
         return limit
     from transformers import PretrainedConfig
 
     try:
-        config, _ = PretrainedConfig.get_config_dict(resolve_model_reference(model))
-    except (OSError, ValueError):
+        config, _ = PretrainedConfig.get_config_dict(resolve_model(model, base).base)
+    except (OSError, ValueError, UsageError):  # no config to read (an adapter's base that is not here)
         return None
     return next((config[key] for key in CONTEXT_KEYS if isinstance(config.get(key), int)), None)
 
@@ -163,13 +245,15 @@ def is_quantized(reference: str) -> bool:
 
 def load_model(
     model: str, *, device: str = "auto", dtype: str = "auto", load_in_8bit: bool = False,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool = False, base: str | None = None,
 ) -> Any:
     """A causal LM in eval mode on `device`; int8 (LLM.int8, bitsandbytes) when asked.
 
-    A checkpoint that `yayi quantize` wrote is int8 already and loads as it is.
+    A checkpoint that `yayi quantize` wrote is int8 already and loads as it is. An adapter directory
+    loads its base (`base` if given), then the adapter on top.
     """
-    reference = resolve_model_reference(model)
+    source = resolve_model(model, base)
+    reference = source.base
     device = resolve_device(device)
     if load_in_8bit or is_quantized(reference):
         deepspeed_logs_to_stderr()  # int8 loading goes through accelerate, which imports DeepSpeed when installed
@@ -192,7 +276,10 @@ def load_model(
     try:
         loaded = AutoModelForCausalLM.from_pretrained(reference, **options)
     except (OSError, ValueError) as error:
-        raise UsageError(f"cannot load a model from {model!r}: {first_line(error)}") from None
+        what = f"the base {reference!r} of the adapter {model!r}" if source.adapter else repr(model)
+        raise UsageError(f"cannot load a model from {what}: {first_line(error)}") from None
+    if source.adapter:
+        loaded = attach_saved_adapter(loaded, source, trust_remote_code=trust_remote_code)
     if not load_in_8bit:
         loaded.to(device)
     return loaded.eval()

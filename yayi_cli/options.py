@@ -105,6 +105,8 @@ class ChatOptions:
     trust_remote_code: bool = False
     max_context_tokens: int | None = None
     compile: bool = False
+    base: str | None = None
+    """With an adapter directory as `model`: its base (default: the one it names)."""
 
 
 @dataclass
@@ -132,6 +134,8 @@ class EvalOptions:
     fail_if: list[str] = field(default_factory=list)
     max_regression: float | None = None
     force: bool = False
+    base: str | None = None
+    """With an adapter directory as `model`: its base (default: the one it names)."""
 
 
 @dataclass
@@ -146,5 +150,18 @@ class QuantizeOptions:
     max_check_samples: int = 64
     max_ppl_increase: float | None = None
     decode_tokens: int = 32
+    force: bool = False
+    trust_remote_code: bool = False
+    base: str | None = None
+    """With an adapter directory as `model`: the base to merge it into (default: the one it names)."""
+
+
+@dataclass
+class MergeOptions:
+    adapter: str
+    output: Path
+    base: str | None = None
+    dtype: str = "auto"
+    """auto: the dtype the base was saved in."""
     force: bool = False
     trust_remote_code: bool = False

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from yayi_cli.atomic import refuse_output_over
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.options import QuantizeOptions
 from yayi_cli.sampling import seeded_sample
@@ -155,33 +156,43 @@ def _measure(model: Any, parameters: int, disk: int | None, probe: list[int], op
     return ModelMeasure(parameters, model.get_memory_footprint(), disk, decode_speed(model, probe, options.decode_tokens))
 
 
-def quantize(options: QuantizeOptions) -> QuantizeReport:
+def quantize(options: QuantizeOptions, reference: str | None = None) -> QuantizeReport:
     """Quantize, compare with the original in the same run, and save everything into `output`.
 
-    Nothing is written when the perplexity gate fails or anything else goes wrong.
+    Nothing is written when the perplexity gate fails or anything else goes wrong. An adapter is first
+    merged into its base in a temporary directory (`reference`), and that full model is quantized.
     """
     from yayi_cli.data.checked import load_records
     from yayi_cli.inference import response_loss, split_last_answer
-    from yayi_cli.models import load_model, load_tokenizer, model_directory, resolve_device, resolve_model_reference
+    from yayi_cli.models import load_model, load_tokenizer, model_directory, resolve_device, resolve_model, resolve_model_reference
     from yayi_cli.prompt import PromptTokenizer, resolve_template, save_template
 
+    source = resolve_model(options.model, options.base)
+    for path, flag in ((options.model, "--model"), (source.base, "its base")):
+        refuse_output_over(options.output, path, flag)
     if options.output.exists() and not options.force:
         raise UsageError(f"{options.output} already exists; use --force to replace it")
     if options.bits not in (4, 8):
         raise UsageError(f"--bits {options.bits}: use 8 (LLM.int8) or 4 (NF4)")
     _require_bitsandbytes()
-    reference = resolve_model_reference(options.model)
+    if reference is None and source.adapter:
+        from yayi_cli.merge import merged_adapter
+
+        with merged_adapter(options.model, options.base, near=options.output,
+                            trust_remote_code=options.trust_remote_code) as merged:
+            return quantize(options, str(merged))
+    reference = reference or resolve_model_reference(options.model)
     device = resolve_device(options.device)
     _check_memory(options, device)
     started = time.perf_counter()
-    template, _ = resolve_template(None, options.model)
-    tokenizer = load_tokenizer(options.model, trust_remote_code=options.trust_remote_code)
+    template, _ = resolve_template(None, reference)
+    tokenizer = load_tokenizer(reference, trust_remote_code=options.trust_remote_code)
     prompt_tokenizer = PromptTokenizer(template, tokenizer)
     examples = seeded_sample(load_records(options.check_data), options.max_check_samples, seed=0) if options.check_data else []
     prompts = [prompt_tokenizer.encode_inference(split_last_answer(e.conversation)[0]) for e in examples[:4]]
     probe = prompts[0] if prompts else tokenizer("你好，请介绍一下你自己。")["input_ids"]
 
-    original = load_model(options.model, device=device, trust_remote_code=options.trust_remote_code)
+    original = load_model(reference, device=device, trust_remote_code=options.trust_remote_code)
     parameters = original.num_parameters()  # 4-bit storage packs two to a byte: count them before
     before = _measure(original, parameters, weights_size(Path(reference)), probe, options)
     greedy_before = greedy_tokens(original, prompts, 16)

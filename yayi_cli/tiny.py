@@ -39,9 +39,12 @@ class TinySpec:
     vocab_size: int = 1024
     max_positions: int = 1024
     seed: int = 0
+    markers: bool = True
+    """False: a tokenizer without the YaYi markers, like a base model's (training then adds them)."""
 
 
-def train_tokenizer(texts: Iterable[str], *, vocab_size: int, prepend_bos: bool, max_length: int) -> Any:
+def train_tokenizer(texts: Iterable[str], *, vocab_size: int, prepend_bos: bool, max_length: int,
+                    markers: bool = True) -> Any:
     """A byte-level BPE tokenizer; Llama-style ones prepend BOS to every encoding, like Llama's."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -51,7 +54,7 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int, prepend_bos: bool,
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[UNK, BOS, EOS, PAD, *MARKERS],
+        special_tokens=[UNK, BOS, EOS, PAD, *(MARKERS if markers else ())],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -86,7 +89,7 @@ def build_model(tokenizer: Any, spec: TinySpec) -> Any:
         raise UsageError(f"unknown tiny architecture {spec.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
     torch.manual_seed(spec.seed)
     model = AutoModelForCausalLM.from_config(config)
-    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer) if spec.markers else tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
 
@@ -100,7 +103,8 @@ def build_tiny(
     if out_dir.exists() and not replace:
         raise UsageError(f"{out_dir}: already exists; use --force to replace it")
     tokenizer = train_tokenizer(
-        texts, vocab_size=spec.vocab_size, prepend_bos=spec.arch == "llama", max_length=spec.max_positions
+        texts, vocab_size=spec.vocab_size, prepend_bos=spec.arch == "llama", max_length=spec.max_positions,
+        markers=spec.markers,
     )
     model = build_model(tokenizer, spec)
     with model_directory(out_dir, replace=replace) as tmp:

@@ -218,10 +218,12 @@ def test_resume_auto_never_trains_over_a_directory_without_checkpoints(tmp_path)
         resolve_resume(options(output=str(tmp_path), resume="auto"), 1, [])
 
 
-def test_training_into_the_model_directory_is_refused(tiny_model_dirs):
-    model = str(tiny_model_dirs["llama"])
-    with pytest.raises(UsageError, match="--output is the --model directory"):
-        launch.plan_launch(options(data=[str(SAMPLE_DATA)], model=model, output=model, cpu=True, force=True),
+@pytest.mark.parametrize("spelling", ["{model}", "{model}/../{name}/.", "{model}/.."])
+def test_training_into_the_model_directory_or_above_it_is_refused(tiny_model_dirs, spelling):
+    model = tiny_model_dirs["llama"]
+    output = spelling.format(model=model, name=model.name)
+    with pytest.raises(UsageError, match="would replace --model"):
+        launch.plan_launch(options(data=[str(SAMPLE_DATA)], model=str(model), output=output, cpu=True, force=True),
                            dry_run=True)
 
 

@@ -285,12 +285,12 @@ def open_session(options: ChatOptions) -> ChatSession:
     from yayi_cli.prompt import resolve_template
 
     template, _ = resolve_template(options.template, options.model)
-    tokenizer = load_tokenizer(options.model, trust_remote_code=options.trust_remote_code)
+    tokenizer = load_tokenizer(options.model, trust_remote_code=options.trust_remote_code, base=options.base)
     prompt_tokenizer = PromptTokenizer(template, tokenizer)
-    limit = options.max_context_tokens or context_length(options.model, tokenizer)
+    limit = options.max_context_tokens or context_length(options.model, tokenizer, options.base)
     model = load_model(
         options.model, device=options.device, dtype=options.dtype, load_in_8bit=options.load_in_8bit,
-        trust_remote_code=options.trust_remote_code,
+        trust_remote_code=options.trust_remote_code, base=options.base,
     )
     session = ChatSession(
         model, prompt_tokenizer, options.settings, system=options.system, max_context_tokens=limit,

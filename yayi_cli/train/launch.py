@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from yayi_cli import __version__
-from yayi_cli.atomic import write_json_atomic, write_text_atomic
+from yayi_cli.atomic import refuse_output_over, write_json_atomic, write_text_atomic
 from yayi_cli.data.reader import sha256_of
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.terminal import deepspeed_logs_to_stderr, library_environment
@@ -44,7 +44,7 @@ COMPLETE_MARKER = "trainer_state.json"
 """The Trainer writes this last into a checkpoint, so a checkpoint without it was cut short."""
 DEFAULT_MAX_LENGTH = 2048
 """Where examples are cut when neither --max-length nor the model says how long a context is."""
-PACKAGES = ("yayi-cli", "torch", "transformers", "deepspeed", "datasets", "accelerate", "tokenizers")
+PACKAGES = ("yayi-cli", "torch", "transformers", "deepspeed", "datasets", "accelerate", "tokenizers", "peft", "bitsandbytes")
 
 
 def require_deepspeed() -> None:
@@ -381,8 +381,7 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
     warnings: list[str] = []
     options = absolute_paths(options)
     check_output(options)
-    if options.model == options.output:
-        raise UsageError("--output is the --model directory; train into a new directory (the model is read from it)")
+    refuse_output_over(Path(options.output), options.model, "--model")
     output = Path(options.output)
     if options.force and not options.resume and output.is_dir() and any(output.iterdir()):
         warnings.append(f"--force: the contents of {output} will be moved to {output.name}.replaced-<time> beside it")
@@ -397,10 +396,17 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
     resume_from = resolve_resume(options, ranks.world_size, warnings)
     data = check_data(options.data, "--data", options.test_size)
     eval_data = check_data(options.eval_data, "--eval-data") if options.eval_data else []
-    memory = estimate_memory(
-        options.model, stage=stage_of(config), offload=offload_of(config), gpus_per_node=ranks.gpus_per_node,
-        num_nodes=ranks.num_nodes, trust_remote_code=options.trust_remote_code,
-    )
+    if options.adapter:
+        from yayi_cli.train.adapters import plan_adapter
+
+        adapter = plan_adapter(options, stage=stage_of(config), offload=offload_of(config),
+                               gpus_per_node=ranks.gpus_per_node, num_nodes=ranks.num_nodes)
+        options.lora_targets, memory = adapter.targets, adapter.memory
+    else:
+        memory = estimate_memory(
+            options.model, stage=stage_of(config), offload=offload_of(config), gpus_per_node=ranks.gpus_per_node,
+            num_nodes=ranks.num_nodes, trust_remote_code=options.trust_remote_code,
+        )
     return LaunchPlan(options, ranks, accumulation, config, precision, max_length, resume_from, data, eval_data, memory,
                       warnings)
 

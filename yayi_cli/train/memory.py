@@ -22,19 +22,23 @@ class MemoryEstimate:
     largest_layer_parameters: int
     gpu_bytes_per_rank: int
     cpu_bytes_per_node: int
+    trainable_parameters: int | None = None
+    """Set for LoRA/QLoRA runs (None: every parameter trains)."""
+    covers: str = "model states (parameters, gradients, optimizer); activations are extra"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "parameters": self.parameters,
+            "trainable_parameters": self.parameters if self.trainable_parameters is None else self.trainable_parameters,
             "largest_layer_parameters": self.largest_layer_parameters,
             "gpu_gib_per_rank": round(self.gpu_bytes_per_rank / GIB, 2),
             "cpu_gib_per_node": round(self.cpu_bytes_per_node / GIB, 2),
-            "covers": "model states (parameters, gradients, optimizer); activations are extra",
+            "covers": self.covers,
         }
 
 
-def count_parameters(model: str, *, trust_remote_code: bool = False) -> tuple[int, int]:
-    """(all parameters, the most held by one module) of a model, from its config only."""
+def model_skeleton(model: str, *, trust_remote_code: bool = False) -> Any:
+    """The model built on the "meta" device from its config: every module and shape, no weights read."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -43,7 +47,12 @@ def count_parameters(model: str, *, trust_remote_code: bool = False) -> tuple[in
     except (OSError, ValueError) as error:
         raise UsageError(f"cannot read the config of {model!r}: {first_line(error)}") from None
     with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def count_parameters(model: str, *, trust_remote_code: bool = False) -> tuple[int, int]:
+    """(all parameters, the most held by one module) of a model, from its config only."""
+    skeleton = model_skeleton(model, trust_remote_code=trust_remote_code)
     total = sum(parameter.numel() for parameter in skeleton.parameters())
     largest = max(sum(p.numel() for p in module.parameters(recurse=False)) for module in skeleton.modules())
     return total, largest

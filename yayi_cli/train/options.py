@@ -36,6 +36,10 @@ UPSTREAM_ALIASES = {
 }
 """Names the upstream training command (and Hugging Face) use for our options."""
 
+FULL_FINE_TUNE_LR = 5e-6
+ADAPTER_LR = 1e-4
+"""LoRA trains a few new weights from zero, so it needs a learning rate about 20x a full fine-tune's."""
+
 
 @dataclass
 class TrainOptions:
@@ -56,7 +60,7 @@ class TrainOptions:
     eval_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     global_batch_size: int | None = None
-    lr: float = 5e-6
+    lr: float | None = None  # None: FULL_FINE_TUNE_LR, or ADAPTER_LR with --lora/--qlora
     lr_scheduler: str = "linear"
     warmup_steps: int = 0
     weight_decay: float = 0.0
@@ -84,6 +88,24 @@ class TrainOptions:
     cache_dir: str | None = None
     trust_remote_code: bool = False
     force: bool = False
+    lora: bool = False
+    qlora: bool = False
+    lora_r: int = 16
+    lora_alpha: int | None = None  # None: 2 x lora_r
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=list)  # empty: the architecture's attention and MLP projections
+
+    def __post_init__(self) -> None:
+        """Defaults that depend on other options are resolved here, so every reader sees the same values."""
+        if self.lr is None:
+            self.lr = ADAPTER_LR if self.adapter else FULL_FINE_TUNE_LR
+        if self.lora_alpha is None:
+            self.lora_alpha = 2 * self.lora_r
+
+    @property
+    def adapter(self) -> str | None:
+        """"lora", "qlora" (LoRA on a 4-bit base), or None for a full fine-tune."""
+        return "qlora" if self.qlora else "lora" if self.lora else None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -203,6 +225,10 @@ def check_options(options: TrainOptions) -> None:
         raise UsageError("give --eval-data or --test-size, not both")
     if options.global_batch_size and options.gradient_accumulation_steps != 1:
         raise UsageError("give --global-batch-size or --gradient-accumulation-steps, not both (one sets the other)")
+    if options.adapter:
+        from yayi_cli.train.adapters import check_adapter_options
+
+        check_adapter_options(options)
 
 
 def flag_values(flags: dict[str, Any]) -> dict[str, Any]:

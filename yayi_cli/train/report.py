@@ -45,9 +45,15 @@ def print_plan(plan: LaunchPlan, console: Any, *, dry_run: bool) -> None:
     table.add_row("max length", f"{plan.max_length} tokens")
     table.add_row("resume", escape(str(plan.resume_from)) if plan.resume_from else "no (starts from the model)")
     memory = plan.memory
-    table.add_row("memory", f"{_count(memory.parameters)} parameters: about {_size(memory.gpu_bytes_per_rank)} per GPU "
-                  f"and {_size(memory.cpu_bytes_per_node)} of CPU memory per machine for model states "
-                  "(activations extra)")
+    if options.adapter:
+        table.add_row(options.adapter, f"r {options.lora_r}, alpha {options.lora_alpha}, dropout {options.lora_dropout}, "
+                      f"on {escape(', '.join(options.lora_targets))}; {_count(memory.trainable_parameters)} of "
+                      f"{_count(memory.parameters)} parameters train")
+        table.add_row("memory", f"about {_size(memory.gpu_bytes_per_rank)} per GPU: {escape(memory.covers)}")
+    else:
+        table.add_row("memory", f"{_count(memory.parameters)} parameters: about {_size(memory.gpu_bytes_per_rank)} per GPU "
+                      f"and {_size(memory.cpu_bytes_per_node)} of CPU memory per machine for model states "
+                      "(activations extra)")
     console.print(table)
     for warning in plan.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)

@@ -112,19 +112,25 @@ def build_datasets(run: dict[str, Any], options: TrainOptions, prompt_tokenizer:
 def load_model_for_training(options: TrainOptions, tokenizer: Any, precision: str) -> Any:
     from transformers import AutoModelForCausalLM
 
-    from yayi_cli.models import resolve_model_reference, torch_dtype
+    from yayi_cli.models import fit_embeddings, resolve_model_reference, torch_dtype
 
+    dtype = torch_dtype(precision)
+    quantized: dict[str, Any] = {}
+    if options.qlora:  # the 4-bit base is quantized while loading, onto this rank's device
+        from yayi_cli.train.adapters import quantization_config
+
+        device = "cpu" if options.cpu else {"": int(os.environ.get("LOCAL_RANK", "0"))}
+        quantized = {"quantization_config": quantization_config(dtype), "device_map": device}
     model = AutoModelForCausalLM.from_pretrained(
-        resolve_model_reference(options.model), dtype=torch_dtype(precision), trust_remote_code=options.trust_remote_code
+        resolve_model_reference(options.model), dtype=dtype, trust_remote_code=options.trust_remote_code, **quantized
     )
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # markers added: room for them
-        model.resize_token_embeddings(len(tokenizer))
+    fit_embeddings(model, len(tokenizer))  # markers added: room for them
     # No KV cache in training; without one, packed rows' position ids also confine attention to each example.
     model.config.use_cache = False
     return model
 
 
-def save_final_model(trainer: Any, tokenizer: Any, template: Any, output: Path) -> None:
+def save_final_model(trainer: Any, tokenizer: Any, template: Any, output: Path, *, adapter: bool = False) -> None:
     """Save into a staging folder, then move each file into OUTPUT (each one appears whole).
 
     Every rank calls this: under ZeRO-3 the 16-bit weights are gathered from all of them.
@@ -132,7 +138,13 @@ def save_final_model(trainer: Any, tokenizer: Any, template: Any, output: Path) 
     from yayi_cli.prompt import save_template
 
     staging = output / FINAL_STAGING
-    trainer.save_model(str(staging))
+    if adapter:
+        # The adapter alone (ZeRO-3 is refused for adapters, so rank 0 holds all of it): LoRA weights and the
+        # new tokens' rows, not the resized embedding matrices PEFT would add; the base stays as it was.
+        if trainer.is_world_process_zero():
+            trainer.model.save_pretrained(str(staging), save_embedding_layers=False)
+    else:
+        trainer.save_model(str(staging))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(staging))
         save_template(staging, template)
@@ -157,6 +169,7 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
     if precision == AUTO:  # launched from a machine without GPUs: decided here, on the training machine
         precision = best_precision(torch.cuda.is_available() and not options.cpu)
     tokenizer = load_tokenizer(options.model, trust_remote_code=options.trust_remote_code)
+    base_vocabulary = len(tokenizer)
     add_markers(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -173,12 +186,19 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
     with args.main_process_first(local=True, desc="tokenizing"):
         train_set, eval_set, counts = build_datasets(run, options, PromptTokenizer(template, tokenizer), max_length, log)
     model = load_model_for_training(options, tokenizer, precision)
-    if options.packing and supports_packing(model):
+    if options.adapter:
+        from yayi_cli.train.adapters import attach_adapter
+
+        model = attach_adapter(model, options, list(range(base_vocabulary, len(tokenizer))))
+    trainable, total = model.get_nb_trainable_parameters() if options.adapter else (model.num_parameters(),) * 2
+    log(f"{trainable} of {total} parameters train" + (f" ({options.adapter} on {', '.join(options.lora_targets)})"
+                                                      if options.adapter else ""))
+    if options.packing and supports_packing(model.get_base_model() if options.adapter else model):
         train_set = PackedExamples(train_set, max_length)
         log(f"packing: {len(train_set)} rows of at most {max_length} tokens")
     elif options.packing:
         group_by_length(args)
-        log(f"packing: {type(model).__name__} takes no position ids, so batches are grouped by length instead")
+        log(f"packing: {model.config.model_type} models take no position ids, so batches are grouped by length instead")
     log(f"precision {precision}, {args.world_size} rank(s), global batch {run['global_batch_size']}")
     counter = CountingCollator(PaddingCollator(tokenizer.pad_token_id))
     reporter = make_reporter(counter, output, world_size=args.world_size, main_rank=main_rank)
@@ -188,19 +208,20 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
     metrics = dict(result.metrics)
     if eval_set is not None:
         metrics |= trainer.evaluate()
-    save_final_model(trainer, tokenizer, template, output)
+    save_final_model(trainer, tokenizer, template, output, adapter=bool(options.adapter))
     on_gpu = torch.cuda.is_available() and not options.cpu
     speed = throughput(counter, metrics.get("train_runtime", 0.0), world_size=args.world_size,
-                       parameters=model.num_parameters(), checkpointing=options.gradient_checkpointing,
+                       parameters=total, checkpointing=options.gradient_checkpointing,
                        device_name=torch.cuda.get_device_name() if on_gpu else None,
                        peak_memory_bytes=torch.cuda.max_memory_allocated() if on_gpu else None)
     summary = {"examples": counts, "metrics": metrics, "precision": precision, "max_length": max_length,
+               "adapter": options.adapter, "trainable_parameters": trainable, "parameters": total,
                "throughput": speed, "loss_history": [entry for entry in trainer.state.log_history if "loss" in entry]}
     if main_rank:
         from yayi_cli.atomic import write_json_atomic
 
         write_json_atomic(output / SUMMARY_FILE, summary)
-        log(f"saved the model to {output}; try: yayi chat --model {output}")
+        log(f"saved the {'adapter' if options.adapter else 'model'} to {output}; try: yayi chat --model {output}")
     return summary
 
 

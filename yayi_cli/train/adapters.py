@@ -1,0 +1,210 @@
+"""LoRA and QLoRA runs: which modules get adapters, the PEFT config each rank applies, and what they cost.
+
+PEFT does the adapter work. When the base tokenizer lacks the YaYi markers, the worker adds them and
+trains their rows of the input embedding and the output layer with PEFT's trainable tokens
+(`trainable_token_indices`): only those rows train and are saved with the adapter, so the base model's
+weights stay untouched, the adapter stays small, and the model still learns to produce `<|End|>`.
+Everything is checked here, on the machine `yayi train` runs on, before anything is launched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+from yayi_cli.errors import UsageError
+from yayi_cli.train.memory import MemoryEstimate, model_skeleton, model_states_bytes
+from yayi_cli.train.options import TrainOptions
+
+ALL_LINEAR = "all-linear"
+DEFAULT_TARGETS = {
+    "bloom": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+}
+"""Every linear projection of the attention and MLP blocks; other architectures get all-linear."""
+NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)
+"""Bits per NF4 weight with double quantization: 4, plus an 8-bit scale per 64 weights and an fp32
+scale per 256 of those."""
+
+
+def check_adapter_options(options: TrainOptions) -> None:
+    """Adapter settings no run can use, and missing packages, refused before anything else."""
+    if options.lora and options.qlora:
+        raise UsageError("give --lora or --qlora, not both (--qlora is LoRA on a 4-bit base)")
+    if options.lora_r < 1:
+        raise UsageError(f"--lora-r must be at least 1, got {options.lora_r}")
+    if options.lora_alpha is not None and options.lora_alpha <= 0:
+        raise UsageError(f"--lora-alpha must be above 0, got {options.lora_alpha}")
+    if not 0 <= options.lora_dropout < 1:
+        raise UsageError(f"--lora-dropout must be at least 0 and below 1, got {options.lora_dropout}")
+    if importlib.util.find_spec("peft") is None:
+        raise UsageError(f"--{options.adapter} needs peft: pip install 'yayi-cli[train]'")
+    if options.qlora and importlib.util.find_spec("bitsandbytes") is None:
+        raise UsageError("--qlora needs bitsandbytes for its 4-bit base: pip install 'yayi-cli[quant]'")
+
+
+def check_adapter_stage(options: TrainOptions, stage: int) -> None:
+    """ZeRO-3 is refused for adapter runs, with the reason (the stage may come from a --deepspeed file)."""
+    if stage != 3:
+        return
+    if options.qlora:
+        raise UsageError(
+            "--qlora cannot run at ZeRO-3: sharding a 4-bit base needs bnb_4bit_quant_storage and ZeRO-3's "
+            "partitioned loading, which yayi does not set up; use --zero 2 (a 4-bit 13B base fits one 24 GB GPU)"
+        )
+    raise UsageError(
+        "--lora cannot run at ZeRO-3 in yayi (not verified: PEFT's trainable marker rows read the whole embedding "
+        "outside its forward, which ZeRO-3 does not gather); ZeRO-2 already shards all that trains (the adapter's "
+        "gradients and optimizer states): use --zero 2, or --qlora to shrink the frozen base"
+    )
+
+
+def _split(targets: list[str]) -> list[str]:
+    return [name.strip() for item in targets for name in item.split(",") if name.strip()]
+
+
+def linear_modules(model: Any) -> dict[str, Any]:
+    """Every nn.Linear of the model (bitsandbytes' 4-bit layers are nn.Linear too) by full name."""
+    import torch
+
+    return {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
+def output_layer_name(model: Any) -> str | None:
+    output = model.get_output_embeddings()
+    return next((name for name, module in model.named_modules() if module is output), None)
+
+
+def _matches(name: str, target: str) -> bool:
+    """PEFT's rule for a list of target names: the whole module name or its last dotted parts."""
+    return name == target or name.endswith("." + target)
+
+
+def resolve_targets(requested: list[str], model: Any) -> list[str]:
+    """The module names LoRA goes on: the given ones (checked to exist), all-linear resolved to names,
+    or the architecture's default. Names are passed to PEFT as they are."""
+    names = _split(requested) or list(DEFAULT_TARGETS.get(model.config.model_type, (ALL_LINEAR,)))
+    linear = linear_modules(model)
+    if ALL_LINEAR in names:
+        if len(names) > 1:
+            raise UsageError(f"--lora-targets {ALL_LINEAR} already names every linear module; give it alone")
+        output = output_layer_name(model)
+        return sorted({name.rsplit(".", 1)[-1] for name in linear if name != output})
+    unknown = [target for target in names if not any(_matches(name, target) for name in linear)]
+    if unknown:
+        existing = ", ".join(sorted({name.rsplit(".", 1)[-1] for name in linear}))
+        raise UsageError(
+            f"--lora-targets {', '.join(unknown)}: no linear module of this {model.config.model_type} model is "
+            f"called that; its linear modules are {existing} (or give {ALL_LINEAR})"
+        )
+    return names
+
+
+def embeddings_tied(model: Any) -> bool:
+    output = model.get_output_embeddings()
+    return output is not None and output.weight is model.get_input_embeddings().weight
+
+
+def token_layers(model: Any) -> list[str]:
+    """Where new tokens' rows train: the input embedding, and the output layer unless tied to it (PEFT
+    then ties the two itself)."""
+    names = {module: name for name, module in model.named_modules()}
+    output = output_layer_name(model)
+    return [names[model.get_input_embeddings()]] + ([output] if output and not embeddings_tied(model) else [])
+
+
+def check_new_token_layers(model: Any, targets: list[str], new_tokens: int) -> None:
+    """PEFT cannot put LoRA and trainable token rows on the same layer, and the output layer's new rows
+    must train (or the model could not learn to say <|End|>)."""
+    output = output_layer_name(model)
+    if new_tokens and output and any(_matches(output, target) for target in targets):
+        raise UsageError(
+            f"--lora-targets {output}: the {new_tokens} marker token(s) added to this tokenizer train their own rows "
+            f"of the output layer {output}; leave it out of the targets"
+        )
+
+
+def count_trainable(model: Any, targets: list[str], r: int, new_tokens: int) -> int:
+    """LoRA's A (r x in) and B (out x r) for each targeted linear module, plus the new tokens' rows."""
+    lora = sum(r * (module.in_features + module.out_features) for name, module in linear_modules(model).items()
+               if any(_matches(name, target) for target in targets))
+    return lora + new_tokens * model.get_input_embeddings().embedding_dim * len(token_layers(model))
+
+
+@dataclass(frozen=True)
+class AdapterPlan:
+    targets: list[str]
+    new_tokens: int
+    memory: MemoryEstimate
+
+
+def base_bits(options: TrainOptions) -> int:
+    """Bits per weight of the frozen base as the ranks hold it: 32 when training in fp32 (the CPU), else 16."""
+    return 32 if options.precision == "fp32" or (options.cpu and options.precision == "auto") else 16
+
+
+def plan_adapter(options: TrainOptions, *, stage: int, offload: str, gpus_per_node: int, num_nodes: int) -> AdapterPlan:
+    """Targets checked on the model built on the meta device, the markers to add, and the memory estimate.
+
+    Memory per rank = the frozen base (every weight at 16 bits, or 32 on the CPU; with --qlora the linear
+    weights of the blocks at NF4's 4.13 bits and the rest, embeddings and output layer included, at 16 or 32)
+    + DeepSpeed's ZeRO estimate for the trainable parameters alone (16-bit weights and gradients, 4 bytes
+    per parameter, + fp32 weights, gradients and Adam moments, 16 bytes, split among the ranks as the stage
+    does). Activations come on top.
+    """
+    from yayi_cli.models import load_tokenizer
+    from yayi_cli.prompt import add_markers
+
+    check_adapter_stage(options, stage)
+    model = model_skeleton(options.model, trust_remote_code=options.trust_remote_code)
+    targets = resolve_targets(options.lora_targets, model)
+    new_tokens = add_markers(load_tokenizer(options.model, trust_remote_code=options.trust_remote_code))
+    check_new_token_layers(model, targets, new_tokens)
+    total = sum(parameter.numel() for parameter in model.parameters())
+    trainable = count_trainable(model, targets, options.lora_r, new_tokens)
+    bits = base_bits(options)
+    base = total * bits / 8
+    if options.qlora:
+        output = output_layer_name(model)
+        quantized = sum(module.weight.numel() for name, module in linear_modules(model).items() if name != output)
+        base = quantized * NF4_BITS / 8 + (total - quantized) * bits / 8
+    gpu, cpu = model_states_bytes(trainable, trainable, stage=stage, offload=offload,
+                                  gpus_per_node=gpus_per_node, num_nodes=num_nodes)
+    frozen = f"NF4 linear weights at 4.13 bits, the rest at {bits}" if options.qlora else f"{bits}-bit"
+    covers = (f"frozen base ({frozen}) + adapter weights, gradients and Adam states by DeepSpeed's ZeRO-{max(stage, 2)} "
+              "estimate for the trainable parameters; activations are extra")
+    largest = max(sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules())
+    memory = MemoryEstimate(total, largest, int(base) + gpu, cpu, trainable_parameters=trainable, covers=covers)
+    return AdapterPlan(targets, new_tokens, memory)
+
+
+def quantization_config(compute_dtype: Any) -> Any:
+    """QLoRA's base: NF4 with double quantization, computing in the run's precision (bf16 where the GPU has it)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def attach_adapter(model: Any, options: TrainOptions, new_token_ids: list[int]) -> Any:
+    """Wrap the loaded base in a PEFT LoRA model: only the adapter (and the new tokens' rows) train.
+
+    With gradient checkpointing the frozen base's inputs must require grad, or no gradient reaches the
+    adapters through the recomputed blocks: PEFT's hook (prepare_model_for_kbit_training sets it for QLoRA).
+    """
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from yayi_cli.models import peft_quietly
+
+    if options.qlora:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options.gradient_checkpointing)
+    elif options.gradient_checkpointing:
+        model.enable_input_require_grads()
+    tokens = {name: list(new_token_ids) for name in token_layers(model)} if new_token_ids else None
+    config = LoraConfig(
+        r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
+        target_modules=list(options.lora_targets), trainable_token_indices=tokens, task_type="CAUSAL_LM",
+    )
+    with peft_quietly():
+        return get_peft_model(model, config)
