@@ -18,7 +18,6 @@ from yayi_cli.prompt import MARKERS, TEMPLATES
 from yayi_cli.tiny import TinySpec, build_tiny, training_texts
 
 pytestmark = pytest.mark.slow
-# Each run has a master port of its own, so that other launcher runs on the machine cannot meet these.
 
 MERGE_TOLERANCE = 1e-4
 """Largest logit difference allowed between base + adapter and the merged model (fp32 on the CPU:

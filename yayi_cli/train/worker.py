@@ -156,7 +156,7 @@ def save_final_model(trainer: Any, tokenizer: Any, template: Any, output: Path, 
 
 def train(run: dict[str, Any]) -> dict[str, Any]:
     import torch
-    from transformers import Trainer
+    from transformers import Trainer, set_seed
 
     from yayi_cli.models import best_precision, load_tokenizer
     from yayi_cli.prompt import PromptTokenizer, add_markers, resolve_template
@@ -185,6 +185,7 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
 
     with args.main_process_first(local=True, desc="tokenizing"):
         train_set, eval_set, counts = build_datasets(run, options, PromptTokenizer(template, tokenizer), max_length, log)
+    set_seed(options.seed)  # new marker rows and adapter weights start from random values: the same ones every run
     model = load_model_for_training(options, tokenizer, precision)
     if options.adapter:
         from yayi_cli.train.adapters import attach_adapter
