@@ -36,6 +36,8 @@ def error_cases(model: str, folder: str) -> list[tuple[list[str], str]]:
         (["quantize", "--model", model, "-o", f"{data}/int8"], "cannot create"),
         (["chat", "--model", folder, "--prompt", "你好"], "no config.json"),
         (["chat", "--model", model, "--prompt", "你好", "--temperature", "-1"], "temperature"),
+        (["serve", "--model", f"{folder}/no-such-model"], "no such model directory"),
+        (["template", "install", f"{folder}/no-such-model"], "no such model directory"),
     ]
 
 

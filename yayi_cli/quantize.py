@@ -178,7 +178,7 @@ def quantize(options: QuantizeOptions) -> QuantizeReport:
     """
     from yayi_cli.evaluate import load_examples, response_loss, split_last_answer
     from yayi_cli.models import load_model, load_tokenizer, resolve_device, resolve_model_reference
-    from yayi_cli.prompt import PromptTokenizer, resolve_template, save_template
+    from yayi_cli.prompt import PromptTokenizer, resolve_template, save_model_format
 
     if options.output.exists() and not options.force:
         raise UsageError(f"{options.output} already exists; use --force to replace it")
@@ -221,8 +221,7 @@ def quantize(options: QuantizeOptions) -> QuantizeReport:
         )
     with atomic_directory(options.output, replace=options.force) as tmp:
         quantized.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        save_template(tmp, template)
+        save_model_format(tmp, tokenizer, template)
         report.after.disk_bytes = weights_size(tmp)
         report.seconds = time.perf_counter() - started
         (tmp / REPORT_FILE).write_text(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

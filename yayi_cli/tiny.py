@@ -21,7 +21,7 @@ from yayi_cli.atomic import atomic_directory
 from yayi_cli.data.reader import read_records
 from yayi_cli.errors import UsageError, YayiError
 from yayi_cli.models import quiet_progress_unless_terminal
-from yayi_cli.prompt import MARKERS, Template, detect_template, render_training, save_template, stop_token_ids
+from yayi_cli.prompt import MARKERS, Template, detect_template, render_training, save_model_format
 from yayi_cli.records import RecordError, parse_record
 
 ARCHITECTURES = ("llama", "bloom")
@@ -85,10 +85,7 @@ def build_model(tokenizer: Any, spec: TinySpec) -> Any:
     else:
         raise UsageError(f"unknown tiny architecture {spec.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
     torch.manual_seed(spec.seed)
-    model = AutoModelForCausalLM.from_config(config)
-    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model
+    return AutoModelForCausalLM.from_config(config)
 
 
 def build_tiny(
@@ -106,8 +103,7 @@ def build_tiny(
     quiet_progress_unless_terminal()
     with atomic_directory(out_dir, replace=replace) as tmp:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        save_template(tmp, template or detect_template("", {"model_type": spec.arch}))
+        save_model_format(tmp, tokenizer, template or detect_template("", {"model_type": spec.arch}))
     return out_dir
 
 
