@@ -12,6 +12,7 @@ from yayi_cli.cli import app
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.evaluate import generate_answers, load_examples, response_loss, split_last_answer
 from yayi_cli.models import load_model, load_tokenizer
+from yayi_cli.template_install import format_problems
 from yayi_cli.prompt import PromptTokenizer, resolve_template
 from yayi_cli.quantize import QuantizeOptions, quantize
 
@@ -34,6 +35,7 @@ def test_a_quantized_checkpoint_reloads_and_answers_through_the_prompt_core(tiny
     template, source = resolve_template(None, str(out))
     assert source == "saved with the model"
     prompt_tokenizer = PromptTokenizer(template, load_tokenizer(str(out)))
+    assert format_problems(out, prompt_tokenizer.tokenizer, template) == []  # chat template and stop ids for other engines
     examples = load_examples([SAMPLE_DATA], max_samples=8)
     perplexity = response_loss(model, prompt_tokenizer, examples).overall.to_json()["perplexity"]
     assert perplexity == pytest.approx(report.after.perplexity, rel=1e-4)  # the report's number is eval's number

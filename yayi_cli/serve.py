@@ -92,12 +92,12 @@ def served_model(options: ServeOptions, note: Callable[[str], None]) -> Iterator
     directory = (Path(reference) if Path(reference).is_dir() else _download(reference)).resolve()
     template, _ = resolve_template(options.template, str(directory))
     tokenizer = load_tokenizer(str(directory), trust_remote_code=options.trust_remote_code)
-    problems = format_problems(directory, tokenizer, template)
     if any(marker not in tokenizer.get_vocab() for marker in MARKERS):
         raise UsageError(
             f"{options.model}: the tokenizer lacks the YaYi markers; fine-tune it with yayi train, or add them "
             f"with `yayi template install {options.model}` (their embeddings start untrained)"
         )
+    problems = format_problems(directory, tokenizer, template)
     with tempfile.TemporaryDirectory(prefix="yayi-serve-") as run:
         served = Path(run) / directory.name
         if not problems:

@@ -49,12 +49,12 @@ PROBES = (
 
 
 def local_model_dir(model: str) -> Path:
-    """A saved model's local directory; hub ids are refused (download the model first)."""
-    path = Path(model).expanduser()
+    """A saved model's local directory; hub ids are refused, since their files are not the user's to change."""
+    from yayi_cli.models import resolve_model_reference
+
+    path = Path(resolve_model_reference(model))
     if not path.is_dir():
         raise UsageError(f"{model}: no such model directory (give a local directory; download hub models first)")
-    if not (path / "config.json").is_file():
-        raise UsageError(f"{model}: no config.json in this directory; give a saved model's directory")
     return path
 
 
