@@ -29,7 +29,8 @@ def test_importing_the_cli_imports_no_heavy_library():
     assert result.stdout.strip() == ""
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["data", "--help"], ["data", "preview", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["data", "--help"], ["data", "preview", "--help"], ["serve", "--help"],
+                                  ["template", "install", "--help"]])
 def test_help_runs_without_heavy_imports(argv):
     code = (
         "import sys; from yayi_cli.cli import main; sys.argv = ['yayi'] + %r\n"

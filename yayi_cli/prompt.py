@@ -438,11 +438,10 @@ def chat_template(template: Template, prefix: str = "", reserved: frozenset[str]
     `render_training` do, so engines outside yayi (transformers serve, vLLM, `apply_chat_template`)
     prompt the model as it was trained.
 
-    `prefix` is what the tokenizer puts before text (`prompt_prefix`): engines tokenize the
-    rendered text without adding special tokens. A message holding a `reserved` string (the markers,
-    the tokenizer's special tokens), roles out of order
-    or a prompt that does not end with the user raise an error in the template itself, so every
-    engine refuses them instead of passing a control token to the model.
+    `prefix` is what the tokenizer puts before text (`prompt_prefix`): engines tokenize the rendered
+    text without adding special tokens. A message holding a `reserved` string (the markers, the
+    tokenizer's special tokens), roles out of order, or a prompt that does not end with the user make
+    the template itself raise, so every engine refuses them instead of passing control tokens on.
     """
     q = _jinja_string
     markers = ", ".join(q(marker) for marker in sorted(reserved | MARKER_SET))
@@ -502,9 +501,9 @@ def save_model_format(directory: Path, tokenizer: Any, template: Template) -> No
     save_template(directory, template)
     path = directory / GENERATION_CONFIG_FILE
     config = _read_json(path) or {}
-    previous = config.get("eos_token_id")
+    previous, stops = config.get("eos_token_id"), stop_token_ids(tokenizer)
     previous = previous if isinstance(previous, list) else [] if previous is None else [previous]
-    config["eos_token_id"] = stop_token_ids(tokenizer) + [i for i in previous if i not in stop_token_ids(tokenizer)]
+    config["eos_token_id"] = stops + [token_id for token_id in previous if token_id not in stops]
     config.pop("_from_model_config", None)  # else generate() may rebuild it from config.json, losing the stop ids
     if config.get("pad_token_id") is None and tokenizer.pad_token_id is not None:
         config["pad_token_id"] = tokenizer.pad_token_id

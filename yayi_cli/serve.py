@@ -89,7 +89,9 @@ def served_model(options: ServeOptions, note: Callable[[str], None]) -> Iterator
     from yayi_cli.template_install import format_problems
 
     reference = resolve_model_reference(options.model)
-    directory = (Path(reference) if Path(reference).is_dir() else _download(reference)).resolve()
+    local = Path(reference).is_dir()
+    directory = (Path(reference) if local else _download(reference)).resolve()
+    name = directory.name if local else reference.rsplit("/", 1)[-1]  # a hub snapshot's folder is a commit hash
     template, _ = resolve_template(options.template, str(directory))
     tokenizer = load_tokenizer(str(directory), trust_remote_code=options.trust_remote_code)
     if any(marker not in tokenizer.get_vocab() for marker in MARKERS):
@@ -99,7 +101,7 @@ def served_model(options: ServeOptions, note: Callable[[str], None]) -> Iterator
         )
     problems = format_problems(directory, tokenizer, template)
     with tempfile.TemporaryDirectory(prefix="yayi-serve-") as run:
-        served = Path(run) / directory.name
+        served = Path(run) / name
         if not problems:
             served.symlink_to(directory, target_is_directory=True)
         else:
@@ -112,7 +114,7 @@ def served_model(options: ServeOptions, note: Callable[[str], None]) -> Iterator
             for path in directory.iterdir():  # linked only now, so no write above can go through a link
                 if not (served / path.name).exists():
                     (served / path.name).symlink_to(path)
-        yield Path(run), directory.name
+        yield Path(run), name
 
 
 def _download(repo: str) -> Path:
