@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -57,7 +58,7 @@ def test_a_port_in_use_is_one_error_line_with_exit_2(tiny_model_dirs):
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
 
 
-@pytest.mark.skipif(shutil.which("vllm") is not None, reason="vLLM is installed here")
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_vllm_without_vllm_is_one_error_line_with_exit_2(tiny_model_dirs):
     result = yayi("serve", "--model", str(tiny_model_dirs["llama"]), "--engine", "vllm")
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
