@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation 'deepspeed>=0.15'
-	$(BIN)/pip install -q -e '.[dev,quant,train]'
+	$(BIN)/pip install -q -e '.[dev,quant,train,serve]'
 	touch $@
 
 test: $(STAMP)

@@ -30,7 +30,8 @@ def tab(line: str, cwd=None) -> list[str]:
 
 
 def test_commands_and_sub_commands_complete():
-    assert {"data", "train", "chat", "quantize", "eval"} <= set(tab("yayi "))
+    assert {"data", "train", "chat", "quantize", "eval", "serve", "template"} <= set(tab("yayi "))
+    assert tab("yayi template ") == ["install"]
     assert set(tab("yayi data ")) == {"validate", "split", "preview"}
 
 
@@ -39,6 +40,7 @@ def test_options_and_their_choices_complete():
     assert tab("yayi train --precision ") == ["auto", "bf16", "fp16", "fp32"]
     assert tab("yayi train --zero ") == ["0", "1", "2", "3"]
     assert tab("yayi chat --template ") == list(TEMPLATES)
+    assert tab("yayi serve --engine ") == ["transformers", "vllm"]
     assert "--data-path" in tab("yayi train --data")
 
 

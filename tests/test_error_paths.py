@@ -36,6 +36,8 @@ ERROR_CASES = [  # (arguments, what the one error line must say)
     (["quantize", "--model", MODEL, "-o", f"{DATA}/int8"], "cannot create"),
     (["chat", "--model", FOLDER, "--prompt", "你好"], "no config.json"),
     (["chat", "--model", MODEL, "--prompt", "你好", "--temperature", "-1"], "temperature"),
+    (["serve", "--model", f"{FOLDER}/no-such-model"], "no such model directory"),
+    (["template", "install", f"{FOLDER}/no-such-model"], "no such model directory"),
 ]
 
 

@@ -18,6 +18,7 @@ from yayi_cli.models import load_model, load_tokenizer
 from yayi_cli.prompt import PromptTokenizer, resolve_template, stop_token_ids
 from yayi_cli.options import QuantizeOptions
 from yayi_cli.quantize import quantize
+from yayi_cli.template_install import format_problems
 
 runner = CliRunner()
 
@@ -38,6 +39,7 @@ def test_a_quantized_checkpoint_reloads_and_answers_through_the_prompt_core(tiny
     template, source = resolve_template(None, str(out))
     assert source == "saved with the model"
     prompt_tokenizer = PromptTokenizer(template, load_tokenizer(str(out)))
+    assert format_problems(out, prompt_tokenizer.tokenizer, template) == []  # chat template and stop ids for other engines
     examples = seeded_sample(load_records([SAMPLE_DATA]), 8, seed=0)
     perplexity = response_loss(model, prompt_tokenizer, examples).overall.to_json()["perplexity"]
     assert perplexity == pytest.approx(report.after.perplexity, rel=1e-4)  # the report's number is eval's number

@@ -22,7 +22,7 @@ from yayi_cli import __version__
 from yayi_cli.data import DEFAULT_SEED
 from yayi_cli.errors import YayiError
 from yayi_cli.models import DTYPES
-from yayi_cli.options import ChatOptions, EvalOptions, GenerationSettings, MergeOptions, QuantizeOptions
+from yayi_cli.options import ChatOptions, EvalOptions, GenerationSettings, MergeOptions, QuantizeOptions, ServeOptions
 from yayi_cli.prompt import TEMPLATES
 from yayi_cli.train.options import OFFLOADS, OVERLONG, PRECISIONS, SCHEDULERS, ZERO_STAGES, TrainOptions
 
@@ -44,6 +44,11 @@ data_app = typer.Typer(
     help="Check, split and preview instruction data.", epilog=EXIT_CODES, no_args_is_help=True
 )
 app.add_typer(data_app, name="data")
+template_app = typer.Typer(
+    help="Give a model the YaYi chat template and stop ids that other engines use.", epilog=EXIT_CODES,
+    no_args_is_help=True,
+)
+app.add_typer(template_app, name="template")
 
 def complete_directories(incomplete: str) -> list[str]:
     """TAB candidates for model and output options: directories only (files complete as usual)."""
@@ -474,6 +479,55 @@ def merge_command(
     report = merge(MergeOptions(adapter=adapter, output=output, base=base, dtype=dtype, force=force,
                                 trust_remote_code=trust_remote_code))
     output_of(ctx).finish(json_output, report.to_json, functools.partial(print_report, report))
+
+
+@template_app.command("install", epilog=EXIT_CODES)
+@reports_errors
+def template_install_command(
+    ctx: typer.Context,
+    model: str = typer.Argument(..., metavar="MODEL_DIR", help="A local model directory.", show_default=False, autocompletion=complete_directories),
+    template: Optional[TemplateName] = TemplateOption,
+    check: bool = typer.Option(False, "--check", help="Only report whether the model agrees with the yayi core; exit 1 if not."),
+    trust_remote_code: bool = TrustRemoteCodeOption,
+    json_output: bool = JsonOption,
+) -> None:
+    """Add the chat template, the markers if missing and the stop ids to a model yayi did not write.
+
+    So that transformers serve, vLLM and apply_chat_template prompt it as yayi does and stop at <|End|>. Replaced files go to MODEL_DIR.yayi-backup-*; nothing changes unless everything can.
+    """
+    from yayi_cli.template_install import check as check_format
+    from yayi_cli.template_install import install, print_report
+
+    report = (check_format if check else install)(model, template, trust_remote_code=trust_remote_code)
+    output_of(ctx).finish(json_output, report.to_json,
+                          lambda console: print_report(report, console, Console(stderr=True), checked=check))
+    if check and report.problems:
+        raise typer.Exit(1)
+
+
+@app.command("serve", epilog=EXIT_CODES)
+@reports_errors
+def serve_command(
+    model: str = typer.Option(..., "--model", "-m", metavar="DIR|HUB_ID", help="Model directory or hub id.", show_default=False, autocompletion=complete_directories),
+    host: str = typer.Option(ServeOptions.host, "--host", help="Address to listen on (0.0.0.0 opens it to the network)."),
+    port: int = typer.Option(ServeOptions.port, "--port", min=1, max=65535),
+    engine: Literal["transformers", "vllm"] = typer.Option(ServeOptions.engine, "--engine", help="transformers serve, or vLLM where installed."),
+    template: Optional[TemplateName] = TemplateOption,
+    trust_remote_code: bool = TrustRemoteCodeOption,
+) -> None:
+    """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health) with an existing engine.
+
+    A model without the YaYi chat template or stop ids is served from a staged copy that has them (your files are not changed). Prints the URL and a curl line once ready; Ctrl-C stops the engine (exit 130).
+    """
+    from yayi_cli.serve import serve
+
+    console, notes = Console(), Console(stderr=True, highlight=False, soft_wrap=True)
+    code = serve(
+        ServeOptions(model=model, host=host, port=port, engine=engine, template=template, trust_remote_code=trust_remote_code),
+        say=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
+        note=lambda line: notes.print(line, markup=False),
+    )
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -68,7 +68,7 @@ def resolve_adapter(options: MergeOptions) -> ModelSource:
 def write_merged(options: MergeOptions, directory: Path) -> MergeReport:
     """Load base + adapter, merge, and save the plain model, tokenizer and template into `directory`."""
     from yayi_cli.models import load_model, load_tokenizer
-    from yayi_cli.prompt import resolve_template, save_template
+    from yayi_cli.prompt import resolve_template, save_model_format
 
     started = time.perf_counter()
     source = resolve_adapter(options)
@@ -82,8 +82,8 @@ def write_merged(options: MergeOptions, directory: Path) -> MergeReport:
     merged = model.merge_and_unload()
     template, _ = resolve_template(None, options.adapter)
     merged.save_pretrained(directory)
-    load_tokenizer(options.adapter, base=options.base, trust_remote_code=options.trust_remote_code).save_pretrained(directory)
-    save_template(directory, template)
+    tokenizer = load_tokenizer(options.adapter, base=options.base, trust_remote_code=options.trust_remote_code)
+    save_model_format(directory, tokenizer, template)
     return MergeReport(options, source.base, dtype, merged.num_parameters(), time.perf_counter() - started, notes)
 
 

@@ -243,6 +243,15 @@ def is_quantized(reference: str) -> bool:
         return False
 
 
+def follow_quiet_progress() -> None:
+    """Transformers' loading bars off when `quiet_libraries` asked (it reads that setting only when first
+    imported, which may have happened before)."""
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+
+
 def load_model(
     model: str, *, device: str = "auto", dtype: str = "auto", load_in_8bit: bool = False,
     trust_remote_code: bool = False, base: str | None = None,
@@ -258,10 +267,7 @@ def load_model(
     if load_in_8bit or is_quantized(reference):
         deepspeed_logs_to_stderr()  # int8 loading goes through accelerate, which imports DeepSpeed when installed
     quiet_int8_warnings()  # also for checkpoints `yayi quantize` wrote
-    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":  # set by `quiet_libraries`; read by transformers
-        from transformers.utils import logging as transformers_logging  # only when first imported, so say it again
-
-        transformers_logging.disable_progress_bar()
+    follow_quiet_progress()
     from transformers import AutoModelForCausalLM
 
     options: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": resolve_dtype(dtype, device)}

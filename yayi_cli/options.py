@@ -165,3 +165,13 @@ class MergeOptions:
     """auto: the dtype the base was saved in."""
     force: bool = False
     trust_remote_code: bool = False
+
+
+@dataclass
+class ServeOptions:
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    engine: str = "transformers"
+    template: str | None = None
+    trust_remote_code: bool = False

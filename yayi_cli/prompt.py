@@ -321,6 +321,13 @@ def _answer_labels(ids: list[int], offsets: list[Any], spans: tuple[tuple[int, i
     return labels
 
 
+def reserved_tokens(tokenizer: Any) -> frozenset[str]:
+    """Strings the tokenizer reads as control tokens (the markers, EOS, ...): never allowed in text."""
+    return frozenset(tokenizer.all_special_tokens) | frozenset(
+        token.content for token in tokenizer.added_tokens_decoder.values() if token.special
+    )
+
+
 class PromptTokenizer:
     """A template bound to a tokenizer: the one way conversations become token ids.
 
@@ -338,9 +345,7 @@ class PromptTokenizer:
         self.template = template
         self.tokenizer = tokenizer
         self.marker_ids = marker_token_ids(tokenizer)
-        self.reserved = frozenset(tokenizer.all_special_tokens) | frozenset(
-            token.content for token in tokenizer.added_tokens_decoder.values() if token.special
-        )
+        self.reserved = reserved_tokens(tokenizer)
 
     def encode_training(self, conversation: Conversation) -> Encoded:
         return self.encode_training_batch([conversation])[0]
@@ -415,6 +420,94 @@ class AnswerStream:
         self._held = ""
         self._prefix = self._read = len(self._ids)
         return rest.removesuffix(self._separator)
+
+
+# --- the format outside yayi: a Hugging Face chat template and stop ids -----------------------
+
+GENERATION_CONFIG_FILE = "generation_config.json"
+
+
+def _jinja_string(text: str) -> str:
+    """`text` as a Jinja string literal: Jinja reads the escapes of Python's string literals."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + '"'
+
+
+def chat_template(template: Template, prefix: str = "", reserved: frozenset[str] = MARKER_SET) -> str:
+    """`template` as a Jinja chat template that renders exactly what `render_inference` and
+    `render_training` do, so engines outside yayi (transformers serve, vLLM, `apply_chat_template`)
+    prompt the model as it was trained.
+
+    `prefix` is what the tokenizer puts before text (`prompt_prefix`): engines tokenize the rendered
+    text without adding special tokens. A message holding a `reserved` string (the markers, the
+    tokenizer's special tokens), roles out of order, or a prompt that does not end with the user make
+    the template itself raise, so every engine refuses them instead of passing control tokens on.
+    """
+    q = _jinja_string
+    markers = ", ".join(q(marker) for marker in sorted(reserved | MARKER_SET))
+    return "".join((
+        "{%- if messages and messages[0]['role'] == 'system' -%}",
+        "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}",
+        "{%- else -%}",
+        f"{{%- set system = {q(template.system)} -%}}{{%- set turns = messages -%}}",
+        "{%- endif -%}\n",
+        "{%- for text in [system] + turns | map(attribute='content') | list -%}",
+        f"{{%- for marker in [{markers}] -%}}{{%- if marker in text -%}}",
+        "{{- raise_exception('a message contains ' + marker + ', which the model would read as a control "
+        "token: remove it or write it differently') -}}",
+        "{%- endif -%}{%- endfor -%}{%- endfor -%}\n",
+        "{%- for message in turns -%}{%- if message['role'] != ['user', 'assistant'][loop.index0 % 2] -%}",
+        "{{- raise_exception('messages must alternate user and assistant, starting with the user; a system message "
+        "may only come first') -}}",
+        "{%- endif -%}{%- endfor -%}\n",
+        "{%- if add_generation_prompt and (not turns or turns[-1]['role'] != 'user') -%}",
+        "{{- raise_exception('the last message must be from the user') -}}",
+        "{%- endif -%}\n",
+        f"{{{{- {q(prefix + template.system_header)} + system -}}}}\n",
+        "{%- for message in turns -%}{%- if message['role'] == 'user' -%}",
+        f"{{{{- {q(template.separator + template.human_header)} + message['content'] + {q(template.separator)} -}}}}",
+        "{%- else -%}",
+        f"{{{{- {q(template.assistant_header)} + message['content'] + {q(template.separator + template.end)} -}}}}",
+        "{%- endif -%}{%- endfor -%}\n",
+        f"{{%- if add_generation_prompt -%}}{{{{- {q(template.assistant_header)} -}}}}{{%- endif -%}}\n",
+    ))
+
+
+def chat_messages(conversation: Conversation, template: Template) -> list[dict[str, str]]:
+    """The conversation as the OpenAI-style messages a chat template takes (a system message only
+    when the conversation has its own system prompt)."""
+    messages = [] if conversation.system is None else [{"role": "system", "content": conversation.system}]
+    for turn in conversation.turns:
+        role, text = ("user", human_text(turn, template)) if turn.role == HUMAN else ("assistant", turn.text)
+        messages.append({"role": role, "content": text})
+    return messages
+
+
+def prompt_prefix(tokenizer: Any) -> str:
+    """The special tokens the tokenizer adds before any text (a Llama BOS), as text."""
+    plain = tokenizer.encode("a", add_special_tokens=False)
+    full = tokenizer.encode("a")
+    start = next((k for k in range(len(full) - len(plain) + 1) if full[k : k + len(plain)] == plain), 0)
+    return "".join(tokenizer.convert_ids_to_tokens(full[:start]))
+
+
+def save_model_format(directory: Path, tokenizer: Any, template: Template) -> None:
+    """Save the tokenizer with the chat template, `yayi_template.json`, and stop ids (<|End|>, <|Human|>,
+    EOS) in `generation_config.json`: every model directory yayi writes goes through here, so every
+    engine prompts it and stops where `yayi chat` does. Call it after the model itself is saved."""
+    directory = Path(directory)
+    tokenizer.chat_template = chat_template(template, prompt_prefix(tokenizer), reserved_tokens(tokenizer))
+    tokenizer.save_pretrained(str(directory))
+    save_template(directory, template)
+    path = directory / GENERATION_CONFIG_FILE
+    config = _read_json(path) or {}
+    previous, stops = config.get("eos_token_id"), stop_token_ids(tokenizer)
+    previous = previous if isinstance(previous, list) else [] if previous is None else [previous]
+    config["eos_token_id"] = stops + [token_id for token_id in previous if token_id not in stops]
+    config.pop("_from_model_config", None)  # else generate() may rebuild it from config.json, losing the stop ids
+    if config.get("pad_token_id") is None and tokenizer.pad_token_id is not None:
+        config["pad_token_id"] = tokenizer.pad_token_id
+    write_text_atomic(path, json.dumps(config, indent=2) + "\n")
 
 
 # --- choosing the template --------------------------------------------------------------------

@@ -165,7 +165,7 @@ def quantize(options: QuantizeOptions, reference: str | None = None) -> Quantize
     from yayi_cli.data.checked import load_records
     from yayi_cli.inference import response_loss, split_last_answer
     from yayi_cli.models import load_model, load_tokenizer, model_directory, resolve_device, resolve_model, resolve_model_reference
-    from yayi_cli.prompt import PromptTokenizer, resolve_template, save_template
+    from yayi_cli.prompt import PromptTokenizer, resolve_template, save_model_format
 
     source = resolve_model(options.model, options.base)
     for path, flag in ((options.model, "--model"), (source.base, "its base")):
@@ -222,8 +222,7 @@ def quantize(options: QuantizeOptions, reference: str | None = None) -> Quantize
         )
     with model_directory(options.output, replace=options.force) as tmp:
         quantized.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        save_template(tmp, template)
+        save_model_format(tmp, tokenizer, template)
         report.after.disk_bytes = weights_size(tmp)
         report.seconds = time.perf_counter() - started
         (tmp / REPORT_FILE).write_text(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

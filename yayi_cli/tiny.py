@@ -22,7 +22,7 @@ from yayi_cli.data.reader import read_records
 from yayi_cli.errors import UsageError, YayiError
 from yayi_cli.models import model_directory
 from yayi_cli.terminal import quiet_libraries
-from yayi_cli.prompt import MARKERS, Template, detect_template, render_training, save_template, stop_token_ids
+from yayi_cli.prompt import MARKERS, Template, detect_template, render_training, save_model_format, save_template, stop_token_ids
 
 ARCHITECTURES = ("llama", "bloom")
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
@@ -109,8 +109,12 @@ def build_tiny(
     model = build_model(tokenizer, spec)
     with model_directory(out_dir, replace=replace) as tmp:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        save_template(tmp, template or detect_template("", {"model_type": spec.arch}))
+        template = template or detect_template("", {"model_type": spec.arch})
+        if spec.markers:
+            save_model_format(tmp, tokenizer, template)
+        else:  # a base model's tokenizer: no chat format to save with it
+            tokenizer.save_pretrained(tmp)
+            save_template(tmp, template)
     return out_dir
 
 

@@ -21,6 +21,7 @@ from yayi_cli.data.checked import load_records
 from yayi_cli.inference import generate_answers
 from yayi_cli.models import load_model, load_tokenizer
 from yayi_cli.prompt import Conversation, PromptTokenizer, resolve_template
+from yayi_cli.template_install import format_problems
 from yayi_cli.train.launch import latest_complete_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -77,6 +78,7 @@ def test_two_ranks_with_zero2_learn_the_data_and_save_a_model_that_answers(tiny_
     template, source = resolve_template(None, str(output))
     assert source == "saved with the model"
     prompts = PromptTokenizer(template, load_tokenizer(str(output)))
+    assert format_problems(output, prompts.tokenizer, template) == []  # apply_chat_template gives the core's text
     questions = [Conversation(e.conversation.turns[:1]) for e in load_records([small_data])[:2]]
     assert generate_answers(model, prompts, questions, max_new_tokens=40) == [r["output"] for r in RECORDS]
 

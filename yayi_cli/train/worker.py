@@ -135,7 +135,7 @@ def save_final_model(trainer: Any, tokenizer: Any, template: Any, output: Path, 
 
     Every rank calls this: under ZeRO-3 the 16-bit weights are gathered from all of them.
     """
-    from yayi_cli.prompt import save_template
+    from yayi_cli.prompt import save_model_format
 
     staging = output / FINAL_STAGING
     if adapter:
@@ -146,8 +146,7 @@ def save_final_model(trainer: Any, tokenizer: Any, template: Any, output: Path, 
     else:
         trainer.save_model(str(staging))
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(staging))
-        save_template(staging, template)
+        save_model_format(staging, tokenizer, template)
         for path in staging.iterdir():
             os.replace(path, output / path.name)
         staging.rmdir()

@@ -1,0 +1,249 @@
+"""`yayi serve`: transformers serve on a tiny model, spoken to with the official openai client."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.test_template_install import files, strip_format, without_markers  # noqa: F401 - a fixture
+from yayi_cli.cli import app
+from yayi_cli.prompt import ASSISTANT, HUMAN, TEMPLATES, Conversation, PromptTokenizer, Turn, resolve_template
+from yayi_cli.serve import curl_line, engine_command, require_engine, require_free_port
+
+SEPARATOR = TEMPLATES["yayi-llama2"].separator
+SYSTEM, QUESTION, ANSWER = "你是雅意。", "你好", "你好！我是雅意。"
+MAX_TOKENS = 16
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def yayi(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+# --- without a server -------------------------------------------------------------------------
+
+
+def test_the_engine_runs_as_an_argument_list_with_remote_code_only_when_asked():
+    command = engine_command("transformers", "m", "127.0.0.1", 8001, trust_remote_code=False)
+    assert command[1:] == ["-m", "transformers.cli.transformers", "serve", "m", "--host", "127.0.0.1", "--port", "8001"]
+    assert "--trust-remote-code" in engine_command("vllm", "m", "::1", 8001, trust_remote_code=True)
+    assert curl_line("http://127.0.0.1:8001", "m").startswith("curl http://127.0.0.1:8001/v1/chat/completions ")
+
+
+def test_a_port_in_use_is_one_error_line_with_exit_2(tiny_model_dirs):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = yayi("serve", "--model", str(tiny_model_dirs["llama"]), "--port", str(port))
+    assert result.exit_code == 2 and result.stderr.startswith("error:")
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_vllm_without_vllm_is_one_error_line_with_exit_2(tiny_model_dirs):
+    result = yayi("serve", "--model", str(tiny_model_dirs["llama"]), "--engine", "vllm")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: --engine vllm needs vllm, not installed here")
+
+
+def test_missing_models_and_models_without_markers_are_refused(tmp_path, without_markers):
+    missing = yayi("serve", "--model", str(tmp_path / "nope"), "--port", str(free_port()))
+    assert missing.exit_code == 2 and "no such model directory" in missing.stderr
+    plain = yayi("serve", "--model", str(without_markers), "--port", str(free_port()))
+    assert plain.exit_code == 2 and "lacks the YaYi markers" in plain.stderr and "template install" in plain.stderr
+
+
+def test_the_engines_packages_are_installed_for_the_tests():
+    require_engine("transformers")
+    require_free_port("127.0.0.1", free_port())
+
+
+# --- a real server --------------------------------------------------------------------------------
+
+
+def memorize(directory: Path, steps: int = 80) -> None:
+    """Train the tiny model on one exchange until greedy decoding answers it and stops at <|End|>."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    template, _ = resolve_template(None, str(directory))
+    encoded = PromptTokenizer(template, AutoTokenizer.from_pretrained(directory)).encode_training(
+        Conversation((Turn(HUMAN, QUESTION), Turn(ASSISTANT, ANSWER)), SYSTEM)
+    )
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ids, labels = torch.tensor([encoded.input_ids]), torch.tensor([encoded.labels])
+    torch.manual_seed(0)
+    for _ in range(steps):
+        model(input_ids=ids, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dirs, tmp_path_factory) -> Path:
+    """A tiny Llama that knows one answer, saved like a downloaded model (no chat template, EOS only),
+    so serving it goes through the staged copy."""
+    directory = Path(shutil.copytree(tiny_model_dirs["llama"], tmp_path_factory.mktemp("serve") / "tiny-yayi"))
+    memorize(directory)
+    return strip_format(directory)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    """`yayi serve` on a free port, until it prints its curl line; stopped with Ctrl-C (SIGINT) at the end."""
+    before = files(model_dir)
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve-log") / "stderr.txt"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "yayi_cli", "serve", "--model", str(model_dir), "--port", str(port)],
+            stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )
+    lines = []
+    deadline = time.monotonic() + 180
+    while not lines or not lines[-1].startswith("curl"):
+        line = process.stdout.readline()
+        assert line and time.monotonic() < deadline, f"yayi serve did not start: {log.read_text()}"
+        lines.append(line.strip())
+    engine = children(process.pid)
+    yield {"base": f"http://127.0.0.1:{port}", "lines": lines, "process": process, "engine": engine}
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 130
+    assert engine and not any(alive(pid) for pid in engine + children(process.pid))
+    with pytest.raises(ProcessLookupError):
+        os.killpg(engine[0], 0)
+    assert files(model_dir) == before  # the user's files were never touched
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server["base"] + "/v1", api_key="not-needed", max_retries=0)
+
+
+REQUESTS = {
+    "memorized": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}],
+    "default system": [{"role": "user", "content": "请介绍一下雅意。"}],
+    "multi-turn": [{"role": "system", "content": "简短回答。"}, {"role": "user", "content": "第一个问题"},
+                   {"role": "assistant", "content": "第一个回答"}, {"role": "user", "content": "第二个问题"}],
+}
+
+
+@pytest.fixture(scope="module")
+def chat_answers(model_dir):
+    """What `yayi chat --greedy` answers to the same messages (--jsonl: one load, every request)."""
+    stdin = "".join(json.dumps({"messages": messages}, ensure_ascii=False) + "\n" for messages in REQUESTS.values())
+    result = subprocess.run(
+        [sys.executable, "-m", "yayi_cli", "chat", "--model", str(model_dir), "--greedy", "--repetition-penalty", "1.0",
+         "--max-new-tokens", str(MAX_TOKENS), "--jsonl"], input=stdin, capture_output=True, text=True, check=True,
+    )
+    return dict(zip(REQUESTS, (json.loads(line) for line in result.stdout.splitlines())))
+
+
+def same_answer(served: str, answer: dict) -> bool:
+    """Engines decode everything before the stop token, so an answer the model closes with the format's
+    separator and <|End|> keeps that separator, which yayi chat leaves out."""
+    return served.removesuffix(SEPARATOR) == answer["answer"]
+
+
+@pytest.mark.slow
+def test_it_prints_the_url_and_a_ready_curl_line(server):
+    base = server["base"]
+    assert server["lines"][-2] == f"serving tiny-yayi at {base}/v1 (OpenAI-compatible; Ctrl-C stops it)"
+    assert server["lines"][-1] == curl_line(base, "tiny-yayi")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(REQUESTS))
+def test_completions_equal_yayi_chat_streaming_or_not(client, chat_answers, case):
+    answer = chat_answers[case]
+    response = client.chat.completions.create(model="tiny-yayi", messages=REQUESTS[case], max_tokens=MAX_TOKENS, temperature=0)
+    choice = response.choices[0]
+    assert same_answer(choice.message.content, answer)
+    assert choice.finish_reason == {"end": "stop", "length": "length"}[answer["stop_reason"]]
+    assert response.usage.completion_tokens == answer["completion_tokens"]
+    assert response.usage.prompt_tokens == answer["prompt_tokens"]
+    stream = client.chat.completions.create(model="tiny-yayi", messages=REQUESTS[case], max_tokens=MAX_TOKENS,
+                                            temperature=0, stream=True)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == choice.message.content
+
+
+@pytest.mark.slow
+def test_generation_stops_at_the_end_marker_which_never_shows(client, chat_answers):
+    assert chat_answers["memorized"]["stop_reason"] == "end"
+    response = client.chat.completions.create(model="tiny-yayi", messages=REQUESTS["memorized"], max_tokens=50, temperature=0)
+    assert response.choices[0].finish_reason == "stop"
+    assert response.choices[0].message.content == ANSWER + SEPARATOR
+    assert response.usage.completion_tokens < 50
+
+
+@pytest.mark.slow
+def test_max_tokens_cuts_the_answer(client):
+    response = client.chat.completions.create(model="tiny-yayi", messages=REQUESTS["memorized"], max_tokens=3, temperature=0)
+    assert response.choices[0].finish_reason == "length" and response.usage.completion_tokens == 3
+
+
+@pytest.mark.slow
+def test_a_marker_inside_a_message_is_an_error_response_and_the_server_carries_on(client, server):
+    """The chat template refuses it, so it never reaches the model. transformers serve answers the template's
+    error with a 500 and closes the connection, so each request here opens its own."""
+    import openai
+
+    for messages in ([{"role": "user", "content": "请重复：<|End|>"}],
+                     [{"role": "system", "content": "<|Human|>"}, {"role": "user", "content": "hi"}]):
+        fresh = openai.OpenAI(base_url=server["base"] + "/v1", api_key="not-needed", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as error:
+            fresh.chat.completions.create(model="tiny-yayi", messages=messages, max_tokens=4)
+        assert error.value.status_code >= 400
+        fresh.close()
+    assert client.chat.completions.create(model="tiny-yayi", messages=REQUESTS["memorized"], max_tokens=2).choices
+
+
+@pytest.mark.slow
+def test_models_and_health(client, server):
+    import urllib.request
+
+    assert [model.id for model in client.models.list()] == ["tiny-yayi"]
+    with urllib.request.urlopen(server["base"] + "/health") as response:
+        assert json.load(response) == {"status": "ok"}

@@ -1,0 +1,200 @@
+"""`yayi serve`: an OpenAI-compatible endpoint from an existing engine (`transformers serve`, or vLLM).
+
+yayi only prepares the model and watches the engine: a model that lacks the chat template or the
+stop ids is served from a staged folder that links to the user's files and holds corrected copies
+of the few files that change (the user's directory is never modified); the engine runs as an
+argument list in its own process group, so Ctrl-C stops all of it and nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from yayi_cli.errors import UsageError
+from yayi_cli.options import ServeOptions
+
+ENGINES = ("transformers", "vllm")
+ENGINE_PACKAGES = {
+    "transformers": (("fastapi", "uvicorn", "openai"), "pip install 'yayi-cli[serve]'"),
+    "vllm": (("vllm",), "pip install vllm (Linux with a GPU)"),
+}
+STOP_GRACE_SECONDS = 10.0
+
+
+def require_engine(engine: str) -> None:
+    """One line naming what to install when the engine's packages are missing."""
+    if engine not in ENGINE_PACKAGES:
+        raise UsageError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    packages, hint = ENGINE_PACKAGES[engine]
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(f"--engine {engine} needs {', '.join(missing)}, not installed here: {hint}")
+
+
+def require_free_port(host: str, port: int) -> None:
+    """Bind the address as the engine will (SO_REUSEADDR, like uvicorn) to refuse a busy port up front."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, OverflowError) as error:
+        raise UsageError(f"--host {host} --port {port}: not an address to listen on ({error})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise UsageError(f"cannot listen on {host}:{port}: {error.strerror or error}; choose another --port") from None
+
+
+def engine_command(engine: str, name: str, host: str, port: int, trust_remote_code: bool) -> list[str]:
+    """The engine's argv; options present in transformers 5.17 and later, and in vLLM's OpenAI server."""
+    remote = ["--trust-remote-code"] if trust_remote_code else []
+    if engine == "vllm":
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", name, "--served-model-name",
+                name, "--host", host, "--port", str(port), *remote]
+    return [sys.executable, "-m", "transformers.cli.transformers", "serve", name, "--host", host, "--port", str(port),
+            *remote]
+
+
+@contextmanager
+def served_model(options: ServeOptions, note: Callable[[str], None]) -> Iterator[tuple[Path, str]]:
+    """A run folder holding the model under its own name (the id clients send): a link to the user's
+    directory when it has the YaYi format, else a staged folder with the format added."""
+    from yayi_cli.models import load_tokenizer, resolve_model_reference
+    from yayi_cli.prompt import GENERATION_CONFIG_FILE, MARKERS, resolve_template, save_model_format
+    from yayi_cli.template_install import format_problems
+
+    reference = resolve_model_reference(options.model)
+    local = Path(reference).is_dir()
+    directory = (Path(reference) if local else _download(reference)).resolve()
+    name = directory.name if local else reference.rsplit("/", 1)[-1]  # a hub snapshot's folder is a commit hash
+    template, _ = resolve_template(options.template, str(directory))
+    tokenizer = load_tokenizer(str(directory), trust_remote_code=options.trust_remote_code)
+    if any(marker not in tokenizer.get_vocab() for marker in MARKERS):
+        raise UsageError(
+            f"{options.model}: the tokenizer lacks the YaYi markers; fine-tune it with yayi train, or add them "
+            f"with `yayi template install {options.model}` (their embeddings start untrained)"
+        )
+    problems = format_problems(directory, tokenizer, template)
+    with tempfile.TemporaryDirectory(prefix="yayi-serve-") as run:
+        served = Path(run) / name
+        if not problems:
+            served.symlink_to(directory, target_is_directory=True)
+        else:
+            note(f"{options.model}: {'; '.join(problems)}. Serving a staged copy with the template {template.name} "
+                 f"and stop ids (your files are unchanged; `yayi template install` adds them for good)")
+            served.mkdir()
+            if (directory / GENERATION_CONFIG_FILE).is_file():
+                (served / GENERATION_CONFIG_FILE).write_bytes((directory / GENERATION_CONFIG_FILE).read_bytes())
+            save_model_format(served, tokenizer, template)
+            for path in directory.iterdir():  # linked only now, so no write above can go through a link
+                if not (served / path.name).exists():
+                    (served / path.name).symlink_to(path)
+        yield Path(run), name
+
+
+def _download(repo: str) -> Path:
+    """A hub model's local snapshot (the engine would download it anyway): staging needs its files."""
+    from huggingface_hub import snapshot_download
+
+    from yayi_cli.models import first_line
+
+    try:
+        return Path(snapshot_download(repo))
+    except Exception as error:  # noqa: BLE001 - network, auth, missing repo: one line each
+        raise UsageError(f"cannot download {repo}: {first_line(error)}") from None
+
+
+def _health(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def curl_line(base: str, name: str) -> str:
+    body = json.dumps({"model": name, "messages": [{"role": "user", "content": "你好"}]}, ensure_ascii=False)
+    return f"curl {base}/v1/chat/completions -H 'Content-Type: application/json' -d {shlex.quote(body)}"
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP reached yayi: the engine is stopped as on Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.exit_code = 128 + signum
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise _Stopped(signum)
+
+
+def stop_engine(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the engine's whole process group, SIGKILL after a grace period; returns once it is gone."""
+    for sig, wait in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    process.wait()
+    try:  # workers the engine started may outlive its main process
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def serve(options: ServeOptions, say: Callable[[str], None], note: Callable[[str], None]) -> int:
+    """Run the engine until it exits (its status), Ctrl-C (130) or SIGTERM/SIGHUP (128 + the signal)."""
+    require_engine(options.engine)
+    require_free_port(options.host, options.port)
+    host = f"[{options.host}]" if ":" in options.host else options.host
+    base = f"http://{host}:{options.port}"
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with served_model(options, note) as (run, name):
+            env = dict(os.environ, HF_HUB_DISABLE_UPDATE_CHECK="1")
+            command = engine_command(options.engine, name, options.host, options.port, options.trust_remote_code)
+            note(f"starting {options.engine} serve on {base} (loading the model)")
+            process = subprocess.Popen(command, cwd=run, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr,
+                                       start_new_session=True)
+            try:
+                return _watch(process, base, name, say)
+            except KeyboardInterrupt:
+                return 130
+            except _Stopped as stopped:
+                return stopped.exit_code
+            finally:
+                stop_engine(process)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _watch(process: subprocess.Popen[bytes], base: str, name: str, say: Callable[[str], None]) -> int:
+    while not _health(base):
+        if process.poll() is not None:
+            raise UsageError(f"the engine stopped before it was ready (exit {process.returncode}); its output is above")
+        time.sleep(0.25)
+    say(f"serving {name} at {base}/v1 (OpenAI-compatible; Ctrl-C stops it)")
+    say(curl_line(base, name))
+    return process.wait()
