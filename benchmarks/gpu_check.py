@@ -193,7 +193,7 @@ def table(arguments) -> None:
         after = report.get("after", {})
         rows.append((f"quantize {bits}-bit", after.get("decode_tokens_per_s"), "decode tokens/s",
                      report.get("before", {}).get("decode_tokens_per_s"),
-                     f"{(after.get('disk_bytes') or 0) / 2**30:.2f} GiB on disk, {report.get('seconds')} s"))
+                     f"{(after.get('disk_bytes') or 0) / 2**20:.1f} MiB on disk, {report.get('seconds') or 0:.1f} s"))
     for name in ("chat", "chat-compile"):
         rows.append((f"yayi {name.replace('-', ' --')} --jsonl", chat_rate(out, name), "tokens/s",
                      decode.get("tokens_per_second"), f"floor {floor:.1f} tokens/s" if floor else ""))
@@ -202,9 +202,10 @@ def table(arguments) -> None:
     loss_s = evaluation.get("timings", {}).get("loss_s")
     rows.append(("eval (batched loss)", round(records / loss_s, 1) if records and loss_s else None, "records/s", None, ""))
     print(f"{'step':28} {'yayi':>12} {'unit':16} {'baseline':>10} {'ratio':>7}  notes")
+    shown = lambda number: f"{number:.5g}" if number else "-"  # noqa: E731
     for name, value, unit, baseline, notes in rows:
         ratio = f"{value / baseline:.2f}x" if value and baseline else ""
-        print(f"{name:28} {value if value is not None else '-':>12} {unit:16} {baseline if baseline else '-':>10} {ratio:>7}  {notes}")
+        print(f"{name:28} {shown(value):>12} {unit:16} {shown(baseline):>10} {ratio:>7}  {notes}")
     print("steps: " + ", ".join(f"{step} {state}" for step, state in status.items()))
 
 
