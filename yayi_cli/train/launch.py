@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -44,6 +45,15 @@ COMPLETE_MARKER = "trainer_state.json"
 """The Trainer writes this last into a checkpoint, so a checkpoint without it was cut short."""
 DEFAULT_MAX_LENGTH = 2048
 """Where examples are cut when neither --max-length nor the model says how long a context is."""
+NODE_ENV_FILE = "deepspeed_env"
+"""OUTPUT/deepspeed_env: the variables DeepSpeed's runner exports to every machine (it reads the file
+that DS_ENV_FILE names, in place of ~/.deepspeed_env)."""
+USERS_NODE_ENV_FILE = ".deepspeed_env"
+FORWARDED_VARIABLES = ("PYTHONPATH", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+                       "TRANSFORMERS_OFFLINE")
+"""Set here, they decide how a rank finds code and models: the ranks on other machines get them too."""
+UNSAFE_IN_SHELL = re.compile(r'["$`\\\n]')
+"""DeepSpeed's runner puts each value into a remote shell command inside double quotes."""
 PACKAGES = ("yayi-cli", "torch", "transformers", "deepspeed", "datasets", "accelerate", "tokenizers", "peft", "bitsandbytes")
 
 
@@ -330,6 +340,8 @@ class LaunchPlan:
     data: list[dict[str, Any]]
     eval_data: list[dict[str, Any]]
     memory: MemoryEstimate
+    node_environment: dict[str, str] | None
+    """What DeepSpeed's runner exports to every machine (None: one machine, no runner over ssh)."""
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -372,6 +384,7 @@ class LaunchPlan:
             "deepspeed_config": self.deepspeed_config,
             "run": self.manifest(),
             "memory": self.memory.to_json(),
+            "node_environment": self.node_environment,
             "warnings": self.warnings,
         }
 
@@ -387,6 +400,7 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
         warnings.append(f"--force: the contents of {output} will be moved to {output.name}.replaced-<time> beside it")
     require_deepspeed()
     ranks = plan_ranks(options, warnings, dry_run=dry_run)
+    warnings += filter(None, [loopback_warning(options, ranks)])
     config = read_user_config(Path(options.deepspeed)) if options.deepspeed else deepspeed_config(options)
     accumulation = resolve_accumulation(options, ranks.world_size)
     options.gradient_accumulation_steps = accumulation
@@ -408,7 +422,7 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
             num_nodes=ranks.num_nodes, trust_remote_code=options.trust_remote_code,
         )
     return LaunchPlan(options, ranks, accumulation, config, precision, max_length, resume_from, data, eval_data, memory,
-                      warnings)
+                      node_environment(options) if ranks.num_nodes > 1 else None, warnings)
 
 
 def set_aside(output: Path) -> Path:
@@ -433,6 +447,8 @@ def write_run_files(plan: LaunchPlan) -> Path | None:
     else:
         write_json_atomic(output / DS_CONFIG_FILE, plan.deepspeed_config)
     write_json_atomic(output / RUN_FILE, plan.manifest())
+    if plan.node_environment is not None:
+        write_text_atomic(output / NODE_ENV_FILE, "".join(f"{name}={value}\n" for name, value in plan.node_environment.items()))
     return kept
 
 
@@ -466,16 +482,79 @@ def run_training(plan: LaunchPlan, *, verbose: bool = False) -> TrainingResult:
     console = RunConsole(plan.output, verbose=verbose)
     status = 1
     try:
-        status = run_launcher(plan.command, child_environment(plan.options), console.line)
+        node_env_file = plan.output / NODE_ENV_FILE if plan.node_environment is not None else None
+        status = run_launcher(plan.command, child_environment(plan.options, node_env_file), console.line)
     finally:
         console.finish(status)
     return TrainingResult(plan, status, kept)
 
 
-def child_environment(options: TrainOptions) -> dict[str, str]:
-    env = library_environment(dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false"))
-    if options.cpu:
-        env["DS_ACCELERATOR"] = "cpu"
+RANK_SETTINGS = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def chosen_environment(options: TrainOptions) -> dict[str, str]:
+    """The variables that yayi's own flags set for every rank."""
+    env = {"DS_ACCELERATOR": "cpu"} if options.cpu else {}
+    if options.network_interface:
+        env |= {"GLOO_SOCKET_IFNAME": options.network_interface, "NCCL_SOCKET_IFNAME": options.network_interface}
+    return env
+
+
+def users_node_environment() -> dict[str, str]:
+    """What the user's own .deepspeed_env files set (DeepSpeed reads the one in the home directory,
+    then the one in the working directory; yayi's file replaces that lookup, so it carries them over)."""
+    name = os.environ.get("DS_ENV_FILE", USERS_NODE_ENV_FILE)
+    found: dict[str, str] = {}
+    for path in (Path.home() / name, Path.cwd() / name):
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                key, equals, value = line.partition("=")
+                if equals and key.strip():
+                    found[key.strip()] = value.strip()
+    return found
+
+
+def node_environment(options: TrainOptions) -> dict[str, str]:
+    """What every rank on every machine gets, so a remote rank runs as a local one would: this Python
+    environment first on PATH, the variables that decide where code and models come from, the
+    user's .deepspeed_env, and what yayi's flags set (those last, so the flags win)."""
+    python_bin = str(Path(sys.executable).parent)
+    path = [python_bin] + [part for part in os.environ.get("PATH", "").split(os.pathsep) if part and part != python_bin]
+    env = {"PATH": os.pathsep.join(path), **RANK_SETTINGS}
+    env |= {name: os.environ[name] for name in FORWARDED_VARIABLES if os.environ.get(name)}
+    env |= users_node_environment() | chosen_environment(options)
+    for name, value in env.items():
+        if UNSAFE_IN_SHELL.search(value):
+            raise UsageError(f"{name}={value!r}: DeepSpeed's runner cannot pass a value holding \" $ ` or \\ "
+                             "to the other machines; change it")
+    return env
+
+
+def loopback_warning(options: TrainOptions, ranks: Ranks) -> str | None:
+    """Gloo and NCCL announce the address this machine's name resolves to, unless told an interface:
+    a loopback one leaves the machines unable to reach each other (the run waits, then times out)."""
+    if ranks.num_nodes < 2 or options.network_interface:
+        return None
+    name = socket.gethostname()
+    try:
+        address = socket.gethostbyname(name)
+    except OSError:
+        address = None
+    if address and not address.startswith("127."):
+        return None
+    interfaces = [interface for _, interface in socket.if_nameindex() if interface != "lo"]
+    resolves = f"resolves to {address}, a loopback address" if address else "does not resolve to an address"
+    return (f"this machine's name {name!r} {resolves}: each rank would announce it and the machines would not "
+            f"connect; give --network-interface IFACE, the interface they reach each other on"
+            + (f" (here: {', '.join(interfaces)})" if interfaces else ""))
+
+
+def child_environment(options: TrainOptions, node_env_file: Path | None = None) -> dict[str, str]:
+    """The launcher's environment: ours, less what yayi quieted for itself, plus what every rank needs
+    (and, for several machines, the file of what the runner exports to them)."""
+    env = library_environment(dict(os.environ, **RANK_SETTINGS)) | chosen_environment(options)
+    if node_env_file is not None:
+        env["DS_ENV_FILE"] = str(node_env_file)
     visible = visible_gpus(options)
     if visible and options.gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[: options.gpus])  # --gpus N: the first N of them

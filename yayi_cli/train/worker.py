@@ -55,15 +55,19 @@ def training_arguments(run: dict[str, Any], options: TrainOptions, precision: st
         eval_strategy="steps" if has_eval else "no",
         eval_steps=options.eval_steps or options.save_steps,
         report_to=options.report_to,
+        ddp_timeout=options.dist_timeout,
         disable_tqdm=True,  # `yayi train` draws progress itself, from the events of train/progress.py
     )
 
 
-def join_ranks(cpu: bool) -> None:
-    """Start DeepSpeed's communication now (gloo between CPU ranks), not lazily inside the Trainer."""
+def join_ranks(cpu: bool, timeout_seconds: int) -> None:
+    """Start DeepSpeed's communication now (gloo between CPU ranks), not lazily inside the Trainer;
+    a rank that waits `timeout_seconds` for the others (to join, or in any collective later) fails."""
+    import datetime
+
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="gloo" if cpu else None)
+    deepspeed.init_distributed(dist_backend="gloo" if cpu else None, timeout=datetime.timedelta(seconds=timeout_seconds))
 
 
 def group_by_length(args: Any) -> None:
@@ -174,7 +178,7 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
         tokenizer.pad_token = tokenizer.eos_token
     template, _ = resolve_template(options.template, options.model)
     # Before the model: ZeRO-3 partitions while loading, which needs the ranks joined and the config set.
-    join_ranks(options.cpu)
+    join_ranks(options.cpu, options.dist_timeout)
     args = training_arguments(run, options, precision, has_eval=bool(options.eval_data or options.test_size))
     main_rank = args.process_index == 0
 
