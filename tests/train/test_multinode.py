@@ -243,15 +243,17 @@ def test_a_run_over_two_hosts_trains_a_rank_on_each_stops_on_ctrl_c_and_resumes(
     assert len(answers) == 1 and isinstance(answers[0], str)
 
 
-def test_a_host_that_cannot_join_ends_the_run_in_bounded_time_naming_it(two_hosts, tiny_model_dirs, small_data,
-                                                                         tmp_path):
+def test_a_host_that_cannot_join_ends_the_whole_run_at_once_naming_it(two_hosts, tiny_model_dirs, small_data, tmp_path):
+    """pdsh cannot reach the third machine: the ranks on the other two would wait for it until
+    --dist-timeout; yayi ends the run as soon as pdsh says so."""
     output = tmp_path / "run"
     started = time.monotonic()
     process = yayi_train(two_hosts, "--hostfile", str(two_hosts.hostfile(*ADDRESSES, UNREACHABLE)),
-                         "--network-interface", INTERFACE, "--dist-timeout", "60", "--data", str(small_data),
+                         "--network-interface", INTERFACE, "--dist-timeout", "600", "--data", str(small_data),
                          "--model", str(tiny_model_dirs["llama"]), "-o", str(output), "--max-steps", "2")
-    text, _ = process.communicate(timeout=400)
+    text, _ = process.communicate(timeout=600)
     assert process.returncode == 1, text[-3000:]
-    assert time.monotonic() - started < 300
-    assert UNREACHABLE in text and "Traceback" not in text.split("ended with:")[0]
+    assert time.monotonic() - started < 300, text[-3000:]
+    assert f"{UNREACHABLE} failed, ending the run; its last line: ssh: connect to host {UNREACHABLE}" in text, text[-3000:]
+    assert "Traceback" not in text
     assert wait_until_gone(output / "run.json") == []

@@ -54,6 +54,8 @@ FORWARDED_VARIABLES = ("PYTHONPATH", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE"
 """Set here, they decide how a rank finds code and models: the ranks on other machines get them too."""
 UNSAFE_IN_SHELL = re.compile(r'["$`\\\n]')
 """DeepSpeed's runner puts each value into a remote shell command inside double quotes."""
+MACHINE_FAILED = re.compile(r"^pdsh@\S+: (\S+): ssh exited with exit code (\d+)$")
+"""What pdsh prints when the launcher on one machine ended with an error (or ssh could not reach it)."""
 PACKAGES = ("yayi-cli", "torch", "transformers", "deepspeed", "datasets", "accelerate", "tokenizers", "peft", "bitsandbytes")
 
 
@@ -561,15 +563,24 @@ def child_environment(options: TrainOptions, node_env_file: Path | None = None) 
     return env
 
 
+def failed_machine(line: str) -> str | None:
+    """The machine a launcher line says has failed, if it says so."""
+    failed = MACHINE_FAILED.match(line.rstrip("\n"))
+    return failed.group(1) if failed else None
+
+
 def run_launcher(command: list[str], env: dict[str, str], on_line: Callable[[str], None]) -> int:
     """Run the launcher, hand each line it and its ranks print to `on_line`, return its exit status
-    (130 when interrupted).
+    (130 when interrupted; 1 when training failed).
 
     The launcher and its ranks get a process group of their own, so that Ctrl-C reaches only us;
     we then stop the whole group with SIGTERM (the launcher's own shutdown path, no tracebacks),
     as we do when we receive SIGTERM, and keep reading until they have all exited; a second
     Ctrl-C kills the group outright. A checkpoint cut short lacks its last file and is skipped by
     --resume auto, so the newest complete one stays usable.
+
+    When one machine fails, the ranks elsewhere would wait for it until --dist-timeout: the whole
+    run is stopped the same way at once.
     """
     process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace")
@@ -578,9 +589,15 @@ def run_launcher(command: list[str], env: dict[str, str], on_line: Callable[[str
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signum)
 
+    machine_failed = False
+
     def read_all() -> None:
+        nonlocal machine_failed
         for line in process.stdout:
             on_line(line)
+            if not machine_failed and failed_machine(line):
+                machine_failed = True
+                signal_group(signal.SIGTERM)
 
     previous = signal.signal(signal.SIGTERM, lambda *_: signal_group(signal.SIGTERM))
     interrupted = False
@@ -597,7 +614,9 @@ def run_launcher(command: list[str], env: dict[str, str], on_line: Callable[[str
         signal.signal(signal.SIGTERM, previous)
     if interrupted:
         return 130
-    return 128 - status if status < 0 else status  # killed by a signal: the shell's convention
+    if status < 0:
+        return 128 - status  # killed by a signal: the shell's convention
+    return 1 if machine_failed or status > 2 else status  # pdsh passes on ssh's 255 when a machine is unreachable
 
 
 def interrupted_note(output: Path) -> str:
