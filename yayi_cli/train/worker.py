@@ -56,6 +56,7 @@ def training_arguments(run: dict[str, Any], options: TrainOptions, precision: st
         eval_steps=options.eval_steps or options.save_steps,
         report_to=options.report_to,
         ddp_timeout=options.dist_timeout,
+        log_on_each_node=False,  # the libraries' info logs from the first rank only, not from each machine's first
         disable_tqdm=True,  # `yayi train` draws progress itself, from the events of train/progress.py
     )
 
@@ -159,7 +160,7 @@ def save_final_model(trainer: Any, tokenizer: Any, template: Any, output: Path, 
 
 def train(run: dict[str, Any]) -> dict[str, Any]:
     import torch
-    from transformers import Trainer, set_seed
+    from transformers import PrinterCallback, Trainer, set_seed
 
     from yayi_cli.models import best_precision, load_tokenizer
     from yayi_cli.prompt import PromptTokenizer, add_markers, resolve_template
@@ -208,6 +209,8 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
     reporter = make_reporter(counter, output, world_size=args.world_size, main_rank=main_rank)
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                       data_collator=counter, processing_class=tokenizer, callbacks=[reporter])
+    if not main_rank:
+        trainer.remove_callback(PrinterCallback)  # each machine's first rank would print the same logs and summary
     result = trainer.train(resume_from_checkpoint=run["resume_from"])
     metrics = dict(result.metrics)
     if eval_set is not None:
