@@ -161,11 +161,19 @@ def test_resume_auto_without_checkpoints_starts_from_the_model(tmp_path):
     assert "starting from the model" in warnings[0]
 
 
-def test_resuming_zero_state_on_another_number_of_ranks_is_refused_with_the_ways_out(tmp_path):
+def test_zero_state_of_another_number_of_ranks_is_converted_at_zero_1_and_2_and_refused_otherwise(tmp_path):
     checkpoint = write_checkpoint(tmp_path, 10, shards=2)
-    assert resolve_resume(options(resume=str(checkpoint)), 2, []) == checkpoint
-    with pytest.raises(UsageError, match="split over 2 rank.*this launch has 4.*--model .*checkpoint-10"):
-        resolve_resume(options(resume=str(checkpoint)), 4, [])
+    assert resolve_resume(options(resume=str(checkpoint)), 4, []) == checkpoint
+    warnings: list[str] = []
+    assert launch.universal_conversion(checkpoint, 2, {"zero_optimization": {"stage": 2}}, options(), warnings) is None
+    assert launch.universal_conversion(checkpoint, 4, {"zero_optimization": {"stage": 2}}, options(), warnings) == 2
+    assert "written by 2 rank(s) and this launch has 4: it will be converted" in warnings[0]
+    with pytest.raises(UsageError, match="split over 2 rank.*this launch has 4.*not ZeRO-3.*--model .*checkpoint-10"):
+        launch.universal_conversion(checkpoint, 4, {"zero_optimization": {"stage": 3}}, options(), [])
+    with pytest.raises(UsageError, match="not lora adapters"):
+        launch.universal_conversion(checkpoint, 4, {"zero_optimization": {"stage": 2}}, options(lora=True), [])
+    with pytest.raises(UsageError, match='add {"checkpoint": {"load_universal": true}} to --deepspeed'):
+        launch.universal_conversion(checkpoint, 4, {"zero_optimization": {"stage": 2}}, options(deepspeed="z.json"), [])
     with pytest.raises(UsageError, match="not a complete checkpoint"):
         resolve_resume(options(resume=str(write_checkpoint(tmp_path, 11, complete=False))), 2, [])
 

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -264,14 +265,61 @@ def resolve_resume(options: TrainOptions, world_size: int, warnings: list[str]) 
             raise UsageError(f"--resume {checkpoint}: no such checkpoint directory; give checkpoint-N or auto")
         if not (checkpoint / COMPLETE_MARKER).is_file():
             raise UsageError(f"--resume {checkpoint}: not a complete checkpoint (no {COMPLETE_MARKER} in it)")
-    written_by = checkpoint_world_size(checkpoint)
-    if written_by is not None and written_by != world_size:
-        raise UsageError(
-            f"{checkpoint} holds ZeRO optimizer state split over {written_by} rank(s), and this launch has "
-            f"{world_size}; resume with {written_by} rank(s) (--gpus/--hostfile), or start from its weights "
-            f"with --model {checkpoint} and no --resume"
-        )
     return checkpoint.resolve()
+
+
+UNIVERSAL_STAGES = (1, 2)
+"""ZeRO stages whose checkpoints yayi converts for another rank count (the ones its tests resume)."""
+UNIVERSAL_LATEST = "latest_universal"
+"""Names the universal checkpoint in a checkpoint directory, as DeepSpeed's `latest` names the usual one."""
+UNIVERSAL_LOADING = {"checkpoint": {"load_universal": True}}
+
+
+def universal_conversion(checkpoint: Path | None, world_size: int, config: dict[str, Any], options: TrainOptions,
+                         warnings: list[str]) -> int | None:
+    """The rank count a checkpoint's ZeRO optimizer state is split over, when this launch has another
+    one and the checkpoint must be converted to DeepSpeed's universal format to continue; None when
+    it can be loaded as it is. Refuses what the conversion does not cover, with the ways out."""
+    written_by = checkpoint_world_size(checkpoint) if checkpoint else None
+    if written_by is None or written_by == world_size:
+        return None
+    ways_out = (f"resume with {written_by} rank(s) (--gpus/--hostfile), or start from its weights with "
+                f"--model {checkpoint} and no --resume")
+    if stage_of(config) not in UNIVERSAL_STAGES or options.adapter:
+        what = f"{options.adapter} adapters" if options.adapter else f"ZeRO-{stage_of(config)}"
+        raise UsageError(f"{checkpoint} holds ZeRO optimizer state split over {written_by} rank(s), and this launch has "
+                         f"{world_size}; yayi converts it for another rank count only for full fine-tunes at ZeRO-1 or "
+                         f"ZeRO-2, not {what}: {ways_out}")
+    if options.deepspeed and (config.get("checkpoint") or {}).get("load_universal") is not True:
+        raise UsageError(f"{checkpoint} holds ZeRO optimizer state split over {written_by} rank(s), and this launch has "
+                         f"{world_size}: to resume it converted to a universal checkpoint, add "
+                         f"{json.dumps(UNIVERSAL_LOADING)} to --deepspeed {options.deepspeed}; or {ways_out}")
+    warnings.append(f"{checkpoint} was written by {written_by} rank(s) and this launch has {world_size}: it will be "
+                    "converted to a DeepSpeed universal checkpoint (beside its own state) and continued from there")
+    return written_by
+
+
+def convert_to_universal(checkpoint: Path) -> Path:
+    """DeepSpeed's ds_to_universal on the checkpoint's ZeRO state, into CHECKPOINT/<tag>_universal
+    (once: an earlier conversion is reused), named by CHECKPOINT/latest_universal. The conversion
+    writes into a temporary folder first, so a cut-short one is never taken for a finished one."""
+    tag = (checkpoint / "latest").read_text(encoding="utf-8").strip()
+    target = checkpoint / f"{tag}_universal"
+    if target.is_dir() and (checkpoint / UNIVERSAL_LATEST).is_file():
+        return target
+    partial = checkpoint / f"{target.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--inject_missing_state",
+               "--input_folder", str(checkpoint / tag), "--output_folder", str(partial)]
+    done = subprocess.run(command, env=library_environment(dict(os.environ, DS_ACCELERATOR="cpu")),
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+        raise DataError(f"converting {checkpoint} to a universal checkpoint failed: {last}")
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    write_text_atomic(checkpoint / UNIVERSAL_LATEST, target.name)
+    return target
 
 
 def check_output(options: TrainOptions) -> None:
@@ -339,6 +387,8 @@ class LaunchPlan:
     precision: str
     max_length: int
     resume_from: Path | None
+    universal_from: int | None
+    """The rank count the checkpoint was written by, when it is converted to a universal one first."""
     data: list[dict[str, Any]]
     eval_data: list[dict[str, Any]]
     memory: MemoryEstimate
@@ -372,6 +422,7 @@ class LaunchPlan:
             "max_length": self.max_length,
             "deepspeed_config": DS_CONFIG_FILE,
             "resume_from": str(self.resume_from) if self.resume_from else None,
+            "resume_converted_from_world_size": self.universal_from,
             "data": self.data,
             "eval_data": self.eval_data,
             "versions": package_versions(),
@@ -410,6 +461,9 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
     precision = resolve_precision(config, options)
     max_length = resolve_max_length(options, warnings)
     resume_from = resolve_resume(options, ranks.world_size, warnings)
+    universal_from = universal_conversion(resume_from, ranks.world_size, config, options, warnings)
+    if universal_from and not options.deepspeed:
+        config |= UNIVERSAL_LOADING
     data = check_data(options.data, "--data", options.test_size)
     eval_data = check_data(options.eval_data, "--eval-data") if options.eval_data else []
     if options.adapter:
@@ -423,8 +477,8 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
             options.model, stage=stage_of(config), offload=offload_of(config), gpus_per_node=ranks.gpus_per_node,
             num_nodes=ranks.num_nodes, trust_remote_code=options.trust_remote_code,
         )
-    return LaunchPlan(options, ranks, accumulation, config, precision, max_length, resume_from, data, eval_data, memory,
-                      node_environment(options) if ranks.num_nodes > 1 else None, warnings)
+    return LaunchPlan(options, ranks, accumulation, config, precision, max_length, resume_from, universal_from, data,
+                      eval_data, memory, node_environment(options) if ranks.num_nodes > 1 else None, warnings)
 
 
 def set_aside(output: Path) -> Path:
@@ -481,6 +535,8 @@ def run_training(plan: LaunchPlan, *, verbose: bool = False) -> TrainingResult:
     from yayi_cli.train.console import RunConsole
 
     kept = write_run_files(plan)
+    if plan.universal_from:
+        convert_to_universal(plan.resume_from)
     console = RunConsole(plan.output, verbose=verbose)
     status = 1
     try:
