@@ -601,7 +601,10 @@ def loopback_warning(options: TrainOptions, ranks: Ranks) -> str | None:
         address = None
     if address and not address.startswith("127."):
         return None
-    interfaces = [interface for _, interface in socket.if_nameindex() if interface != "lo"]
+    try:
+        interfaces = [interface for _, interface in socket.if_nameindex() if interface != "lo"]
+    except OSError:
+        interfaces = []
     resolves = f"resolves to {address}, a loopback address" if address else "does not resolve to an address"
     return (f"this machine's name {name!r} {resolves}: each rank would announce it and the machines would not "
             f"connect; give --network-interface IFACE, the interface they reach each other on"
