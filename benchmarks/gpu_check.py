@@ -65,7 +65,7 @@ def make_model(arguments) -> None:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from yayi_cli.data.checked import load_records
-    from yayi_cli.prompt import TEMPLATES, render_training, save_template, stop_token_ids
+    from yayi_cli.prompt import TEMPLATES, render_training, save_model_format
     from yayi_cli.tiny import train_tokenizer
 
     hidden, intermediate, layers, heads, kv_heads, vocabulary = SHAPES[arguments.shape]
@@ -80,10 +80,8 @@ def make_model(arguments) -> None:
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
     model.save_pretrained(arguments.out)
-    tokenizer.save_pretrained(arguments.out)
-    save_template(Path(arguments.out), TEMPLATES["yayi-llama2"])
+    save_model_format(Path(arguments.out), tokenizer, TEMPLATES["yayi-llama2"])
     print(f"{arguments.shape}: {model.num_parameters() / 1e9:.2f}B parameters -> {arguments.out}")
 
 

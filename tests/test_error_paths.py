@@ -48,6 +48,10 @@ BAD_OPTION_VALUES = [
     ["quantize", "--model", "m", "-o", "out", "--bits", "3"],
     ["eval", "--model", "m", "--data", str(SAMPLE_DATA), "--task", "essay"],
     ["chat", "--model", "m", "--dtype", "fp64"],
+    ["chat", "--model", "m", "--temperature", "inf"],
+    ["train", "--lr", "nan"],
+    ["quantize", "--model", "m", "-o", "out", "--threshold", "nan"],
+    ["eval", "--model", "m", "--data", str(SAMPLE_DATA), "--max-regression", "-1"],
     ["no-such-command"],
 ]
 
@@ -68,11 +72,25 @@ def test_a_user_error_is_one_line_with_exit_2(arguments, expected, tiny_model_di
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("arguments", BAD_OPTION_VALUES, ids=lambda a: " ".join(a[:2]))
+@pytest.mark.parametrize("arguments", BAD_OPTION_VALUES, ids=lambda a: " ".join(a[:2] + a[-2:]))
 def test_bad_option_values_are_usage_errors(arguments):
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
     assert "Usage:" in result.stderr and "Traceback" not in result.output
+    if any(value in arguments for value in ("nan", "inf")):
+        assert "is not a finite number" in result.stderr
+
+
+def test_a_config_file_cannot_smuggle_in_nan(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: [{SAMPLE_DATA}]\nmodel: m\noutput: {tmp_path / 'out'}\nlr: .nan\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["train", "--config", str(config), "--dry-run"])
+    assert result.exit_code == 2 and "--lr nan: give a finite number" in result.stderr
+
+
+def test_a_huge_preview_count_shows_every_record():
+    result = CliRunner().invoke(app, ["data", "preview", str(SAMPLE_DATA), "-n", "99999999999999999999"])
+    assert result.exit_code == 0 and "Traceback" not in result.output
 
 
 def test_invalid_data_is_exit_1_for_the_commands_that_check_it(tmp_path, tiny_model_dirs):

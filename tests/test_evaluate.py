@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from tests.helpers import SAMPLE_DATA
 from yayi_cli.cli import app
 from yayi_cli.data.checked import load_records
-from yayi_cli.evaluate import ChoiceItem, Gate, choice_accuracy, regressions
+from yayi_cli.evaluate import ChoiceItem, Gate, baseline_metrics, choice_accuracy, regressions
 from yayi_cli.inference import generate_answers, response_loss, split_last_answer
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.models import load_model, load_tokenizer
@@ -140,6 +140,19 @@ def test_regressions_follow_each_metrics_direction():
     assert regressions({"loss": 2.02, "perplexity": 7.4, "rouge_l": 0.49}, baseline, 2.5) == []
     failures = regressions({"loss": 2.2, "perplexity": 7.0, "rouge_l": 0.4}, baseline, 5)
     assert [f.split(" ")[0] for f in failures] == ["loss", "rouge_l"]
+
+
+def test_a_zero_baseline_still_gates_in_each_direction():
+    failures = regressions({"loss": 0.1, "exact_match": 0.2}, {"loss": 0.0, "exact_match": 0.0}, 50)
+    assert [f.split(" ")[0] for f in failures] == ["loss"]  # loss rose from 0; exact match cannot fall below 0
+
+
+@pytest.mark.parametrize("value", ["NaN", "true", '"2.0"', "Infinity"])
+def test_a_baseline_whose_metrics_are_not_numbers_is_refused(tmp_path, value):
+    path = tmp_path / "report.json"
+    path.write_text('{"metrics": {"loss": %s}}' % value, encoding="utf-8")
+    with pytest.raises(UsageError, match="metric 'loss' is .*not a finite number or null"):
+        baseline_metrics(path)
 
 
 def test_invalid_data_stops_the_run_as_validate_reports_it(tmp_path):

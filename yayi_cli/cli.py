@@ -22,7 +22,7 @@ from yayi_cli import __version__
 from yayi_cli.data import DEFAULT_SEED
 from yayi_cli.errors import YayiError
 from yayi_cli.models import DTYPES
-from yayi_cli.options import ChatOptions, EvalOptions, GenerationSettings, MergeOptions, QuantizeOptions, ServeOptions
+from yayi_cli.options import finite_float, ChatOptions, EvalOptions, GenerationSettings, MergeOptions, QuantizeOptions, ServeOptions
 from yayi_cli.prompt import TEMPLATES
 from yayi_cli.train.options import OFFLOADS, OVERLONG, PRECISIONS, SCHEDULERS, ZERO_STAGES, TrainOptions
 
@@ -83,6 +83,21 @@ BaseOption = typer.Option(
     None, "--base", metavar="DIR|HUB_ID", autocompletion=complete_directories,
     help="With a LoRA adapter directory as --model: the base model to load it on [default: the one in its adapter_config.json].",
 )
+
+
+def number(text: str | float) -> float:
+    """The parser of every float option: `nan` and `inf`, which float() accepts, are usage errors."""
+    try:
+        return finite_float(text)
+    except (TypeError, ValueError):
+        raise typer.BadParameter(f"{text!r} is not a finite number") from None
+
+
+def non_negative_number(text: str | float) -> float:
+    value = number(text)
+    if value < 0:
+        raise typer.BadParameter(f"{text!r} is below 0")
+    return value
 
 
 def default_of(option: str) -> str:
@@ -169,7 +184,7 @@ def main_options(
 def data_preview(
     ctx: typer.Context,
     file: Path = typer.Argument(..., metavar="FILE", help="A .jsonl or .json data file.", show_default=False),
-    num_records: int = typer.Option(3, "-n", "--num-records", min=1, help="How many records to show."),
+    num_records: int = typer.Option(3, "-n", "--num-records", min=1, max=sys.maxsize, clamp=True, help="How many records to show."),
     template: Optional[TemplateName] = TemplateOption,
     model: Optional[str] = ModelOption,
     trust_remote_code: bool = TrustRemoteCodeOption,
@@ -200,7 +215,7 @@ def data_validate(
     strict: bool = typer.Option(False, "--strict", help="Treat warnings as errors."),
     max_errors: int = typer.Option(100, "--max-errors", min=0, help="List at most this many problems (all are counted)."),
     workers: Optional[int] = typer.Option(
-        None, "--workers", min=1, help="Processes for JSON-lines files (default: one per core above 32 MB)."
+        None, "--workers", min=1, help="Processes for JSON-lines files, at most one per core (default: one per core above 32 MB)."
     ),
     trust_remote_code: bool = TrustRemoteCodeOption,
     json_output: bool = JsonOption,
@@ -282,13 +297,13 @@ def train_command(
     max_length: Optional[int] = typer.Option(None, "--max-length", metavar="TOKENS", help="Longest example (default: the model's context)."),
     overlong: Optional[Overlong] = typer.Option(None, "--overlong", help="Longer examples are cut or left out, and counted " + default_of("overlong")),
     packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help="Pack several examples into each row."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", "--num-train-epochs", help=default_of("epochs")),
+    epochs: Optional[float] = typer.Option(None, "--epochs", "--num-train-epochs", parser=number, help=default_of("epochs")),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps (overrides --epochs)."),
-    lr: Optional[float] = typer.Option(None, "--lr", "--learning-rate", help=f"Peak learning rate [default: {TrainOptions().lr:g}; {TrainOptions(lora=True).lr:g} with --lora/--qlora]"),
+    lr: Optional[float] = typer.Option(None, "--lr", "--learning-rate", parser=number, help=f"Peak learning rate [default: {TrainOptions().lr:g}; {TrainOptions(lora=True).lr:g} with --lora/--qlora]"),
     lr_scheduler: Optional[Scheduler] = typer.Option(None, "--lr-scheduler", help=default_of("lr_scheduler")),
     warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help=default_of("warmup_steps")),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help=default_of("weight_decay")),
-    max_grad_norm: Optional[float] = typer.Option(None, "--max-grad-norm", help="Gradient clipping " + default_of("max_grad_norm")),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", parser=number, help=default_of("weight_decay")),
+    max_grad_norm: Optional[float] = typer.Option(None, "--max-grad-norm", parser=number, help="Gradient clipping " + default_of("max_grad_norm")),
     seed: Optional[int] = typer.Option(None, "--seed", help=default_of("seed")),
     logging_steps: Optional[int] = typer.Option(None, "--logging-steps", help=default_of("logging_steps")),
     save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N steps " + default_of("save_steps")),
@@ -305,7 +320,7 @@ def train_command(
     qlora: Optional[bool] = typer.Option(None, "--qlora", help="LoRA on the model quantized to 4-bit NF4 (bitsandbytes): a 7B model on one 24 GB GPU."),
     lora_r: Optional[int] = typer.Option(None, "--lora-r", metavar="R", help="Adapter rank " + default_of("lora_r")),
     lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", metavar="ALPHA", help="Adapter scale (the update is multiplied by alpha/r) [default: 2 x --lora-r]"),
-    lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", metavar="P", help=default_of("lora_dropout")),
+    lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", metavar="P", parser=number, help=default_of("lora_dropout")),
     lora_targets: Optional[list[str]] = typer.Option(None, "--lora-targets", metavar="NAME,...|all-linear", help="Modules that get adapters [default: every linear projection of the attention and MLP blocks]"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the launch command, ZeRO config and memory estimate; run and write nothing."),
     json_output: bool = JsonOption,
@@ -358,7 +373,7 @@ def eval_command(
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="REPORT.json", help="Write the JSON report here."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", metavar="REPORT.json", help="A previous report: print changes against it."),
     fail_if: list[str] = typer.Option([], "--fail-if", metavar="EXPR", help='Exit 1 when it holds, e.g. "ppl>12.5" (repeatable).'),
-    max_regression: Optional[float] = typer.Option(None, "--max-regression", metavar="PCT", min=0, help="With --baseline: exit 1 when a metric is more than PCT% worse."),
+    max_regression: Optional[float] = typer.Option(None, "--max-regression", metavar="PCT", parser=non_negative_number, help="With --baseline: exit 1 when a metric is more than PCT% worse."),
     force: bool = typer.Option(EvalOptions.force, "--force", help="Replace existing --output or --predictions files."),
     base: Optional[str] = BaseOption,
     trust_remote_code: bool = TrustRemoteCodeOption,
@@ -387,11 +402,11 @@ def chat_command(
     system: Optional[str] = typer.Option(None, "--system", help="System prompt (default: the template's)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Answer this one message, print only the answer, exit."),
     jsonl: bool = typer.Option(False, "--jsonl", help='Read JSON lines on stdin ({"prompt": ...} or any record), write one JSON line per answer.'),
-    temperature: float = typer.Option(GenerationSettings.temperature, "--temperature"),
-    top_p: float = typer.Option(GenerationSettings.top_p, "--top-p"),
+    temperature: float = typer.Option(GenerationSettings.temperature, "--temperature", parser=number),
+    top_p: float = typer.Option(GenerationSettings.top_p, "--top-p", parser=number),
     top_k: int = typer.Option(GenerationSettings.top_k, "--top-k", help="0 turns it off."),
     max_new_tokens: int = typer.Option(GenerationSettings.max_new_tokens, "--max-new-tokens"),
-    repetition_penalty: float = typer.Option(GenerationSettings.repetition_penalty, "--repetition-penalty"),
+    repetition_penalty: float = typer.Option(GenerationSettings.repetition_penalty, "--repetition-penalty", parser=number),
     sample: bool = typer.Option(GenerationSettings.do_sample, "--sample/--greedy", help="Sample (upstream's default) or take the most likely token."),
     seed: Optional[int] = typer.Option(GenerationSettings.seed, "--seed", help="Seed the sampler once, for repeatable answers."),
     max_context_tokens: Optional[int] = typer.Option(
@@ -435,12 +450,12 @@ def quantize_command(
     model: str = typer.Option(..., "--model", "-m", metavar="DIR|HUB_ID", help="Model to quantize.", show_default=False, autocompletion=complete_directories),
     output: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="Directory for the quantized checkpoint.", show_default=False, autocompletion=complete_directories),
     bits: Literal[8, 4] = typer.Option(QuantizeOptions.bits, "--bits", help="8: LLM.int8; 4: NF4."),
-    threshold: float = typer.Option(QuantizeOptions.threshold, "--threshold", help="LLM.int8 outlier threshold."),
+    threshold: float = typer.Option(QuantizeOptions.threshold, "--threshold", parser=number, help="LLM.int8 outlier threshold."),
     skip_modules: list[str] = typer.Option(list(QuantizeOptions.skip_modules), "--skip-modules", help="Modules kept in full precision (repeatable)."),
     device: str = typer.Option(QuantizeOptions.device, "--device", help="auto, cpu, cuda or cuda:N."),
     check_data: list[Path] = typer.Option([], "--check-data", metavar="FILE", help="Records to measure answer perplexity and greedy agreement on."),
     max_check_samples: int = typer.Option(QuantizeOptions.max_check_samples, "--max-check-samples", min=1),
-    max_ppl_increase: Optional[float] = typer.Option(None, "--max-ppl-increase", metavar="PCT", help="Exit 1 (and write nothing) if perplexity rises more."),
+    max_ppl_increase: Optional[float] = typer.Option(None, "--max-ppl-increase", metavar="PCT", parser=number, help="Exit 1 (and write nothing) if perplexity rises more."),
     force: bool = typer.Option(QuantizeOptions.force, "--force", help="Replace an existing output directory (only once the new one is complete)."),
     base: Optional[str] = BaseOption,
     trust_remote_code: bool = TrustRemoteCodeOption,

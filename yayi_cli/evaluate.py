@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import time
 from collections import Counter, defaultdict
@@ -173,12 +174,16 @@ class Gate:
 def baseline_metrics(path: Path) -> dict[str, float | None]:
     """The metrics of a report that `yayi eval --output` wrote (null where undefined there)."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-        return {name: None if value is None else float(value) for name, value in document["metrics"].items()}
+        metrics = json.loads(path.read_text(encoding="utf-8"))["metrics"]
+        values = metrics.items()
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise UsageError(f"{path}: not a yayi eval report ({error})") from None
+    for name, value in values:
+        if value is not None and (type(value) not in (int, float) or not math.isfinite(value)):
+            raise UsageError(f"{path}: metric {name!r} is {value!r}, not a finite number or null; not a yayi eval report")
+    return {name: None if value is None else float(value) for name, value in values}
 
 
 def regressions(current: dict[str, float | None], baseline: dict[str, float | None], max_percent: float) -> list[str]:
@@ -190,10 +195,13 @@ def regressions(current: dict[str, float | None], baseline: dict[str, float | No
         if before is not None and value is None:
             failures.append(f"{name} is undefined in this run (the baseline has {before:.6g})")
             continue
-        if before is None or not before:
+        if before is None:
             continue
-        change = (value - before) / abs(before) * 100
-        worse = change if name in LOWER_IS_BETTER else -change
+        if before == 0:  # no percentage of zero: any rise of a lower-is-better metric is worse without bound
+            worse = math.inf if name in LOWER_IS_BETTER and value > 0 else 0.0
+        else:
+            change = (value - before) / abs(before) * 100
+            worse = change if name in LOWER_IS_BETTER else -change
         if worse > max_percent:
             failures.append(f"{name} = {value:.6g} is {worse:.2f}% worse than the baseline {before:.6g} (allowed {max_percent:g}%)")
     return failures

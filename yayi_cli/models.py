@@ -30,6 +30,7 @@ def resolve_model_reference(model: str) -> str:
             raise UsageError(f"{model}: is a LoRA adapter, not a full model here; make one with `yayi merge {model} -o DIR`")
         if not (path / "config.json").is_file():
             raise UsageError(f"{model}: no config.json in this directory; give a saved model's directory or a hub id")
+        _check_config(path / "config.json")
         return str(path)
     if path.exists():
         raise UsageError(f"{model}: is a file; give the model's directory")
@@ -37,6 +38,25 @@ def resolve_model_reference(model: str) -> str:
     if model.startswith(("/", ".", "~")) or model.count("/") > 1 or (first_part != model and Path(first_part).is_dir()):
         raise UsageError(f"{model}: no such model directory")
     return model
+
+
+def _check_config(path: Path) -> None:
+    """config.json must be a JSON object naming its architecture, or transformers fails with a traceback
+    (or, without a model_type, guesses)."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{path}: not readable JSON ({first_line(error)})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise UsageError(f"{path}: not a model config (a JSON object with a model_type); is this a model directory?")
+
+
+def loading_errors() -> tuple[type[BaseException], ...]:
+    """What loading a broken local model raises: a bad config (TypeError, KeyError), unreadable weights
+    (SafetensorError), missing files (OSError), or anything transformers rejects (ValueError)."""
+    from safetensors import SafetensorError
+
+    return OSError, ValueError, TypeError, KeyError, SafetensorError
 
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -162,7 +182,7 @@ def load_tokenizer(model: str, *, trust_remote_code: bool = False, base: str | N
 
     try:
         return AutoTokenizer.from_pretrained(reference, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
+    except loading_errors() as error:
         raise UsageError(f"cannot load a tokenizer from {model!r}: {first_line(error)}") from None
 
 
@@ -280,10 +300,14 @@ def load_model(
 
         options.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map=device)
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(reference, **options)
-    except (OSError, ValueError) as error:
+        loaded, info = AutoModelForCausalLM.from_pretrained(reference, output_loading_info=True, **options)
+    except loading_errors() as error:
         what = f"the base {reference!r} of the adapter {model!r}" if source.adapter else repr(model)
         raise UsageError(f"cannot load a model from {what}: {first_line(error)}") from None
+    if info["missing_keys"]:  # transformers would go on with random weights in their place
+        missing = sorted(info["missing_keys"])
+        raise UsageError(f"{reference}: {len(missing)} weights the config asks for are not in the checkpoint (such as "
+                         f"{missing[0]}); the config.json and the weights are from different models")
     if source.adapter:
         loaded = attach_saved_adapter(loaded, source, trust_remote_code=trust_remote_code)
     if not load_in_8bit:

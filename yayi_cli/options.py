@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,14 @@ def _flag(text: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError(text)
+
+
+def finite_float(text: str | float) -> float:
+    """A number that arithmetic can use: `nan` and `inf` (which float() accepts) are refused."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(text)
+    return number
 
 
 def _optional_int(text: str) -> int | None:
@@ -42,8 +51,8 @@ class GenerationSettings:
     seed: int | None = None
 
     PARSERS = {  # noqa: RUF012 - a class constant, not a field (no annotation)
-        "temperature": float, "top_p": float, "top_k": int, "max_new_tokens": int,
-        "repetition_penalty": float, "do_sample": _flag, "seed": _optional_int,
+        "temperature": finite_float, "top_p": finite_float, "top_k": int, "max_new_tokens": int,
+        "repetition_penalty": finite_float, "do_sample": _flag, "seed": _optional_int,
     }
 
     def __post_init__(self) -> None:

@@ -178,12 +178,12 @@ def _resize_embeddings(directory: Path, tokenizer: Any, staging: Path, trust_rem
     """Save the model with room for the new markers (untrained rows); None when it already had room."""
     from transformers import AutoModelForCausalLM
 
-    from yayi_cli.models import first_line, follow_quiet_progress
+    from yayi_cli.models import first_line, follow_quiet_progress, loading_errors
 
     follow_quiet_progress()
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, dtype="auto", trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
+    except loading_errors() as error:
         raise UsageError(f"cannot load the model in {directory} to make room for the markers: {first_line(error)}") from None
     if len(tokenizer) <= model.get_input_embeddings().num_embeddings:
         return None

@@ -96,6 +96,13 @@ def test_jsonl_with_only_good_lines_exits_0(tiny_model_dirs):
     assert result.exit_code == 0 and json.loads(result.stdout)["line"] == 1
 
 
+def test_jsonl_output_is_strict_json_after_a_byte_order_mark_and_a_nan_id(tiny_model_dirs):
+    result = chat("--model", str(tiny_model_dirs["llama"]), *GREEDY, "--jsonl", input='\ufeff{"prompt": "hi", "id": NaN}\n')
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the output"))
+    assert row["id"] is None and "answer" in row
+
+
 @pytest.mark.parametrize(
     "args, stdin, message",
     [
@@ -104,6 +111,7 @@ def test_jsonl_with_only_good_lines_exits_0(tiny_model_dirs):
         (["--jsonl", "-p", "hi"], None, "error: --jsonl reads its prompts from stdin"),
         ([], "  \n", "error: no message: give one on stdin or with --prompt"),
         (["--device", "tpu", "-p", "hi"], None, "error: --device 'tpu': use auto, cpu, cuda or cuda:N"),
+        (["-p", "a<|End|>b"], None, "error: turn 1 (human) contains '<|End|>'"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(tiny_model_dirs, args, stdin, message):

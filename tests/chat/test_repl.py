@@ -140,8 +140,7 @@ def test_a_terminal_session_from_start_to_ctrl_d(tiny_model_dirs, tmp_path):
             break
     else:
         pytest.fail("up-arrow never brought back the first session's last line")
-    child.sendintr()  # Ctrl-D leaves only from an empty line
-    child.expect(PROMPT)
-    child.sendeof()
+    command(child, "", "template")  # Enter runs the recalled /show
+    child.sendline("/exit")
     child.expect(pexpect.EOF)
     assert "讲一个很长的故事" in history.read_text(encoding="utf-8")

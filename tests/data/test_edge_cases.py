@@ -114,3 +114,41 @@ def test_a_key_written_twice_in_one_object_is_a_warning_naming_it(tmp_path):
     found = [(p.line, p.code, p.message.split(" appears")[0]) for p in report.tally.problems]
     assert found == [(1, "duplicate-key", "key 'output'"), (2, "duplicate-key", "key 'content'")]
     assert report.ok and not validate([path], strict=True).ok
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_number_of_thousands_of_digits_is_one_invalid_record(tmp_path, suffix):
+    path = tmp_path / f"digits{suffix}"
+    record = '{"instruction": "q", "output": ' + "9" * 5000 + "}"
+    path.write_text(record + "\n" if suffix == ".jsonl" else f"[{record}]", encoding="utf-8")
+    report = validate([path])
+    assert [(p.line, p.code) for p in report.tally.problems] == [(1, "invalid-json")]
+    assert "thousands of digits" in report.tally.problems[0].message
+    result = runner.invoke(app, ["data", "validate", str(path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+
+
+def test_a_deep_record_with_an_odd_key_count_is_checked_without_a_crash(tmp_path):
+    path = tmp_path / "deep-keys.jsonl"  # orjson reads 990 levels; the duplicate-key reparse cannot
+    path.write_text('{"instruction": "q", "output": "a", "x": ' + "[" * 990 + "]" * 990 + ', "x": 1}\n', encoding="utf-8")
+    report = validate([path])
+    assert report.ok and [p.code for p in report.tally.problems] == ["unknown-key"]
+
+
+def test_more_workers_than_cores_are_not_started(tmp_path, monkeypatch):
+    from concurrent.futures import ProcessPoolExecutor
+
+    from yayi_cli.data import validate as validate_module
+
+    started = []
+
+    def counted_pool(max_workers, **options):  # the real pool, with its size noted
+        started.append(max_workers)
+        return ProcessPoolExecutor(max_workers=max_workers, **options)
+
+    monkeypatch.setattr(validate_module, "ProcessPoolExecutor", counted_pool)
+    monkeypatch.setattr(validate_module.os, "cpu_count", lambda: 2)
+    path = tmp_path / "small.jsonl"
+    path.write_text('{"instruction": "q", "output": "a"}\n', encoding="utf-8")
+    assert validate([path], workers=3).ok  # taken literally, --workers 100000 forked 100,000 processes at once
+    assert started == [2]

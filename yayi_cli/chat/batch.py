@@ -6,10 +6,11 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
+from yayi_cli.atomic import json_line
 from yayi_cli.chat.session import ChatSession
 from yayi_cli.errors import UsageError, YayiError
 from yayi_cli.data.reader import TOO_DEEP
-from yayi_cli.prompt import Conversation
+from yayi_cli.prompt import Conversation, PromptFormatError
 from yayi_cli.records import parse_question
 
 
@@ -22,7 +23,10 @@ def answer_text(session: ChatSession, message: str, out: TextIO) -> None:
         out.write(text)
         out.flush()
 
-    session.reply(message, on_text=write)
+    try:
+        session.reply(message, on_text=write)
+    except PromptFormatError as error:  # the message is the user's input here, not a data file
+        raise UsageError(str(error)) from None
     out.write("\n")
     out.flush()
 
@@ -44,6 +48,7 @@ def answer_lines(session: ChatSession, lines: Iterable[str], write: Callable[[st
     """
     failures = 0
     for number, line in enumerate(lines, start=1):
+        line = line.removeprefix("\ufeff") if number == 1 else line  # a byte-order mark some editors write
         if not line.strip():
             continue
         result: dict[str, Any] = {"line": number}
@@ -61,5 +66,5 @@ def answer_lines(session: ChatSession, lines: Iterable[str], write: Callable[[st
         except YayiError as error:
             result["error"] = str(error)
         failures += "error" in result
-        write(json.dumps(result, ensure_ascii=False) + "\n")
+        write(json_line(result) + "\n")  # strict: an input id of NaN comes back as null
     return failures

@@ -89,7 +89,10 @@ def repeated_keys(raw: str, value: Any) -> list[str]:
             seen.add(key)
         return dict(pairs)
 
-    json.loads(raw, object_pairs_hook=note_repeats)
+    try:
+        json.loads(raw, object_pairs_hook=note_repeats)
+    except RecursionError:  # orjson read it, but Python's parser cannot go as deep: nothing to tell then
+        return []
     return repeated
 
 

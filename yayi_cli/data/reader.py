@@ -124,6 +124,7 @@ def _json_error(error: json.JSONDecodeError) -> str:
 
 
 TOO_DEEP = "invalid JSON: nested too deeply to read (arrays or objects inside each other hundreds of levels deep)"
+TOO_LONG_NUMBER = "invalid JSON value: a number with thousands of digits (no record field holds one; is it a number meant as text?)"
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,8 @@ def _parsed_line(path: str, line: int, index: int, raw: str) -> SourceRecord:
         return SourceRecord(path, line, index, raw, _decoder.decode(raw))
     except json.JSONDecodeError as error:
         return SourceRecord(path, line, index, raw, error=_json_error(error))
+    except ValueError:  # the only other one: an integer past Python's limit on digits
+        return SourceRecord(path, line, index, raw, error=TOO_LONG_NUMBER)
     except RecursionError:
         return SourceRecord(path, line, index, raw, error=TOO_DEEP)
 
@@ -262,6 +265,8 @@ def _next_value(scanner: _ArrayScanner, path: str, index: int) -> SourceRecord:
     except json.JSONDecodeError as error:
         line += scanner.buffer.count("\n", scanner.pos, error.pos)
         return SourceRecord(path, line, index, "", error=_json_error(error) + "; the rest of the file is not read")
+    except ValueError:
+        return SourceRecord(path, line, index, "", error=TOO_LONG_NUMBER + "; the rest of the file is not read")
     except RecursionError:
         return SourceRecord(path, line, index, "", error=TOO_DEEP + "; the rest of the file is not read")
     return SourceRecord(path, line, index, scanner.take(end), value=value)

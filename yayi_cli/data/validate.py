@@ -410,8 +410,10 @@ def validate(
     sizes = _sizes(paths)
     tally = Tally(max_listed)
     counter = _token_counter(model, template_name, max_length, trust_remote_code, tally) if model else None
+    cores = os.cpu_count() or 1
     if workers is None:
-        workers = (os.cpu_count() or 1) if sum(sizes) >= PARALLEL_MIN_BYTES else 1
+        workers = cores if sum(sizes) >= PARALLEL_MIN_BYTES else 1
+    workers = min(workers, cores)  # more processes than cores only cost memory (and a huge number exhausts it)
     with contextlib.ExitStack() as stack:
         pool = None
         if workers > 1 and counter is None and "fork" in multiprocessing.get_all_start_methods():

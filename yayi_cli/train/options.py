@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import re
 import types
 import typing
@@ -220,6 +221,9 @@ def check_options(options: TrainOptions) -> None:
                                      "max_length", "eval_steps", "save_total_limit", "master_port",
                                      "dist_timeout")}
     at_least |= {"warmup_steps": 0, "weight_decay": 0}
+    for name, value in vars(options).items():  # a config file can say .nan or .inf
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{name.replace('_', '-')} {value}: give a finite number")
     for name, lowest in at_least.items():
         value = getattr(options, name)
         if value is not None and value < lowest:
