@@ -282,6 +282,8 @@ def train_command(
     include: Optional[str] = typer.Option(None, "--include", metavar="HOST:I,J@...", help="Exactly which GPUs (DeepSpeed's --include)."),
     master_addr: Optional[str] = typer.Option(None, "--master-addr", help="Address of the first machine."),
     master_port: Optional[int] = typer.Option(None, "--master-port", help="Port for the ranks to meet on."),
+    network_interface: Optional[str] = typer.Option(None, "--network-interface", metavar="IFACE", help="Network interface the machines reach each other on (sets GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME on every machine)."),
+    dist_timeout: Optional[int] = typer.Option(None, "--dist-timeout", metavar="SECONDS", help="A rank that cannot join, or waits this long for the others, ends the run " + default_of("dist_timeout")),
     cpu: Optional[bool] = typer.Option(None, "--cpu", help="Train on the CPU with DeepSpeed's CPU accelerator (tests)."),
     zero: Optional[ZeroStage] = typer.Option(None, "--zero", help="ZeRO stage " + default_of("zero")),
     offload: Optional[Offload] = typer.Option(None, "--offload", help="Offload optimizer state (and at ZeRO-3 parameters) " + default_of("offload")),

@@ -33,7 +33,7 @@ def test_a_tagged_stream_tags_whole_lines_only():
 
 @pytest.mark.parametrize(("line", "expected"), [
     ("node1 rank 0| [yayi] hello", ("node1 rank 0", "[yayi] hello")),
-    ("node2: node2 rank 1| error: no", ("node2 rank 1", "error: no")),  # pdsh puts `host: ` first
+    ("node2: node2 rank 1| error: no", ("node2: node2 rank 1", "error: no")),  # pdsh puts `machine: ` first
     ("[2026-11-29 02:38:38,554] [INFO] [runner.py:618:main] cmd = ...", (LAUNCHER, "[2026-11-29 02:38:38,554] [INFO] [runner.py:618:main] cmd = ...")),
 ])
 def test_lines_are_told_apart_by_rank(line, expected):
@@ -106,3 +106,18 @@ def test_a_real_run_keeps_library_output_off_the_console_and_in_the_log(tiny_mod
     assert [e["step"] for e in events if e["event"] == "log"] == [1, 2, 3, 4]
     assert all(e["loss"] > 0 and e["tokens_per_second"] > 0 for e in events if e["event"] == "log")
     assert {e["step"] for e in events if e["event"] == "eval"} >= {2, 4}
+
+
+def test_a_line_every_rank_prints_is_shown_once_and_logged_for_each(tmp_path):
+    warning = "UserWarning: OMP_NUM_THREADS unset"
+    lines = [f"node1: node1 rank 0| {warning}", f"node2: node2 rank 1| {warning}", f"node1: node1 rank 0| {warning}"]
+    shown, log = run_console(tmp_path, lines, 0, verbose=True)
+    assert shown.count(warning) == 2  # rank 0 said it twice itself; rank 1's echo of it is not shown
+    assert log.count(warning) == 3 and "node2: node2 rank 1| " in log
+
+
+def test_a_failed_machine_is_named_with_its_last_line(tmp_path):
+    lines = ["node3: ssh: connect to host node3 port 22: No route to host", "pdsh@node1: node3: ssh exited with exit code 255",
+             "node1: node1 rank 0| [yayi] waiting"]
+    shown, _ = run_console(tmp_path, lines, 1)
+    assert "node3 failed, ending the run; its last line: ssh: connect to host node3 port 22: No route to host" in shown

@@ -161,11 +161,19 @@ def test_resume_auto_without_checkpoints_starts_from_the_model(tmp_path):
     assert "starting from the model" in warnings[0]
 
 
-def test_resuming_zero_state_on_another_number_of_ranks_is_refused_with_the_ways_out(tmp_path):
+def test_zero_state_of_another_number_of_ranks_is_converted_at_zero_1_and_2_and_refused_otherwise(tmp_path):
     checkpoint = write_checkpoint(tmp_path, 10, shards=2)
-    assert resolve_resume(options(resume=str(checkpoint)), 2, []) == checkpoint
-    with pytest.raises(UsageError, match="split over 2 rank.*this launch has 4.*--model .*checkpoint-10"):
-        resolve_resume(options(resume=str(checkpoint)), 4, [])
+    assert resolve_resume(options(resume=str(checkpoint)), 4, []) == checkpoint
+    warnings: list[str] = []
+    assert launch.universal_conversion(checkpoint, 2, {"zero_optimization": {"stage": 2}}, options(), warnings) is None
+    assert launch.universal_conversion(checkpoint, 4, {"zero_optimization": {"stage": 2}}, options(), warnings) == 2
+    assert "written by 2 rank(s) and this launch has 4: it will be converted" in warnings[0]
+    with pytest.raises(UsageError, match="split over 2 rank.*this launch has 4.*not ZeRO-3.*--model .*checkpoint-10"):
+        launch.universal_conversion(checkpoint, 4, {"zero_optimization": {"stage": 3}}, options(), [])
+    with pytest.raises(UsageError, match="not lora adapters"):
+        launch.universal_conversion(checkpoint, 4, {"zero_optimization": {"stage": 2}}, options(lora=True), [])
+    with pytest.raises(UsageError, match='add {"checkpoint": {"load_universal": true}} to --deepspeed'):
+        launch.universal_conversion(checkpoint, 4, {"zero_optimization": {"stage": 2}}, options(deepspeed="z.json"), [])
     with pytest.raises(UsageError, match="not a complete checkpoint"):
         resolve_resume(options(resume=str(write_checkpoint(tmp_path, 11, complete=False))), 2, [])
 
@@ -241,3 +249,81 @@ def test_a_tilde_in_a_path_means_the_home_directory(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     chosen = launch.absolute_paths(options(data=["~/train.jsonl"], output="~/run"))
     assert chosen.data == [str(tmp_path / "train.jsonl")] and chosen.output == str(tmp_path / "run")
+
+
+def two_machines(tmp_path) -> str:
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("worker-1 slots=1\nworker-2 slots=1\n", encoding="utf-8")
+    return str(hostfile)
+
+
+def test_every_machine_gets_the_interface_the_python_environment_and_the_offline_settings(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/models/hf")
+    monkeypatch.delenv("DS_ENV_FILE", raising=False)
+    env = launch.node_environment(options(cpu=True, network_interface="eth1"))
+    assert env["PATH"].split(":")[0] == str(Path(launch.sys.executable).parent)
+    assert env["GLOO_SOCKET_IFNAME"] == env["NCCL_SOCKET_IFNAME"] == "eth1"
+    assert env["DS_ACCELERATOR"] == "cpu" and env["HF_HUB_OFFLINE"] == "1" and env["HF_HOME"] == "/models/hf"
+
+
+def test_the_users_own_deepspeed_env_is_carried_over_and_the_flags_win(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DS_ENV_FILE", raising=False)
+    (tmp_path / ".deepspeed_env").write_text("NCCL_IB_HCA=mlx5\n\nGLOO_SOCKET_IFNAME=eth0\n", encoding="utf-8")
+    env = launch.node_environment(options(network_interface="ib0"))
+    assert env["NCCL_IB_HCA"] == "mlx5" and env["GLOO_SOCKET_IFNAME"] == "ib0"
+
+
+def test_a_value_the_runner_cannot_quote_is_refused(monkeypatch):
+    monkeypatch.setenv("HF_HOME", "/models/$USER")
+    with pytest.raises(UsageError, match="HF_HOME=.*cannot pass"):
+        launch.node_environment(options())
+
+
+def test_the_launcher_reads_yayis_environment_file_not_the_users_home(tmp_path):
+    env = launch.child_environment(options(network_interface="eth1"), tmp_path / "deepspeed_env")
+    assert env["DS_ENV_FILE"] == str(tmp_path / "deepspeed_env") and env["GLOO_SOCKET_IFNAME"] == "eth1"
+    assert "DS_ENV_FILE" not in launch.child_environment(options())
+
+
+def test_a_loopback_host_name_on_several_machines_is_warned_about_naming_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setattr(launch.socket, "gethostbyname", lambda name: "127.0.1.1")
+    chosen = options(hostfile=two_machines(tmp_path))
+    ranks = plan_ranks(chosen, [], dry_run=False)
+    assert "resolves to 127.0.1.1, a loopback address" in launch.loopback_warning(chosen, ranks)
+    assert "--network-interface IFACE" in launch.loopback_warning(chosen, ranks)
+    assert launch.loopback_warning(options(hostfile=chosen.hostfile, network_interface="eth0"), ranks) is None
+    assert launch.loopback_warning(options(cpu=True), plan_ranks(options(cpu=True), [], dry_run=False)) is None
+    monkeypatch.setattr(launch.socket, "gethostbyname", lambda name: "10.0.0.5")
+    assert launch.loopback_warning(chosen, ranks) is None
+
+
+def test_a_dry_run_on_several_machines_shows_every_variable_they_get(tmp_path, tiny_model_dirs):
+    output = tmp_path / "never-created"
+    arguments = ["train", "--dry-run", "--data", str(SAMPLE_DATA), "--model", str(tiny_model_dirs["llama"]), "-o",
+                 str(output), "--cpu", "--hostfile", two_machines(tmp_path), "--network-interface", "eth1"]
+    plan = json.loads(CliRunner().invoke(app, [*arguments, "--json"]).stdout)
+    assert plan["node_environment"]["GLOO_SOCKET_IFNAME"] == "eth1" and "PATH" in plan["node_environment"]
+    result = CliRunner().invoke(app, arguments, env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    for name, value in plan["node_environment"].items():
+        assert f"{name}={value}" in result.output
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--network-interface", "eth0; rm"], "--network-interface 'eth0; rm': give an interface name"),
+    (["--dist-timeout", "0"], "--dist-timeout must be at least 1"),
+])
+def test_bad_network_options_are_one_error_line(arguments, message):
+    result = CliRunner().invoke(app, ["train", "--data", str(SAMPLE_DATA), "--model", "m", "-o", "out", *arguments])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_a_machine_that_failed_is_read_from_pdshs_line():
+    assert launch.failed_machine("pdsh@node1: 10.0.0.3: ssh exited with exit code 255\n") == "10.0.0.3"
+    assert launch.failed_machine("10.0.0.3: ssh: connect to host 10.0.0.3 port 22: No route to host") is None

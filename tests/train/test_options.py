@@ -100,3 +100,14 @@ def test_more_impossible_options_are_refused(flags, message):
 
 def test_max_steps_makes_epochs_irrelevant():
     assert resolve_options(None, REQUIRED | {"epochs": 0, "max_steps": 10}).max_steps == 10
+
+
+def test_the_network_interface_and_dist_timeout_come_from_a_config_file_too(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("network-interface: eth1\ndist_timeout: 60\n", encoding="utf-8")
+    options = resolve_options(config, REQUIRED)
+    assert (options.network_interface, options.dist_timeout) == ("eth1", 60)
+    assert resolve_options(None, REQUIRED).dist_timeout == 300
+    config.write_text("network_interface: 'eth1 eth2'\n", encoding="utf-8")
+    with pytest.raises(UsageError, match="--network-interface 'eth1 eth2': give an interface name"):
+        resolve_options(config, REQUIRED)

@@ -3,8 +3,9 @@
 The launcher's output (all ranks, tagged by train/progress.py; remote lines also prefixed by
 pdsh) is read line by line: every line goes to OUTPUT/train.log; progress events from the first
 rank drive the console (a live view on a terminal, one plain line per logging step elsewhere);
-yayi's own lines and errors are shown; library output only with --verbose. When the run fails,
-the last lines of the ranks that failed are shown with the path of the full log.
+yayi's own lines and errors are shown; library output only with --verbose; a line that every rank
+prints (a warning, an error) is shown once. When the run fails, the machine that failed (pdsh says
+which) and the last lines of the ranks that failed are shown with the path of the full log.
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from yayi_cli.train.launch import TRAIN_LOG
+from yayi_cli.train.launch import TRAIN_LOG, failed_machine
 from yayi_cli.train.progress import EVENT_TAG, RANK_SEPARATOR
 
 LAUNCHER = "launcher"
-TAGGED = re.compile(r"^(?:\S+: )?(\S+ rank \d+)" + re.escape(RANK_SEPARATOR) + "(.*)$")
-"""`host rank N| text`, after the `host: ` that pdsh puts before lines from other machines."""
+TAGGED = re.compile(r"^((?:\S+: )?\S+ rank \d+)" + re.escape(RANK_SEPARATOR) + "(.*)$")
+"""`host rank N| text`, after the `machine: ` that pdsh puts before each line from a machine (kept: it
+is the name the hostfile gives the machine)."""
+MACHINE_LINE = re.compile(r"^([^\s:@]+): (.+)$")
+"""A line pdsh passed on from a machine, not tagged by a rank (the machine's launcher, ssh)."""
 OWN_LINE = re.compile(r"^(\[yayi\] |error: |interrupted)")
 FAILURE_LINES = 20
 
@@ -100,6 +104,10 @@ class RunConsole:
         self.log_path = output / TRAIN_LOG
         self.log: TextIO = open(self.log_path, "a", encoding="utf-8", errors="replace")
         self.recent: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=FAILURE_LINES))
+        self.said_first_by: dict[str, str] = {}
+        self.last_machine_line: dict[str, str] = {}
+        self.failed_machines: dict[str, str] = {}
+        """machine -> the last line it printed before pdsh said it failed."""
         self.view = LiveView(self.console) if self.console.is_terminal and not verbose else None
 
     def line(self, line: str) -> None:
@@ -108,10 +116,26 @@ class RunConsole:
         stamp = time.strftime("%H:%M:%S")
         self.log.write(f"{stamp} {line}\n" if source != LAUNCHER else f"{stamp} {LAUNCHER}{RANK_SEPARATOR}{line}\n")
         self.recent[source].append(text)
+        if source == LAUNCHER:
+            self.note_machine(text)
         if text.startswith(EVENT_TAG):
             self.event(json.loads(text[len(EVENT_TAG):]))
-        elif self.verbose or OWN_LINE.match(text):
+        elif (self.verbose or OWN_LINE.match(text)) and self.first_to_say(source, text):
             self.show(text)
+
+    def first_to_say(self, source: str, text: str) -> bool:
+        """Whether no other rank has shown this text (a warning every rank prints shows once)."""
+        return source == LAUNCHER or self.said_first_by.setdefault(text, source) == source
+
+    def note_machine(self, text: str) -> None:
+        """Remember each machine's last line, and which machines failed (pdsh says so)."""
+        machine = failed_machine(text)
+        if machine is not None:
+            self.failed_machines.setdefault(machine, self.last_machine_line.get(machine, text))
+            return
+        from_machine = MACHINE_LINE.match(text)
+        if from_machine:
+            self.last_machine_line[from_machine.group(1)] = from_machine.group(2)
 
     def show(self, text: str) -> None:
         target = self.view.live.console if self.view else self.console
@@ -132,6 +156,9 @@ class RunConsole:
         self.log.close()
         if status in (0, 130):
             return
+        for machine, last_line in self.failed_machines.items():
+            self.console.print(f"[red]{escape(machine)} failed[/], ending the run; its last line: {escape(last_line)}",
+                               highlight=False, soft_wrap=True)
         failed = [source for source, lines in self.recent.items()
                   if source != LAUNCHER and any("Traceback" in line or line.startswith("error: ") for line in lines)]
         for source in failed or list(self.recent):

@@ -13,7 +13,9 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -44,6 +46,17 @@ COMPLETE_MARKER = "trainer_state.json"
 """The Trainer writes this last into a checkpoint, so a checkpoint without it was cut short."""
 DEFAULT_MAX_LENGTH = 2048
 """Where examples are cut when neither --max-length nor the model says how long a context is."""
+NODE_ENV_FILE = "deepspeed_env"
+"""OUTPUT/deepspeed_env: the variables DeepSpeed's runner exports to every machine (it reads the file
+that DS_ENV_FILE names, in place of ~/.deepspeed_env)."""
+USERS_NODE_ENV_FILE = ".deepspeed_env"
+FORWARDED_VARIABLES = ("PYTHONPATH", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+                       "TRANSFORMERS_OFFLINE")
+"""Set here, they decide how a rank finds code and models: the ranks on other machines get them too."""
+UNSAFE_IN_SHELL = re.compile(r'["$`\\\n]')
+"""DeepSpeed's runner puts each value into a remote shell command inside double quotes."""
+MACHINE_FAILED = re.compile(r"^pdsh@\S+: (\S+): ssh exited with exit code (\d+)$")
+"""What pdsh prints when the launcher on one machine ended with an error (or ssh could not reach it)."""
 PACKAGES = ("yayi-cli", "torch", "transformers", "deepspeed", "datasets", "accelerate", "tokenizers", "peft", "bitsandbytes")
 
 
@@ -252,14 +265,61 @@ def resolve_resume(options: TrainOptions, world_size: int, warnings: list[str]) 
             raise UsageError(f"--resume {checkpoint}: no such checkpoint directory; give checkpoint-N or auto")
         if not (checkpoint / COMPLETE_MARKER).is_file():
             raise UsageError(f"--resume {checkpoint}: not a complete checkpoint (no {COMPLETE_MARKER} in it)")
-    written_by = checkpoint_world_size(checkpoint)
-    if written_by is not None and written_by != world_size:
-        raise UsageError(
-            f"{checkpoint} holds ZeRO optimizer state split over {written_by} rank(s), and this launch has "
-            f"{world_size}; resume with {written_by} rank(s) (--gpus/--hostfile), or start from its weights "
-            f"with --model {checkpoint} and no --resume"
-        )
     return checkpoint.resolve()
+
+
+UNIVERSAL_STAGES = (1, 2)
+"""ZeRO stages whose checkpoints yayi converts for another rank count (the ones its tests resume)."""
+UNIVERSAL_LATEST = "latest_universal"
+"""Names the universal checkpoint in a checkpoint directory, as DeepSpeed's `latest` names the usual one."""
+UNIVERSAL_LOADING = {"checkpoint": {"load_universal": True}}
+
+
+def universal_conversion(checkpoint: Path | None, world_size: int, config: dict[str, Any], options: TrainOptions,
+                         warnings: list[str]) -> int | None:
+    """The rank count a checkpoint's ZeRO optimizer state is split over, when this launch has another
+    one and the checkpoint must be converted to DeepSpeed's universal format to continue; None when
+    it can be loaded as it is. Refuses what the conversion does not cover, with the ways out."""
+    written_by = checkpoint_world_size(checkpoint) if checkpoint else None
+    if written_by is None or written_by == world_size:
+        return None
+    ways_out = (f"resume with {written_by} rank(s) (--gpus/--hostfile), or start from its weights with "
+                f"--model {checkpoint} and no --resume")
+    if stage_of(config) not in UNIVERSAL_STAGES or options.adapter:
+        what = f"{options.adapter} adapters" if options.adapter else f"ZeRO-{stage_of(config)}"
+        raise UsageError(f"{checkpoint} holds ZeRO optimizer state split over {written_by} rank(s), and this launch "
+                         f"has {world_size}; yayi converts it for another rank count only for full fine-tunes at ZeRO-1 or "
+                         f"ZeRO-2, not {what}: {ways_out}")
+    if options.deepspeed and (config.get("checkpoint") or {}).get("load_universal") is not True:
+        raise UsageError(f"{checkpoint} holds ZeRO optimizer state split over {written_by} rank(s), and this launch "
+                         f"has {world_size}: to resume it converted to a universal checkpoint, add "
+                         f"{json.dumps(UNIVERSAL_LOADING)} to --deepspeed {options.deepspeed}; or {ways_out}")
+    warnings.append(f"{checkpoint} was written by {written_by} rank(s) and this launch has {world_size}: it will be "
+                    "converted to a DeepSpeed universal checkpoint (beside its own state) and continued from there")
+    return written_by
+
+
+def convert_to_universal(checkpoint: Path) -> Path:
+    """DeepSpeed's ds_to_universal on the checkpoint's ZeRO state, into CHECKPOINT/<tag>_universal
+    (once: an earlier conversion is reused), named by CHECKPOINT/latest_universal. The conversion
+    writes into a temporary folder first, so a cut-short one is never taken for a finished one."""
+    tag = (checkpoint / "latest").read_text(encoding="utf-8").strip()
+    target = checkpoint / f"{tag}_universal"
+    if target.is_dir() and (checkpoint / UNIVERSAL_LATEST).is_file():
+        return target
+    partial = checkpoint / f"{target.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--inject_missing_state",
+               "--input_folder", str(checkpoint / tag), "--output_folder", str(partial)]
+    done = subprocess.run(command, env=library_environment(dict(os.environ, DS_ACCELERATOR="cpu")),
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+        raise DataError(f"converting {checkpoint} to a universal checkpoint failed: {last}")
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    write_text_atomic(checkpoint / UNIVERSAL_LATEST, target.name)
+    return target
 
 
 def check_output(options: TrainOptions) -> None:
@@ -327,9 +387,13 @@ class LaunchPlan:
     precision: str
     max_length: int
     resume_from: Path | None
+    universal_from: int | None
+    """The rank count the checkpoint was written by, when it is converted to a universal one first."""
     data: list[dict[str, Any]]
     eval_data: list[dict[str, Any]]
     memory: MemoryEstimate
+    node_environment: dict[str, str] | None
+    """What DeepSpeed's runner exports to every machine (None: one machine, no runner over ssh)."""
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -358,6 +422,7 @@ class LaunchPlan:
             "max_length": self.max_length,
             "deepspeed_config": DS_CONFIG_FILE,
             "resume_from": str(self.resume_from) if self.resume_from else None,
+            "resume_converted_from_world_size": self.universal_from,
             "data": self.data,
             "eval_data": self.eval_data,
             "versions": package_versions(),
@@ -372,6 +437,7 @@ class LaunchPlan:
             "deepspeed_config": self.deepspeed_config,
             "run": self.manifest(),
             "memory": self.memory.to_json(),
+            "node_environment": self.node_environment,
             "warnings": self.warnings,
         }
 
@@ -387,6 +453,7 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
         warnings.append(f"--force: the contents of {output} will be moved to {output.name}.replaced-<time> beside it")
     require_deepspeed()
     ranks = plan_ranks(options, warnings, dry_run=dry_run)
+    warnings += filter(None, [loopback_warning(options, ranks)])
     config = read_user_config(Path(options.deepspeed)) if options.deepspeed else deepspeed_config(options)
     accumulation = resolve_accumulation(options, ranks.world_size)
     options.gradient_accumulation_steps = accumulation
@@ -394,6 +461,9 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
     precision = resolve_precision(config, options)
     max_length = resolve_max_length(options, warnings)
     resume_from = resolve_resume(options, ranks.world_size, warnings)
+    universal_from = universal_conversion(resume_from, ranks.world_size, config, options, warnings)
+    if universal_from and not options.deepspeed:
+        config |= UNIVERSAL_LOADING
     data = check_data(options.data, "--data", options.test_size)
     eval_data = check_data(options.eval_data, "--eval-data") if options.eval_data else []
     if options.adapter:
@@ -407,8 +477,8 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
             options.model, stage=stage_of(config), offload=offload_of(config), gpus_per_node=ranks.gpus_per_node,
             num_nodes=ranks.num_nodes, trust_remote_code=options.trust_remote_code,
         )
-    return LaunchPlan(options, ranks, accumulation, config, precision, max_length, resume_from, data, eval_data, memory,
-                      warnings)
+    return LaunchPlan(options, ranks, accumulation, config, precision, max_length, resume_from, universal_from, data,
+                      eval_data, memory, node_environment(options) if ranks.num_nodes > 1 else None, warnings)
 
 
 def set_aside(output: Path) -> Path:
@@ -433,6 +503,9 @@ def write_run_files(plan: LaunchPlan) -> Path | None:
     else:
         write_json_atomic(output / DS_CONFIG_FILE, plan.deepspeed_config)
     write_json_atomic(output / RUN_FILE, plan.manifest())
+    if plan.node_environment is not None:
+        lines = [f"{name}={value}\n" for name, value in plan.node_environment.items()]
+        write_text_atomic(output / NODE_ENV_FILE, "".join(lines))
     return kept
 
 
@@ -463,34 +536,111 @@ def run_training(plan: LaunchPlan, *, verbose: bool = False) -> TrainingResult:
     from yayi_cli.train.console import RunConsole
 
     kept = write_run_files(plan)
+    if plan.universal_from:
+        convert_to_universal(plan.resume_from)
     console = RunConsole(plan.output, verbose=verbose)
     status = 1
     try:
-        status = run_launcher(plan.command, child_environment(plan.options), console.line)
+        node_env_file = plan.output / NODE_ENV_FILE if plan.node_environment is not None else None
+        status = run_launcher(plan.command, child_environment(plan.options, node_env_file), console.line)
     finally:
         console.finish(status)
     return TrainingResult(plan, status, kept)
 
 
-def child_environment(options: TrainOptions) -> dict[str, str]:
-    env = library_environment(dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false"))
-    if options.cpu:
-        env["DS_ACCELERATOR"] = "cpu"
+RANK_SETTINGS = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def chosen_environment(options: TrainOptions) -> dict[str, str]:
+    """The variables that yayi's own flags set for every rank."""
+    env = {"DS_ACCELERATOR": "cpu"} if options.cpu else {}
+    if options.network_interface:
+        env |= {"GLOO_SOCKET_IFNAME": options.network_interface, "NCCL_SOCKET_IFNAME": options.network_interface}
+    return env
+
+
+def users_node_environment() -> dict[str, str]:
+    """What the user's own .deepspeed_env files set (DeepSpeed reads the one in the home directory,
+    then the one in the working directory; yayi's file replaces that lookup, so it carries them over)."""
+    name = os.environ.get("DS_ENV_FILE", USERS_NODE_ENV_FILE)
+    found: dict[str, str] = {}
+    for path in (Path.home() / name, Path.cwd() / name):
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                key, equals, value = line.partition("=")
+                if equals and key.strip():
+                    found[key.strip()] = value.strip()
+    return found
+
+
+def node_environment(options: TrainOptions) -> dict[str, str]:
+    """What every rank on every machine gets, so a remote rank runs as a local one would: this Python
+    environment first on PATH, the variables that decide where code and models come from, the
+    user's .deepspeed_env, and what yayi's flags set (those last, so the flags win)."""
+    python_bin = str(Path(sys.executable).parent)
+    path = [python_bin] + [part for part in os.environ.get("PATH", "").split(os.pathsep) if part and part != python_bin]
+    env = {"PATH": os.pathsep.join(path), **RANK_SETTINGS}
+    env |= {name: os.environ[name] for name in FORWARDED_VARIABLES if os.environ.get(name)}
+    env |= users_node_environment() | chosen_environment(options)
+    for name, value in env.items():
+        if UNSAFE_IN_SHELL.search(value):
+            raise UsageError(f"{name}={value!r}: DeepSpeed's runner cannot pass a value holding \" $ ` or \\ "
+                             "to the other machines; change it")
+    return env
+
+
+def loopback_warning(options: TrainOptions, ranks: Ranks) -> str | None:
+    """Gloo and NCCL announce the address this machine's name resolves to, unless told an interface:
+    a loopback one leaves the machines unable to reach each other (the run waits, then times out)."""
+    if ranks.num_nodes < 2 or options.network_interface:
+        return None
+    name = socket.gethostname()
+    try:
+        address = socket.gethostbyname(name)
+    except OSError:
+        address = None
+    if address and not address.startswith("127."):
+        return None
+    try:
+        interfaces = [interface for _, interface in socket.if_nameindex() if interface != "lo"]
+    except OSError:
+        interfaces = []
+    resolves = f"resolves to {address}, a loopback address" if address else "does not resolve to an address"
+    return (f"this machine's name {name!r} {resolves}: each rank would announce it and the machines would not "
+            f"connect; give --network-interface IFACE, the interface they reach each other on"
+            + (f" (here: {', '.join(interfaces)})" if interfaces else ""))
+
+
+def child_environment(options: TrainOptions, node_env_file: Path | None = None) -> dict[str, str]:
+    """The launcher's environment: ours, less what yayi quieted for itself, plus what every rank needs
+    (and, for several machines, the file of what the runner exports to them)."""
+    env = library_environment(dict(os.environ, **RANK_SETTINGS)) | chosen_environment(options)
+    if node_env_file is not None:
+        env["DS_ENV_FILE"] = str(node_env_file)
     visible = visible_gpus(options)
     if visible and options.gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[: options.gpus])  # --gpus N: the first N of them
     return env
 
 
+def failed_machine(line: str) -> str | None:
+    """The machine a launcher line says has failed, if it says so."""
+    failed = MACHINE_FAILED.match(line.rstrip("\n"))
+    return failed.group(1) if failed else None
+
+
 def run_launcher(command: list[str], env: dict[str, str], on_line: Callable[[str], None]) -> int:
     """Run the launcher, hand each line it and its ranks print to `on_line`, return its exit status
-    (130 when interrupted).
+    (130 when interrupted; 1 when training failed).
 
     The launcher and its ranks get a process group of their own, so that Ctrl-C reaches only us;
     we then stop the whole group with SIGTERM (the launcher's own shutdown path, no tracebacks),
     as we do when we receive SIGTERM, and keep reading until they have all exited; a second
     Ctrl-C kills the group outright. A checkpoint cut short lacks its last file and is skipped by
     --resume auto, so the newest complete one stays usable.
+
+    When one machine fails, the ranks elsewhere would wait for it until --dist-timeout: the whole
+    run is stopped the same way at once.
     """
     process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace")
@@ -499,9 +649,15 @@ def run_launcher(command: list[str], env: dict[str, str], on_line: Callable[[str
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signum)
 
+    machine_failed = False
+
     def read_all() -> None:
+        nonlocal machine_failed
         for line in process.stdout:
             on_line(line)
+            if not machine_failed and failed_machine(line):
+                machine_failed = True
+                signal_group(signal.SIGTERM)
 
     previous = signal.signal(signal.SIGTERM, lambda *_: signal_group(signal.SIGTERM))
     interrupted = False
@@ -518,7 +674,9 @@ def run_launcher(command: list[str], env: dict[str, str], on_line: Callable[[str
         signal.signal(signal.SIGTERM, previous)
     if interrupted:
         return 130
-    return 128 - status if status < 0 else status  # killed by a signal: the shell's convention
+    if status < 0:
+        return 128 - status  # killed by a signal: the shell's convention
+    return 1 if machine_failed or status > 2 else status  # pdsh passes on ssh's 255 when a machine is unreachable
 
 
 def interrupted_note(output: Path) -> str:

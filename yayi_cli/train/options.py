@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ UPSTREAM_ALIASES = {
 FULL_FINE_TUNE_LR = 5e-6
 ADAPTER_LR = 1e-4
 """LoRA trains a few new weights from zero, so it needs a learning rate about 20x a full fine-tune's."""
+DIST_TIMEOUT = 300
+"""Seconds a rank waits for the others (to join, or in a collective) before the run ends as failed."""
+INTERFACE_NAME = re.compile(r"^[\w.:@-]+(,[\w.:@-]+)*$")
+"""A network interface, or several separated by commas (as Gloo and NCCL read them)."""
 
 
 @dataclass
@@ -79,6 +84,8 @@ class TrainOptions:
     include: str | None = None
     master_addr: str | None = None
     master_port: int | None = None
+    network_interface: str | None = None
+    dist_timeout: int = DIST_TIMEOUT
     cpu: bool = False
     zero: int = 2
     offload: str = "none"
@@ -211,7 +218,8 @@ def check_options(options: TrainOptions) -> None:
             raise UsageError(f"{name} {getattr(options, name)!r}: choose one of {', '.join(map(str, allowed))}")
     at_least = {name: 1 for name in ("micro_batch_size", "eval_batch_size", "gradient_accumulation_steps",
                                      "logging_steps", "save_steps", "gpus", "num_nodes", "global_batch_size",
-                                     "max_length", "eval_steps", "save_total_limit", "master_port")}
+                                     "max_length", "eval_steps", "save_total_limit", "master_port",
+                                     "dist_timeout")}
     at_least |= {"warmup_steps": 0, "weight_decay": 0}
     for name, value in vars(options).items():  # a config file can say .nan or .inf
         if isinstance(value, float) and not math.isfinite(value):
@@ -225,6 +233,9 @@ def check_options(options: TrainOptions) -> None:
     for name in ("lr", "max_grad_norm") + (("epochs",) if options.max_steps <= 0 else ()):
         if getattr(options, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be above 0, got {getattr(options, name)}")
+    if options.network_interface is not None and not INTERFACE_NAME.match(options.network_interface):
+        raise UsageError(f"--network-interface {options.network_interface!r}: give an interface name such as eth0 "
+                         "(several separated by commas)")
     if options.eval_data and options.test_size is not None:
         raise UsageError("give --eval-data or --test-size, not both")
     if options.global_batch_size and options.gradient_accumulation_steps != 1:

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
-from yayi_cli.train.launch import DS_CONFIG_FILE, LaunchPlan
+from yayi_cli.train.launch import DS_CONFIG_FILE, NODE_ENV_FILE, LaunchPlan
 from yayi_cli.train.zero import AUTO
 
 
@@ -28,6 +28,15 @@ def _size(size: int) -> str:
     return f"{size / 2**10:.1f} KiB"
 
 
+def print_node_environment(plan: LaunchPlan, console: Any) -> None:
+    """Every variable DeepSpeed's runner exports to the machines, as OUTPUT/deepspeed_env will hold it."""
+    if plan.node_environment is None:
+        return
+    console.print(f"\n{NODE_ENV_FILE} (exported to every machine, ranks on this one included):")
+    for name, value in plan.node_environment.items():
+        console.print(f"  {escape(name)}={escape(value)}", highlight=False, soft_wrap=True)
+
+
 def print_plan(plan: LaunchPlan, console: Any, *, dry_run: bool) -> None:
     options, ranks = plan.options, plan.ranks
     table = Table(show_header=False, box=None, pad_edge=False)
@@ -40,6 +49,8 @@ def print_plan(plan: LaunchPlan, console: Any, *, dry_run: bool) -> None:
                   f"x {ranks.world_size} rank(s) = {plan.global_batch_size} per optimizer step")
     zero = f"your config {options.deepspeed}" if options.deepspeed else f"stage {options.zero}, offload {options.offload}"
     table.add_row("ZeRO", escape(zero))
+    if options.network_interface:
+        table.add_row("network", f"interface {escape(options.network_interface)} on every machine")
     precision = "decided on each machine (bf16 where the GPU has it, else fp16)" if plan.precision == AUTO else plan.precision
     table.add_row("precision", precision)
     table.add_row("max length", f"{plan.max_length} tokens")
@@ -60,5 +71,6 @@ def print_plan(plan: LaunchPlan, console: Any, *, dry_run: bool) -> None:
     if dry_run:
         console.print(f"\n{DS_CONFIG_FILE}:")
         console.print(Syntax(json.dumps(plan.deepspeed_config, indent=2), "json", background_color="default"))
+        print_node_environment(plan, console)
         console.print("\ncommand (dry run: nothing was run or written):")
     console.print(escape(shlex.join(plan.command)), highlight=False, soft_wrap=True)

@@ -55,15 +55,20 @@ def training_arguments(run: dict[str, Any], options: TrainOptions, precision: st
         eval_strategy="steps" if has_eval else "no",
         eval_steps=options.eval_steps or options.save_steps,
         report_to=options.report_to,
+        ddp_timeout=options.dist_timeout,
+        log_on_each_node=False,  # the libraries' info logs from the first rank only, not from each machine's first
         disable_tqdm=True,  # `yayi train` draws progress itself, from the events of train/progress.py
     )
 
 
-def join_ranks(cpu: bool) -> None:
-    """Start DeepSpeed's communication now (gloo between CPU ranks), not lazily inside the Trainer."""
+def join_ranks(cpu: bool, timeout_seconds: int) -> None:
+    """Start DeepSpeed's communication now (gloo between CPU ranks), not lazily inside the Trainer;
+    a rank that waits `timeout_seconds` for the others (to join, or in any collective later) fails."""
+    import datetime
+
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="gloo" if cpu else None)
+    deepspeed.init_distributed(dist_backend="gloo" if cpu else None, timeout=datetime.timedelta(seconds=timeout_seconds))
 
 
 def group_by_length(args: Any) -> None:
@@ -155,7 +160,7 @@ def save_final_model(trainer: Any, tokenizer: Any, template: Any, output: Path, 
 
 def train(run: dict[str, Any]) -> dict[str, Any]:
     import torch
-    from transformers import Trainer, set_seed
+    from transformers import PrinterCallback, Trainer, set_seed
 
     from yayi_cli.models import best_precision, load_tokenizer
     from yayi_cli.prompt import PromptTokenizer, add_markers, resolve_template
@@ -174,7 +179,7 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
         tokenizer.pad_token = tokenizer.eos_token
     template, _ = resolve_template(options.template, options.model)
     # Before the model: ZeRO-3 partitions while loading, which needs the ranks joined and the config set.
-    join_ranks(options.cpu)
+    join_ranks(options.cpu, options.dist_timeout)
     args = training_arguments(run, options, precision, has_eval=bool(options.eval_data or options.test_size))
     main_rank = args.process_index == 0
 
@@ -204,6 +209,8 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
     reporter = make_reporter(counter, output, world_size=args.world_size, main_rank=main_rank)
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                       data_collator=counter, processing_class=tokenizer, callbacks=[reporter])
+    if not main_rank:
+        trainer.remove_callback(PrinterCallback)  # each machine's first rank would print the same logs and summary
     result = trainer.train(resume_from_checkpoint=run["resume_from"])
     metrics = dict(result.metrics)
     if eval_set is not None:
