@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.train.test_train_end_to_end import RECORDS
 from tests.two_hosts import ADDRESSES, INTERFACE, UNREACHABLE, TwoHosts, Unavailable
 from tests.two_hosts import two_hosts as make_two_hosts
 from yayi_cli.data.checked import load_records
@@ -21,12 +22,6 @@ from yayi_cli.prompt import Conversation, PromptTokenizer, resolve_template
 from yayi_cli.train.launch import latest_complete_checkpoint
 
 pytestmark = pytest.mark.slow
-
-RECORDS = [
-    {"instruction": "你好", "output": "你好！我是雅意，很高兴为你服务。"},
-    {"instruction": "What is YaYi?", "output": "YaYi is a helpful assistant."},
-]
-
 
 @pytest.fixture(scope="module")
 def two_hosts(tmp_path_factory) -> TwoHosts:
