@@ -107,12 +107,13 @@ def test_a_key_written_twice_in_one_object_is_a_warning_naming_it(tmp_path):
     path.write_text(
         '{"instruction": "q", "output": "first", "output": "second"}\n'
         '{"messages": [{"role": "user", "content": "a", "content": "b"}, {"role": "assistant", "content": "c"}]}\n'
-        '{"instruction": "a \\":\\" inside a string is no key", "output": "x"}\n',
+        '{"instruction": "a \\":\\" inside a string is no key", "output": "x"}\n'
+        '{"instruction": "q4", "output"  : "first", "output"\t: "second"}\n',
         encoding="utf-8",
     )
     report = validate([path])
     found = [(p.line, p.code, p.message.split(" appears")[0]) for p in report.tally.problems]
-    assert found == [(1, "duplicate-key", "key 'output'"), (2, "duplicate-key", "key 'content'")]
+    assert found == [(1, "duplicate-key", "key 'output'"), (2, "duplicate-key", "key 'content'"), (4, "duplicate-key", "key 'output'")]
     assert report.ok and not validate([path], strict=True).ok
 
 

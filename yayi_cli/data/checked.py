@@ -8,6 +8,7 @@ invalid ones to the caller's `on_problem` and yields the valid ones.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,16 @@ def _count_keys(value: Any) -> int:
     return count
 
 
+_KEY_ENDING = re.compile(r'"\s*:')
+
+
+def _key_endings(raw: str) -> int:
+    """`":` and `" :` counted with str.count (fast); other whitespace before a colon, rarer, with a regex."""
+    if any(spaced in raw for spaced in ('"  ', '"\t', '"\n', '"\r')):
+        return len(_KEY_ENDING.findall(raw))
+    return raw.count('":') + raw.count('" :')
+
+
 def repeated_keys(raw: str, value: Any) -> list[str]:
     """Keys written twice in one object of `raw`, which `json` silently collapses to the last.
 
@@ -77,7 +88,7 @@ def repeated_keys(raw: str, value: Any) -> list[str]:
     (`":` or `" :`; inside a string a quote is escaped, so `\\":` there is counted too and only
     makes the counts differ). Only a record where they differ is parsed again, noting every key.
     """
-    if not raw or raw.count('":') + raw.count('" :') == _count_keys(value):
+    if not raw or _key_endings(raw) == _count_keys(value):
         return []
     repeated: list[str] = []
 
