@@ -4,15 +4,13 @@ namespaces, an sshd in each, pdsh as DeepSpeed's runner), one CPU rank on each."
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.train.test_train_end_to_end import RECORDS
+from tests.train.test_train_end_to_end import RECORDS, ctrl_c_after_two_checkpoints
 from tests.two_hosts import ADDRESSES, INTERFACE, UNREACHABLE, TwoHosts, Unavailable
 from tests.two_hosts import two_hosts as make_two_hosts
 from yayi_cli.data.checked import load_records
@@ -63,12 +61,7 @@ def test_a_run_over_two_hosts_trains_a_rank_on_each_stops_on_ctrl_c_and_resumes(
               "--data", str(small_data), "--model", str(tiny_model_dirs["llama"]), "-o", str(output),
               "--micro-batch-size", "1", "--save-steps", "2", "--save-total-limit", "2", "--logging-steps", "1"]
     process = yayi_train(two_hosts, *common, "--max-steps", "100000")
-    deadline = time.monotonic() + 600
-    while latest_complete_checkpoint(output, []) is None or len(list(output.glob("checkpoint-*"))) < 2:
-        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()[-3000:]
-        time.sleep(0.5)
-    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
-    text, _ = process.communicate(timeout=120)
+    text = ctrl_c_after_two_checkpoints(process, output, timeout=600)
     assert process.returncode == 130, text[-3000:]
     assert "interrupted: all ranks stopped;" in text and "Traceback" not in text
     assert wait_until_gone(output / "run.json") == []

@@ -101,17 +101,23 @@ def rank_processes(run_file: Path) -> list[str]:
     return [line for line in listing.splitlines() if str(run_file) in line and "ps -eo" not in line]
 
 
+def ctrl_c_after_two_checkpoints(process: subprocess.Popen, output: Path, *, timeout: float) -> str:
+    """Wait until the run has saved two complete checkpoints, then press Ctrl-C; returns its output."""
+    deadline = time.monotonic() + timeout
+    while latest_complete_checkpoint(output, []) is None or len(list(output.glob("checkpoint-*"))) < 2:
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()[-3000:]
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    text, _ = process.communicate(timeout=120)
+    return text
+
+
 def test_ctrl_c_stops_every_rank_and_the_run_resumes_from_its_last_checkpoint(tiny_model_dirs, small_data, tmp_path):
     output = tmp_path / "run"
     common = ["--data", str(small_data), "--model", str(tiny_model_dirs["llama"]), "-o", str(output),
               "--micro-batch-size", "1", "--save-steps", "2", "--save-total-limit", "2"]
     process = yayi_train(*common, "--max-steps", "100000", start_new_session=True)
-    deadline = time.monotonic() + 300
-    while latest_complete_checkpoint(output, []) is None or len(list(output.glob("checkpoint-*"))) < 2:
-        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()[-3000:]
-        time.sleep(0.5)
-    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
-    output_text, _ = process.communicate(timeout=120)
+    output_text = ctrl_c_after_two_checkpoints(process, output, timeout=300)
     assert process.returncode == 130
     assert "interrupted: all ranks stopped;" in output_text and "Traceback" not in output_text
     assert rank_processes(output / "run.json") == []
