@@ -47,7 +47,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 """Control characters other than tab and newline."""
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 """Lone surrogates, which only an invalid \\u escape produces."""
-_UNUSUAL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+UNUSUAL_CHARACTER = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 """Either of the two: one scan clears almost every text."""
 _MARKERS = marker_pattern()
 
@@ -133,7 +133,7 @@ class _RecordParser:
             raise RecordError(f"{where} must be a string, found {_type_name(value)}", "wrong-type")
         if required and not value.strip():
             raise RecordError(f"{where} is empty", "empty-field")
-        if _MARKERS.search(value) or (not value.isprintable() and _UNUSUAL.search(value)):
+        if _MARKERS.search(value) or (not value.isprintable() and UNUSUAL_CHARACTER.search(value)):
             self.suspicious(value, where)
         if value[:1].isspace() or value[-1:].isspace():
             self.warn("whitespace", f"{where} has leading or trailing whitespace")

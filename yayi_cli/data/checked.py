@@ -54,6 +54,24 @@ def check_record(source: SourceRecord) -> ParsedRecord | Problem:
     return record
 
 
+def content_keys(record: ParsedRecord) -> tuple[int, int]:
+    """64-bit hashes of everything before the last answer, and of that answer."""
+    *prompt, answer = record.turns
+    return conversation_keys(record.system, tuple(prompt), answer)
+
+
+def conversation_keys(system: str | None, prompt: tuple[tuple[str, ...], ...], answer: tuple[str, ...]) -> tuple[int, int]:
+    """Python's own string hash: fast, and equal for equal text within this process and the
+    processes it forks (they share its hash secret), which is all the warnings need. Two
+    different records share both keys with a chance of about 2^-128. Turns may be `Turn`s or
+    plain tuples of the same fields: they hash alike.
+    """
+    return hash((system, *prompt)) & _MASK_64, hash(answer) & _MASK_64
+
+
+_MASK_64 = (1 << 64) - 1
+
+
 DUPLICATE_KEY = "duplicate-key"
 _CONTAINERS = (dict, list)
 

@@ -153,37 +153,26 @@ def line_chunks(path: Path) -> Iterator[LineChunk]:
         yield LineChunk(str(path), line, rest)
 
 
-def _decoded_lines(chunk: LineChunk) -> Iterator[tuple[int, str | None, int]]:
-    """(line number, text or None, byte offset of the first bad byte) for each line of a chunk.
-
-    The whole chunk is decoded at once; only a chunk holding invalid UTF-8 is decoded line by line.
-    """
-    try:
-        lines = chunk.data.decode("utf-8").split("\n")
-    except UnicodeDecodeError:
-        for number, raw_bytes in enumerate(chunk.data.split(b"\n"), start=chunk.first_line):
-            try:
-                yield number, raw_bytes.decode("utf-8"), 0
-            except UnicodeDecodeError as error:
-                yield number, None, error.start
-        return
-    yield from ((number, line, 0) for number, line in enumerate(lines, start=chunk.first_line))
-
-
 def chunk_records(chunk: LineChunk, first_index: int = 0) -> Iterator[SourceRecord]:
     """The records of a chunk; blank lines are skipped but still counted as lines."""
     index = first_index
-    for number, raw, bad_byte in _decoded_lines(chunk):
-        if raw is None:
-            yield SourceRecord(chunk.path, number, index, "", error=f"{INVALID_UTF8} at byte {bad_byte + 1} of the line")
+    for number, data in enumerate(chunk.data.split(b"\n"), start=chunk.first_line):
+        record = line_record(chunk.path, number, index, data)
+        if record is not None:
+            yield record
             index += 1
-            continue
-        if raw.endswith("\r"):
-            raw = raw[:-1]
-        if not raw or raw.isspace():
-            continue
-        yield _parsed_line(chunk.path, number, index, raw)
-        index += 1
+
+
+def line_record(path: str, number: int, index: int, data: bytes) -> SourceRecord | None:
+    """The record on one line of a JSON-lines file (without its newline); None for a blank line."""
+    try:
+        raw = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return SourceRecord(path, number, index, "", error=f"{INVALID_UTF8} at byte {error.start + 1} of the line")
+    raw = raw.removesuffix("\r")
+    if not raw or raw.isspace():
+        return None
+    return _parsed_line(path, number, index, raw)
 
 
 def _parsed_line(path: str, line: int, index: int, raw: str) -> SourceRecord:

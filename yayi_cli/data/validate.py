@@ -9,31 +9,33 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import gc
 import multiprocessing
 import os
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from yayi_cli.data.reader import (
+    LINES,
     LineChunk,
     SourceRecord,
-    chunk_records,
-    LINES,
     file_layout,
     line_chunks,
+    line_record,
     read_records,
     refuse_repeated_inputs,
 )
-from yayi_cli.data.checked import ERROR, WARNING, Problem, valid_records
+from yayi_cli.data.screen import ScreenedLines, screen_lines
+from yayi_cli.data.checked import ERROR, WARNING, Problem, content_keys, valid_records
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.prompt import IGNORE_INDEX, Conversation
-from yayi_cli.records import NO_DOMAIN, SHAPES, ParsedRecord
+from yayi_cli.records import INSTRUCTION, NO_DOMAIN, SHAPES, ParsedRecord
 
 DUPLICATE, CONFLICTING_ANSWER = "duplicate", "conflicting-answer"
 PARALLEL_MIN_BYTES = 32 << 20
@@ -60,18 +62,6 @@ class FileStats:
         return {**asdict(self), "shapes": {shape: self.shapes[shape] for shape in SHAPES}}
 
 
-def content_keys(record: ParsedRecord) -> tuple[int, int]:
-    """64-bit hashes of everything before the last answer, and of that answer.
-
-    Python's own string hash: fast, and equal for equal text within this process and the
-    processes it forks (they share its hash secret), which is all the warnings need. Two
-    different records share both keys with a chance of about 2^-128.
-    """
-    *prompt, answer = record.turns
-    return hash((record.system, *prompt)) & _MASK_64, hash(answer) & _MASK_64
-
-
-_MASK_64 = (1 << 64) - 1
 
 
 @dataclass
@@ -153,6 +143,33 @@ class Tally:
         self.prompt_keys.append(prompt_key)
         self.answer_keys.append(answer_key)
         return True
+
+    def count_lines(self, chunk: LineChunk) -> None:
+        """Check and count a chunk of JSON lines: what the screen passes in bulk, the rest exactly.
+
+        Record indexes start at 0 (chunk tallies merge with an offset)."""
+        lines = chunk.data.split(b"\n")
+        screened = screen_lines(lines) if not self.reserved else ScreenedLines.none(len(lines))
+        index, start = 0, 0
+        for end in [at for at, record in enumerate(screened.records) if record is None] + [len(lines)]:
+            if end > start:  # consecutive screened records: one run of lines
+                self._add_line(len(self.prompt_keys), chunk.first_line + start)
+                keys = [record.keys for record in screened.records[start:end]]
+                self.prompt_keys.extend([prompt_key for prompt_key, _ in keys])
+                self.answer_keys.extend([answer_key for _, answer_key in keys])
+                index += end - start
+            source = line_record(chunk.path, chunk.first_line + end, index, lines[end]) if end < len(lines) else None
+            if source is not None:
+                index += 1
+                for _ in self.check((source,)):
+                    pass
+            start = end + 1
+        count = screened.domains.total()
+        stats = self.file(chunk.path)
+        stats.records, stats.valid, stats.turns = stats.records + count, stats.valid + count, stats.turns + 2 * count
+        stats.shapes[INSTRUCTION] += count
+        stats.characters += screened.characters
+        self.domains.update(screened.domains)
 
     def check(self, sources: Iterable[SourceRecord]) -> Iterator[tuple[SourceRecord, ParsedRecord]]:
         """Check and count every record; yield the valid ones."""
@@ -249,11 +266,10 @@ def _no_cyclic_gc() -> Iterator[None]:
 
 
 def _check_chunk(chunk: LineChunk, max_listed: int) -> Tally:
-    """Worker: check one chunk of JSON lines in another process."""
+    """Check one chunk of JSON lines (in a worker process, or in this one)."""
     tally = Tally(max_listed)
     with _no_cyclic_gc():
-        for _ in tally.check(chunk_records(chunk)):
-            pass  # counting is all a worker does
+        tally.count_lines(chunk)
     return tally
 
 
@@ -353,24 +369,27 @@ class ValidationReport:
         }
 
 
-def _check_in_parallel(pool: ProcessPoolExecutor, workers: int, path: Path, tally: Tally, progress: Callable[[int], None]) -> None:
-    """Check a JSON-lines file chunk by chunk in the pool's processes, merging in file order.
-
-    At most two chunks per worker are in flight, so memory does not grow with the input.
+def _check_lines(path: Path, tally: Tally, progress: Callable[[int], None], pool: ProcessPoolExecutor | None, workers: int) -> None:
+    """Check a JSON-lines file chunk by chunk, in the pool's processes if there is a pool, merging
+    in file order. At most two chunks per worker are in flight, so memory does not grow with the input.
     """
-    pending: deque[tuple[Future[Tally], int]] = deque()
+    pending: deque[tuple[Callable[[], Tally], int]] = deque()
     records_before = 0
 
     def merge_oldest() -> None:
         nonlocal records_before
-        future, size = pending.popleft()
-        chunk_tally = future.result()
+        result, size = pending.popleft()
+        chunk_tally = result()
         tally.merge(chunk_tally, records_before)
         records_before += sum(stats.records for stats in chunk_tally.files.values())
         progress(size)
 
     for chunk in line_chunks(path):
-        pending.append((pool.submit(_check_chunk, chunk, tally.max_listed), len(chunk.data)))
+        if pool is None:
+            result = functools.partial(_check_chunk, chunk, tally.max_listed)
+        else:
+            result = pool.submit(_check_chunk, chunk, tally.max_listed).result
+        pending.append((result, len(chunk.data)))
         if len(pending) >= 2 * workers:
             merge_oldest()
     while pending:
@@ -417,13 +436,13 @@ def validate(
     with contextlib.ExitStack() as stack:
         pool = None
         if workers > 1 and counter is None and "fork" in multiprocessing.get_all_start_methods():
-            # fork: the workers share this process's string-hash secret (see content_keys)
+            # fork: the workers share this process's string-hash secret (see checked.conversation_keys)
             context = multiprocessing.get_context("fork")
             pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers, mp_context=context))
         for path, size in zip(paths, sizes):
             tally.file(str(path))  # listed even when it holds no record
-            if pool is not None and file_layout(path) == LINES:
-                _check_in_parallel(pool, workers, path, tally, progress)
+            if counter is None and file_layout(path) == LINES:
+                _check_lines(path, tally, progress, pool, workers if pool else 1)
                 continue
             with _no_cyclic_gc():
                 for source, record in tally.check(read_records(path)):
