@@ -1,128 +1,112 @@
-"""Throughput and peak memory of `yayi data validate` against the upstream path and a bare parse.
+"""Wall time and peak memory of `yayi data validate` and `yayi data split` against bare parsing loops.
 
-Three ways of reading the same generated JSON-lines file, each in its own process, in one run:
-- bare:     a `json.loads` loop over the lines (the floor: parsing and nothing else);
-- upstream: `datasets.load_dataset("json")` and a `map` that builds the upstream prompt strings,
-            as the upstream YaYi trainer prepares its data;
-- yayi:     `yayi_cli.data.validate.validate` (every check, statistics, duplicate detection),
-            with its default worker processes, and with `--workers 1` for reference.
+Every variant is a whole process started from the shell, as a user runs it, on the same generated
+JSON-lines file; the variants alternate (A B C ... A B C ...) for `--rounds` rounds and medians are
+reported, because the machine is shared and noisy:
+- bare json:   `for line in file: json.loads(line)`, the floor the targets are set against;
+- bare orjson: the same loop with `orjson.loads`;
+- naive split: read every line, shuffle, write the last N to test and the rest to train (no checks);
+- yayi validate / yayi split: the CLI with its defaults (worker processes: one per core above 32 MB);
+- upstream:    `datasets.load_dataset("json")` plus a `map` that builds the upstream prompt strings
+               (only up to `--upstream-up-to` records: it is slow).
 
-    .venv/bin/python benchmarks/validate_throughput.py --records 100000 1000000
+Two data shapes (benchmarks/synthetic.py): `yayi`, records like YaYi's own (Chinese, ~740 bytes,
+five domain prefixes, log-normal answers, 1% copies) and `short` (~150 bytes, mixed words).
+
+    .venv/bin/python benchmarks/validate_throughput.py --records 200000 1000000 --shapes yayi short
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import random
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-DOMAINS = ["媒宣领域任务", "舆情领域任务", "公共安全领域任务", "金融风控领域任务", "城市治理领域任务"]
-WORDS = "数据 模型 城市 安全 金融 风险 舆情 媒体 宣传 治理 分析 报告 市民 交通 环境 政策 新闻 评论 用户 平台".split()
+from synthetic import instruction_records, write_jsonl, yayi_like_records
+
+HERE = Path(__file__).parent
+BIN = Path(sys.executable).parent
+BARE = {
+    "bare json": "import json, sys\nfor line in open(sys.argv[1], encoding='utf-8'):\n    json.loads(line)\n",
+    "bare orjson": "import orjson, sys\nfor line in open(sys.argv[1], 'rb'):\n    orjson.loads(line)\n",
+    "naive split": (
+        "import random, sys\nlines = open(sys.argv[1], encoding='utf-8').readlines()\nrandom.Random(0).shuffle(lines)\n"
+        "test = len(lines) // 20\nopen(sys.argv[2] + '/test.jsonl', 'w', encoding='utf-8').writelines(lines[:test])\n"
+        "open(sys.argv[2] + '/train.jsonl', 'w', encoding='utf-8').writelines(lines[test:])\n"
+    ),
+    "upstream": (
+        "import sys, tempfile\nfrom datasets import load_dataset\n"
+        "prompt = '<|System|>:\\n{system}\\n\\n<|Human|>:\\n{instruction}\\n{input}\\n\\n<|YaYi|>:\\n{output}\\n\\n<|End|>'\n"
+        "with tempfile.TemporaryDirectory() as cache:\n"
+        "    data = load_dataset('json', data_files=sys.argv[1], split='train', cache_dir=cache)\n"
+        "    data.map(lambda r: {'text': prompt.format(system='YaYi', instruction=r['instruction'], input=r.get('input') or '', output=r['output'])})\n"
+    ),
+}
 
 
-def generate(path: Path, count: int) -> None:
-    """Records shaped like the upstream example file: about 680 bytes each, a few duplicates."""
-    rng = random.Random(0)
-    with open(path, "w", encoding="utf-8") as handle:
-        for i in range(count):
-            text = lambda n: "".join(rng.choice(WORDS) for _ in range(n))  # noqa: E731
-            record = {
-                "instruction": f"【{DOMAINS[i % 5]}】请根据以下内容回答问题：{text(12)}",
-                "input": text(40),
-                "output": text(45) + f"（{i}）",
-            }
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+def command(variant: str, data: Path, out: Path) -> list[str]:
+    if variant in BARE:
+        return [sys.executable, "-c", BARE[variant], str(data), str(out)]
+    if variant == "yayi validate":
+        return [str(BIN / "yayi"), "data", "validate", str(data), "--json"]
+    return [str(BIN / "yayi"), "data", "split", str(data), "--test-size", "0.05", "-o", str(out), "--force", "--json"]
 
 
-def run_bare(path: Path) -> int:
-    count = 0
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            json.loads(line)
-            count += 1
-    return count
+def measure(argv: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB, the largest of the process and its workers) of one run."""
+    start = time.perf_counter()
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"{argv} failed with status {status}")
+    return seconds, usage.ru_maxrss / 1024
 
 
-UPSTREAM_PROMPT = "<|System|>:\n{system}\n\n<|Human|>:\n{instruction}\n{input}\n\n<|YaYi|>:\n{output}\n\n<|End|>"
-
-
-def run_upstream(path: Path) -> int:
-    from datasets import load_dataset
-
-    system = "A chat between a human and an AI assistant named YaYi."
-    with tempfile.TemporaryDirectory() as cache:
-        dataset = load_dataset("json", data_files=str(path), split="train", cache_dir=cache)
-        dataset = dataset.map(lambda r: {"text": UPSTREAM_PROMPT.format(system=system, **r)}, num_proc=None)
-        return len(dataset)
-
-
-def run_yayi(path: Path, workers: int | None) -> int:
-    from yayi_cli.data.validate import validate
-
-    report = validate([path], workers=workers)
-    assert report.ok, report.to_json()["problem_counts"]
-    return report.records
-
-
-def measure(variant: str, path: Path) -> dict:
-    """Run one variant in a fresh process; its peak RSS includes only itself (and its workers)."""
-    code = (
-        "import json, resource, sys, time\n"
-        "sys.path.insert(0, %r)\n"
-        "import validate_throughput as b\n"
-        "start = time.perf_counter()\n"
-        "n = b.dispatch(%r, %r)\n"
-        "seconds = time.perf_counter() - start\n"
-        "self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "kids_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-        "print(json.dumps({'records': n, 'seconds': seconds, 'rss_mb': self_kb / 1024, 'worker_rss_mb': kids_kb / 1024}))\n"
-    ) % (str(Path(__file__).parent), variant, str(path))
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
-
-
-def dispatch(variant: str, path: str) -> int:
-    if variant == "bare":
-        return run_bare(Path(path))
-    if variant == "upstream":
-        return run_upstream(Path(path))
-    if variant == "yayi":
-        return run_yayi(Path(path), None)
-    return run_yayi(Path(path), 1)
+def generate(path: Path, shape: str, count: int) -> Path:
+    records = yayi_like_records(count) if shape == "yayi" else instruction_records(count, seed=1)
+    return write_jsonl(path, records)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--skip-upstream-above", type=int, default=1_000_000)
+    parser.add_argument("--records", type=int, nargs="+", default=[200_000, 1_000_000])
+    parser.add_argument("--shapes", nargs="+", choices=["yayi", "short"], default=["yayi", "short"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--upstream-up-to", type=int, default=200_000)
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as work:
-        for count in args.records:
-            path = Path(work) / f"data-{count}.jsonl"
-            generate(path, count)
-            size_mb = path.stat().st_size / 2**20
-            print(f"\n{count} records, {size_mb:.0f} MiB")
-            print(f"{'variant':22} {'records/s':>10} {'seconds':>8} {'peak RSS MiB':>13} {'worker RSS MiB':>15}")
-            results = {}
-            variants = ["bare", "yayi", "yayi-1-worker"]
-            if count <= args.skip_upstream_above:
-                variants.insert(1, "upstream")
-            for variant in variants:
-                result = measure(variant, path)
-                results[variant] = result
-                rate = result["records"] / result["seconds"]
-                print(f"{variant:22} {rate:10.0f} {result['seconds']:8.2f} {result['rss_mb']:13.0f} {result['worker_rss_mb']:15.0f}")
-            yayi = results["yayi"]["seconds"]
-            print(f"yayi vs bare json.loads: {results['bare']['seconds'] / yayi:.2f}x the throughput")
-            if "upstream" in results:
-                print(f"yayi vs upstream path:   {results['upstream']['seconds'] / yayi:.2f}x the throughput")
+        out = Path(work) / "out"
+        out.mkdir()
+        for shape in args.shapes:
+            for count in args.records:
+                data = generate(Path(work) / f"{shape}-{count}.jsonl", shape, count)
+                variants = ["bare json", "bare orjson", "yayi validate", "naive split", "yayi split"]
+                variants += ["upstream"] if count <= args.upstream_up_to else []
+                runs: dict[str, list[tuple[float, float]]] = {variant: [] for variant in variants}
+                for _ in range(args.rounds):
+                    for variant in variants:
+                        runs[variant].append(measure(command(variant, data, out)))
+                report(shape, count, data, runs)
+                data.unlink()
+
+
+def report(shape: str, count: int, data: Path, runs: dict[str, list[tuple[float, float]]]) -> None:
+    size = data.stat().st_size
+    print(f"\n{shape} records: {count:,} ({size / 2**20:.0f} MiB, {size / count:.0f} bytes a record), medians of {len(runs['bare json'])} rounds")
+    print(f"{'variant':15} {'seconds':>8} {'records/s':>10} {'peak RSS MiB':>13} {'x bare json':>12}")
+    median = {variant: statistics.median(s for s, _ in results) for variant, results in runs.items()}
+    for variant, results in runs.items():
+        seconds, rss = median[variant], max(r for _, r in results)
+        print(f"{variant:15} {seconds:8.2f} {count / seconds:10.0f} {rss:13.0f} {median['bare json'] / seconds:12.2f}")
+    print(f"yayi split / yayi validate: {median['yayi split'] / median['yayi validate']:.2f}x the time")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import math
@@ -124,15 +125,15 @@ def test_existing_outputs_and_inputs_are_never_overwritten(tmp_path):
 
 
 def test_a_failure_mid_write_leaves_no_output_and_no_temp_file(tmp_path, monkeypatch):
-    written = []
+    copy_lines = split_module._copy_lines
 
-    def failing_line(source):
-        written.append(source)
-        if len(written) == 10:
-            raise KeyboardInterrupt
-        return source.raw + "\n"
+    def interrupted_copy(path, numbers, to_test, train, test):
+        copy_lines(path, numbers, to_test, train, test)
+        train.flush()
+        assert (tmp_path / "out").exists() or any(tmp_path.iterdir()), "nothing was staged: nothing was tested"
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(split_module, "_line", failing_line)
+    monkeypatch.setattr(split_module, "_copy_lines", interrupted_copy)
     with pytest.raises(KeyboardInterrupt):
         split([SAMPLE_DATA], tmp_path / "out", test_size=2)
     assert list(tmp_path.iterdir()) == []  # not even the output directory it would have made
@@ -222,3 +223,33 @@ def test_the_cli_writes_the_three_files_and_reports_counts(tmp_path):
     assert again.exit_code == 2 and "already exists" in again.stderr
     bad = runner.invoke(app, ["data", "split", str(SAMPLE_DATA), "--test-size", "lots", "-o", str(tmp_path / "p")])
     assert bad.exit_code == 2 and "--test-size 'lots'" in bad.stderr
+
+
+def test_lines_are_copied_byte_for_byte_without_their_crs(tmp_path):
+    """A BOM, CRLF endings, blank and invalid lines go; text (a raw U+2028 or U+0085 too) stays exactly."""
+    records = ['{"instruction": "q1", "output": "a\u2028b"}', '{"instruction" : "q2","output":"a\u0085"}', '{"instruction": "q3", "output": "c"}']
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(codecs.BOM_UTF8 + "\r\n".join([records[0], "", "{broken", records[1], "   ", records[2]]).encode() + b"\r\n")
+    split([data], tmp_path / "out", test_size=1, skip_invalid=True)
+    out = tmp_path / "out"
+    written = (out / "train.jsonl").read_bytes() + (out / "test.jsonl").read_bytes()
+    assert sorted(written.decode().split("\n")[:-1]) == sorted(records)
+    assert b"\r" not in written and (out / "test.jsonl").read_bytes().count(b"\n") == 1
+
+
+def test_worker_processes_and_small_chunks_write_the_same_bytes(tmp_path, monkeypatch):
+    """The parallel pass and the chunk-at-once copy give exactly what one process line by line gives."""
+    from yayi_cli.data import reader, validate
+
+    data = domain_data(tmp_path / "d.jsonl")
+    with open(data, "a", encoding="utf-8") as handle:
+        handle.write('{"instruction": "【媒宣领域任务】问题1", "output": "回答1"}\n\n{"instruction": "x", "output": 5}\n')
+    options = dict(test_size=0.2, stratify=True, dedupe=True, skip_invalid=True)
+    split([data], tmp_path / "one", **options)
+    monkeypatch.setattr(reader, "CHUNK_BYTES", 300)
+    monkeypatch.setattr(validate, "PARALLEL_MIN_BYTES", 0)
+    report = split([data], tmp_path / "many", **options)
+    for name in ("train.jsonl", "test.jsonl", "split.json"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "many" / name).read_bytes()
+    counts = report.to_json()["counts"]
+    assert (counts["invalid_skipped"], counts["duplicates_dropped"], counts["train"] + counts["test"]) == (1, 1, 100)

@@ -136,11 +136,14 @@ class LineChunk:
     data: bytes
 
 
-def line_chunks(path: Path) -> Iterator[LineChunk]:
-    """Cut a JSON-lines file into chunks of whole lines (a line longer than a chunk stays whole)."""
+def line_chunks(path: Path, digest: Any = None) -> Iterator[LineChunk]:
+    """Cut a JSON-lines file into chunks of whole lines (a line longer than a chunk stays whole);
+    `digest` (a hashlib object), when given, is fed the file's bytes on the way."""
     line, rest, first = 1, b"", True
     with open_data_file(path) as handle:
         while block := handle.read(CHUNK_BYTES):
+            if digest is not None:
+                digest.update(block)
             if first:
                 block, first = block.removeprefix(codecs.BOM_UTF8), False
             data = rest + block

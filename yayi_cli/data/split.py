@@ -1,102 +1,94 @@
 """`yayi data split`: a deterministic train/test split, optionally stratified by domain.
 
-Two streaming passes. The first checks every record and counts the records of each stratum
-(domain, or one stratum for all); the test records of a stratum are then its `k` positions
-with the smallest keyed BLAKE2 hashes of (seed, stratum, position), which any machine and
-any Python version computes alike. The second pass writes each record, byte for byte as it
-was, to train or test. Memory holds the test positions only (plus one 8-byte key and a
-stratum id per record with --dedupe).
+One checking pass, the one `data validate` makes (in worker processes for large JSON lines),
+keeps for each valid record its line, a pair of 64-bit content keys (for --dedupe) and with
+--stratify its domain. The test records of a stratum (a domain, or one for all) are then its
+`k` positions with the smallest keyed BLAKE2 hashes of (seed, stratum, position), which any
+machine and any Python version computes alike. Writing copies each record's line, byte for byte,
+to train or test, without parsing it again: a chunk of lines that all go to train is copied
+whole. A `.json` file of one array is read (and checked) a second time instead, since its
+records span lines.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from array import array
-from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from yayi_cli import __version__
 from yayi_cli.atomic import atomic_files
 from yayi_cli.data import DEFAULT_SEED
-from yayi_cli.data.checked import Problem, skip_problem, valid_records
-from yayi_cli.data.reader import SourceRecord, read_records, refuse_repeated_inputs, sha256_of
-from yayi_cli.data.validate import DUPLICATE, find_repeats
+from yayi_cli.data.checked import ERROR, skip_problem, valid_records
+from yayi_cli.data.reader import LINES, file_layout, line_chunks, read_records, refuse_repeated_inputs
+from yayi_cli.data.validate import DUPLICATE, Tally, find_repeats, tally_files
 from yayi_cli.errors import DataError, UsageError
-from yayi_cli.records import NO_DOMAIN_LABEL, ParsedRecord
+from yayi_cli.records import NO_DOMAIN_LABEL
 from yayi_cli.sampling import allocate, chosen_positions
 
 OUTPUT_NAMES = ("train.jsonl", "test.jsonl", "split.json")
 
 
 @dataclass
-class InputFile:
-    path: str
-    sha256: str
-    records: int = 0
-    valid: int = 0
-
-
-@dataclass
 class Survey:
-    """What the first pass learns: validity, strata sizes, duplicates."""
+    """What the checking pass learns, and which records go where."""
 
-    inputs: list[InputFile] = field(default_factory=list)
-    invalid: list[Problem] = field(default_factory=list)
-    invalid_count: int = 0
-    strata: Counter[str] = field(default_factory=Counter)
-    duplicates: set[int] = field(default_factory=set)
+    tally: Tally
+    digests: dict[str, str]
+    kept: Any
+    """Ordinals (among the valid records) of those written, in input order: numpy uint32."""
+    strata: list[str]
+    stratum_of: Any
+    """For each kept record, its stratum: an index into `strata` (numpy)."""
 
-    def count_invalid(self, source: SourceRecord, problem: Problem) -> None:
-        self.inputs[-1].records += 1
-        self.invalid_count += 1
-        self.invalid[:1] = self.invalid[:1] or [problem]
+    @property
+    def invalid_count(self) -> int:
+        return sum(stats.records - stats.valid for stats in self.tally.files.values())
 
+    @property
+    def duplicates(self) -> int:
+        return len(self.tally.prompt_keys) - len(self.kept)
 
-def _valid_records(paths: Sequence[Path], survey: Survey | None) -> Iterator[tuple[SourceRecord, ParsedRecord]]:
-    """(source, parsed record) of every valid record; counts into `survey` when given."""
-    for path in paths:
-        if survey is not None:
-            survey.inputs.append(InputFile(str(path), sha256_of(path)))
-        for source, record in valid_records(read_records(path), survey.count_invalid if survey else skip_problem):
-            if survey is not None:
-                survey.inputs[-1].records += 1
-                survey.inputs[-1].valid += 1
-            yield source, record
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Records per stratum (a domain whose records were all dropped copies counts 0)."""
+        import numpy as np
 
-
-def stable_content_keys(record: ParsedRecord) -> tuple[int, int]:
-    """Like `content_keys`, but BLAKE2b: what --dedupe drops must not depend on Python's hash seed."""
-    *prompt, answer = record.turns
-    prompt_text = json.dumps([record.system, prompt], ensure_ascii=False)
-    keys = []
-    for text in (prompt_text, json.dumps(answer, ensure_ascii=False)):
-        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-        keys.append(int.from_bytes(digest, "little"))
-    return keys[0], keys[1]
+        return dict(zip(self.strata, np.bincount(self.stratum_of, minlength=len(self.strata)).tolist()))
 
 
 def survey_inputs(paths: Sequence[Path], *, stratify: bool, dedupe: bool) -> Survey:
-    """First pass: check and count everything; with `dedupe`, find the later copies of records."""
-    survey = Survey()
-    prompt_keys, answer_keys, stratum_ids, names = array("Q"), array("Q"), array("H"), {}
-    for _, record in _valid_records(paths, survey):
-        stratum = record.domain if stratify else ""
-        survey.strata[stratum] += 1
-        if dedupe:
-            prompt_key, answer_key = stable_content_keys(record)
-            prompt_keys.append(prompt_key)
-            answer_keys.append(answer_key)
-            stratum_ids.append(names.setdefault(stratum, len(names)))
+    """Check and count everything in one pass; with `dedupe`, leave out the later copies of records."""
+    import numpy as np
+
+    tally = Tally(max_listed=1, listed=frozenset({ERROR}))
+    if stratify:
+        tally.keep_domains()
+    digests: dict[str, str] = {}
+    tally_files(paths, tally, digests=digests)
+    kept = np.arange(len(tally.prompt_keys), dtype=np.uint32)
     if dedupe:
-        survey.duplicates = {r.ordinal for r in find_repeats(prompt_keys, answer_keys) if r.kind == DUPLICATE}
-        by_id = {number: name for name, number in names.items()}
-        for ordinal in survey.duplicates:
-            survey.strata[by_id[stratum_ids[ordinal]]] -= 1
-    return survey
+        copies = [repeat.ordinal for repeat in find_repeats(tally.prompt_keys, tally.answer_keys) if repeat.kind == DUPLICATE]
+        kept = np.delete(kept, copies)
+    if stratify:
+        strata, stratum_of = tally.domain_names, np.frombuffer(tally.domain_ids, dtype=np.uint32)[kept]
+    else:
+        strata, stratum_of = [""], np.zeros(len(kept), dtype=np.uint32)
+    return Survey(tally, digests, kept, strata, stratum_of)
+
+
+def select_test(survey: Survey, counts: dict[str, int], seed: int) -> Any:
+    """For each kept record, whether it goes to test (numpy bool): each stratum's chosen positions."""
+    import numpy as np
+
+    to_test = np.zeros(len(survey.kept), dtype=bool)
+    for number, name in enumerate(survey.strata):
+        members = np.flatnonzero(survey.stratum_of == number)
+        chosen = chosen_positions(seed=seed, stratum=name, size=len(members), count=counts[name])
+        to_test[members[sorted(chosen)]] = True
+    return to_test
 
 
 @dataclass
@@ -114,6 +106,7 @@ class SplitReport:
     test: int = 0
 
     def to_json(self) -> dict[str, Any]:
+        files = self.survey.tally.files
         document = {
             "yayi_version": __version__,
             "seed": self.seed,
@@ -121,19 +114,22 @@ class SplitReport:
             "stratify": "domain" if self.stratify else None,
             "dedupe": self.dedupe,
             "skip_invalid": self.skip_invalid,
-            "inputs": [vars(item) for item in self.survey.inputs],
+            "inputs": [
+                {"path": path, "sha256": self.survey.digests[path], "records": stats.records, "valid": stats.valid}
+                for path, stats in files.items()
+            ],
             "counts": {
-                "records": sum(item.records for item in self.survey.inputs),
+                "records": sum(stats.records for stats in files.values()),
                 "invalid_skipped": self.survey.invalid_count,
-                "duplicates_dropped": len(self.survey.duplicates),
+                "duplicates_dropped": self.survey.duplicates,
                 "train": self.train,
                 "test": self.test,
             },
         }
         if self.stratify:
+            sizes = self.survey.sizes
             document["strata"] = {
-                name or NO_DOMAIN_LABEL: {"records": self.survey.strata[name], "test": self.test_counts[name]}
-                for name in sorted(self.survey.strata)
+                name or NO_DOMAIN_LABEL: {"records": sizes[name], "test": self.test_counts[name]} for name in sorted(sizes)
             }
         return document
 
@@ -155,12 +151,6 @@ def _output_paths(out_dir: Path, inputs: Sequence[Path], force: bool) -> list[Pa
     return outputs
 
 
-def _line(source: SourceRecord) -> str:
-    """The record's own text as one line. JSON strings cannot hold a raw line break, so the
-    breaks of a pretty-printed array item are whitespace between tokens and can go."""
-    return "".join(source.raw.splitlines()) + "\n"
-
-
 def split(
     paths: Sequence[Path],
     out_dir: Path,
@@ -177,27 +167,61 @@ def split(
     outputs = _output_paths(out_dir, paths, force)
     survey = survey_inputs(paths, stratify=stratify, dedupe=dedupe)
     if survey.invalid_count and not skip_invalid:
+        first = survey.tally.problems[0]
         raise DataError(
-            f"{survey.invalid_count} invalid record(s), the first at {survey.invalid[0].path}:"
-            f"{survey.invalid[0].line} ({survey.invalid[0].message}); "
+            f"{survey.invalid_count} invalid record(s), the first at {first.path}:{first.line} ({first.message}); "
             "`yayi data validate` lists them all, or pass --skip-invalid to leave them out"
         )
-    counts = allocate(test_size, dict(survey.strata))
-    chosen = {name: chosen_positions(seed=seed, stratum=name, size=survey.strata[name], count=count) for name, count in counts.items()}
+    counts = allocate(test_size, survey.sizes)
+    to_test = select_test(survey, counts, seed)
     report = SplitReport(seed, test_size, stratify, dedupe, skip_invalid, survey, counts)
+    report.test = int(to_test.sum())
+    report.train = len(to_test) - report.test
     with atomic_files(outputs) as (train, test, manifest):
-        position: Counter[str] = Counter()
-        for ordinal, (source, record) in enumerate(_valid_records(paths, None)):
-            if ordinal in survey.duplicates:
-                continue
-            stratum = record.domain if stratify else ""
-            is_test = position[stratum] in chosen[stratum]
-            position[stratum] += 1
-            (test if is_test else train).write(_line(source))
-            report.test += is_test
-            report.train += not is_test
+        for path in paths:
+            _write_records(path, survey, to_test, train.buffer, test.buffer)
         manifest.write(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n")
     return report
+
+
+def _write_records(path: Path, survey: Survey, to_test: Any, train: BinaryIO, test: BinaryIO) -> None:
+    """Copy the kept records of one input file to train or test, in input order."""
+    import numpy as np
+
+    tally = survey.tally
+    first = tally.first_ordinal[str(path)]
+    start, end = np.searchsorted(survey.kept, [first, first + tally.files[str(path)].valid])
+    ordinals, to_test = survey.kept[start:end], to_test[start:end]
+    if file_layout(path) == LINES:
+        _copy_lines(path, tally.lines_of(ordinals), to_test, train, test)
+        return
+    wanted = dict(zip((ordinals - first).tolist(), to_test.tolist()))
+    for position, (source, _) in enumerate(valid_records(read_records(path), skip_problem)):
+        if position in wanted:
+            line = source.raw.replace("\r", "").replace("\n", "")  # breaks between an item's tokens
+            (test if wanted[position] else train).write(line.encode("utf-8") + b"\n")
+
+
+def _copy_lines(path: Path, numbers: Any, to_test: Any, train: BinaryIO, test: BinaryIO) -> None:
+    """Copy the lines `numbers` (sorted) of a JSON-lines file each to test or train, without CRs
+    (JSON text holds none but line endings): each run of lines going the same way in one write."""
+    import numpy as np
+
+    for chunk in line_chunks(path):
+        data = chunk.data.replace(b"\r", b"")
+        ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+        if not data.endswith(b"\n"):
+            data += b"\n"
+            ends = np.append(ends, len(data) - 1)
+        start, end = np.searchsorted(numbers, [chunk.first_line, chunk.first_line + len(ends)])
+        where = np.zeros(len(ends), dtype=np.int8)  # 0: left out (blank, invalid, a dropped copy)
+        where[numbers[start:end] - chunk.first_line] = np.where(to_test[start:end], 2, 1)
+        bounds = [0, *(np.flatnonzero(np.diff(where)) + 1).tolist(), len(ends)]
+        view = memoryview(data)
+        for first, stop in zip(bounds, bounds[1:]):
+            if where[first]:
+                begin = int(ends[first - 1]) + 1 if first else 0
+                (test if where[first] == 2 else train).write(view[begin : int(ends[stop - 1]) + 1])
 
 
 def print_report(report: SplitReport, out_dir: Path, console: Any) -> None:

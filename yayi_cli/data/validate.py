@@ -11,6 +11,7 @@ import bisect
 import contextlib
 import functools
 import gc
+import hashlib
 import multiprocessing
 import os
 from array import array
@@ -30,6 +31,7 @@ from yayi_cli.data.reader import (
     line_record,
     read_records,
     refuse_repeated_inputs,
+    sha256_of,
 )
 from yayi_cli.data.screen import ScreenedLines, screen_lines
 from yayi_cli.data.checked import ERROR, WARNING, Problem, content_keys, valid_records
@@ -83,6 +85,29 @@ class Tally:
     """With --model: the tokenizer's special tokens, refused inside text like the markers."""
     first_ordinal: dict[str, int] = field(default_factory=dict)
     """Where each file's records start among the keys: records of a file are consecutive."""
+    listed: frozenset[str] = frozenset({ERROR, WARNING})
+    """The severities `problems` lists (`data split` needs only its first error)."""
+    domain_ids: array | None = None
+    """With `keep_domains()`: each valid record's domain, an index into `domain_names`."""
+    domain_names: list[str] = field(default_factory=list)
+
+    def keep_domains(self) -> Tally:
+        """Remember each record's domain too (`data split --stratify`), 4 bytes a record."""
+        self.domain_ids = array("I")
+        return self
+
+    def empty_like(self) -> Tally:
+        """A new tally that counts and keeps what this one does, for a chunk."""
+        tally = Tally(self.max_listed, reserved=self.reserved, listed=self.listed)
+        return tally.keep_domains() if self.domain_ids is not None else tally
+
+    def _add_domains(self, domains: Iterable[str]) -> None:
+        ids = {name: number for number, name in enumerate(self.domain_names)}
+        for domain in domains:
+            if domain not in ids:
+                ids[domain] = len(self.domain_names)
+                self.domain_names.append(domain)
+            self.domain_ids.append(ids[domain])
 
     @property
     def paths(self) -> list[str]:
@@ -99,6 +124,13 @@ class Tally:
         run = bisect.bisect_right(self.run_starts, ordinal) - 1
         return self.paths[bisect.bisect_right(starts, ordinal) - 1], ordinal + self.run_offsets[run]
 
+    def lines_of(self, ordinals: Any) -> Any:
+        """The line numbers of the records with these ordinals (numpy arrays)."""
+        import numpy as np
+
+        runs = np.searchsorted(np.frombuffer(self.run_starts, dtype=np.uint64), ordinals, side="right") - 1
+        return ordinals.astype(np.int64) + np.frombuffer(self.run_offsets, dtype=np.int64)[runs]
+
     def _add_line(self, ordinal: int, line: int) -> None:
         if not self.run_offsets or ordinal + self.run_offsets[-1] != line:
             self.run_starts.append(ordinal)
@@ -112,7 +144,7 @@ class Tally:
             stats.errors += 1
         else:
             stats.warnings += 1
-        if len(self.problems) < self.max_listed:
+        if len(self.problems) < self.max_listed and problem.severity in self.listed:
             self.problems.append(problem)
 
     def reject(self, source: SourceRecord, problem: Problem) -> None:
@@ -142,6 +174,8 @@ class Tally:
         self._add_line(len(self.prompt_keys), source.line)
         self.prompt_keys.append(prompt_key)
         self.answer_keys.append(answer_key)
+        if self.domain_ids is not None:
+            self._add_domains([record.domain])
         return True
 
     def count_lines(self, chunk: LineChunk) -> None:
@@ -154,9 +188,12 @@ class Tally:
         for end in [at for at, record in enumerate(screened.records) if record is None] + [len(lines)]:
             if end > start:  # consecutive screened records: one run of lines
                 self._add_line(len(self.prompt_keys), chunk.first_line + start)
-                keys = [record.keys for record in screened.records[start:end]]
+                records = screened.records[start:end]
+                keys = [record.keys for record in records]
                 self.prompt_keys.extend([prompt_key for prompt_key, _ in keys])
                 self.answer_keys.extend([answer_key for _, answer_key in keys])
+                if self.domain_ids is not None:
+                    self._add_domains([record.domain for record in records])
                 index += end - start
             source = line_record(chunk.path, chunk.first_line + end, index, lines[end]) if end < len(lines) else None
             if source is not None:
@@ -192,6 +229,8 @@ class Tally:
             self._add_line(base + start, start + offset)
         self.prompt_keys.extend(other.prompt_keys)
         self.answer_keys.extend(other.answer_keys)
+        if self.domain_ids is not None:
+            self._add_domains(other.domain_names[number] for number in other.domain_ids)
 
     def report_duplicates(self) -> None:
         """Warn about repeated records and about one prompt given different answers."""
@@ -265,9 +304,8 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _check_chunk(chunk: LineChunk, max_listed: int) -> Tally:
-    """Check one chunk of JSON lines (in a worker process, or in this one)."""
-    tally = Tally(max_listed)
+def _check_chunk(chunk: LineChunk, tally: Tally) -> Tally:
+    """Check one chunk of JSON lines into an empty tally (in a worker process, or in this one)."""
     with _no_cyclic_gc():
         tally.count_lines(chunk)
     return tally
@@ -369,7 +407,9 @@ class ValidationReport:
         }
 
 
-def _check_lines(path: Path, tally: Tally, progress: Callable[[int], None], pool: ProcessPoolExecutor | None, workers: int) -> None:
+def _check_lines(
+    path: Path, tally: Tally, progress: Callable[[int], None], pool: ProcessPoolExecutor | None, workers: int, digest: Any
+) -> None:
     """Check a JSON-lines file chunk by chunk, in the pool's processes if there is a pool, merging
     in file order. At most two chunks per worker are in flight, so memory does not grow with the input.
     """
@@ -384,11 +424,11 @@ def _check_lines(path: Path, tally: Tally, progress: Callable[[int], None], pool
         records_before += sum(stats.records for stats in chunk_tally.files.values())
         progress(size)
 
-    for chunk in line_chunks(path):
+    for chunk in line_chunks(path, digest):
         if pool is None:
-            result = functools.partial(_check_chunk, chunk, tally.max_listed)
+            result = functools.partial(_check_chunk, chunk, tally.empty_like())
         else:
-            result = pool.submit(_check_chunk, chunk, tally.max_listed).result
+            result = pool.submit(_check_chunk, chunk, tally.empty_like()).result
         pending.append((result, len(chunk.data)))
         if len(pending) >= 2 * workers:
             merge_oldest()
@@ -423,12 +463,37 @@ def validate(
     `progress` is called with the number of bytes finished, for a progress bar.
     `workers=None` uses one process per core for large JSON-lines input (without a model).
     """
-    refuse_repeated_inputs(paths)
     if model is None and (max_length is not None or template_name is not None):
         raise UsageError("--max-length and --template only matter with --model (the tokenizer to count with)")
-    sizes = _sizes(paths)
     tally = Tally(max_listed)
     counter = _token_counter(model, template_name, max_length, trust_remote_code, tally) if model else None
+    tally_files(paths, tally, workers=workers, progress=progress, counter=counter)
+    if counter is not None and counter.pending:
+        counter.flush()
+    for stats in tally.files.values():
+        if stats.records == 0:  # a truncated download or the wrong file, most likely
+            tally.report(Problem(stats.path, 1, None, WARNING, "empty-file", "the file holds no records"))
+    tally.report_duplicates()
+    return ValidationReport(tally, strict, counter.stats if counter else None)
+
+
+def tally_files(
+    paths: Sequence[Path],
+    tally: Tally,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int], None] = lambda size: None,
+    counter: TokenCounter | None = None,
+    digests: dict[str, str] | None = None,
+) -> None:
+    """Check and count every record of `paths` into `tally`, in one pass over each file.
+
+    `workers=None` uses one process per core for large JSON-lines input (not with a `counter`,
+    which needs every record here). `digests`, when given, gets each file's SHA-256 (of JSON
+    lines, hashed on the way).
+    """
+    refuse_repeated_inputs(paths)
+    sizes = _sizes(paths)
     cores = os.cpu_count() or 1
     if workers is None:
         workers = cores if sum(sizes) >= PARALLEL_MIN_BYTES else 1
@@ -442,20 +507,18 @@ def validate(
         for path, size in zip(paths, sizes):
             tally.file(str(path))  # listed even when it holds no record
             if counter is None and file_layout(path) == LINES:
-                _check_lines(path, tally, progress, pool, workers if pool else 1)
+                digest = hashlib.sha256() if digests is not None else None
+                _check_lines(path, tally, progress, pool, workers if pool else 1, digest)
+                if digests is not None:
+                    digests[str(path)] = digest.hexdigest()
                 continue
+            if digests is not None:
+                digests[str(path)] = sha256_of(path)
             with _no_cyclic_gc():
                 for source, record in tally.check(read_records(path)):
                     if counter is not None:
                         counter.add(source, record.conversation)
             progress(size)
-    if counter is not None and counter.pending:
-        counter.flush()
-    for stats in tally.files.values():
-        if stats.records == 0:  # a truncated download or the wrong file, most likely
-            tally.report(Problem(stats.path, 1, None, WARNING, "empty-file", "the file holds no records"))
-    tally.report_duplicates()
-    return ValidationReport(tally, strict, counter.stats if counter else None)
 
 
 def _token_counter(model: str, template_name: str | None, max_length: int | None, trust_remote_code: bool, tally: Tally) -> TokenCounter:
