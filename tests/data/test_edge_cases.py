@@ -153,3 +153,26 @@ def test_more_workers_than_cores_are_not_started(tmp_path, monkeypatch):
     path.write_text('{"instruction": "q", "output": "a"}\n', encoding="utf-8")
     assert validate([path], workers=3).ok  # taken literally, --workers 100000 forked 100,000 processes at once
     assert started == [2]
+
+
+RECORD_TEXT = '{"instruction": "问题", "output": "回答"}'
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+@pytest.mark.parametrize("command", [["data", "validate"], ["data", "split", "--test-size", "1", "-o", "OUT"]])
+def test_utf16_text_is_named_with_the_way_to_convert_it(tmp_path, encoding, command):
+    data = tmp_path / "d.jsonl"
+    data.write_bytes((RECORD_TEXT + "\n" + RECORD_TEXT + "\n").encode(encoding))
+    result = runner.invoke(app, [*[str(tmp_path / "out") if part == "OUT" else part for part in command], str(data)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"error: {data}:1: the file is UTF-16 text; yayi reads UTF-8: convert it, e.g. `iconv -f UTF-16 -t UTF-8 {data} > d.utf8.jsonl`"
+    ]
+
+
+def test_lines_ending_in_a_lone_cr_are_named_with_the_way_to_convert_them(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_bytes((RECORD_TEXT + "\r" + RECORD_TEXT + "\r").encode())
+    result = runner.invoke(app, ["data", "validate", str(data)])
+    assert result.exit_code == 1 and "lines end with a lone CR (classic Mac)" in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -66,10 +66,10 @@ def conversation_keys(system: str | None, prompt: tuple[tuple[str, ...], ...], a
     different records share both keys with a chance of about 2^-128. Turns may be `Turn`s or
     plain tuples of the same fields: they hash alike.
     """
-    return hash((system, *prompt)) & _MASK_64, hash(answer) & _MASK_64
+    return hash((system, *prompt)) & MASK_64, hash(answer) & MASK_64
 
 
-_MASK_64 = (1 << 64) - 1
+MASK_64 = (1 << 64) - 1
 
 
 DUPLICATE_KEY = "duplicate-key"

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 
-from yayi_cli.errors import UsageError
+from yayi_cli.errors import DataError, UsageError
 
 CHUNK_CHARS = 1 << 20
 """Characters decoded at a time from a JSON array file."""
@@ -103,10 +103,12 @@ LINES, ARRAY, VALUES = "lines", "array", "values"
 def file_layout(path: Path) -> str:
     """How a file holds its records: JSON lines; or, in a `.json` file, one top-level array, or
     pretty-printed objects one after another (the first line alone is then not JSON)."""
+    with open_data_file(path) as handle:
+        head = handle.read(1 << 16)
+    refuse_foreign_text(path, head)
+    head = head.removeprefix(codecs.BOM_UTF8).lstrip()
     if Path(path).suffix.lower() != ".json":
         return LINES
-    with open_data_file(path) as handle:
-        head = handle.read(1 << 16).removeprefix(codecs.BOM_UTF8).lstrip()
     if head.startswith(b"["):
         return ARRAY
     first_line, newline, _ = head.partition(b"\n")
@@ -117,6 +119,18 @@ def file_layout(path: Path) -> str:
     except ValueError:
         return VALUES
     return LINES
+
+
+def refuse_foreign_text(path: Path, head: bytes) -> None:
+    """UTF-16 text, or lines ending in a lone CR, would show as every line invalid (or one huge
+    line): say what the file is and how to convert it instead."""
+    utf16 = head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or head[:512].count(b"\x00") > len(head[:512]) // 4
+    if utf16:
+        raise DataError(f"{path}:1: the file is UTF-16 text; yayi reads UTF-8: convert it, e.g. "
+                        f"`iconv -f UTF-16 -t UTF-8 {path} > {Path(path).stem}.utf8{Path(path).suffix}`")
+    if b"\n" not in head and head.count(b"\r") > 1:
+        raise DataError(f"{path}:1: lines end with a lone CR (classic Mac); convert them, e.g. "
+                        f"`tr '\\r' '\\n' < {path} > {Path(path).stem}.lf{Path(path).suffix}`")
 
 
 def _json_error(error: json.JSONDecodeError) -> str:

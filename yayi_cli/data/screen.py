@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 
 from yayi_cli.prompt import ASSISTANT, HUMAN
 from yayi_cli.records import NO_DOMAIN, UNUSUAL_CHARACTER, domain_of
-from yayi_cli.data.checked import conversation_keys
+from yayi_cli.data.checked import MASK_64
 
 MARKER_START = "<|"
 """How every marker begins: text without it holds none (tested)."""
@@ -38,15 +38,18 @@ class PlainInstruction(msgspec.Struct, forbid_unknown_fields=True):
     def domain(self) -> str:
         return (domain_of(self.instruction) if self.instruction[0] == "【" else None) or NO_DOMAIN
 
-    @property
-    def keys(self) -> tuple[int, int]:
-        """`checked.content_keys` of the record `parse_record` makes (a `Turn` hashes as the tuple of its fields)."""
-        prompt = (HUMAN, self.instruction, self.input or "")
-        return conversation_keys(self.system or None, (prompt,), (ASSISTANT, self.output, ""))
-
 
 _decode = msgspec.json.Decoder(PlainInstruction).decode
 _NOT_PLAIN = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+def plain_keys(records: list[PlainInstruction]) -> tuple[list[int], list[int]]:
+    """The prompt and answer keys `checked.content_keys` gives the records `parse_record` makes
+    (a `Turn` hashes as the tuple of its fields; tested alike), in two loops without a call each."""
+    return (
+        [hash((record.system or None, (HUMAN, record.instruction, record.input or ""))) & MASK_64 for record in records],
+        [hash((ASSISTANT, record.output, "")) & MASK_64 for record in records],
+    )
 
 
 def _no_edge_space(text: str) -> bool:

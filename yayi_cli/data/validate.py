@@ -33,7 +33,7 @@ from yayi_cli.data.reader import (
     refuse_repeated_inputs,
     sha256_of,
 )
-from yayi_cli.data.screen import ScreenedLines, screen_lines
+from yayi_cli.data.screen import ScreenedLines, plain_keys, screen_lines
 from yayi_cli.data.checked import ERROR, WARNING, Problem, content_keys, valid_records
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.prompt import IGNORE_INDEX, Conversation
@@ -189,9 +189,9 @@ class Tally:
             if end > start:  # consecutive screened records: one run of lines
                 self._add_line(len(self.prompt_keys), chunk.first_line + start)
                 records = screened.records[start:end]
-                keys = [record.keys for record in records]
-                self.prompt_keys.extend([prompt_key for prompt_key, _ in keys])
-                self.answer_keys.extend([answer_key for _, answer_key in keys])
+                prompt_keys, answer_keys = plain_keys(records)
+                self.prompt_keys.extend(prompt_keys)
+                self.answer_keys.extend(answer_keys)
                 if self.domain_ids is not None:
                     self._add_domains([record.domain for record in records])
                 index += end - start
