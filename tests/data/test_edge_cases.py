@@ -15,7 +15,8 @@ from yayi_cli.cli import app
 from yayi_cli.data.reader import read_records
 from yayi_cli.data.split import split
 from yayi_cli.data.validate import validate
-from yayi_cli.errors import UsageError
+from yayi_cli.data.checked import load_records
+from yayi_cli.errors import DataError, UsageError
 
 runner = CliRunner()
 
@@ -158,21 +159,33 @@ def test_more_workers_than_cores_are_not_started(tmp_path, monkeypatch):
 RECORD_TEXT = '{"instruction": "问题", "output": "回答"}'
 
 
+UTF16_HINT = "the file is UTF-16 text; yayi reads UTF-8: convert it, e.g. `iconv -f UTF-16 -t UTF-8 {data} > d.utf8.jsonl`"
+
+
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
-@pytest.mark.parametrize("command", [["data", "validate"], ["data", "split", "--test-size", "1", "-o", "OUT"]])
-def test_utf16_text_is_named_with_the_way_to_convert_it(tmp_path, encoding, command):
+def test_utf16_text_is_named_with_the_way_to_convert_it(tmp_path, encoding):
     data = tmp_path / "d.jsonl"
-    data.write_bytes((RECORD_TEXT + "\n" + RECORD_TEXT + "\n").encode(encoding))
-    result = runner.invoke(app, [*[str(tmp_path / "out") if part == "OUT" else part for part in command], str(data)])
+    data.write_bytes(("{" + '"instruction": "question", "output": "answer"}\n' * 2).encode(encoding))
+    result = runner.invoke(app, ["data", "validate", str(data), "--json"])
     assert result.exit_code == 1
-    assert result.output.strip().splitlines() == [
-        f"error: {data}:1: the file is UTF-16 text; yayi reads UTF-8: convert it, e.g. `iconv -f UTF-16 -t UTF-8 {data} > d.utf8.jsonl`"
+    assert [(p["line"], p["code"], p["message"]) for p in json.loads(result.stdout)["problems"]] == [
+        (1, "not-utf8", UTF16_HINT.format(data=data))
     ]
+    split_result = runner.invoke(app, ["data", "split", str(data), "--test-size", "1", "-o", str(tmp_path / "out")])
+    assert split_result.exit_code == 1 and UTF16_HINT.format(data=data) in split_result.output
+    with pytest.raises(DataError, match=f"{data}:1: the file is UTF-16 text"):
+        load_records([data])
 
 
 def test_lines_ending_in_a_lone_cr_are_named_with_the_way_to_convert_them(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_bytes((RECORD_TEXT + "\r" + RECORD_TEXT + "\r").encode())
     result = runner.invoke(app, ["data", "validate", str(data)])
-    assert result.exit_code == 1 and "lines end with a lone CR (classic Mac)" in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    assert result.exit_code == 1 and f"{data}:1: error: lines end with a lone CR (classic Mac)" in result.output
+
+
+def test_binary_with_nul_bytes_is_not_taken_for_utf16(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(b"\x00" * 64)
+    problems = validate([data]).tally.problems
+    assert [p.code for p in problems] == ["invalid-json"]

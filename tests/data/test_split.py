@@ -247,6 +247,7 @@ def test_worker_processes_and_small_chunks_write_the_same_bytes(tmp_path, monkey
     options = dict(test_size=0.2, stratify=True, dedupe=True, skip_invalid=True)
     split([data], tmp_path / "one", **options)
     monkeypatch.setattr(reader, "CHUNK_BYTES", 300)
+    monkeypatch.setattr(validate, "RANGE_BYTES", 300)
     monkeypatch.setattr(validate, "PARALLEL_MIN_BYTES", 0)
     report = split([data], tmp_path / "many", **options)
     for name in ("train.jsonl", "test.jsonl", "split.json"):

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from tests.helpers import SAMPLE_DATA
 from yayi_cli.cli import app
 from yayi_cli.data import reader
+from yayi_cli.data import validate as validate_module
 from yayi_cli.data.validate import validate
 
 runner = CliRunner()
@@ -65,14 +66,15 @@ def test_every_error_and_warning_is_reported_at_its_line(bad_file, workers):
     assert next(p for p in report.tally.problems if p.line == 13).message == f"duplicate of the record at {bad_file}:1"
 
 
-def test_many_chunks_in_several_processes_report_exactly_what_one_process_does(tmp_path, monkeypatch):
-    monkeypatch.setattr(reader, "CHUNK_BYTES", 200)
+def test_many_ranges_in_several_processes_report_exactly_what_one_range_does(tmp_path, monkeypatch):
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     records = [json.dumps({"instruction": f"q{i % 7}", "output": f"a{i % 5}"}) for i in range(60)]
     first.write_text("\n".join(records[:30]) + "\n\n{broken\n" + "\n".join(records[30:45]) + "\n")
     second.write_text("\n" * 3 + "\n".join(records[45:]) + "\n")
-    serial, parallel = validate([first, second], workers=1, max_listed=500), validate([first, second], workers=2, max_listed=500)
-    assert len(list(reader.line_chunks(first))) > 5
+    serial = validate([first, second], workers=1, max_listed=500)
+    monkeypatch.setattr(validate_module, "RANGE_BYTES", 200)  # a range may begin or end inside a line
+    parallel = validate([first, second], workers=2, max_listed=500)
+    assert first.stat().st_size > 5 * validate_module.RANGE_BYTES
     assert parallel.tally.problems == serial.tally.problems
     assert parallel.to_json() == serial.to_json()
     assert serial.warnings == (60 - 35) + 7 * 4 and serial.errors == 1  # 35 distinct records, 7 prompts x 5 answers

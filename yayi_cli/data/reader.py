@@ -121,16 +121,33 @@ def file_layout(path: Path) -> str:
     return LINES
 
 
+class ForeignText(DataError):
+    """A file that is not UTF-8 lines at all; `reason` says what it is and how to convert it."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}:1: {reason}")
+        self.path, self.reason = str(path), reason
+
+
 def refuse_foreign_text(path: Path, head: bytes) -> None:
     """UTF-16 text, or lines ending in a lone CR, would show as every line invalid (or one huge
     line): say what the file is and how to convert it instead."""
-    utf16 = head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or head[:512].count(b"\x00") > len(head[:512]) // 4
-    if utf16:
-        raise DataError(f"{path}:1: the file is UTF-16 text; yayi reads UTF-8: convert it, e.g. "
-                        f"`iconv -f UTF-16 -t UTF-8 {path} > {Path(path).stem}.utf8{Path(path).suffix}`")
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or _alternating_nuls(head[:512]):
+        raise ForeignText(path, "the file is UTF-16 text; yayi reads UTF-8: convert it, e.g. "
+                          f"`iconv -f UTF-16 -t UTF-8 {path} > {Path(path).stem}.utf8{Path(path).suffix}`")
     if b"\n" not in head and head.count(b"\r") > 1:
-        raise DataError(f"{path}:1: lines end with a lone CR (classic Mac); convert them, e.g. "
-                        f"`tr '\\r' '\\n' < {path} > {Path(path).stem}.lf{Path(path).suffix}`")
+        raise ForeignText(path, "lines end with a lone CR (classic Mac); convert them, e.g. "
+                          f"`tr '\\r' '\\n' < {path} > {Path(path).stem}.lf{Path(path).suffix}`")
+
+
+def _alternating_nuls(head: bytes) -> bool:
+    """Every other byte NUL, the others not: UTF-16 without a BOM, of mostly ASCII text."""
+    if len(head) < 8:
+        return False
+    return any(
+        nuls.count(0) >= 0.9 * len(nuls) and others.count(0) <= 0.1 * len(others)
+        for nuls, others in ((head[1::2], head[0::2]), (head[0::2], head[1::2]))
+    )
 
 
 def _json_error(error: json.JSONDecodeError) -> str:
@@ -150,14 +167,11 @@ class LineChunk:
     data: bytes
 
 
-def line_chunks(path: Path, digest: Any = None) -> Iterator[LineChunk]:
-    """Cut a JSON-lines file into chunks of whole lines (a line longer than a chunk stays whole);
-    `digest` (a hashlib object), when given, is fed the file's bytes on the way."""
+def line_chunks(path: Path) -> Iterator[LineChunk]:
+    """Cut a JSON-lines file into chunks of whole lines (a line longer than a chunk stays whole)."""
     line, rest, first = 1, b"", True
     with open_data_file(path) as handle:
         while block := handle.read(CHUNK_BYTES):
-            if digest is not None:
-                digest.update(block)
             if first:
                 block, first = block.removeprefix(codecs.BOM_UTF8), False
             data = rest + block
@@ -190,6 +204,19 @@ def line_record(path: str, number: int, index: int, data: bytes) -> SourceRecord
     if not raw or raw.isspace():
         return None
     return _parsed_line(path, number, index, raw)
+
+
+def line_range(path: Path, start: int, stop: int) -> LineChunk:
+    """The lines of a JSON-lines file that begin in bytes [start, stop), numbered from 1 (a line
+    that begins before `start` belongs to an earlier range; the last one is read to its end)."""
+    with open_data_file(path) as handle:
+        if start:
+            handle.seek(start - 1)
+            handle.readline()
+        data = handle.read(max(stop - handle.tell(), 0))
+        if data and not data.endswith(b"\n"):
+            data += handle.readline()
+    return LineChunk(str(path), 1, data if start else data.removeprefix(codecs.BOM_UTF8))
 
 
 def _parsed_line(path: str, line: int, index: int, raw: str) -> SourceRecord:

@@ -24,11 +24,13 @@ from typing import Any, NamedTuple
 
 from yayi_cli.data.reader import (
     LINES,
+    ForeignText,
     LineChunk,
     SourceRecord,
     file_layout,
-    line_chunks,
+    line_range,
     line_record,
+    open_data_file,
     read_records,
     refuse_repeated_inputs,
     sha256_of,
@@ -41,6 +43,8 @@ from yayi_cli.records import INSTRUCTION, NO_DOMAIN, SHAPES, ParsedRecord
 
 DUPLICATE, CONFLICTING_ANSWER = "duplicate", "conflicting-answer"
 PARALLEL_MIN_BYTES = 32 << 20
+RANGE_BYTES = 4 << 20
+"""JSON lines are checked in ranges of about this many bytes, each in one piece of work."""
 """JSON-lines input at least this large is checked by one process per core."""
 
 
@@ -214,19 +218,20 @@ class Tally:
             if self.accept(source, record):
                 yield source, record
 
-    def merge(self, other: Tally, index_offset: int) -> None:
-        """Add a later chunk's tally, whose record indexes started at 0."""
+    def merge(self, other: Tally, index_offset: int, line_offset: int) -> None:
+        """Add a later chunk's tally, whose record indexes started at 0 and lines at 1 + `line_offset`."""
         for path, stats in other.files.items():  # before the keys: a new file starts at the end
             self.file(path).merge(stats)
         self.domains.update(other.domains)
         self.counts.update(other.counts)
         room = self.max_listed - len(self.problems)
         self.problems.extend(
-            Problem(p.path, p.line, p.index + index_offset, p.severity, p.code, p.message) for p in other.problems[:room]
+            Problem(p.path, p.line + line_offset, p.index + index_offset, p.severity, p.code, p.message)
+            for p in other.problems[:room]
         )
         base = len(self.prompt_keys)
         for start, offset in zip(other.run_starts, other.run_offsets):
-            self._add_line(base + start, start + offset)
+            self._add_line(base + start, start + offset + line_offset)
         self.prompt_keys.extend(other.prompt_keys)
         self.answer_keys.extend(other.answer_keys)
         if self.domain_ids is not None:
@@ -302,13 +307,6 @@ def _no_cyclic_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def _check_chunk(chunk: LineChunk, tally: Tally) -> Tally:
-    """Check one chunk of JSON lines into an empty tally (in a worker process, or in this one)."""
-    with _no_cyclic_gc():
-        tally.count_lines(chunk)
-    return tally
 
 
 @dataclass
@@ -410,30 +408,46 @@ class ValidationReport:
 def _check_lines(
     path: Path, tally: Tally, progress: Callable[[int], None], pool: ProcessPoolExecutor | None, workers: int, digest: Any
 ) -> None:
-    """Check a JSON-lines file chunk by chunk, in the pool's processes if there is a pool, merging
-    in file order. At most two chunks per worker are in flight, so memory does not grow with the input.
+    """Check a JSON-lines file range by range, in the pool's processes if there is a pool (each
+    reads its own range, so no data passes between processes), merging in file order. At most two
+    ranges per worker are in flight. `digest`, when given, is fed the file's bytes meanwhile.
     """
-    pending: deque[tuple[Callable[[], Tally], int]] = deque()
-    records_before = 0
+    pending: deque[tuple[Callable[[], tuple[Tally, int]], int]] = deque()
+    records_before = lines_before = 0
 
     def merge_oldest() -> None:
-        nonlocal records_before
+        nonlocal records_before, lines_before
         result, size = pending.popleft()
-        chunk_tally = result()
-        tally.merge(chunk_tally, records_before)
-        records_before += sum(stats.records for stats in chunk_tally.files.values())
+        range_tally, lines = result()
+        tally.merge(range_tally, records_before, lines_before)
+        records_before += sum(stats.records for stats in range_tally.files.values())
+        lines_before += lines
         progress(size)
 
-    for chunk in line_chunks(path, digest):
-        if pool is None:
-            result = functools.partial(_check_chunk, chunk, tally.empty_like())
-        else:
-            result = pool.submit(_check_chunk, chunk, tally.empty_like()).result
-        pending.append((result, len(chunk.data)))
-        if len(pending) >= 2 * workers:
-            merge_oldest()
+    with open_data_file(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        for start in range(0, size, RANGE_BYTES):
+            stop = min(start + RANGE_BYTES, size)
+            if pool is None:
+                result = functools.partial(_check_range, path, start, stop, tally.empty_like())
+            else:
+                result = pool.submit(_check_range, path, start, stop, tally.empty_like()).result
+            pending.append((result, stop - start))
+            if digest is not None:
+                digest.update(handle.read(stop - start))
+            if len(pending) >= 2 * workers:
+                merge_oldest()
     while pending:
         merge_oldest()
+
+
+def _check_range(path: Path, start: int, stop: int, tally: Tally) -> tuple[Tally, int]:
+    """Check the lines that begin in bytes [start, stop) of a file into an empty tally (in a
+    worker process, or in this one); with the number of lines, so later lines can be numbered."""
+    chunk = line_range(path, start, stop)
+    with _no_cyclic_gc():
+        tally.count_lines(chunk)
+    return tally, chunk.data.count(b"\n") + (not chunk.data.endswith(b"\n") and bool(chunk.data))
 
 
 def _sizes(paths: Sequence[Path]) -> list[int]:
@@ -506,7 +520,12 @@ def tally_files(
             pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers, mp_context=context))
         for path, size in zip(paths, sizes):
             tally.file(str(path))  # listed even when it holds no record
-            if counter is None and file_layout(path) == LINES:
+            try:
+                layout = file_layout(path)
+            except ForeignText as error:  # one invalid "record" that says what the file is
+                tally.reject(SourceRecord(error.path, 1, 0, ""), Problem(error.path, 1, 0, ERROR, "not-utf8", error.reason))
+                continue
+            if counter is None and layout == LINES:
                 digest = hashlib.sha256() if digests is not None else None
                 _check_lines(path, tally, progress, pool, workers if pool else 1, digest)
                 if digests is not None:
