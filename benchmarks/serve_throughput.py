@@ -3,12 +3,13 @@ against `yayi chat --jsonl` answering the same prompts one after another, same m
 
 A tiny Llama-shaped model is built offline; its generation config asks for exactly `--tokens` new
 tokens (`min_new_tokens`), which both paths inherit, with greedy decoding. The baseline is the code
-`yayi chat --jsonl` runs (`answer_lines` on a loaded session), timed without the model load, once
-before and once after the served runs (the ratios use their mean, as the machine may be shared); each
+`yayi chat --jsonl` runs (`answer_lines` on a loaded session), timed without the model load; each
 served run sends the same prompts through the official `openai` client with `stream=True`, spread
 over the clients, and counts the completion tokens the server reports. Server start-up is not timed.
+The baseline and the served runs alternate in rounds (chat, 1 client, 4, 16, chat, ...), as the
+machine may be shared; the report gives medians over the rounds and ratios against chat's median.
 
-    .venv/bin/python benchmarks/serve_throughput.py [--tokens 64] [--prompts 16] [--clients 1 4 16]
+    .venv/bin/python benchmarks/serve_throughput.py [--tokens 64] [--prompts 16] [--clients 1 4 16] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from shapes import alternate
 from yayi_cli.data.reader import read_records
 from yayi_cli.prompt import TEMPLATES, render_training
 from yayi_cli.records import parse_record
@@ -102,14 +105,14 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the tiny Llama (4 layers)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of every variant")
     args = parser.parse_args()
     questions = prompts(args.prompts)
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp) / NAME, args.tokens, args.hidden)
         print(f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; tiny Llama "
-              f"hidden {args.hidden}, 4 layers; {args.prompts} prompts x {args.tokens} tokens, greedy")
-        before = chat_jsonl(model, questions, args.tokens)
-        print(f"{'yayi chat --jsonl (before)':<28}{before:10.1f} tokens/s")
+              f"hidden {args.hidden}, 4 layers; {args.prompts} prompts x {args.tokens} tokens, greedy; "
+              f"medians of {args.rounds} alternating rounds")
         port = free_port()
         with open(Path(tmp) / "serve.log", "w") as log:
             server = subprocess.Popen([sys.executable, "-m", "yayi_cli", "serve", "--model", str(model), "--port",
@@ -120,15 +123,16 @@ def main() -> None:
                     raise SystemExit(f"yayi serve failed:\n{(Path(tmp) / 'serve.log').read_text()}")
             base = f"http://127.0.0.1:{port}"
             served(base, questions[:1], 1, args.tokens)  # warm-up
-            rates = {clients: served(base, questions, clients, args.tokens) for clients in args.clients}
+            variants = {"yayi chat --jsonl": lambda: chat_jsonl(model, questions, args.tokens)}
+            for clients in args.clients:
+                variants[f"yayi serve, {clients} client(s)"] = lambda n=clients: served(base, questions, n, args.tokens)
+            rates = {name: statistics.median(values) for name, values in alternate(variants, args.rounds).items()}
         finally:
             server.send_signal(2)
             server.wait(timeout=60)
-        after = chat_jsonl(model, questions, args.tokens)
-        print(f"{'yayi chat --jsonl (after)':<28}{after:10.1f} tokens/s")
-        baseline = (before + after) / 2
-        for clients, rate in rates.items():
-            print(f"{f'yayi serve, {clients} client(s)':<28}{rate:10.1f} tokens/s   x{rate / baseline:.2f} of chat's mean")
+    baseline = rates["yayi chat --jsonl"]
+    for name, rate in rates.items():
+        print(f"{name:<28}{rate:10.1f} tokens/s   x{rate / baseline:.2f} of chat")
 
 
 if __name__ == "__main__":
