@@ -34,7 +34,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cli_startup.py --runs 15
-	$(BIN)/python benchmarks/validate_throughput.py --records 100000 1000000
+	$(BIN)/python benchmarks/validate_throughput.py --records 200000 1000000 --rounds 3
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/eval_batching.py --data short --records 512 --repeats 5
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/eval_batching.py --data yayi --records 512 --repeats 5
 	$(BIN)/python benchmarks/quantize_quality.py --steps 300

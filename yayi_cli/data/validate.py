@@ -1,8 +1,10 @@
 """`yayi data validate`: every problem in instruction data, by file and line, in one streaming pass.
 
-Each record is read, parsed by `records.parse_record` and counted; only compact per-record keys
-(for duplicates) are kept, so memory stays small whatever the file size. Large JSON-lines files
-are checked by several processes, chunk by chunk, and their tallies merged in file order.
+Each record is read, checked and counted: plain instruction records by the bulk screen of
+`data.screen`, everything else (and whatever the screen is unsure of) by `records.parse_record`.
+Only compact per-record keys (for duplicates) are kept, so memory stays small whatever the file
+size. JSON-lines files are checked in byte ranges, by one process per core when they are large,
+and the ranges' tallies merged in file order. `data split` makes the same pass.
 """
 
 from __future__ import annotations
