@@ -127,8 +127,8 @@ def test_existing_outputs_and_inputs_are_never_overwritten(tmp_path):
 def test_a_failure_mid_write_leaves_no_output_and_no_temp_file(tmp_path, monkeypatch):
     copy_lines = split_module._copy_lines
 
-    def interrupted_copy(path, numbers, to_test, train, test):
-        copy_lines(path, numbers, to_test, train, test)
+    def interrupted_copy(path, numbers, to_test, train, *rest):
+        copy_lines(path, numbers, to_test, train, *rest)
         train.flush()
         assert (tmp_path / "out").exists() or any(tmp_path.iterdir()), "nothing was staged: nothing was tested"
         raise KeyboardInterrupt

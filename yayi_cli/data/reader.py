@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -81,6 +82,31 @@ def sha256_of(path: Path) -> str:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+class BackgroundDigest:
+    """A SHA-256 fed from another thread (hashlib lets go of the GIL), so that hashing a file
+    overlaps whatever reads it; one block at a time in flight."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.thread = ThreadPoolExecutor(1)
+        self.pending: Future[None] | None = None
+
+    def update(self, block: bytes) -> None:
+        if self.pending is not None:
+            self.pending.result()
+        self.pending = self.thread.submit(self.digest.update, block)
+
+    def hexdigest(self) -> str:
+        self.thread.shutdown(wait=True)
+        return self.digest.hexdigest()
+
+    def __enter__(self) -> BackgroundDigest:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.thread.shutdown(wait=True)
 
 
 def read_records(path: Path) -> Iterator[SourceRecord]:
@@ -167,11 +193,14 @@ class LineChunk:
     data: bytes
 
 
-def line_chunks(path: Path) -> Iterator[LineChunk]:
-    """Cut a JSON-lines file into chunks of whole lines (a line longer than a chunk stays whole)."""
+def line_chunks(path: Path, digest: Any = None) -> Iterator[LineChunk]:
+    """Cut a JSON-lines file into chunks of whole lines (a line longer than a chunk stays whole);
+    `digest` (a hashlib object), when given, is fed the file's bytes on the way."""
     line, rest, first = 1, b"", True
     with open_data_file(path) as handle:
         while block := handle.read(CHUNK_BYTES):
+            if digest is not None:
+                digest.update(block)
             if first:
                 block, first = block.removeprefix(codecs.BOM_UTF8), False
             data = rest + block

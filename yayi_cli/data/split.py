@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -22,7 +22,7 @@ from yayi_cli import __version__
 from yayi_cli.atomic import atomic_files
 from yayi_cli.data import DEFAULT_SEED
 from yayi_cli.data.checked import ERROR, skip_problem, valid_records
-from yayi_cli.data.reader import LINES, file_layout, line_chunks, read_records, refuse_repeated_inputs
+from yayi_cli.data.reader import LINES, BackgroundDigest, file_layout, line_chunks, read_records, refuse_repeated_inputs, sha256_of
 from yayi_cli.data.validate import DUPLICATE, Tally, find_repeats, tally_files
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.records import NO_DOMAIN_LABEL
@@ -36,7 +36,6 @@ class Survey:
     """What the checking pass learns, and which records go where."""
 
     tally: Tally
-    digests: dict[str, str]
     kept: Any
     """Ordinals (among the valid records) of those written, in input order: numpy uint32."""
     strata: list[str]
@@ -66,8 +65,7 @@ def survey_inputs(paths: Sequence[Path], *, stratify: bool, dedupe: bool) -> Sur
     tally = Tally(max_listed=1, listed=frozenset({ERROR}))
     if stratify:
         tally.keep_domains()
-    digests: dict[str, str] = {}
-    tally_files(paths, tally, digests=digests)
+    tally_files(paths, tally)
     kept = np.arange(len(tally.prompt_keys), dtype=np.uint32)
     if dedupe:
         copies = [repeat.ordinal for repeat in find_repeats(tally.prompt_keys, tally.answer_keys) if repeat.kind == DUPLICATE]
@@ -76,7 +74,7 @@ def survey_inputs(paths: Sequence[Path], *, stratify: bool, dedupe: bool) -> Sur
         strata, stratum_of = tally.domain_names, np.frombuffer(tally.domain_ids, dtype=np.uint32)[kept]
     else:
         strata, stratum_of = [""], np.zeros(len(kept), dtype=np.uint32)
-    return Survey(tally, digests, kept, strata, stratum_of)
+    return Survey(tally, kept, strata, stratum_of)
 
 
 def select_test(survey: Survey, counts: dict[str, int], seed: int) -> Any:
@@ -104,6 +102,7 @@ class SplitReport:
     test_counts: dict[str, int]
     train: int = 0
     test: int = 0
+    digests: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         files = self.survey.tally.files
@@ -115,7 +114,7 @@ class SplitReport:
             "dedupe": self.dedupe,
             "skip_invalid": self.skip_invalid,
             "inputs": [
-                {"path": path, "sha256": self.survey.digests[path], "records": stats.records, "valid": stats.valid}
+                {"path": path, "sha256": self.digests[path], "records": stats.records, "valid": stats.valid}
                 for path, stats in files.items()
             ],
             "counts": {
@@ -178,14 +177,13 @@ def split(
     report.test = int(to_test.sum())
     report.train = len(to_test) - report.test
     with atomic_files(outputs) as (train, test, manifest):
-        for path in paths:
-            _write_records(path, survey, to_test, train.buffer, test.buffer)
+        report.digests = {str(path): _write_records(path, survey, to_test, train.buffer, test.buffer) for path in paths}
         manifest.write(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n")
     return report
 
 
-def _write_records(path: Path, survey: Survey, to_test: Any, train: BinaryIO, test: BinaryIO) -> None:
-    """Copy the kept records of one input file to train or test, in input order."""
+def _write_records(path: Path, survey: Survey, to_test: Any, train: BinaryIO, test: BinaryIO) -> str:
+    """Copy the kept records of one input file to train or test, in input order; the file's SHA-256."""
     import numpy as np
 
     tally = survey.tally
@@ -193,21 +191,23 @@ def _write_records(path: Path, survey: Survey, to_test: Any, train: BinaryIO, te
     start, end = np.searchsorted(survey.kept, [first, first + tally.files[str(path)].valid])
     ordinals, to_test = survey.kept[start:end], to_test[start:end]
     if file_layout(path) == LINES:
-        _copy_lines(path, tally.lines_of(ordinals), to_test, train, test)
-        return
+        with BackgroundDigest() as digest:
+            _copy_lines(path, tally.lines_of(ordinals), to_test, train, test, digest)
+            return digest.hexdigest()
     wanted = dict(zip((ordinals - first).tolist(), to_test.tolist()))
     for position, (source, _) in enumerate(valid_records(read_records(path), skip_problem)):
         if position in wanted:
             line = source.raw.replace("\r", "").replace("\n", "")  # breaks between an item's tokens
             (test if wanted[position] else train).write(line.encode("utf-8") + b"\n")
+    return sha256_of(path)
 
 
-def _copy_lines(path: Path, numbers: Any, to_test: Any, train: BinaryIO, test: BinaryIO) -> None:
+def _copy_lines(path: Path, numbers: Any, to_test: Any, train: BinaryIO, test: BinaryIO, digest: Any = None) -> None:
     """Copy the lines `numbers` (sorted) of a JSON-lines file each to test or train, without CRs
     (JSON text holds none but line endings): each run of lines going the same way in one write."""
     import numpy as np
 
-    for chunk in line_chunks(path):
+    for chunk in line_chunks(path, digest):
         data = chunk.data.replace(b"\r", b"")
         ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
         if not data.endswith(b"\n"):

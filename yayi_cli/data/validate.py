@@ -13,7 +13,6 @@ import bisect
 import contextlib
 import functools
 import gc
-import hashlib
 import multiprocessing
 import os
 from array import array
@@ -32,10 +31,8 @@ from yayi_cli.data.reader import (
     file_layout,
     line_range,
     line_record,
-    open_data_file,
     read_records,
     refuse_repeated_inputs,
-    sha256_of,
 )
 from yayi_cli.data.screen import ScreenedLines, plain_keys, screen_lines
 from yayi_cli.data.checked import ERROR, WARNING, Problem, content_keys, valid_records
@@ -407,12 +404,10 @@ class ValidationReport:
         }
 
 
-def _check_lines(
-    path: Path, tally: Tally, progress: Callable[[int], None], pool: ProcessPoolExecutor | None, workers: int, digest: Any
-) -> None:
+def _check_lines(path: Path, tally: Tally, progress: Callable[[int], None], pool: ProcessPoolExecutor | None, workers: int) -> None:
     """Check a JSON-lines file range by range, in the pool's processes if there is a pool (each
     reads its own range, so no data passes between processes), merging in file order. At most two
-    ranges per worker are in flight. `digest`, when given, is fed the file's bytes meanwhile.
+    ranges per worker are in flight.
     """
     pending: deque[tuple[Callable[[], tuple[Tally, int]], int]] = deque()
     records_before = lines_before = 0
@@ -426,19 +421,16 @@ def _check_lines(
         lines_before += lines
         progress(size)
 
-    with open_data_file(path) as handle:
-        size = os.fstat(handle.fileno()).st_size
-        for start in range(0, size, RANGE_BYTES):
-            stop = min(start + RANGE_BYTES, size)
-            if pool is None:
-                result = functools.partial(_check_range, path, start, stop, tally.empty_like())
-            else:
-                result = pool.submit(_check_range, path, start, stop, tally.empty_like()).result
-            pending.append((result, stop - start))
-            if digest is not None:
-                digest.update(handle.read(stop - start))
-            if len(pending) >= 2 * workers:
-                merge_oldest()
+    size = Path(path).stat().st_size
+    for start in range(0, size, RANGE_BYTES):
+        stop = min(start + RANGE_BYTES, size)
+        if pool is None:
+            result = functools.partial(_check_range, path, start, stop, tally.empty_like())
+        else:
+            result = pool.submit(_check_range, path, start, stop, tally.empty_like()).result
+        pending.append((result, stop - start))
+        if len(pending) >= 2 * workers:
+            merge_oldest()
     while pending:
         merge_oldest()
 
@@ -500,13 +492,11 @@ def tally_files(
     workers: int | None = None,
     progress: Callable[[int], None] = lambda size: None,
     counter: TokenCounter | None = None,
-    digests: dict[str, str] | None = None,
 ) -> None:
     """Check and count every record of `paths` into `tally`, in one pass over each file.
 
     `workers=None` uses one process per core for large JSON-lines input (not with a `counter`,
-    which needs every record here). `digests`, when given, gets each file's SHA-256 (of JSON
-    lines, hashed on the way).
+    which needs every record here).
     """
     refuse_repeated_inputs(paths)
     sizes = _sizes(paths)
@@ -528,13 +518,8 @@ def tally_files(
                 tally.reject(SourceRecord(error.path, 1, 0, ""), Problem(error.path, 1, 0, ERROR, "not-utf8", error.reason))
                 continue
             if counter is None and layout == LINES:
-                digest = hashlib.sha256() if digests is not None else None
-                _check_lines(path, tally, progress, pool, workers if pool else 1, digest)
-                if digests is not None:
-                    digests[str(path)] = digest.hexdigest()
+                _check_lines(path, tally, progress, pool, workers if pool else 1)
                 continue
-            if digests is not None:
-                digests[str(path)] = sha256_of(path)
             with _no_cyclic_gc():
                 for source, record in tally.check(read_records(path)):
                     if counter is not None:
