@@ -28,8 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from synthetic import instruction_records, write_jsonl, yayi_like_records
-
 HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent
 BARE = {
@@ -69,9 +67,18 @@ def measure(argv: list[str]) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1024
 
 
+GENERATE = (
+    "import sys\nsys.path.insert(0, sys.argv[4])\nfrom synthetic import instruction_records, write_jsonl, yayi_like_records\n"
+    "shape, count, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]\n"
+    "write_jsonl(path, yayi_like_records(count) if shape == 'yayi' else instruction_records(count, seed=1))\n"
+)
+
+
 def generate(path: Path, shape: str, count: int) -> Path:
-    records = yayi_like_records(count) if shape == "yayi" else instruction_records(count, seed=1)
-    return write_jsonl(path, records)
+    """Written by another process: this one stays small, since the runs it starts begin as its copies
+    (their peak RSS would count its memory)."""
+    subprocess.run([sys.executable, "-c", GENERATE, shape, str(count), str(path), str(HERE)], check=True)
+    return path
 
 
 def main() -> None:
