@@ -29,7 +29,7 @@ from yayi_cli.atomic import refuse_output_over, write_json_atomic, write_text_at
 from yayi_cli.data.reader import sha256_of
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.terminal import deepspeed_logs_to_stderr, library_environment
-from yayi_cli.train.memory import MemoryEstimate, estimate_memory
+from yayi_cli.train.memory import MemoryEstimate, count_saved_parameters, estimate_memory
 from yayi_cli.train.options import TrainOptions
 from yayi_cli.train.zero import (
     AUTO, check_batch_sizes, deepspeed_config, offload_of, precision_of, read_user_config, resolve_accumulation, stage_of,
@@ -391,7 +391,8 @@ class LaunchPlan:
     """The rank count the checkpoint was written by, when it is converted to a universal one first."""
     data: list[dict[str, Any]]
     eval_data: list[dict[str, Any]]
-    memory: MemoryEstimate
+    memory: MemoryEstimate | None
+    """None: a real run of a model whose parameters cannot be counted without importing transformers."""
     node_environment: dict[str, str] | None
     """What DeepSpeed's runner exports to every machine (None: one machine, no runner over ssh)."""
     warnings: list[str] = field(default_factory=list)
@@ -436,7 +437,7 @@ class LaunchPlan:
             "global_batch_size": self.global_batch_size,
             "deepspeed_config": self.deepspeed_config,
             "run": self.manifest(),
-            "memory": self.memory.to_json(),
+            "memory": self.memory.to_json() if self.memory else None,
             "node_environment": self.node_environment,
             "warnings": self.warnings,
         }
@@ -472,11 +473,13 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
         adapter = plan_adapter(options, stage=stage_of(config), offload=offload_of(config),
                                gpus_per_node=ranks.gpus_per_node, num_nodes=ranks.num_nodes)
         options.lora_targets, memory = adapter.targets, adapter.memory
-    else:
+    elif dry_run:
         memory = estimate_memory(
             options.model, stage=stage_of(config), offload=offload_of(config), gpus_per_node=ranks.gpus_per_node,
             num_nodes=ranks.num_nodes, trust_remote_code=options.trust_remote_code,
         )
+    else:  # the full estimate would import transformers and DeepSpeed here for seconds, before the ranks do
+        memory = count_saved_parameters(options.model)
     return LaunchPlan(options, ranks, accumulation, config, precision, max_length, resume_from, universal_from, data,
                       eval_data, memory, node_environment(options) if ranks.num_nodes > 1 else None, warnings)
 
