@@ -61,10 +61,10 @@ PACKAGES = ("yayi-cli", "torch", "transformers", "deepspeed", "datasets", "accel
 
 
 def require_deepspeed() -> None:
-    """Planning uses DeepSpeed's own hostfile parser and memory estimators; refuse clearly without it."""
+    """Refuse clearly without DeepSpeed (imported only where planning uses it: its hostfile parser and
+    memory estimators; a local run launches without the seconds that importing it takes)."""
     if importlib.util.find_spec("deepspeed") is None:
         raise UsageError("yayi train needs DeepSpeed: pip install 'yayi-cli[train]' (see the README)")
-    deepspeed_logs_to_stderr()
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,7 @@ INCLUDE_FORMAT = "use HOST:SLOT,SLOT@HOST:SLOT, e.g. localhost:0,1 or worker-1:0
 
 def read_hostfile(path: Path) -> dict[str, int]:
     """Hosts and their slots, read by DeepSpeed's own parser."""
+    deepspeed_logs_to_stderr()
     from deepspeed.launcher.runner import fetch_hostfile
 
     if not path.is_file():
@@ -117,6 +118,7 @@ def read_hostfile(path: Path) -> dict[str, int]:
 def select_ranks(pool: dict[str, int], options: TrainOptions, include: str) -> dict[str, list[int]]:
     """The ranks the launcher starts, by its own rules: --include, else the first --num-nodes hosts
     with the first --gpus slots each."""
+    deepspeed_logs_to_stderr()
     from deepspeed.launcher.runner import apply_num_nodes_and_gpus, parse_inclusion_exclusion
 
     try:
@@ -209,12 +211,17 @@ def resolve_precision(config: dict[str, Any], options: TrainOptions) -> str:
 
 
 def resolve_max_length(options: TrainOptions, warnings: list[str]) -> int:
-    """The longest example: --max-length, else the model's context, else DEFAULT_MAX_LENGTH (said so)."""
+    """The longest example: --max-length, else the model's context, else DEFAULT_MAX_LENGTH (said so).
+    A local model's is read from its files: loading its tokenizer would import transformers for it."""
     if options.max_length:
         return options.max_length
-    from yayi_cli.models import context_length, load_tokenizer
+    from yayi_cli.models import context_length, load_tokenizer, resolve_model_reference, saved_context_length
 
-    found = context_length(options.model, load_tokenizer(options.model, trust_remote_code=options.trust_remote_code))
+    reference = Path(resolve_model_reference(options.model))
+    if reference.is_dir():
+        found = saved_context_length(reference)
+    else:
+        found = context_length(options.model, load_tokenizer(options.model, trust_remote_code=options.trust_remote_code))
     if found is None:
         warnings.append(f"{options.model} declares no context length; examples are cut at {DEFAULT_MAX_LENGTH} "
                         "tokens (set --max-length to choose)")
