@@ -127,12 +127,12 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"tiny Llama (about 200k parameters), {args.data.name}, {args.steps} steps of micro batch "
           f"{args.micro_batch_size}; 1 CPU rank, ZeRO-2, fp32; {args.runs} runs each, alternating")
-    print(f"{'':18} {'first step s (median)':>22} {'exit s (median)':>16}  per run (first step)")
+    print(f"{'':18} {'first step s':>13} {'first step to exit s':>21} {'exit s':>7}  (medians)  per run: first step")
     medians = {}
     for name, runs in times.items():
         medians[name] = statistics.median(first for first, _ in runs)
-        print(f"{name:18} {medians[name]:22.1f} {statistics.median(end for _, end in runs):16.1f}  "
-              + ", ".join(f"{first:.1f}" for first, _ in runs))
+        print(f"{name:18} {medians[name]:13.1f} {statistics.median(end - first for first, end in runs):21.1f} "
+              f"{statistics.median(end for _, end in runs):7.1f}  " + ", ".join(f"{first:.1f}" for first, _ in runs))
     print(f"yayi train / deepspeed by hand, time to first step: {medians['yayi train'] / medians['deepspeed by hand']:.2f}x")
 
 
