@@ -191,10 +191,18 @@ UNSET_MAX_LENGTH = 10**7
 """Tokenizers without a known limit report a huge `model_max_length`; anything above this is unset."""
 
 
+def _set_limit(limit: Any) -> int | None:
+    return limit if isinstance(limit, int) and 0 < limit < UNSET_MAX_LENGTH else None
+
+
+def _config_context(config: dict[str, Any]) -> int | None:
+    return next((config[key] for key in CONTEXT_KEYS if isinstance(config.get(key), int)), None)
+
+
 def context_length(model: str, tokenizer: Any, base: str | None = None) -> int | None:
     """The model's context length: the tokenizer's limit, else the config's (an adapter's base's), else None."""
-    limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and 0 < limit < UNSET_MAX_LENGTH:
+    limit = _set_limit(getattr(tokenizer, "model_max_length", None))
+    if limit:
         return limit
     from transformers import PretrainedConfig
 
@@ -202,7 +210,20 @@ def context_length(model: str, tokenizer: Any, base: str | None = None) -> int |
         config, _ = PretrainedConfig.get_config_dict(resolve_model(model, base).base)
     except (OSError, ValueError, UsageError):  # no config to read (an adapter's base that is not here)
         return None
-    return next((config[key] for key in CONTEXT_KEYS if isinstance(config.get(key), int)), None)
+    return _config_context(config)
+
+
+def saved_context_length(directory: Path) -> int | None:
+    """`context_length` of a saved model directory read from its JSON files (the tokenizer's saved
+    limit, else the config's), without importing transformers."""
+
+    def read(name: str) -> dict[str, Any]:
+        with contextlib.suppress(OSError, ValueError):
+            loaded = json.loads((directory / name).read_text(encoding="utf-8"))
+            return loaded if isinstance(loaded, dict) else {}
+        return {}
+
+    return _set_limit(read("tokenizer_config.json").get("model_max_length")) or _config_context(read("config.json"))
 
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,9 +13,11 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from tests.helpers import SAMPLE_DATA
+from tests.test_cli import HEAVY_MODULES
 from yayi_cli.cli import app
 from yayi_cli.data.checked import load_records
 from yayi_cli.errors import DataError, UsageError
+from yayi_cli.models import context_length, load_tokenizer, saved_context_length
 from yayi_cli.train import launch
 from yayi_cli.train.launch import (
     Ranks, check_data, check_output, launcher_command, plan_ranks, resolve_resume, write_run_files,
@@ -327,3 +332,27 @@ def test_bad_network_options_are_one_error_line(arguments, message):
 def test_a_machine_that_failed_is_read_from_pdshs_line():
     assert launch.failed_machine("pdsh@node1: 10.0.0.3: ssh exited with exit code 255\n") == "10.0.0.3"
     assert launch.failed_machine("10.0.0.3: ssh: connect to host 10.0.0.3 port 22: No route to host") is None
+
+
+def test_planning_a_local_run_imports_no_heavy_library(tiny_model_dirs, tmp_path):
+    """The ranks import them anyway: importing them first in the launcher only delays the first step."""
+    chosen = options(data=[str(SAMPLE_DATA)], model=str(tiny_model_dirs["llama"]), output=str(tmp_path / "run"), cpu=True)
+    code = ("import sys; from yayi_cli.train.launch import plan_launch; from yayi_cli.train.options import TrainOptions\n"
+            f"plan = plan_launch(TrainOptions(**{chosen.to_json()!r}), dry_run=False)\n"
+            f"print(plan.max_length, plan.memory.parameters, [m for m in {HEAVY_MODULES!r} if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    tokenizer = load_tokenizer(str(tiny_model_dirs["llama"]))
+    parameters = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"]).num_parameters()
+    assert result.stdout.split() == [str(tokenizer.model_max_length), str(parameters), "[]"]
+
+
+@pytest.mark.parametrize("saved_limit", [True, False])
+def test_a_local_models_context_length_is_read_from_its_files_as_from_the_loaded_tokenizer(tiny_model_dirs, arch,
+                                                                                          tmp_path, saved_limit):
+    model = tmp_path / arch
+    shutil.copytree(tiny_model_dirs[arch], model)
+    if not saved_limit:  # then the config's limit counts
+        settings = json.loads((model / "tokenizer_config.json").read_text(encoding="utf-8"))
+        settings.pop("model_max_length")
+        (model / "tokenizer_config.json").write_text(json.dumps(settings), encoding="utf-8")
+    assert saved_context_length(model) == context_length(str(model), load_tokenizer(str(model)))

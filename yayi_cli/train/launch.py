@@ -29,7 +29,7 @@ from yayi_cli.atomic import refuse_output_over, write_json_atomic, write_text_at
 from yayi_cli.data.reader import sha256_of
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.terminal import deepspeed_logs_to_stderr, library_environment
-from yayi_cli.train.memory import MemoryEstimate, estimate_memory
+from yayi_cli.train.memory import MemoryEstimate, count_saved_parameters, estimate_memory
 from yayi_cli.train.options import TrainOptions
 from yayi_cli.train.zero import (
     AUTO, check_batch_sizes, deepspeed_config, offload_of, precision_of, read_user_config, resolve_accumulation, stage_of,
@@ -61,10 +61,10 @@ PACKAGES = ("yayi-cli", "torch", "transformers", "deepspeed", "datasets", "accel
 
 
 def require_deepspeed() -> None:
-    """Planning uses DeepSpeed's own hostfile parser and memory estimators; refuse clearly without it."""
+    """Refuse clearly without DeepSpeed (imported only where planning uses it: its hostfile parser and
+    memory estimators; a local run launches without the seconds that importing it takes)."""
     if importlib.util.find_spec("deepspeed") is None:
         raise UsageError("yayi train needs DeepSpeed: pip install 'yayi-cli[train]' (see the README)")
-    deepspeed_logs_to_stderr()
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,7 @@ INCLUDE_FORMAT = "use HOST:SLOT,SLOT@HOST:SLOT, e.g. localhost:0,1 or worker-1:0
 
 def read_hostfile(path: Path) -> dict[str, int]:
     """Hosts and their slots, read by DeepSpeed's own parser."""
+    deepspeed_logs_to_stderr()
     from deepspeed.launcher.runner import fetch_hostfile
 
     if not path.is_file():
@@ -117,6 +118,7 @@ def read_hostfile(path: Path) -> dict[str, int]:
 def select_ranks(pool: dict[str, int], options: TrainOptions, include: str) -> dict[str, list[int]]:
     """The ranks the launcher starts, by its own rules: --include, else the first --num-nodes hosts
     with the first --gpus slots each."""
+    deepspeed_logs_to_stderr()
     from deepspeed.launcher.runner import apply_num_nodes_and_gpus, parse_inclusion_exclusion
 
     try:
@@ -209,12 +211,17 @@ def resolve_precision(config: dict[str, Any], options: TrainOptions) -> str:
 
 
 def resolve_max_length(options: TrainOptions, warnings: list[str]) -> int:
-    """The longest example: --max-length, else the model's context, else DEFAULT_MAX_LENGTH (said so)."""
+    """The longest example: --max-length, else the model's context, else DEFAULT_MAX_LENGTH (said so).
+    A local model's is read from its files: loading its tokenizer would import transformers for it."""
     if options.max_length:
         return options.max_length
-    from yayi_cli.models import context_length, load_tokenizer
+    from yayi_cli.models import context_length, load_tokenizer, resolve_model_reference, saved_context_length
 
-    found = context_length(options.model, load_tokenizer(options.model, trust_remote_code=options.trust_remote_code))
+    reference = Path(resolve_model_reference(options.model))
+    if reference.is_dir():
+        found = saved_context_length(reference)
+    else:
+        found = context_length(options.model, load_tokenizer(options.model, trust_remote_code=options.trust_remote_code))
     if found is None:
         warnings.append(f"{options.model} declares no context length; examples are cut at {DEFAULT_MAX_LENGTH} "
                         "tokens (set --max-length to choose)")
@@ -391,7 +398,8 @@ class LaunchPlan:
     """The rank count the checkpoint was written by, when it is converted to a universal one first."""
     data: list[dict[str, Any]]
     eval_data: list[dict[str, Any]]
-    memory: MemoryEstimate
+    memory: MemoryEstimate | None
+    """None: a real run of a model whose parameters cannot be counted without importing transformers."""
     node_environment: dict[str, str] | None
     """What DeepSpeed's runner exports to every machine (None: one machine, no runner over ssh)."""
     warnings: list[str] = field(default_factory=list)
@@ -436,7 +444,7 @@ class LaunchPlan:
             "global_batch_size": self.global_batch_size,
             "deepspeed_config": self.deepspeed_config,
             "run": self.manifest(),
-            "memory": self.memory.to_json(),
+            "memory": self.memory.to_json() if self.memory else None,
             "node_environment": self.node_environment,
             "warnings": self.warnings,
         }
@@ -472,11 +480,13 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
         adapter = plan_adapter(options, stage=stage_of(config), offload=offload_of(config),
                                gpus_per_node=ranks.gpus_per_node, num_nodes=ranks.num_nodes)
         options.lora_targets, memory = adapter.targets, adapter.memory
-    else:
+    elif dry_run:
         memory = estimate_memory(
             options.model, stage=stage_of(config), offload=offload_of(config), gpus_per_node=ranks.gpus_per_node,
             num_nodes=ranks.num_nodes, trust_remote_code=options.trust_remote_code,
         )
+    else:  # the full estimate would import transformers and DeepSpeed here for seconds, before the ranks do
+        memory = count_saved_parameters(options.model)
     return LaunchPlan(options, ranks, accumulation, config, precision, max_length, resume_from, universal_from, data,
                       eval_data, memory, node_environment(options) if ranks.num_nodes > 1 else None, warnings)
 

@@ -61,6 +61,9 @@ def print_plan(plan: LaunchPlan, console: Any, *, dry_run: bool) -> None:
                       f"on {escape(', '.join(options.lora_targets))}; {_count(memory.trainable_parameters)} of "
                       f"{_count(memory.parameters)} parameters train")
         table.add_row("memory", f"about {_size(memory.gpu_bytes_per_rank)} per GPU: {escape(memory.covers)}")
+    elif memory is None or memory.gpu_bytes_per_rank is None:
+        counted = f"{_count(memory.parameters)} parameters; " if memory else ""
+        table.add_row("memory", f"{counted}yayi train --dry-run estimates the memory per GPU")
     else:
         table.add_row("memory", f"{_count(memory.parameters)} parameters: about {_size(memory.gpu_bytes_per_rank)} per GPU "
                       f"and {_size(memory.cpu_bytes_per_node)} of CPU memory per machine for model states "
