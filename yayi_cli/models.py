@@ -40,6 +40,18 @@ def resolve_model_reference(model: str) -> str:
     return model
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt")
+"""One of these is in every saved tokenizer (a fast tokenizer's, SentencePiece's, or a vocabulary)."""
+
+
+def require_saved_tokenizer(model: str) -> None:
+    """A local model directory without a tokenizer is refused now, not seconds later in every rank."""
+    path = Path(resolve_model_reference(model))
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UsageError(f"{model}: no tokenizer in this directory (none of {', '.join(TOKENIZER_FILES)}); "
+                         "save the model's tokenizer beside it")
+
+
 def _check_config(path: Path) -> None:
     """config.json must be a JSON object naming its architecture, or transformers fails with a traceback
     (or, without a model_type, guesses)."""

@@ -356,3 +356,14 @@ def test_a_local_models_context_length_is_read_from_its_files_as_from_the_loaded
         settings.pop("model_max_length")
         (model / "tokenizer_config.json").write_text(json.dumps(settings), encoding="utf-8")
     assert saved_context_length(model) == context_length(str(model), load_tokenizer(str(model)))
+
+
+def test_a_local_model_without_a_tokenizer_is_refused_before_anything_is_launched(tiny_model_dirs, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dirs["llama"], model)
+    for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+        (model / name).unlink(missing_ok=True)
+    chosen = options(data=[str(SAMPLE_DATA)], model=str(model), output=str(tmp_path / "run"), cpu=True)
+    with pytest.raises(UsageError, match="no tokenizer in this directory"):
+        launch.plan_launch(chosen, dry_run=False)
+    assert not (tmp_path / "run").exists()

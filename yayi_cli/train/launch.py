@@ -28,6 +28,7 @@ from yayi_cli import __version__
 from yayi_cli.atomic import refuse_output_over, write_json_atomic, write_text_atomic
 from yayi_cli.data.reader import sha256_of
 from yayi_cli.errors import DataError, UsageError
+from yayi_cli.models import require_saved_tokenizer
 from yayi_cli.terminal import deepspeed_logs_to_stderr, library_environment
 from yayi_cli.train.memory import MemoryEstimate, count_saved_parameters, estimate_memory
 from yayi_cli.train.options import TrainOptions
@@ -460,6 +461,7 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
     if options.force and not options.resume and output.is_dir() and any(output.iterdir()):
         warnings.append(f"--force: the contents of {output} will be moved to {output.name}.replaced-<time> beside it")
     require_deepspeed()
+    require_saved_tokenizer(options.model)
     ranks = plan_ranks(options, warnings, dry_run=dry_run)
     warnings += filter(None, [loopback_warning(options, ranks)])
     config = read_user_config(Path(options.deepspeed)) if options.deepspeed else deepspeed_config(options)
