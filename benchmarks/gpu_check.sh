@@ -25,7 +25,7 @@ py=${PYTHON:-python3}
 export HF_HUB_OFFLINE=1 PYTHONPATH=$here${PYTHONPATH:+:$PYTHONPATH}
 
 if [ "$mode" = "--cpu-smoke" ]; then
-  small=tiny big=tiny records=300 seq=256 batch=2 steps=3 tokens=16 limit=300  # generous: CI machines are shared
+  small=tiny big=tiny records=300 seq=256 batch=2 steps=3 tokens=512 limit=300  # generous: CI machines are shared; 512 tokens: decoding must outlast start-up noise
   device=(--cpu --gpus 1) precision=fp32
 else
   small=1b big=7b records=3000 seq=2048 batch=8 steps=20 tokens=128 limit=240
