@@ -73,21 +73,52 @@ def test_losses_per_domain_add_up_to_the_whole(tiny_model_dirs):
     assert sum(g.nll for g in result.groups.values()) == pytest.approx(result.overall.nll)
 
 
-def overfit(source_dir, target_dir, conversations, steps=150):
-    """Teach a tiny model these exact answers with a bare PyTorch loop, and save it."""
+MARGIN = 3.0
+"""Logit lead of every answer token over its runner-up before a test relies on greedy decoding.
+
+Float noise between CPUs, library versions and left padding moves logits by well under 0.01, so a
+lead of 3 keeps every greedy choice the same wherever the suite runs."""
+
+
+def answer_margin(model, batch) -> float:
+    """The smallest lead of the right token over the best wrong one, over every answer position."""
+    import torch
+
+    margins = []
+    with torch.inference_mode():
+        for encoded in batch:
+            logits = model(input_ids=torch.tensor([encoded.input_ids])).logits[0, :-1]
+            targets = torch.tensor(encoded.labels[1:])
+            scored = logits[targets != -100]
+            right = targets[targets != -100]
+            chosen = scored.gather(1, right[:, None])[:, 0]
+            others = scored.scatter(1, right[:, None], float("-inf")).max(dim=1).values
+            margins.append((chosen - others).min().item())
+    return min(margins)
+
+
+def overfit(source_dir, target_dir, conversations, max_steps=600):
+    """Teach a tiny model these exact answers with a bare PyTorch loop until every answer token leads
+    by MARGIN (checked every 25 steps), and save it; fail loudly if it never gets there."""
     import torch
 
     shutil.copytree(source_dir, target_dir)
     model, prompt_tokenizer = load(target_dir)
-    model.train()
     batch = prompt_tokenizer.encode_training_batch(conversations)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for step in range(steps):
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    margin = float("-inf")
+    for step in range(1, max_steps + 1):
+        model.train()
         for encoded in batch:
-            loss = model(input_ids=torch.tensor([encoded.input_ids]), labels=torch.tensor([encoded.labels])).loss
-            loss.backward()
+            model(input_ids=torch.tensor([encoded.input_ids]), labels=torch.tensor([encoded.labels])).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+        if step % 25 == 0:
+            margin = answer_margin(model.eval(), batch)
+            if margin >= MARGIN:
+                break
+    assert margin >= MARGIN, f"the tiny model did not learn the answers in {max_steps} steps (margin {margin:.2f})"
     model.save_pretrained(target_dir)
     return target_dir
 
@@ -108,7 +139,7 @@ def test_choice_accuracy_on_items_whose_answers_the_model_learned(tiny_model_dir
         ChoiceItem("t:2", "math", "2+2=?", ("4", "5", "6", "7"), "A"),
         ChoiceItem("t:3", "geo", "中国的首都是？", ("上海", "广州", "深圳", "北京"), "D"),
     ]
-    trained = overfit(tiny_model_dirs["bloom"], tmp_path / "trained", [i.conversation(i.answer) for i in items])
+    trained = overfit(tiny_model_dirs["llama"], tmp_path / "trained", [i.conversation(i.answer) for i in items])
     model, prompt_tokenizer = load(trained)
     result = choice_accuracy(model, prompt_tokenizer, items, batch_size=5)
     assert result.chosen == ["B", "A", "D"]

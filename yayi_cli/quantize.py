@@ -159,6 +159,9 @@ def _measure(model: Any, parameters: int, disk: int | None, probe: list[int], op
 def quantize(options: QuantizeOptions, reference: str | None = None) -> QuantizeReport:
     """Quantize, compare with the original in the same run, and save everything into `output`.
 
+    The "after" side is the written checkpoint loaded back as `yayi eval` loads it, not the model in
+    memory: on CPUs with AVX512-BF16, bitsandbytes repacks NF4 weights for its kernel on the first
+    forward pass (scales rounded to bf16) and unpacks them on save, so the two can differ.
     Nothing is written when the perplexity gate fails or anything else goes wrong. An adapter is first
     merged into its base in a temporary directory (`reference`), and that full model is quantized.
     """
@@ -201,32 +204,40 @@ def quantize(options: QuantizeOptions, reference: str | None = None) -> Quantize
     del original
 
     quantized = _load_quantized(reference, options, device)
-    after = _measure(quantized, parameters, None, probe, options)
-    greedy_after = greedy_tokens(quantized, prompts, 16)
-    if examples:
-        after.perplexity = response_loss(quantized, prompt_tokenizer, examples).overall.perplexity
-    report = QuantizeReport(
-        options, template.name, before, after, 0.0,
-        agreement(greedy_before, greedy_after) if prompts else None, len(examples),
-    )
+    with model_directory(options.output, replace=options.force) as tmp:
+        quantized.save_pretrained(tmp)
+        save_model_format(tmp, tokenizer, template)
+        del quantized  # the report measures the checkpoint as written and reloaded: what users get
+        written = load_model(str(tmp), device=device, trust_remote_code=options.trust_remote_code)
+        after = _measure(written, parameters, weights_size(tmp), probe, options)
+        greedy_after = greedy_tokens(written, prompts, 16)
+        if examples:
+            after.perplexity = response_loss(written, prompt_tokenizer, examples).overall.perplexity
+        report = QuantizeReport(
+            options, template.name, before, after, 0.0,
+            agreement(greedy_before, greedy_after) if prompts else None, len(examples),
+        )
+        _check_gate(report, options)  # raising here leaves nothing behind
+        report.seconds = time.perf_counter() - started
+        (tmp / REPORT_FILE).write_text(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def _check_gate(report: QuantizeReport, options: QuantizeOptions) -> None:
+    """--max-ppl-increase: a DataError when the perplexity rose too much or cannot be measured."""
     increase = report.perplexity_increase_percent
-    if options.max_ppl_increase is not None and increase is None:
+    if options.max_ppl_increase is None:
+        return
+    if increase is None:
         raise DataError(
             "--max-ppl-increase: perplexity is undefined (no --check-data, or no answer token left in it within the "
             "model's context), so the gate cannot pass; nothing was written"
         )
-    if options.max_ppl_increase is not None and increase is not None and increase > options.max_ppl_increase:
+    if increase > options.max_ppl_increase:
         raise DataError(
-            f"perplexity rose {increase:.2f}% ({before.perplexity:.4g} -> {after.perplexity:.4g}), more than "
-            f"--max-ppl-increase {options.max_ppl_increase:g}%; nothing was written"
+            f"perplexity rose {increase:.2f}% ({report.before.perplexity:.4g} -> {report.after.perplexity:.4g}), more "
+            f"than --max-ppl-increase {options.max_ppl_increase:g}%; nothing was written"
         )
-    with model_directory(options.output, replace=options.force) as tmp:
-        quantized.save_pretrained(tmp)
-        save_model_format(tmp, tokenizer, template)
-        report.after.disk_bytes = weights_size(tmp)
-        report.seconds = time.perf_counter() - started
-        (tmp / REPORT_FILE).write_text(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    return report
 
 
 def _load_quantized(reference: str, options: QuantizeOptions, device: str) -> Any:

@@ -104,24 +104,40 @@ def repeated_keys(raw: str, value: Any) -> list[str]:
 
     Cheap first: with no repeat, the parsed value has as many keys as the text has key endings
     (`":` or `" :`; inside a string a quote is escaped, so `\\":` there is counted too and only
-    makes the counts differ). Only a record where they differ is parsed again, noting every key.
+    makes the counts differ). Only a record where they differ is walked again, noting every key.
     """
     if not raw or _key_endings(raw) == _count_keys(value):
         return []
+    return _keys_written_twice(raw)
+
+
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]:]')
+
+
+def _keys_written_twice(raw: str) -> list[str]:
+    """Every key repeated within one object of the (valid) JSON text `raw`.
+
+    A flat walk over strings and brackets with a stack of the open objects' keys, so the answer
+    does not depend on the interpreter's recursion limit (which other libraries raise, and which a
+    deeply nested record would otherwise hit).
+    """
     repeated: list[str] = []
-
-    def note_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
+    open_objects: list[set[str] | None] = []  # None for an array
+    last_string = ""
+    for match in _JSON_TOKEN.finditer(raw):
+        token = match.group()
+        if token in ("{", "["):
+            open_objects.append(set() if token == "{" else None)
+        elif token in ("}", "]"):
+            open_objects.pop()
+        elif token == ":":
+            keys = open_objects[-1]
+            key = json.loads(last_string)  # escapes decoded: "\u0061" and "a" are one key
+            if key in keys:
                 repeated.append(key)
-            seen.add(key)
-        return dict(pairs)
-
-    try:
-        json.loads(raw, object_pairs_hook=note_repeats)
-    except RecursionError:  # orjson read it, but Python's parser cannot go as deep: nothing to tell then
-        return []
+            keys.add(key)
+        else:
+            last_string = token
     return repeated
 
 
