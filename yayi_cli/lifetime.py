@@ -5,10 +5,11 @@ kernel's (Linux; elsewhere they are left out and only yayi's own clean-up stops 
 
 - `dies_with_parent(signum)` for the processes yayi starts itself (the serving engine, the deepspeed
   launcher): the kernel sends them `signum` when yayi ends (PR_SET_PDEATHSIG).
-- `end_when_unread()` for the training ranks, started two launcher processes further down, where
-  the first tie does not reach (a parent-death signal names the direct parent only, and the
-  launcher's own launcher has none): a rank writes to the pipe that yayi reads, and ends as soon
-  as that pipe has no reader left, printing or not.
+- `end_when_unread()` for the training ranks, where the first tie does not reach: the `deepspeed`
+  runner starts them through a second launcher process (deepspeed.launcher.launch) that has no
+  parent-death signal and outlives the runner. A rank writes to the pipe that yayi reads, and ends
+  as soon as that pipe has no reader left, printing or not (ranks that print end anyway, on a
+  failed write, but a rank can be silent for minutes: a long step, a checkpoint, an evaluation).
 
 `stop_group` is the clean-up yayi does when it ends on its own: SIGTERM, a grace period, SIGKILL.
 """
@@ -29,6 +30,7 @@ from collections.abc import Callable
 PR_SET_PDEATHSIG = 1
 """From <linux/prctl.h>."""
 STOP_GRACE_SECONDS = 10.0
+"""How long a group gets to end on SIGTERM before SIGKILL."""
 
 
 def dies_with_parent(signum: int) -> Callable[[], None] | None:
@@ -54,7 +56,7 @@ def end_when_unread(fd: int = 1) -> None:
     """End this process (SIGKILL) as soon as the pipe on `fd` loses its last reader. Linux reports
     POLLERR on a pipe's write end then, so a thread waits for it without reading or writing anything.
     A descriptor that is not a pipe (a terminal, a file) is left alone."""
-    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+    if not sys.platform.startswith("linux") or not stat.S_ISFIFO(os.fstat(fd).st_mode):
         return
 
     def watch() -> None:

@@ -132,8 +132,9 @@ QUIET = ["--max-steps", "100000", "--save-steps", "100000", "--micro-batch-size"
 its first step: a rank that only ended when a print failed would stay."""
 
 
-def ranks_of(output: Path) -> list[int]:
-    return [pid for pid in processes_mentioning(str(output / "run.json")) if "--local_rank=" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+def ranks_of(output: Path) -> set[int]:
+    """The run's rank processes: the launcher gives each its --local_rank."""
+    return set(processes_mentioning(str(output / "run.json"))) & set(processes_mentioning("--local_rank="))
 
 
 def first_step(process: subprocess.Popen, output: Path) -> OutputReader:
