@@ -1,6 +1,78 @@
-"""Paths shared by the tests."""
+"""Paths and process helpers shared by the tests."""
 
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO / "examples" / "sample.jsonl"
+
+
+class OutputReader:
+    """A child's output, read line by line by a thread of its own, so that a test waiting for a line
+    keeps its deadline even while the child prints nothing (a read in the test's thread would block)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[str] = []
+        self.ended = threading.Event()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.append(line)
+        self.ended.set()
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, wanted: Callable[[str], bool], timeout: float) -> str:
+        """The first line `wanted` accepts; fails when the output ends or `timeout` seconds pass without one."""
+        deadline, seen = time.monotonic() + timeout, 0
+        while True:
+            ended = self.ended.is_set()
+            new = self.lines[seen:]
+            seen += len(new)
+            found = next((line for line in new if wanted(line)), None)
+            if found is not None:
+                return found
+            assert not ended, f"the output ended without the line waited for:\n{self.text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no such line within {timeout} s; so far:\n{self.text()[-3000:]}"
+            time.sleep(0.1)
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of /proc/PID/stat (Z: a zombie, which holds nothing), None when there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    return process_state(pid) not in (None, "Z")
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """The live processes whose command line contains `text`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            arguments = cmdline.read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        pid = int(cmdline.parent.name)
+        if text in arguments and alive(pid):
+            found.append(pid)
+    return found
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
+    """Poll `condition` until it holds; fails after `timeout` seconds, saying `what()`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what()}"
+        time.sleep(0.2)

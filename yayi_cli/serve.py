@@ -3,7 +3,8 @@
 yayi only prepares the model and watches the engine: a model that lacks the chat template or the
 stop ids is served from a staged folder that links to the user's files and holds corrected copies
 of the few files that change (the user's directory is never modified); the engine runs as an
-argument list in its own process group, so Ctrl-C stops all of it and nothing is left behind.
+argument list in its own process group, so Ctrl-C stops all of it and nothing is left behind; the
+kernel kills it when yayi ends without a chance to stop it (SIGKILL): it holds nothing to save.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from yayi_cli.errors import UsageError
+from yayi_cli.lifetime import dies_with_parent, stop_group
 from yayi_cli.options import ServeOptions
 
 ENGINES = ("transformers", "vllm")
@@ -33,7 +35,6 @@ ENGINE_PACKAGES = {
     "transformers": (("fastapi", "uvicorn", "openai"), "pip install 'yayi-cli[serve]'"),
     "vllm": (("vllm",), "pip install vllm (Linux with a GPU)"),
 }
-STOP_GRACE_SECONDS = 10.0
 
 
 def require_engine(engine: str) -> None:
@@ -144,25 +145,6 @@ def _raise_stopped(signum: int, frame: Any) -> None:
     raise _Stopped(signum)
 
 
-def stop_engine(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the engine's whole process group, SIGKILL after a grace period; returns once it is gone."""
-    for sig, wait in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, None)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    process.wait()
-    try:  # workers the engine started may outlive its main process
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def serve(options: ServeOptions, say: Callable[[str], None], note: Callable[[str], None]) -> int:
     """Run the engine until it exits (its status), Ctrl-C (130) or SIGTERM/SIGHUP (128 + the signal)."""
     require_engine(options.engine)
@@ -176,7 +158,8 @@ def serve(options: ServeOptions, say: Callable[[str], None], note: Callable[[str
             command = engine_command(options.engine, name, options.host, options.port, options.trust_remote_code)
             note(f"starting {options.engine} serve on {base} (loading the model)")
             process = subprocess.Popen(command, cwd=run, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr,
-                                       start_new_session=True)
+                                       start_new_session=True,
+                                       preexec_fn=dies_with_parent(signal.SIGKILL))  # noqa: PLW1509 - fork-safe
             try:
                 return _watch(process, base, name, say)
             except KeyboardInterrupt:
@@ -184,7 +167,7 @@ def serve(options: ServeOptions, say: Callable[[str], None], note: Callable[[str
             except _Stopped as stopped:
                 return stopped.exit_code
             finally:
-                stop_engine(process)
+                stop_group(process)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -12,11 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import OutputReader, processes_mentioning, wait_until
 from yayi_cli.data.checked import load_records
 from yayi_cli.inference import generate_answers
 from yayi_cli.models import load_model, load_tokenizer
@@ -96,20 +96,15 @@ def test_zero3_saves_the_whole_model_not_placeholders(tiny_model_dirs, small_dat
         assert after.shape == before.shape, name
 
 
-def rank_processes(run_file: Path) -> list[str]:
-    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in listing.splitlines() if str(run_file) in line and "ps -eo" not in line]
-
-
 def ctrl_c_after_two_checkpoints(process: subprocess.Popen, output: Path, *, timeout: float) -> str:
     """Wait until the run has saved two complete checkpoints, then press Ctrl-C; returns its output."""
-    deadline = time.monotonic() + timeout
-    while latest_complete_checkpoint(output, []) is None or len(list(output.glob("checkpoint-*"))) < 2:
-        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()[-3000:]
-        time.sleep(0.5)
+    reader = OutputReader(process.stdout)
+    wait_until(lambda: latest_complete_checkpoint(output, []) is not None and len(list(output.glob("checkpoint-*"))) >= 2,
+               timeout, lambda: f"two checkpoints (exit {process.poll()}):\n{reader.text()[-3000:]}")
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
-    text, _ = process.communicate(timeout=120)
-    return text
+    process.wait(timeout=120)
+    assert reader.ended.wait(timeout=30), "the run's output stayed open after it ended"
+    return reader.text()
 
 
 def test_ctrl_c_stops_every_rank_and_the_run_resumes_from_its_last_checkpoint(tiny_model_dirs, small_data, tmp_path):
@@ -120,7 +115,7 @@ def test_ctrl_c_stops_every_rank_and_the_run_resumes_from_its_last_checkpoint(ti
     output_text = ctrl_c_after_two_checkpoints(process, output, timeout=300)
     assert process.returncode == 130
     assert "interrupted: all ranks stopped;" in output_text and "Traceback" not in output_text
-    assert rank_processes(output / "run.json") == []
+    assert processes_mentioning(str(output / "run.json")) == []
 
     last = latest_complete_checkpoint(output, [])
     step = int(last.name.split("-")[1])
@@ -130,3 +125,54 @@ def test_ctrl_c_stops_every_rank_and_the_run_resumes_from_its_last_checkpoint(ti
     state = json.loads((output / f"checkpoint-{step + 2}" / "trainer_state.json").read_text(encoding="utf-8"))
     assert state["global_step"] == step + 2
     assert (output / "model.safetensors").is_file()
+
+
+QUIET = ["--max-steps", "100000", "--save-steps", "100000", "--micro-batch-size", "1"]
+"""A run that goes on for longer than any test and, with --logging-steps 100000, prints nothing after
+its first step: a rank that only ended when a print failed would stay."""
+
+
+def ranks_of(output: Path) -> set[int]:
+    """The run's rank processes: the launcher gives each its --local_rank."""
+    return set(processes_mentioning(str(output / "run.json"))) & set(processes_mentioning("--local_rank="))
+
+
+def first_step(process: subprocess.Popen, output: Path) -> OutputReader:
+    """Wait until both ranks have trained a step (the first rank logs step 1 whatever --logging-steps says)."""
+    reader = OutputReader(process.stdout)
+    reader.wait_for(lambda line: line.startswith("step=1/"), timeout=300)
+    assert len(ranks_of(output)) == 2
+    return reader
+
+
+def test_killing_yayi_outright_leaves_no_rank_running(tiny_model_dirs, small_data, tmp_path):
+    """SIGKILL gives yayi no chance to stop anything: the launcher and the ranks end on their own."""
+    output = tmp_path / "run"
+    process = yayi_train("--data", str(small_data), "--model", str(tiny_model_dirs["llama"]), "-o", str(output),
+                         *QUIET, "--logging-steps", "100000", start_new_session=True)
+    first_step(process, output)
+    process.kill()
+    process.wait()
+    wait_until(lambda: processes_mentioning(str(output)) == [], 30,
+               lambda: f"still running: {processes_mentioning(str(output))}")
+
+
+def test_an_error_in_yayi_while_the_ranks_run_is_one_error_line_and_stops_every_rank(tiny_model_dirs, small_data,
+                                                                                    tmp_path):
+    """train.log reaches the file size limit (set on yayi alone, mid-run: ranks write on), as a full disk would."""
+    import resource
+
+    output = tmp_path / "run"
+    process = yayi_train("--data", str(small_data), "--model", str(tiny_model_dirs["llama"]), "-o", str(output),
+                         *QUIET, "--logging-steps", "1", start_new_session=True)
+    reader = first_step(process, output)
+    log = output / "train.log"
+    _, hard = resource.prlimit(process.pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (log.stat().st_size, hard))
+    assert process.wait(timeout=60) == 2, reader.text()[-3000:]
+    assert reader.ended.wait(timeout=30)
+    lines = [line for line in reader.text().splitlines() if line.strip()]
+    assert "Traceback" not in reader.text()
+    assert lines[-1] == f"error: cannot write {log}: File too large; stopped the run, whose output could not be kept"
+    wait_until(lambda: processes_mentioning(str(output)) == [], 10,
+               lambda: f"still running: {processes_mentioning(str(output))}")

@@ -10,6 +10,7 @@ which) and the last lines of the ranks that failed are shown with the path of th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -23,6 +24,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
+from yayi_cli.errors import UsageError
 from yayi_cli.train.launch import TRAIN_LOG, failed_machine
 from yayi_cli.train.progress import EVENT_TAG, RANK_SEPARATOR
 
@@ -102,7 +104,9 @@ class RunConsole:
         self.console = console or Console(stderr=True)
         self.verbose = verbose
         self.log_path = output / TRAIN_LOG
-        self.log: TextIO = open(self.log_path, "a", encoding="utf-8", errors="replace")
+        self.log: TextIO = open(self.log_path, "a", encoding="utf-8", errors="replace", buffering=1)
+        """Line-buffered: each line is on disk once written (yayi may be killed outright), and a write
+        that fails raises here, in `line`, not later."""
         self.recent: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=FAILURE_LINES))
         self.said_first_by: dict[str, str] = {}
         self.last_machine_line: dict[str, str] = {}
@@ -114,7 +118,11 @@ class RunConsole:
         line = line.rstrip("\n")
         source, text = split_line(line)
         stamp = time.strftime("%H:%M:%S")
-        self.log.write(f"{stamp} {line}\n" if source != LAUNCHER else f"{stamp} {LAUNCHER}{RANK_SEPARATOR}{line}\n")
+        try:
+            self.log.write(f"{stamp} {line}\n" if source != LAUNCHER else f"{stamp} {LAUNCHER}{RANK_SEPARATOR}{line}\n")
+        except OSError as error:
+            raise UsageError(f"cannot write {self.log_path}: {error.strerror or error}; stopped the run, "
+                             "whose output could not be kept") from None
         self.recent[source].append(text)
         if source == LAUNCHER:
             self.note_machine(text)
@@ -149,11 +157,17 @@ class RunConsole:
         if text is not None and not self.verbose:
             self.console.print(text, highlight=False, soft_wrap=True)
 
-    def finish(self, status: int) -> None:
-        """Stop the live view; after a failure, show what the failing ranks printed last."""
+    def close(self) -> None:
+        """Stop the live view and close the log. Every line was flushed as it was written, so all that
+        closing can still fail on is a line whose failed write `line` has reported already."""
         if self.view is not None:
             self.view.stop()
-        self.log.close()
+        with contextlib.suppress(OSError):
+            self.log.close()
+
+    def finish(self, status: int) -> None:
+        """Close; after a failure, show what the failing ranks printed last."""
+        self.close()
         if status in (0, 130):
             return
         for machine, last_line in self.failed_machines.items():

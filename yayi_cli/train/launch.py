@@ -28,6 +28,7 @@ from yayi_cli import __version__
 from yayi_cli.atomic import refuse_output_over, write_json_atomic, write_text_atomic
 from yayi_cli.data.reader import sha256_of
 from yayi_cli.errors import DataError, UsageError
+from yayi_cli.lifetime import dies_with_parent, stop_group
 from yayi_cli.models import require_saved_tokenizer
 from yayi_cli.terminal import deepspeed_logs_to_stderr, library_environment
 from yayi_cli.train.memory import MemoryEstimate, count_saved_parameters, estimate_memory
@@ -551,12 +552,13 @@ def run_training(plan: LaunchPlan, *, verbose: bool = False) -> TrainingResult:
     if plan.universal_from:
         convert_to_universal(plan.resume_from)
     console = RunConsole(plan.output, verbose=verbose)
-    status = 1
+    node_env_file = plan.output / NODE_ENV_FILE if plan.node_environment is not None else None
     try:
-        node_env_file = plan.output / NODE_ENV_FILE if plan.node_environment is not None else None
         status = run_launcher(plan.command, child_environment(plan.options, node_env_file), console.line)
-    finally:
-        console.finish(status)
+    except BaseException:
+        console.close()  # the error says what happened; the ranks' last lines would not
+        raise
+    console.finish(status)
     return TrainingResult(plan, status, kept)
 
 
@@ -652,10 +654,14 @@ def run_launcher(command: list[str], env: dict[str, str], on_line: Callable[[str
     --resume auto, so the newest complete one stays usable.
 
     When one machine fails, the ranks elsewhere would wait for it until --dist-timeout: the whole
-    run is stopped the same way at once.
+    run is stopped the same way at once. When anything else ends the reading (an error of ours),
+    the group is stopped on the way out; when yayi is killed outright, the launcher gets SIGTERM
+    from the kernel (with several machines, its handler stops the remote ones) and the ranks end
+    themselves, their output pipe having no reader left (lifetime.end_when_unread).
     """
     process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace")
+                               stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
+                               preexec_fn=dies_with_parent(signal.SIGTERM))  # noqa: PLW1509 - fork-safe
 
     def signal_group(signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -684,6 +690,8 @@ def run_launcher(command: list[str], env: dict[str, str], on_line: Callable[[str
         status = process.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        process.stdout.close()  # what is still running has no reader now: ranks end at once, nothing blocks
+        stop_group(process)
     if interrupted:
         return 130
     if status < 0:

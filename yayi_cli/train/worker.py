@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from yayi_cli.errors import YayiError
+from yayi_cli.lifetime import end_when_unread
 from yayi_cli.train.launch import DS_CONFIG_FILE, SUMMARY_FILE
 from yayi_cli.train.options import TrainOptions
 from yayi_cli.train.progress import tag_output
@@ -238,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
     parser.add_argument("--run-config", type=Path, required=True)
     arguments = parser.parse_args(argv)
+    end_when_unread()  # yayi reads this pipe: killed outright, it leaves no rank behind
     tag_output(int(os.environ.get("RANK", arguments.local_rank or 0)))
     run = json.loads(arguments.run_config.read_text(encoding="utf-8"))
     try:
