@@ -78,6 +78,11 @@ def test_hosts_with_different_slots_get_their_own_counts_and_gpus_cannot_exceed_
         plan_ranks(options(hostfile=str(hostfile), num_nodes=3), [], dry_run=False)
 
 
+def test_too_many_gpus_are_refused_with_the_slots_of_the_hosts_selected_not_of_the_whole_hostfile():
+    with pytest.raises(UsageError, match=r"--gpus 2, but a host has only 1 slot\(s\)"):
+        launch.select_ranks({"worker-1": 8, "worker-2": 8}, options(gpus=2), "worker-1:0@worker-2:0,1,2")
+
+
 @pytest.mark.parametrize(("chosen", "message"), [
     ({"include": "localhost:0", "num_nodes": 1}, "cannot be combined"),
     ({"include": "worker-1:0"}, "without --hostfile only localhost"),

@@ -126,10 +126,11 @@ def select_ranks(pool: dict[str, int], options: TrainOptions, include: str) -> d
         active = parse_inclusion_exclusion(pool, include, "")
     except (ValueError, KeyError) as error:
         raise UsageError(f"--include {include!r}: {str(error).strip(chr(39))}; {INCLUDE_FORMAT}") from None
+    fewest_slots = min(len(slots) for slots in active.values())  # the check and its message read the same list
     if options.num_nodes and options.num_nodes > len(active):
         raise UsageError(f"--num-nodes {options.num_nodes}, but the hostfile lists {len(active)} host(s)")
-    if options.gpus and options.gpus > min(len(slots) for slots in active.values()):
-        raise UsageError(f"--gpus {options.gpus}, but a host has only {min(pool.values())} slot(s)")
+    if options.gpus and options.gpus > fewest_slots:
+        raise UsageError(f"--gpus {options.gpus}, but a host has only {fewest_slots} slot(s)")
     return dict(apply_num_nodes_and_gpus(active, options.num_nodes or 0, options.gpus or 0))
 
 
