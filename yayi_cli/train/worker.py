@@ -180,6 +180,7 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
     from yayi_cli.prompt import PromptTokenizer, add_markers, resolve_template
     from yayi_cli.train.dataset import PackedExamples, PaddingCollator, supports_packing
     from yayi_cli.train.progress import CountingCollator, make_reporter, throughput
+    from yayi_cli.train.runs import checkpoint_recorder
 
     options = TrainOptions(**run["options"])
     output = Path(options.output)
@@ -221,8 +222,8 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
     log(f"precision {precision}, {args.world_size} rank(s), global batch {run['global_batch_size']}")
     counter = CountingCollator(PaddingCollator(tokenizer.pad_token_id))
     reporter = make_reporter(counter, output, world_size=args.world_size, main_rank=main_rank)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                      data_collator=counter, processing_class=tokenizer, callbacks=[reporter])
+    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, data_collator=counter,
+                      processing_class=tokenizer, callbacks=[reporter, checkpoint_recorder(run, main_rank=main_rank)])
     if not main_rank:
         trainer.remove_callback(PrinterCallback)  # each machine's first rank would print the same logs and summary
     result = trainer.train(resume_from_checkpoint=run["resume_from"])
