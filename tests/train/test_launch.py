@@ -78,6 +78,11 @@ def test_hosts_with_different_slots_get_their_own_counts_and_gpus_cannot_exceed_
         plan_ranks(options(hostfile=str(hostfile), num_nodes=3), [], dry_run=False)
 
 
+def test_too_many_gpus_are_refused_with_the_slots_of_the_hosts_selected_not_of_the_whole_hostfile():
+    with pytest.raises(UsageError, match=r"--gpus 2, but a host has only 1 slot\(s\)"):
+        launch.select_ranks({"worker-1": 8, "worker-2": 8}, options(gpus=2), "worker-1:0@worker-2:0,1,2")
+
+
 @pytest.mark.parametrize(("chosen", "message"), [
     ({"include": "localhost:0", "num_nodes": 1}, "cannot be combined"),
     ({"include": "worker-1:0"}, "without --hostfile only localhost"),
@@ -201,7 +206,7 @@ def test_force_moves_the_previous_run_aside_instead_of_deleting_it(tmp_path, tin
                                       output=str(output), cpu=True, force=True), dry_run=False)
     kept = write_run_files(plan)
     assert (kept / old.name / "trainer_state.json").is_file()
-    assert sorted(p.name for p in output.iterdir()) == ["ds_config.json", "run.json"]
+    assert sorted(p.name for p in output.iterdir()) == ["ds_config.json", "run.json", "runs"]
     run = json.loads((output / "run.json").read_text(encoding="utf-8"))
     assert run["options"]["model"] == str(tiny_model_dirs["llama"]) and run["world_size"] == 1
     assert run["data"][0]["sha256"] and run["versions"]["deepspeed"]
@@ -367,3 +372,89 @@ def test_a_local_model_without_a_tokenizer_is_refused_before_anything_is_launche
     with pytest.raises(UsageError, match="no tokenizer in this directory"):
         launch.plan_launch(chosen, dry_run=False)
     assert not (tmp_path / "run").exists()
+
+
+
+def launched(output: Path, model: Path, **values) -> None:
+    """A launch planned and its run files written, as `yayi train` does before it starts the ranks."""
+    chosen = options(**({"data": [str(SAMPLE_DATA)], "model": str(model), "output": str(output), "cpu": True} | values))
+    write_run_files(launch.plan_launch(chosen, dry_run=False))
+
+
+def resume(output: Path, model: Path, *flags: str, data: Path = SAMPLE_DATA):
+    """`yayi train --dry-run --resume auto` into `output` (planning alone: what it refuses, it refuses the same)."""
+    return CliRunner().invoke(app, ["train", "--dry-run", "--json", "--cpu", "--data", str(data), "--model", str(model),
+                                    "-o", str(output), "--resume", "auto", *flags])
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_every_launch_keeps_its_record_and_run_json_is_the_latest(tmp_path, tiny_model_dirs):
+    output, model = tmp_path / "out", tiny_model_dirs["llama"]
+    launched(output, model, max_steps=2)
+    write_checkpoint(output, 2)
+    launched(output, model, max_steps=4, resume="auto")
+    records = {path.name: json.loads(path.read_text(encoding="utf-8")) for path in (output / "runs").iterdir()}
+    assert sorted(records) == ["run-1.json", "run-2.json"]
+    first, second = records["run-1.json"], records["run-2.json"]
+    assert (first["launch"], first["options"]["max_steps"], first["resume_from"]) == (1, 2, None)
+    assert (second["launch"], second["options"]["max_steps"], second["resume_from"]) == (2, 4, str(output / "checkpoint-2"))
+    assert json.loads((output / "run.json").read_text(encoding="utf-8")) == second
+
+
+@pytest.mark.parametrize(("first", "flags", "listed"), [
+    ({"seed": 1}, ["--seed", "2"], "seed 1 -> 2"),
+    ({"test_size": 4}, ["--test-size", "3"], "test-size 4 -> 3"),
+    ({"max_length": 128}, ["--max-length", "64", "--packing"], "max-length 128 -> 64, packing False -> True"),
+    ({}, ["--lora"], "adapter None -> lora"),
+    ({"lora": True}, ["--lora", "--lora-r", "8", "--lora-dropout", "0"],
+     "lora-r 16 -> 8, lora-alpha 32 -> 16, lora-dropout 0.05 -> 0.0"),
+])
+def test_resume_auto_refuses_a_run_on_another_data_stream_or_model_in_one_line(tmp_path, tiny_model_dirs, first, flags,
+                                                                                listed):
+    output, model = tmp_path / "out", tiny_model_dirs["llama"]
+    launched(output, model, **first)
+    write_checkpoint(output, 2)
+    refused = resume(output, model, *flags)
+    assert refused.exit_code == 2 and refused.stdout == ""
+    assert error_lines(refused) == [f"error: --resume auto: this run differs from the one it continues (checkpoint-2): "
+                                    f"{listed}; use --force to continue anyway, or a new --output to start a new run"]
+    forced = resume(output, model, *flags, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert any(listed in warning for warning in json.loads(forced.stdout)["warnings"])
+
+
+def test_changed_data_is_named_by_its_hashes(tmp_path, tiny_model_dirs):
+    output, model, data = tmp_path / "out", tiny_model_dirs["llama"], tmp_path / "train.jsonl"
+    shutil.copyfile(SAMPLE_DATA, data)
+    launched(output, model, data=[str(data)])
+    write_checkpoint(output, 2)
+    before = launch.sha256_of(data)
+    with data.open("a", encoding="utf-8") as more:
+        more.write('{"instruction": "one more", "output": "record"}\n')
+    refused = resume(output, model, data=data)
+    assert f"data sha256 {before[:12]} -> {launch.sha256_of(data)[:12]};" in error_lines(refused)[0]
+
+
+def test_steps_logging_saving_and_the_number_of_ranks_may_change_on_resume(tmp_path, tiny_model_dirs):
+    output, model = tmp_path / "out", tiny_model_dirs["llama"]
+    launched(output, model, max_steps=2, gpus=2)
+    write_checkpoint(output, 2)
+    result = resume(output, model, "--max-steps", "10", "--gpus", "1", "--micro-batch-size", "2", "--logging-steps", "1",
+                    "--save-steps", "3", "--lr", "1e-5")
+    assert result.exit_code == 0, result.output
+    assert not any("differs" in warning for warning in json.loads(result.stdout)["warnings"])
+
+
+def test_the_checkpoints_own_record_decides_not_a_later_launchs(tmp_path, tiny_model_dirs):
+    """A later launch (forced onto other settings, say, then stopped before its first save) does not make the
+    checkpoint look as if it had been saved by that launch."""
+    output, model = tmp_path / "out", tiny_model_dirs["llama"]
+    launched(output, model, seed=1)
+    checkpoint = write_checkpoint(output, 2)
+    shutil.copyfile(output / "run.json", checkpoint / "run.json")  # what the worker does on each save
+    launched(output, model, seed=2, resume="auto", force=True)
+    assert "seed 1 -> 2" in error_lines(resume(output, model, "--seed", "2"))[0]
+    assert resume(output, model, "--seed", "1").exit_code == 0

@@ -118,13 +118,34 @@ def test_qlora_trains_a_4bit_base_on_the_cpu_resumes_and_merges_into_the_16bit_b
     common = ["--qlora", "--data", str(small_data), "--model", str(base), "-o", str(output), "--micro-batch-size", "2",
               "--logging-steps", "1", "--save-steps", "2", "--gradient-checkpointing", "--packing"]
     finished(yayi_train(*common, "--max-steps", "2"))
+    refused = yayi_train(*common, "--max-steps", "4", "--resume", "auto", "--seed", "7")
+    assert refused.wait(timeout=300) == 2 and "seed 515 -> 7" in refused.stdout.read()
     log = finished(yayi_train(*common, "--max-steps", "4", "--resume", "auto"))
     assert "qlora on query_key_value, dense, dense_h_to_4h, dense_4h_to_h" in log
     run = json.loads((output / "run.json").read_text(encoding="utf-8"))
     assert run["resume_from"].endswith("checkpoint-2")
+    # Each checkpoint holds the record of the launch that saved it, which names the checkpoint it resumed.
+    saved_by = {step: json.loads((output / f"checkpoint-{step}" / "run.json").read_text(encoding="utf-8")) for step in (2, 4)}
+    assert (saved_by[2]["launch"], saved_by[2]["resume_from"]) == (1, None) and saved_by[4] == run
+    assert sorted(path.name for path in (output / "runs").iterdir()) == ["run-1.json", "run-2.json"]  # none refused
     summary = json.loads((output / "train_summary.json").read_text(encoding="utf-8"))
     assert summary["adapter"] == "qlora" and summary["loss_history"][-1]["step"] == 4
     result = CliRunner().invoke(app, ["merge", str(output), "-o", str(tmp_path / "merged"), "--json"])
     assert result.exit_code == 0, result.output
     assert "merged into the 16-bit base" in json.loads(result.stdout)["notes"][0]
-    assert chat(output, RECORDS[0]["instruction"], "--max-new-tokens", "4") is not None
+    # yayi chat loads the trained adapter on the 16-bit base, as merge does: the merged model's logits and answer.
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from yayi_cli.models import load_model, load_tokenizer
+
+    question = RECORDS[0]["instruction"]
+    ids = torch.tensor([load_tokenizer(str(output))(question)["input_ids"]])
+    with torch.no_grad():
+        loaded = load_model(str(output), device="cpu")(input_ids=ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")(input_ids=ids).logits
+        untrained = AutoModelForCausalLM.from_pretrained(base)(input_ids=ids).logits
+    assert (loaded - merged).abs().max().item() < MERGE_TOLERANCE
+    assert not torch.allclose(loaded[..., : untrained.shape[-1]], untrained)  # the adapter is on, not the base alone
+    answer = chat(output, question, "--max-new-tokens", "4")
+    assert answer and answer == chat(tmp_path / "merged", question, "--max-new-tokens", "4")

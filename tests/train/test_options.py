@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from typer.testing import CliRunner
 
+from tests.helpers import SAMPLE_DATA
 from yayi_cli.cli import app
 from yayi_cli.errors import UsageError
-from yayi_cli.train.options import UPSTREAM_ALIASES, TrainOptions, read_config_file, resolve_options
+from yayi_cli.train.options import (
+    ADAPTER_LR, FULL_FINE_TUNE_LR, UPSTREAM_ALIASES, TrainOptions, field_types, read_config_file, resolve_options,
+)
 
 REQUIRED = {"data": ["d.jsonl"], "model": "m", "output": "out"}
 
@@ -111,3 +115,33 @@ def test_the_network_interface_and_dist_timeout_come_from_a_config_file_too(tmp_
     config.write_text("network_interface: 'eth1 eth2'\n", encoding="utf-8")
     with pytest.raises(UsageError, match="--network-interface 'eth1 eth2': give an interface name"):
         resolve_options(config, REQUIRED)
+
+
+BOOLEAN_OPTIONS = sorted(name for name, kind in field_types().items() if kind is bool)
+
+
+def planned_options(config, model, output, *flags: str) -> dict:
+    """The options `yayi train --dry-run --json` resolved from a config file and flags."""
+    result = CliRunner().invoke(app, ["train", "--dry-run", "--json", "--config", str(config), "--data", str(SAMPLE_DATA),
+                                      "--model", str(model), "-o", str(output), *flags])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["run"]["options"]
+
+
+def test_a_config_files_lora_holds_unless_no_lora_is_typed(tmp_path, tiny_model_dirs):
+    config = tmp_path / "run.yaml"
+    config.write_text("lora: true\n", encoding="utf-8")
+    model, output = tiny_model_dirs["llama"], tmp_path / "out"
+    from_file = planned_options(config, model, output)
+    assert from_file["lora"] is True and from_file["lr"] == ADAPTER_LR and from_file["lora_targets"]
+    turned_off = planned_options(config, model, output, "--no-lora")
+    assert turned_off["lora"] is False and turned_off["lr"] == FULL_FINE_TUNE_LR
+
+
+@pytest.mark.parametrize("name", BOOLEAN_OPTIONS)
+def test_every_true_in_a_config_file_is_turned_off_by_its_no_flag(name, tmp_path, tiny_model_dirs):
+    assert {"cpu", "lora", "qlora", "force", "gradient_checkpointing", "trust_remote_code"} <= set(BOOLEAN_OPTIONS)
+    config = tmp_path / "run.yaml"
+    config.write_text(f"{name}: true\n", encoding="utf-8")
+    flag = "--no-" + name.replace("_", "-")
+    assert planned_options(config, tiny_model_dirs["llama"], tmp_path / "out", flag)[name] is False

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+
+import pytest
+
 from tests.helpers import SAMPLE_DATA
 from yayi_cli.data.checked import load_records
+from yayi_cli.data.reader import sha256_of
 from yayi_cli.data.split import split
+from yayi_cli.errors import UsageError
+from yayi_cli.prompt import TEMPLATES, PromptTokenizer, add_markers
 from yayi_cli.train.options import TrainOptions
-from yayi_cli.train.worker import training_records
+from yayi_cli.train.worker import build_datasets, training_records
 
 
 def conversations(records):
@@ -32,3 +39,20 @@ def test_the_seed_changes_the_held_out_records_and_they_are_not_simply_the_first
 def test_eval_data_is_used_as_it_is(tmp_path):
     train, held_out = training_records(TrainOptions(data=[str(SAMPLE_DATA)], eval_data=[str(SAMPLE_DATA)]))
     assert conversations(train) == conversations(held_out) == conversations(load_records([SAMPLE_DATA]))
+
+
+def test_a_cache_hit_reads_no_data_file_and_other_data_is_tokenized_anew(tokenizer, tmp_path):
+    add_markers(tokenizer)
+    prompts = PromptTokenizer(TEMPLATES["yayi"], tokenizer)
+    data = tmp_path / "train.jsonl"
+    shutil.copyfile(SAMPLE_DATA, data)
+    options = TrainOptions(data=[str(data)], test_size=4, cache_dir=str(tmp_path / "cache"))
+    run = {"data": [{"path": str(data), "sha256": sha256_of(data)}], "eval_data": []}  # as the launcher records it
+    first = build_datasets(run, options, prompts, 512, log=print)
+    data.unlink()  # only the cache is left to read from
+    train, held_out, counts = build_datasets(run, options, prompts, 512, log=print)
+    assert (train["input_ids"], held_out["input_ids"], counts) == (first[0]["input_ids"], first[1]["input_ids"], first[2])
+    assert (counts["train"]["records"], counts["eval"]["records"]) == (len(load_records([SAMPLE_DATA])) - 4, 4)
+    edited = {"data": [{"path": str(data), "sha256": "another hash: the file was changed"}], "eval_data": []}
+    with pytest.raises(UsageError, match="no such file"):  # a miss: the data is read again
+        build_datasets(edited, options, prompts, 512, log=print)

@@ -107,6 +107,13 @@ def tokenize_examples(examples: Sequence[Record], prompt_tokenizer: PromptTokeni
         return indexes.map(encode, **options)
 
 
+def read_cached(cache_file: Path) -> Any:
+    """The examples `tokenize_examples` cached in `cache_file` (written whole, then renamed into place)."""
+    import datasets
+
+    return datasets.Dataset.from_file(str(cache_file))
+
+
 class _quiet_datasets_progress:
     """datasets draws a progress bar per map; keep it only on a terminal."""
 

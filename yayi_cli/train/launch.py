@@ -33,12 +33,12 @@ from yayi_cli.models import require_saved_tokenizer
 from yayi_cli.terminal import deepspeed_logs_to_stderr, library_environment
 from yayi_cli.train.memory import MemoryEstimate, count_saved_parameters, estimate_memory
 from yayi_cli.train.options import TrainOptions
+from yayi_cli.train.runs import RUN_FILE, check_continuation, record_launch
 from yayi_cli.train.zero import (
     AUTO, check_batch_sizes, deepspeed_config, offload_of, precision_of, read_user_config, resolve_accumulation, stage_of,
 )
 
 WORKER_MODULE = "yayi_cli.train.worker"
-RUN_FILE = "run.json"
 DS_CONFIG_FILE = "ds_config.json"
 SUMMARY_FILE = "train_summary.json"
 TRAIN_LOG = "train.log"
@@ -127,10 +127,11 @@ def select_ranks(pool: dict[str, int], options: TrainOptions, include: str) -> d
         active = parse_inclusion_exclusion(pool, include, "")
     except (ValueError, KeyError) as error:
         raise UsageError(f"--include {include!r}: {str(error).strip(chr(39))}; {INCLUDE_FORMAT}") from None
+    fewest_slots = min(len(slots) for slots in active.values())  # the check and its message read the same list
     if options.num_nodes and options.num_nodes > len(active):
         raise UsageError(f"--num-nodes {options.num_nodes}, but the hostfile lists {len(active)} host(s)")
-    if options.gpus and options.gpus > min(len(slots) for slots in active.values()):
-        raise UsageError(f"--gpus {options.gpus}, but a host has only {min(pool.values())} slot(s)")
+    if options.gpus and options.gpus > fewest_slots:
+        raise UsageError(f"--gpus {options.gpus}, but a host has only {fewest_slots} slot(s)")
     return dict(apply_num_nodes_and_gpus(active, options.num_nodes or 0, options.gpus or 0))
 
 
@@ -490,8 +491,10 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
         )
     else:  # the full estimate would import transformers and DeepSpeed here for seconds, before the ranks do
         memory = count_saved_parameters(options.model)
-    return LaunchPlan(options, ranks, accumulation, config, precision, max_length, resume_from, universal_from, data,
+    plan = LaunchPlan(options, ranks, accumulation, config, precision, max_length, resume_from, universal_from, data,
                       eval_data, memory, node_environment(options) if ranks.num_nodes > 1 else None, warnings)
+    check_continuation(resume_from, plan.manifest(), options, warnings)
+    return plan
 
 
 def set_aside(output: Path) -> Path:
@@ -503,7 +506,8 @@ def set_aside(output: Path) -> Path:
 
 
 def write_run_files(plan: LaunchPlan) -> Path | None:
-    """OUTPUT/ds_config.json (the user's file copied as it is) and OUTPUT/run.json; returns what was set aside."""
+    """OUTPUT/ds_config.json (the user's file copied as it is) and this launch's record (OUTPUT/run.json and
+    OUTPUT/runs/run-N.json); returns what was set aside."""
     output, kept = plan.output, None
     if plan.options.force and not plan.options.resume and output.is_dir() and any(output.iterdir()):
         kept = set_aside(output)
@@ -515,7 +519,7 @@ def write_run_files(plan: LaunchPlan) -> Path | None:
         write_text_atomic(output / DS_CONFIG_FILE, Path(plan.options.deepspeed).read_text(encoding="utf-8"))
     else:
         write_json_atomic(output / DS_CONFIG_FILE, plan.deepspeed_config)
-    write_json_atomic(output / RUN_FILE, plan.manifest())
+    record_launch(output, plan.manifest())
     if plan.node_environment is not None:
         lines = [f"{name}={value}\n" for name, value in plan.node_environment.items()]
         write_text_atomic(output / NODE_ENV_FILE, "".join(lines))

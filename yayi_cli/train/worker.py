@@ -93,27 +93,40 @@ def training_records(options: TrainOptions) -> tuple[list[Any], list[Any]]:
     return records, load_records([Path(p) for p in options.eval_data]) if options.eval_data else []
 
 
-def build_datasets(run: dict[str, Any], options: TrainOptions, prompt_tokenizer: Any, max_length: int,
-                   log: Any) -> tuple[Any, Any, dict[str, Any]]:
-    from yayi_cli.train.dataset import cache_key, count_examples, default_cache_dir, tokenize_examples, usable
+def evaluates(options: TrainOptions) -> bool:
+    """Whether the run evaluates: on --eval-data, or on the --test-size records held out of --data."""
+    return bool(options.eval_data or options.test_size)
 
-    examples, held_out = training_records(options)
+
+def tokenized_parts(run: dict[str, Any], options: TrainOptions, prompt_tokenizer: Any, max_length: int) -> dict[str, Any]:
+    """The tokenized "train" (and "eval") examples. The cache is looked up first, keyed on the data hashes
+    the launcher recorded in run.json: a rank that finds every part there reads no data file at all
+    (parsing and checking all the data is the slow part on a large set, and every rank would repeat it)."""
+    from yayi_cli.train.dataset import cache_key, default_cache_dir, read_cached, tokenize_examples
+
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     inputs = {"data": [item["sha256"] for item in run["data"]], "eval_data": [item["sha256"] for item in run["eval_data"]],
               "test_size": options.test_size, "seed": options.seed}
     key = cache_key(prompt_tokenizer, inputs, max_length, options.overlong)
-    counts = {}
-    datasets = []
-    for name, part in (("train", examples), ("eval", held_out)):
-        if not part:
-            datasets.append(None)
-            continue
-        tokenized = tokenize_examples(part, prompt_tokenizer, max_length=max_length, overlong=options.overlong,
-                                      cache_file=cache_dir / f"{key}-{name}.arrow")
-        counts[name] = count_examples(tokenized)
-        log(f"{name}: {counts[name].summary()}")
-        datasets.append(usable(tokenized))
-    return datasets[0], datasets[1], {name: value.to_json() for name, value in counts.items()}
+    cache_files = {name: cache_dir / f"{key}-{name}.arrow" for name in (("train", "eval") if evaluates(options) else ("train",))}
+    if all(path.is_file() for path in cache_files.values()):
+        return {name: read_cached(path) for name, path in cache_files.items()}
+    records = dict(zip(("train", "eval"), training_records(options)))
+    return {name: tokenize_examples(records[name], prompt_tokenizer, max_length=max_length, overlong=options.overlong,
+                                    cache_file=path) for name, path in cache_files.items()}
+
+
+def build_datasets(run: dict[str, Any], options: TrainOptions, prompt_tokenizer: Any, max_length: int,
+                   log: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """(train set, eval set or None, the record counts of each): what was kept, cut and skipped is logged."""
+    from yayi_cli.train.dataset import count_examples, usable
+
+    parts = tokenized_parts(run, options, prompt_tokenizer, max_length)
+    counts = {name: count_examples(part) for name, part in parts.items()}
+    for name, count in counts.items():
+        log(f"{name}: {count.summary()}")
+    eval_set = usable(parts["eval"]) if "eval" in parts else None
+    return usable(parts["train"]), eval_set, {name: count.to_json() for name, count in counts.items()}
 
 
 def load_model_for_training(options: TrainOptions, tokenizer: Any, precision: str) -> Any:
@@ -168,6 +181,7 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
     from yayi_cli.prompt import PromptTokenizer, add_markers, resolve_template
     from yayi_cli.train.dataset import PackedExamples, PaddingCollator, supports_packing
     from yayi_cli.train.progress import CountingCollator, make_reporter, throughput
+    from yayi_cli.train.runs import checkpoint_recorder
 
     options = TrainOptions(**run["options"])
     output = Path(options.output)
@@ -182,7 +196,7 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
     template, _ = resolve_template(options.template, options.model)
     # Before the model: ZeRO-3 partitions while loading, which needs the ranks joined and the config set.
     join_ranks(options.cpu, options.dist_timeout)
-    args = training_arguments(run, options, precision, has_eval=bool(options.eval_data or options.test_size))
+    args = training_arguments(run, options, precision, has_eval=evaluates(options))
     main_rank = args.process_index == 0
 
     def log(message: str) -> None:
@@ -209,8 +223,8 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
     log(f"precision {precision}, {args.world_size} rank(s), global batch {run['global_batch_size']}")
     counter = CountingCollator(PaddingCollator(tokenizer.pad_token_id))
     reporter = make_reporter(counter, output, world_size=args.world_size, main_rank=main_rank)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                      data_collator=counter, processing_class=tokenizer, callbacks=[reporter])
+    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, data_collator=counter,
+                      processing_class=tokenizer, callbacks=[reporter, checkpoint_recorder(run, main_rank=main_rank)])
     if not main_rank:
         trainer.remove_callback(PrinterCallback)  # each machine's first rank would print the same logs and summary
     result = trainer.train(resume_from_checkpoint=run["resume_from"])
