@@ -1,27 +1,51 @@
-# Everything runs inside .venv, which the first target that needs it creates.
+# Everything runs inside .venv, which the first target that needs it creates, with the exact versions
+# of constraints.txt: the set the suite last passed with. pyproject.toml keeps ranges (what users who
+# `pip install yayi-cli` get); `make lock` moves the tested set to today's newest and runs the suite.
 # torch is pinned to the CPU build that these machines install from local disk; GPU users
 # install their CUDA torch first (see README) and then `pip install -e '.[all]'`.
 PYTHON ?= python3
-# The index torch==2.13.0 comes from. These machines serve a CPU build from their own index; elsewhere
+TORCH_VERSION := 2.13.0
+# The index torch comes from. These machines serve a CPU build from their own index; elsewhere
 # PyPI's Linux wheel is the CUDA one (GBs): on a CPU-only machine use
 #   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 VENV := .venv
 BIN := $(VENV)/bin
+UV := $(BIN)/uv
 STAMP := $(VENV)/.installed-dev
 DEMO := .demo
+EXTRAS := dev,quant,train,serve
 
-.PHONY: test test-fast demo bench completions clean
+.PHONY: test test-fast demo bench completions lock lock-check clean
 
-# DeepSpeed ships only a source archive that imports torch to build: install it after torch,
-# without build isolation (else pip fetches a multi-GB CUDA torch into the build environment).
-$(STAMP): pyproject.toml
+# torch through pip (uv does not look at the local build); everything else through uv (about 2x faster
+# here, docs/BENCHMARKS.md). DeepSpeed ships only a source archive that imports torch to build: it is
+# built without isolation, else a multi-GB CUDA torch lands in its build environment.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation 'deepspeed>=0.15'
-	$(BIN)/pip install -q -e '.[dev,quant,train,serve]'
+	$(BIN)/pip install -q -c constraints.txt uv
+	$(BIN)/pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(UV) pip install -q --python $(BIN)/python -c constraints.txt setuptools
+	DS_BUILD_OPS=0 $(UV) pip install -q --python $(BIN)/python -c constraints.txt \
+	  --no-build-isolation-package deepspeed -e '.[$(EXTRAS)]'
 	touch $@
+
+COMPILE = echo torch==$(TORCH_VERSION) | $(UV) pip compile pyproject.toml - $(foreach e,$(subst $(comma), ,$(EXTRAS)),--extra $(e)) \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 -q
+comma := ,
+
+# A dependency upgrade is a commit: refresh the tested set to today's newest releases, reinstall, test.
+lock: $(STAMP)
+	$(COMPILE) --upgrade -o constraints.txt
+	rm -f $(STAMP)
+	$(MAKE) test
+
+# CI: constraints.txt still satisfies pyproject.toml (compiling again, keeping its pins, changes nothing).
+lock-check: $(STAMP)
+	cp constraints.txt $(VENV)/constraints.check.txt
+	$(COMPILE) -o $(VENV)/constraints.check.txt
+	@diff -I '^#' constraints.txt $(VENV)/constraints.check.txt \
+	  || { echo "constraints.txt is out of date with pyproject.toml: run 'make lock' and commit it" >&2; exit 1; }
 
 test: $(STAMP)
 	$(BIN)/pytest
