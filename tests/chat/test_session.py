@@ -215,6 +215,19 @@ def test_answer_leaves_the_conversation_alone(scripted_session, tokenizer):
     assert "批量系统提示" in tokenizer.decode(session.model.prompts[0])
 
 
+def test_answer_uses_the_conversations_system_else_the_sessions_else_the_templates(scripted_session, tokenizer):
+    question = (Turn(HUMAN, "问题"),)
+    own, session_system = scripted_session("好", system="会话系统提示"), scripted_session("好", system="会话系统提示")
+    template = scripted_session("好")
+    own.answer(Conversation(question, "记录系统提示"))
+    session_system.answer(Conversation(question))
+    template.answer(Conversation(question))
+    prompts = [tokenizer.decode(session.model.prompts[0]) for session in (own, session_system, template)]
+    assert "记录系统提示" in prompts[0] and "会话系统提示" not in prompts[0]
+    assert "会话系统提示" in prompts[1]
+    assert TEMPLATES["yayi"].system in prompts[2]
+
+
 @pytest.mark.slow
 def test_compile_gives_the_same_greedy_tokens_as_the_default_path(tiny_model_dirs):
     settings = GenerationSettings(do_sample=False, max_new_tokens=32)
