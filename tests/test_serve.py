@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_template_install import files, strip_format, without_markers  # noqa: F401 - a fixture
+from tests.helpers import files, strip_format
 from yayi_cli.cli import app
 from yayi_cli.prompt import ASSISTANT, HUMAN, TEMPLATES, Conversation, PromptTokenizer, Turn, resolve_template
 from yayi_cli.serve import curl_line, engine_command, require_engine, require_free_port
