@@ -35,3 +35,24 @@ def tiny_tokenizers(tiny_model_dirs: dict[str, Path]) -> dict[str, object]:
 def tokenizer(tiny_tokenizers: dict[str, object], arch: str) -> object:
     """The tiny tokenizer of each architecture in turn (Llama-style prepends BOS, BLOOM does not)."""
     return tiny_tokenizers[arch]
+
+
+@pytest.fixture
+def without_markers(tmp_path) -> Path:
+    """A Llama-shaped model whose tokenizer has never heard of the YaYi markers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(["hello world 你好 雅意"] * 3, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, eos_token_id=tokenizer.eos_token_id)
+    directory = tmp_path / "plain"
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -1,7 +1,9 @@
-"""Paths and process helpers shared by the tests."""
+"""Paths, data and process helpers shared by the tests (fixtures live in the conftest files)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -10,6 +12,28 @@ from typing import IO
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO / "examples" / "sample.jsonl"
+
+
+RECORDS = [
+    {"instruction": "你好", "output": "你好！我是雅意，很高兴为你服务。"},
+    {"instruction": "What is YaYi?", "output": "YaYi is a helpful assistant."},
+]
+"""What the training tests teach a tiny model (the `small_data` fixture repeats them)."""
+
+
+def files(directory: Path) -> dict[str, str]:
+    """Name -> sha256 of each file in `directory`, to show that nothing in it changed."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def strip_format(directory: Path) -> Path:
+    """What a downloaded model looks like: no chat template, EOS as the only stop id, no template file."""
+    (directory / "chat_template.jinja").unlink()
+    (directory / "yayi_template.json").unlink()
+    config = json.loads((directory / "generation_config.json").read_text(encoding="utf-8"))
+    config["eos_token_id"] = 2
+    (directory / "generation_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return directory
 
 
 class OutputReader:

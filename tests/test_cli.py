@@ -203,3 +203,17 @@ def test_no_library_noise_on_the_console(command, tiny_model_dirs, tmp_path):
     assert result.returncode == 0, result.stderr
     lines = (result.stdout + result.stderr).splitlines()
     assert [line for line in lines if LIBRARY_LINE.search(line) or "accelerator" in line] == []
+
+
+def test_eval_help_names_the_predictions_file_as_jsonl():
+    result = runner.invoke(app, ["eval", "--help"], prog_name="yayi", env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0 and re.search(r"--predictions\s+FILE\.jsonl\s", result.stdout), result.stdout
+
+
+def test_no_metavar_has_a_python_name_in_it():
+    """A camel-case run (`FILEvalOptions`) is a name pasted in by an edit, never a placeholder."""
+    commands = [(f"{group.name} {name}", command) for group in typer.main.get_command(app).commands.values()
+                for name, command in getattr(group, "commands", {"": group}).items()]
+    metavars = {f"{name} {param.opts[0] if param.opts else param.name}": param.metavar
+                for name, command in commands for param in command.params if param.metavar}
+    assert len(metavars) > 30 and [f"{where}: {metavar}" for where, metavar in metavars.items() if re.search("[a-z][A-Z]", metavar)] == []

@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 from tests.helpers import SAMPLE_DATA
 from yayi_cli.cli import app
 from yayi_cli.data.checked import load_records
-from yayi_cli.evaluate import ChoiceItem, Gate, baseline_metrics, choice_accuracy, regressions
+from yayi_cli.evaluate import ChoiceItem, Gate, baseline_metrics, choice_accuracy, planned_metrics, regressions
 from yayi_cli.inference import generate_answers, response_loss, split_last_answer
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.models import load_model, load_tokenizer
+from yayi_cli.options import EvalOptions
 from yayi_cli.prompt import PromptTokenizer, resolve_template
 
 runner = CliRunner()
@@ -162,8 +163,29 @@ def test_gates(text, metrics, failed):
 def test_bad_gates_are_usage_errors():
     with pytest.raises(UsageError, match="write METRIC OP NUMBER"):
         Gate.parse("ppl is high")
-    with pytest.raises(UsageError, match="no metric 'accuracy'"):
-        Gate.parse("acc<0.5").fails({"loss": 1.0})
+    with pytest.raises(UsageError, match="unknown metric 'perplexty'; known: loss, perplexity \\(ppl\\), .*accuracy \\(acc\\)"):
+        Gate.parse("perplexty>3")
+
+
+def test_a_gate_on_a_metric_the_run_did_not_report_fails():
+    assert "undefined" in Gate.parse("acc<0.5").fails({"loss": 1.0})
+
+
+@pytest.mark.parametrize(
+    "gate, options, message",
+    [
+        ("perplexty>3", [], "unknown metric 'perplexty'; known: loss, perplexity (ppl), exact_match (em)"),
+        ("rouge<0.3", [], "this run does not measure rouge_l (it needs --generate); it measures loss, perplexity"),
+        ("acc<0.5", ["--generate"], "this run does not measure accuracy (it needs --task choice)"),
+    ],
+)
+def test_a_fail_if_metric_the_run_cannot_measure_is_refused_before_the_model_loads(tiny_model_dirs, monkeypatch, gate, options, message):
+    runs = []
+    monkeypatch.setattr("yayi_cli.evaluate.run_eval", runs.append)
+    result = cli("--model", str(tiny_model_dirs["llama"]), "--data", str(SAMPLE_DATA), *options, "--fail-if", gate)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: --fail-if {gate!r}: {message}")
+    assert len(result.stderr.strip().splitlines()) == 1 and runs == []
 
 
 def test_regressions_follow_each_metrics_direction():
@@ -171,6 +193,12 @@ def test_regressions_follow_each_metrics_direction():
     assert regressions({"loss": 2.02, "perplexity": 7.4, "rouge_l": 0.49}, baseline, 2.5) == []
     failures = regressions({"loss": 2.2, "perplexity": 7.0, "rouge_l": 0.4}, baseline, 5)
     assert [f.split(" ")[0] for f in failures] == ["loss", "rouge_l"]
+
+
+def test_a_baseline_metric_this_run_did_not_measure_is_a_regression():
+    failures = regressions({"loss": 2.0, "perplexity": 7.39}, {"loss": 2.0, "perplexity": 7.39, "rouge_l": 0.5, "bleu4": None}, 5)
+    assert [f.split(" ")[0] for f in failures] == ["rouge_l", "bleu4"]
+    assert "not measured by this run" in failures[0]
 
 
 def test_a_zero_baseline_still_gates_in_each_direction():
@@ -223,12 +251,23 @@ def test_cli_report_baseline_and_gate_exit_codes(tiny_model_dirs, tmp_path):
     assert missing.exit_code == 2 and "no such model directory" in missing.stderr
 
 
+def test_cli_max_regression_fails_when_the_run_lacks_a_metric_of_the_baseline(tiny_model_dirs, tmp_path):
+    baseline = tmp_path / "generated.json"  # as `--generate` writes it; far worse loss, so only rouge_l can fail
+    baseline.write_text(json.dumps({"metrics": {"loss": 100.0, "perplexity": 1e30, "rouge_l": 0.2}}), encoding="utf-8")
+    result = cli("--model", str(tiny_model_dirs["llama"]), "--data", str(SAMPLE_DATA), "--max-samples", "2",
+                 "--baseline", str(baseline), "--max-regression", "5", "--json")
+    assert result.exit_code == 1, result.output
+    [failure] = json.loads(result.stdout)["gate"]["failures"]
+    assert failure.startswith("rouge_l ") and "gate failed: rouge_l" in result.stderr
+
+
 def test_cli_generate_writes_predictions_and_choice_reads_ceval_csv(tiny_model_dirs, tmp_path):
     model = str(tiny_model_dirs["llama"])
     predictions = tmp_path / "predictions.jsonl"
     result = cli("--model", model, "--data", str(SAMPLE_DATA), "--max-samples", "3", "--generate", "--max-new-tokens", "4", "--predictions", str(predictions), "--json")
     assert result.exit_code == 0, result.output
-    assert set(json.loads(result.stdout)["metrics"]) == {"loss", "perplexity", "exact_match", "rouge_l", "bleu4"}
+    assert tuple(json.loads(result.stdout)["metrics"]) == ("loss", "perplexity", "exact_match", "rouge_l", "bleu4")
+    assert planned_metrics(EvalOptions(model, [SAMPLE_DATA], generate=True)) == ("loss", "perplexity", "exact_match", "rouge_l", "bleu4")
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert len(rows) == 3 and {"location", "reference", "prediction", "exact_match", "rouge_l"} <= set(rows[0])
 
@@ -238,6 +277,7 @@ def test_cli_generate_writes_predictions_and_choice_reads_ceval_csv(tiny_model_d
     assert choice.exit_code == 0, choice.output
     document = json.loads(choice.stdout)
     assert list(document["groups"]) == ["computer_network"] and document["counts"] == {"items": 2}
+    assert tuple(document["metrics"]) == planned_metrics(EvalOptions(model, [csv_file], task="choice")) == ("accuracy",)
     bad = tmp_path / "bad.csv"
     bad.write_text("question,A,B,C,D,answer\nq,1,2,3,4,E\n", encoding="utf-8")
     refused = cli("--model", model, "--data", str(bad), "--task", "choice")

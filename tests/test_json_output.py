@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import SAMPLE_DATA
+from yayi_cli.atomic import json_text
 from yayi_cli.cli import app
 
 
@@ -72,4 +74,16 @@ def test_a_gate_on_an_undefined_metric_fails_and_says_so():
     assert regressions({"perplexity": None}, {"perplexity": 10.0}, 2) == [
         "perplexity is undefined in this run (the baseline has 10)"
     ]
-    assert strict_json(json.dumps({"perplexity": None}, allow_nan=False)) == {"perplexity": None}
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_strict_json_refuses_the_numbers_pythons_json_lets_through(constant):
+    text = '{"perplexity": %s}' % constant
+    assert not math.isfinite(json.loads(text)["perplexity"])  # the standard library lets it through
+    with pytest.raises(AssertionError, match=f"{constant} is not JSON"):
+        strict_json(text)
+
+
+def test_yayis_json_writer_turns_undefined_numbers_into_null():
+    document = {"perplexity": math.nan, "loss": math.inf, "groups": [{"loss": -math.inf, "tokens": 3}]}
+    assert strict_json(json_text(document)) == {"perplexity": None, "loss": None, "groups": [{"loss": None, "tokens": 3}]}

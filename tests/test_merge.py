@@ -5,7 +5,9 @@ on a tiny base whose tokenizer lacked the markers, with random non-zero adapter 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from yayi_cli.cli import app
 from yayi_cli.errors import UsageError
 from yayi_cli.models import ADAPTER_CONFIG_FILE, resolve_model, resolve_model_reference
 from yayi_cli.prompt import TEMPLATES
+from yayi_cli.quantize import weights_size
 
 TOLERANCE = 1e-4
 """fp32 on the CPU: merged W + s*B@A against W x + s*B(A x) differ by rounding only (about 1e-6)."""
@@ -132,6 +135,60 @@ def test_merge_writes_a_plain_model_with_the_adapters_logits(adapter, tmp_path):
     assert json.loads((output / "config.json").read_text(encoding="utf-8"))["dtype"] == "bfloat16"
 
 
+def sixteen_bit_base(adapter: Path, directory: Path, dtype: str) -> Path:
+    """The adapter's base saved again in `dtype` (bfloat16 or float16), into `directory`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(adapter.parent / "base", dtype=getattr(torch, dtype)).save_pretrained(directory)
+    return directory
+
+
+def hub_cache_with(model: Path, hub: Path, repo: str) -> None:
+    """`model` stored in `hub` as the Hugging Face cache stores a download of `repo`, so with
+    HF_HUB_OFFLINE=1 and HF_HUB_CACHE=hub the hub id `repo` resolves to it."""
+    folder = hub / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    shutil.copytree(model, folder / "snapshots" / commit)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit, encoding="utf-8")
+
+
+def on_base(adapter: Path, directory: Path, base: str) -> Path:
+    """A copy of `adapter` whose adapter_config.json names `base`."""
+    copy = shutil.copytree(adapter, directory)
+    config = json.loads((copy / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
+    (copy / ADAPTER_CONFIG_FILE).write_text(json.dumps(config | {"base_model_name_or_path": base}), encoding="utf-8")
+    return copy
+
+
+def saved_tensor_dtypes(directory: Path) -> set[str]:
+    """The dtypes of the saved weights, as safetensors names them (F32, BF16, F16)."""
+    from safetensors import safe_open
+
+    with safe_open(directory / "model.safetensors", framework="pt") as weights:
+        return {str(weights.get_slice(name).get_dtype()) for name in weights.keys()}
+
+
+@pytest.mark.parametrize("dtype, short, stored, where", [("bfloat16", "bf16", "BF16", "hub"), ("float16", "fp16", "F16", "local")])
+def test_merge_keeps_the_16_bit_dtype_of_a_base_named_by_hub_id_or_directory(adapter, tmp_path, dtype, short, stored, where):
+    base = sixteen_bit_base(adapter, tmp_path / "base16", dtype)
+    environment = dict(os.environ)
+    if where == "hub":
+        hub_cache_with(base, tmp_path / "hub", "yayi-test/tiny-16bit")
+        environment |= {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    reference = "yayi-test/tiny-16bit" if where == "hub" else str(base)
+    output = tmp_path / "merged"
+    result = subprocess.run(
+        [sys.executable, "-m", "yayi_cli", "merge", str(on_base(adapter, tmp_path / "adapter", reference)), "-o", str(output), "--json"],
+        capture_output=True, text=True, env=environment, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["dtype"] == short and json.loads(result.stdout)["base"] == reference
+    assert json.loads((output / "config.json").read_text(encoding="utf-8"))["dtype"] == dtype
+    assert saved_tensor_dtypes(output) == {stored}
+
+
 def test_merge_refuses_what_it_cannot_merge_and_writes_nothing(adapter, orphan, tmp_path):
     output = tmp_path / "new" / "merged"
     one_error(["merge", str(adapter.parent / "base"), "-o", str(output)], "not an adapter directory")
@@ -146,5 +203,15 @@ def test_quantize_merges_an_adapter_first_and_leaves_no_temporary_files(adapter,
     result = CliRunner().invoke(app, ["quantize", "--model", str(adapter), "-o", str(output), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["model"] == str(adapter)
+    assert json.loads(result.stdout)["before"]["disk_bytes"] > weights_size(adapter.parent / "base")  # the merged model's
     assert "quantization_config" in json.loads((output / "config.json").read_text(encoding="utf-8"))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["int8"]
+
+
+def test_quantize_checks_free_memory_against_the_merged_model_not_the_adapter_files(adapter, tmp_path, monkeypatch):
+    base_bytes, real_sysconf = weights_size(adapter.parent / "base"), os.sysconf
+    assert 2 * weights_size(adapter) < base_bytes  # so the free memory below holds two adapters, not two merged models
+    free = {"SC_AVPHYS_PAGES": base_bytes // real_sysconf("SC_PAGE_SIZE"), "SC_PAGE_SIZE": real_sysconf("SC_PAGE_SIZE")}
+    monkeypatch.setattr(os, "sysconf", lambda name: free[name] if name in free else real_sysconf(name))
+    one_error(["quantize", "--model", str(adapter), "-o", str(tmp_path / "int8")], f"quantizing {adapter} needs about")
+    assert list(tmp_path.iterdir()) == []

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers import OutputReader, alive, wait_until
-from tests.test_template_install import files, strip_format, without_markers  # noqa: F401 - a fixture
+from tests.helpers import OutputReader, alive, files, strip_format, wait_until
 from yayi_cli.cli import app
 from yayi_cli.errors import UsageError
 from yayi_cli.prompt import ASSISTANT, HUMAN, TEMPLATES, Conversation, PromptTokenizer, Turn, resolve_template

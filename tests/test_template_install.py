@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -10,13 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.helpers import files, strip_format
 from yayi_cli.cli import app
 from yayi_cli.errors import UsageError
 from yayi_cli.prompt import MARKERS, TEMPLATES, chat_template, prompt_prefix, reserved_tokens, stop_token_ids
-
-
-def files(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
 
 
 def backups(directory: Path) -> list[Path]:
@@ -29,40 +25,9 @@ def yayi(*args: str):
     return result
 
 
-def strip_format(directory: Path) -> Path:
-    """What a downloaded model looks like: no chat template, EOS as the only stop id, no template file."""
-    (directory / "chat_template.jinja").unlink()
-    (directory / "yayi_template.json").unlink()
-    config = json.loads((directory / "generation_config.json").read_text(encoding="utf-8"))
-    config["eos_token_id"] = 2
-    (directory / "generation_config.json").write_text(json.dumps(config), encoding="utf-8")
-    return directory
-
-
 @pytest.fixture
 def tiny_copy(tiny_model_dirs, tmp_path) -> Path:
     return Path(shutil.copytree(tiny_model_dirs["llama"], tmp_path / "llama"))
-
-
-@pytest.fixture
-def without_markers(tmp_path) -> Path:
-    """A Llama-shaped model whose tokenizer has never heard of the YaYi markers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    backend.train_from_iterator(["hello world 你好 雅意"] * 3, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, eos_token_id=tokenizer.eos_token_id)
-    directory = tmp_path / "plain"
-    LlamaForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 def test_a_model_without_markers_gets_them_with_room_in_the_embeddings_and_a_backup(without_markers):

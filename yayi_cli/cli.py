@@ -361,7 +361,7 @@ def eval_command(
     generate: bool = typer.Option(EvalOptions.generate, "--generate", help="Also generate each last answer and score it (exact match, ROUGE-L, BLEU-4)."),
     sample: bool = typer.Option(EvalOptions.sample, "--sample", help="Sample instead of greedy decoding with --generate."),
     max_new_tokens: int = typer.Option(EvalOptions.max_new_tokens, "--max-new-tokens", min=1),
-    predictions: Optional[Path] = typer.Option(None, "--predictions", metavar="FILEvalOptions.jsonl", help="Write each prediction with its reference and scores."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", metavar="FILE.jsonl", help="Write each prediction with its reference and scores."),
     batch_size: int = typer.Option(EvalOptions.batch_size, "--batch-size", min=1),
     max_samples: Optional[int] = typer.Option(None, "--max-samples", min=1, help="Evaluate a seeded sample of this many records."),
     max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="Truncate longer sequences (default: the model's context)."),

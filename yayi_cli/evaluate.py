@@ -34,6 +34,9 @@ from yayi_cli.sampling import seeded_sample
 
 LOWER_IS_BETTER = frozenset({"loss", "perplexity"})
 METRIC_ALIASES = {"ppl": "perplexity", "em": "exact_match", "acc": "accuracy", "rouge": "rouge_l", "bleu": "bleu4"}
+MEASURED_WITH = {"loss": "--task lm", "perplexity": "--task lm", "exact_match": "--generate", "rouge_l": "--generate",
+                 "bleu4": "--generate", "accuracy": "--task choice"}
+"""Every metric `yayi eval` reports, with the option it needs (the order reports use)."""
 CHOICE_LETTERS = ("A", "B", "C", "D")
 
 
@@ -155,20 +158,47 @@ class Gate:
         if match is None:
             raise UsageError(f"--fail-if {text!r}: write METRIC OP NUMBER, for example \"ppl>12.5\" or \"rouge_l<0.3\"")
         name, op, value = match.groups()
+        metric = METRIC_ALIASES.get(name, name)
+        if metric not in MEASURED_WITH:
+            raise UsageError(f"--fail-if {text!r}: unknown metric {name!r}; known: {_known_metrics()}")
         try:
-            return cls(METRIC_ALIASES.get(name, name), op, float(value))
+            return cls(metric, op, float(value))
         except ValueError:
             raise UsageError(f"--fail-if {text!r}: {value!r} is not a number") from None
 
     def fails(self, metrics_found: dict[str, float | None]) -> str | None:
-        """Why the gate fails, or None; an undefined metric (null) fails every gate on it."""
-        if self.metric not in metrics_found:
-            raise UsageError(f"--fail-if: this run has no metric {self.metric!r} (it has {', '.join(metrics_found)})")
-        actual = metrics_found[self.metric]
+        """Why the gate fails, or None; an undefined (null) or missing metric fails every gate on it."""
+        actual = metrics_found.get(self.metric)
         if actual is None:
             return f"{self.metric} is undefined in this run, so the gate cannot pass"
         holds = {"<": actual < self.value, ">": actual > self.value, "<=": actual <= self.value, ">=": actual >= self.value}[self.op]
         return f"{self.metric} = {actual:.6g}, which is {self.op} {self.value:g}" if holds else None
+
+
+def _known_metrics() -> str:
+    """The names --fail-if takes, with their short aliases, for the line that refuses an unknown one."""
+    aliases = {metric: alias for alias, metric in METRIC_ALIASES.items()}
+    return ", ".join(f"{name} ({aliases[name]})" if name in aliases else name for name in MEASURED_WITH)
+
+
+def planned_metrics(options: EvalOptions) -> tuple[str, ...]:
+    """The metrics a run with `options` will report, known before anything is loaded."""
+    if options.task == "choice":
+        wanted = {"--task choice"}
+    else:
+        wanted = {"--task lm", "--generate"} if options.generate else {"--task lm"}
+    return tuple(name for name, needs in MEASURED_WITH.items() if needs in wanted)
+
+
+def check_gates(options: EvalOptions) -> list[Gate]:
+    """The --fail-if gates, refused before the model loads when the run cannot measure their metric."""
+    gates = [Gate.parse(text) for text in options.fail_if]
+    planned = planned_metrics(options)
+    for text, gate in zip(options.fail_if, gates):
+        if gate.metric not in planned:
+            raise UsageError(f"--fail-if {text!r}: this run does not measure {gate.metric} (it needs "
+                             f"{MEASURED_WITH[gate.metric]}); it measures {', '.join(planned)}")
+    return gates
 
 
 def baseline_metrics(path: Path) -> dict[str, float | None]:
@@ -188,8 +218,9 @@ def baseline_metrics(path: Path) -> dict[str, float | None]:
 
 def regressions(current: dict[str, float | None], baseline: dict[str, float | None], max_percent: float) -> list[str]:
     """Metrics more than `max_percent` worse than the baseline, in each metric's own direction;
-    a metric the baseline had and this run cannot compute counts as a regression."""
-    failures = []
+    a metric the baseline had and this run cannot compute, or did not measure, counts as a regression."""
+    failures = [f"{name} is in the baseline but not measured by this run (run with the options that made the baseline)"
+                for name in baseline if name not in current]
     for name, value in current.items():
         before = baseline.get(name)
         if before is not None and value is None:
@@ -322,7 +353,7 @@ class EvalOutcome:
 
 def evaluate(options: EvalOptions) -> EvalOutcome:
     """`yayi eval`: check the options and outputs first, run, apply the gates, write the report files."""
-    gates = [Gate.parse(text) for text in options.fail_if]
+    gates = check_gates(options)
     for path in (options.output, options.predictions):
         if path is not None and path.exists() and not options.force:
             raise UsageError(f"{path} already exists; use --force to replace it")

@@ -42,10 +42,15 @@ class MergeReport:
 
 
 def saved_dtype(reference: str) -> str:
-    """The dtype a local checkpoint was saved in, as bf16/fp16/fp32 (fp32 when it does not say)."""
+    """The dtype a checkpoint (directory or hub id) was saved in, as bf16/fp16/fp32 (fp32 when it does not say).
+
+    Read through transformers' own file lookup, so a hub id resolves to the same config (the HF cache
+    offline) that loading the base will use."""
+    from transformers.utils import CONFIG_NAME, cached_file
+
     try:
-        config = json.loads((Path(reference) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        config = json.loads(Path(cached_file(reference, CONFIG_NAME)).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # no config to read: loading the base reports that, in one line
         return "fp32"
     return DTYPE_NAMES.get(str(config.get("dtype") or config.get("torch_dtype")), "fp32")
 

@@ -101,9 +101,10 @@ def _require_bitsandbytes() -> None:
         raise UsageError("quantizing needs bitsandbytes: pip install 'yayi-cli[quant]'") from None
 
 
-def _check_memory(options: QuantizeOptions, device: str) -> None:
-    """Refuse before loading when the original and the quantized copy cannot both fit."""
-    size = weights_size(Path(options.model))
+def _check_memory(options: QuantizeOptions, reference: str, device: str) -> None:
+    """Refuse before loading when the original and the quantized copy cannot both fit; `reference` is
+    the full model that is quantized (for an adapter the merged one, not the adapter's own small files)."""
+    size = weights_size(Path(reference))
     if size is None:
         return
     needed = size * 2
@@ -186,7 +187,7 @@ def quantize(options: QuantizeOptions, reference: str | None = None) -> Quantize
             return quantize(options, str(merged))
     reference = reference or resolve_model_reference(options.model)
     device = resolve_device(options.device)
-    _check_memory(options, device)
+    _check_memory(options, reference, device)
     started = time.perf_counter()
     template, _ = resolve_template(None, reference)
     tokenizer = load_tokenizer(reference, trust_remote_code=options.trust_remote_code)

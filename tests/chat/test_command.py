@@ -91,6 +91,20 @@ def test_jsonl_lines_get_the_record_checks_and_a_bad_line_never_stops_the_rest(t
     assert rows[-1]["answer"] == expected_answer(tiny_model_dirs["llama"], "再见")
 
 
+def test_jsonl_uses_a_records_own_system_else_the_system_option_else_the_templates(tiny_model_dirs):
+    lines = json.dumps({"prompt": "你好"}, ensure_ascii=False) + "\n" + json.dumps({"prompt": "你好", "system": "记录的系统提示"}, ensure_ascii=False) + "\n"
+
+    def prompt_tokens(*system_option: str) -> list[int]:
+        result = chat("--model", str(tiny_model_dirs["llama"]), *GREEDY, *system_option, "--jsonl", input=lines)
+        assert result.exit_code == 0, result.output
+        return [json.loads(line)["prompt_tokens"] for line in result.stdout.splitlines()]
+
+    template_system, own_system = prompt_tokens()
+    option_system, own_system_again = prompt_tokens("--system", "短")
+    assert option_system < template_system  # --system replaced the template's long system text
+    assert own_system_again == own_system  # and a record's own system still replaces --system
+
+
 def test_jsonl_with_only_good_lines_exits_0(tiny_model_dirs):
     result = chat("--model", str(tiny_model_dirs["llama"]), *GREEDY, "--jsonl", input='{"prompt": "hi"}\n')
     assert result.exit_code == 0 and json.loads(result.stdout)["line"] == 1

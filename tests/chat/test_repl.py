@@ -74,6 +74,15 @@ def test_save_writes_a_valid_record_and_asks_before_replacing(tiny_model_dirs, t
     assert "loaded 1 exchange(s)" in output and "new conversation" in output and "no such file" in output
 
 
+def test_retry_after_load_asks_the_loaded_question_again_with_its_input(tiny_model_dirs, tmp_path):
+    path = tmp_path / "record.jsonl"
+    path.write_text(json.dumps({"instruction": "翻译成英文", "input": "你好", "output": "Hello"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    output, repl = run_repl(tiny_model_dirs["llama"], [f"/load {path}", "/retry"])
+    assert "error" not in output
+    question, answer = repl.session.turns
+    assert (question.text, question.input) == ("翻译成英文", "你好") and answer.text != "Hello"
+
+
 def test_the_history_file_lives_in_the_xdg_state_directory(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     assert default_history_file() == tmp_path / "yayi" / "chat_history"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 
 import pytest
@@ -24,35 +25,41 @@ from yayi_cli.prompt import (
 )
 
 
-class ScriptedModel:
-    """Stands in for a causal LM: `generate` streams a fixed answer the way transformers does
-    (prompt ids first, then one token at a time), honouring eos ids, the token budget and
-    stopping criteria. It records every prompt it was given."""
+def scripted_model(directory, answer_ids: list[int]):
+    """A real tiny model whose forward pass is forced to predict `answer_ids` one after the other
+    (then the last one again, for ever), so transformers' own `generate` loop runs with yayi's stop
+    ids, budget and stopping criteria: only those can end an answer early. It records every prompt, and
+    `steps` counts the forward passes of the current answer (one per new token)."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
-    device = "cpu"
+    model = AutoModelForCausalLM.from_pretrained(directory).eval()
+    model.prompts, model.steps = [], 0
 
-    def __init__(self, answer_ids: list[int]) -> None:
-        self.answer_ids, self.prompts = answer_ids, []
+    def force_next_token(module, args, kwargs, output):
+        input_ids = kwargs["input_ids"]
+        if input_ids.shape[1] > 1:  # the prompt: a new answer starts
+            model.prompts.append(input_ids[0].tolist())
+            model.steps = 0
+        forced = torch.full_like(output.logits, -math.inf)
+        forced[..., answer_ids[min(model.steps, len(answer_ids) - 1)]] = 0.0
+        model.steps += 1
+        output.logits = forced
+        return output
 
-    def generate(self, input_ids, streamer, stopping_criteria, eos_token_id, max_new_tokens, **kwargs):
-        import torch
-
-        self.prompts.append(input_ids[0].tolist())
-        streamer.put(input_ids)
-        ids = input_ids
-        for token in self.answer_ids[:max_new_tokens]:
-            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
-            streamer.put(torch.tensor([token]))
-            if token in eos_token_id or stopping_criteria(ids, None).all():
-                break
-        streamer.end()
-        return ids
+    model.register_forward_hook(force_next_token, with_kwargs=True)
+    return model
 
 
-def scripted_session(tokenizer, text: str, **options) -> ChatSession:
-    prompt_tokenizer = PromptTokenizer(TEMPLATES["yayi"], tokenizer)
-    model = ScriptedModel(tokenizer.encode(text, add_special_tokens=False))
-    return ChatSession(model, prompt_tokenizer, **options)
+@pytest.fixture
+def scripted_session(tiny_model_dirs, arch, tokenizer):
+    """`scripted_session(text, **options)`: a ChatSession on a real model that answers `text` token by token."""
+
+    def make(text: str, **options) -> ChatSession:
+        model = scripted_model(tiny_model_dirs[arch], tokenizer.encode(text, add_special_tokens=False))
+        return ChatSession(model, PromptTokenizer(TEMPLATES["yayi"], tokenizer), **options)
+
+    return make
 
 
 # --- settings -----------------------------------------------------------------------------------
@@ -96,35 +103,40 @@ def test_greedy_settings_pass_no_sampling_knobs_to_generate():
 # --- streaming and stopping ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stop", [END_MARKER, HUMAN_MARKER + ":\n下一个问题", "</s>"])
-def test_an_answer_streams_without_markers_and_stops_at_a_stop_token(tokenizer, stop):
-    session = scripted_session(tokenizer, "你好！很高兴见到你。\n\n" + stop + "不该出现")
+@pytest.mark.parametrize("stop, tail", [(END_MARKER, ""), (HUMAN_MARKER, ":\n下一个问题"), ("</s>", "")])
+def test_an_answer_streams_without_markers_and_generation_ends_at_a_stop_token(scripted_session, tokenizer, stop, tail):
+    script = "你好！很高兴见到你。\n\n" + stop + tail + "不该出现"
+    session = scripted_session(script)
     pieces: list[str] = []
     reply = session.reply("你好", on_text=pieces.append)
     assert reply.text == "".join(pieces) == "你好！很高兴见到你。"
     assert not any(marker in piece for piece in pieces for marker in MARKERS)
     assert reply.stop_reason == "end"
+    script_ids = tokenizer.encode(script, add_special_tokens=False)
+    assert reply.new_tokens == script_ids.index(tokenizer.convert_tokens_to_ids(stop)) + 1  # nothing after the stop token
     assert session.turns[-1].text == "你好！很高兴见到你。"
 
 
-def test_an_answer_cut_by_the_budget_says_so(tokenizer):
-    session = scripted_session(tokenizer, "一二三四五六七八九十" * 5, settings=GenerationSettings(max_new_tokens=5))
+def test_an_answer_cut_by_the_budget_says_so(scripted_session):
+    session = scripted_session("一二三四五六七八九十" * 5, settings=GenerationSettings(max_new_tokens=5))
     reply = session.reply("数数")
     assert (reply.stop_reason, reply.new_tokens) == ("length", 5)
 
 
-def test_the_stop_event_ends_the_answer_and_the_exchange_is_not_kept(tokenizer):
-    session = scripted_session(tokenizer, "很长的回答 " * 50)
+def test_the_stop_event_ends_the_answer_at_the_next_token_and_the_exchange_is_not_kept(scripted_session):
+    session = scripted_session("很长的回答 " * 50)
     stop = threading.Event()
     pieces: list[str] = []
+    steps_when_stopped = []
 
     def interrupt_after_first_piece(text: str) -> None:
         pieces.append(text)
+        steps_when_stopped.append(session.model.steps)
         stop.set()
 
     reply = session.reply("讲个故事", on_text=interrupt_after_first_piece, stop_event=stop)
     assert reply.stop_reason == "interrupted"
-    assert 1 <= reply.new_tokens <= 2 and len(pieces) == 1
+    assert reply.new_tokens == session.model.steps <= steps_when_stopped[0] + 1  # at the next token at the latest
     assert session.turns == []
 
 
@@ -142,8 +154,8 @@ def test_a_real_model_streams_what_batch_generation_answers(tiny_model_dirs, arc
 # --- the conversation ---------------------------------------------------------------------------
 
 
-def test_retry_undo_and_clear(tokenizer):
-    session = scripted_session(tokenizer, "好的\n\n" + END_MARKER)
+def test_retry_undo_and_clear(scripted_session):
+    session = scripted_session("好的\n\n" + END_MARKER)
     session.reply("第一")
     session.reply("第二")
     assert session.retry().text == "好的" and session.exchanges == 2
@@ -153,10 +165,10 @@ def test_retry_undo_and_clear(tokenizer):
     assert session.turns == [] and session.undo() == ()
 
 
-def test_old_exchanges_leave_the_prompt_when_the_context_is_full_and_the_user_is_told_once(tokenizer):
+def test_old_exchanges_leave_the_prompt_when_the_context_is_full_and_the_user_is_told_once(scripted_session, tokenizer):
     answer = "这是一个比较长的回答，" * 4
     session = scripted_session(
-        tokenizer, answer + "\n\n" + END_MARKER, system="简短的系统提示",
+        answer + "\n\n" + END_MARKER, system="简短的系统提示",
         max_context_tokens=160, settings=GenerationSettings(max_new_tokens=40),
     )
     notices = [session.reply(f"第{i}个问题").notice for i in range(6)]
@@ -169,38 +181,51 @@ def test_old_exchanges_leave_the_prompt_when_the_context_is_full_and_the_user_is
     assert session.exchanges == 6 and session.window_start > 0  # /save still has everything
 
 
-def test_a_message_longer_than_the_context_is_refused(tokenizer):
-    session = scripted_session(tokenizer, "好", max_context_tokens=64)
+def test_a_message_longer_than_the_context_is_refused(scripted_session):
+    session = scripted_session("好", max_context_tokens=64)
     with pytest.raises(UsageError, match="the context holds 64"):
         session.reply("很长的问题" * 100)
 
 
-def test_a_long_system_text_is_named_as_what_fills_the_context(tokenizer):
+def test_a_long_system_text_is_named_as_what_fills_the_context(scripted_session, tokenizer):
     system = "这是一段很长的系统提示。" * 20
-    session = scripted_session(tokenizer, "好", max_context_tokens=64, system=system)
+    session = scripted_session("好", max_context_tokens=64, system=system)
     expected = len(tokenizer(system, add_special_tokens=False)["input_ids"])
     with pytest.raises(UsageError, match=rf"the system text alone takes {expected}: .*/system TEXT.*--template"):
         session.reply("你好")
 
 
-def test_a_saved_conversation_is_valid_training_data_and_loads_back(tokenizer, tmp_path):
-    session = scripted_session(tokenizer, "好的\n\n" + END_MARKER, system="自定义系统提示")
+def test_a_saved_conversation_is_valid_training_data_and_loads_back(scripted_session, tmp_path):
+    session = scripted_session("好的\n\n" + END_MARKER, system="自定义系统提示")
     session.reply("你好")
     session.reply("再见")
     path = tmp_path / "chat.jsonl"
     path.write_text(json.dumps(session.to_record(), ensure_ascii=False) + "\n", encoding="utf-8")
     report = validate([path])
     assert report.ok and report.errors == 0 and report.warnings == 0
-    other = scripted_session(tokenizer, "好")
+    other = scripted_session("好")
     other.load_record(json.loads(path.read_text(encoding="utf-8")))
     assert (other.turns, other.system) == (session.turns, "自定义系统提示")
 
 
-def test_answer_leaves_the_conversation_alone(tokenizer):
-    session = scripted_session(tokenizer, "好的\n\n" + END_MARKER)
+def test_answer_leaves_the_conversation_alone(scripted_session, tokenizer):
+    session = scripted_session("好的\n\n" + END_MARKER)
     reply = session.answer(Conversation((Turn(HUMAN, "问题"),), "批量系统提示"))
     assert reply.text == "好的" and session.turns == [] and session.system is None
     assert "批量系统提示" in tokenizer.decode(session.model.prompts[0])
+
+
+def test_answer_uses_the_conversations_system_else_the_sessions_else_the_templates(scripted_session, tokenizer):
+    question = (Turn(HUMAN, "问题"),)
+    own, session_system = scripted_session("好", system="会话系统提示"), scripted_session("好", system="会话系统提示")
+    template = scripted_session("好")
+    own.answer(Conversation(question, "记录系统提示"))
+    session_system.answer(Conversation(question))
+    template.answer(Conversation(question))
+    prompts = [tokenizer.decode(session.model.prompts[0]) for session in (own, session_system, template)]
+    assert "记录系统提示" in prompts[0] and "会话系统提示" not in prompts[0]
+    assert "会话系统提示" in prompts[1]
+    assert TEMPLATES["yayi"].system in prompts[2]
 
 
 @pytest.mark.slow

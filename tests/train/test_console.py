@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from rich.console import Console
 
-from tests.train.test_train_end_to_end import small_data, yayi_train  # noqa: F401 - a fixture and a helper
+from tests.train.test_train_end_to_end import yayi_train
 from yayi_cli.train.console import LAUNCHER, RunConsole, plain_line, split_line
 from yayi_cli.train.progress import EVENT_TAG, TaggedStream, rank_tag
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers import SAMPLE_DATA
-from tests.train.test_train_end_to_end import RECORDS, finished, yayi_train
+from tests.helpers import RECORDS, SAMPLE_DATA
+from tests.train.test_train_end_to_end import finished, yayi_train
 from yayi_cli.cli import app
 from yayi_cli.prompt import MARKERS, TEMPLATES
 from yayi_cli.tiny import TinySpec, build_tiny, training_texts
@@ -38,13 +38,6 @@ def base_without_markers(directory: Path, arch: str, sharpness: float = 1.0) -> 
     with torch.no_grad():
         final_norm.weight.mul_(sharpness)
     model.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("lora-data") / "train.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS * 4), encoding="utf-8")
     return path
 
 

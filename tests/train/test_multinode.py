@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.train.test_train_end_to_end import RECORDS, ctrl_c_after_two_checkpoints
+from tests.train.test_train_end_to_end import ctrl_c_after_two_checkpoints
 from tests.two_hosts import ADDRESSES, INTERFACE, UNREACHABLE, TwoHosts, Unavailable
 from tests.two_hosts import two_hosts as make_two_hosts
 from yayi_cli.data.checked import load_records
@@ -28,13 +28,6 @@ def two_hosts(tmp_path_factory) -> TwoHosts:
             yield hosts
     except Unavailable as reason:
         pytest.skip(str(reason))
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("multinode-data") / "train.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS * 4), encoding="utf-8")
-    return path
 
 
 def yayi_train(hosts: TwoHosts, *args: str) -> subprocess.Popen:

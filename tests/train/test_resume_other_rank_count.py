@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.train.test_train_end_to_end import finished, small_data, yayi_train  # noqa: F401 - a fixture and helpers
+from tests.train.test_train_end_to_end import finished, yayi_train
 
 pytestmark = pytest.mark.slow
 

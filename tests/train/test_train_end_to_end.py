@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import OutputReader, processes_mentioning, wait_until
+from tests.helpers import RECORDS, OutputReader, processes_mentioning, wait_until
 from yayi_cli.data.checked import load_records
 from yayi_cli.inference import generate_answers
 from yayi_cli.models import load_model, load_tokenizer
@@ -25,19 +25,6 @@ from yayi_cli.template_install import format_problems
 from yayi_cli.train.launch import latest_complete_checkpoint
 
 pytestmark = pytest.mark.slow
-
-RECORDS = [
-    {"instruction": "你好", "output": "你好！我是雅意，很高兴为你服务。"},
-    {"instruction": "What is YaYi?", "output": "YaYi is a helpful assistant."},
-]
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("train-data") / "train.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS * 4), encoding="utf-8")
-    return path
-
 
 def free_port() -> int:
     with socket.socket() as probe:

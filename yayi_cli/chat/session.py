@@ -177,7 +177,13 @@ class ChatSession:
         self, message: str, on_text: Callable[[str], None] | None = None, stop_event: threading.Event | None = None,
     ) -> Reply:
         """Answer `message`, streaming text to `on_text`; the exchange is kept unless interrupted."""
-        turns = [*self.turns, Turn(HUMAN, message)]
+        return self._reply_to(Turn(HUMAN, message), on_text, stop_event)
+
+    def _reply_to(
+        self, question: Turn, on_text: Callable[[str], None] | None, stop_event: threading.Event | None,
+    ) -> Reply:
+        """`reply` for a whole human turn, so a retried question keeps a loaded record's `input`."""
+        turns = [*self.turns, question]
         reply, start = self._answer(turns, self.window_start, on_text, stop_event)
         if reply.stop_reason == "interrupted":
             self.last_reply = reply
@@ -195,14 +201,17 @@ class ChatSession:
         if not self.turns:
             raise UsageError("nothing to retry yet")
         previous = self.undo()
-        reply = self.reply(previous[0].text, on_text, stop_event)
+        reply = self._reply_to(previous[0], on_text, stop_event)
         if reply.stop_reason == "interrupted":
             self.turns.extend(previous)
         return reply
 
     def answer(self, conversation: Conversation, on_text: Callable[[str], None] | None = None) -> Reply:
-        """Answer the last human message of `conversation` without keeping anything (batch use)."""
-        session_system, self.system = self.system, conversation.system
+        """Answer the last human message of `conversation` without keeping anything (batch use);
+        its own system text, where it has one, replaces the session's for this answer."""
+        session_system = self.system
+        if conversation.system is not None:
+            self.system = conversation.system
         try:
             return self._answer(list(conversation.turns), 0, on_text, None)[0]
         finally:
