@@ -96,7 +96,7 @@ def count_local_gpus() -> int:
 
 
 HOSTFILE_FORMAT = "lines look like 'worker-1 slots=8'"
-INCLUDE_FORMAT = "use HOST:SLOT,SLOT@HOST:SLOT, e.g. localhost:0,1 or worker-1:0-3@worker-2"
+INCLUDE_FORMAT = "use HOST:SLOT,SLOT@HOST:SLOT, e.g. localhost:0,1 or worker-1:0,1,2,3@worker-2"
 
 
 def read_hostfile(path: Path) -> dict[str, int]:
