@@ -330,22 +330,19 @@ def train_command(
     Loss is on every assistant answer and nothing else. The final model, tokenizer and template are saved in OUTPUT, ready for yayi chat, eval and quantize; with --lora/--qlora the adapter, which they load too (yayi merge makes a plain model of it). Exits with the launcher's status (1 when training failed, 130 when interrupted).
     """
     flags = {name: value for name, value in locals().items() if name not in ("ctx", "config", "dry_run", "json_output")}
-    from yayi_cli.train.launch import interrupted_note, plan_launch, run_training
+    from yayi_cli.train.launch import train
     from yayi_cli.train.options import flag_values, resolve_options
     from yayi_cli.train.report import print_plan
 
-    plan = plan_launch(resolve_options(config, flag_values(flags)), dry_run=dry_run)
     output = output_of(ctx)
+    show_plan = None if json_output else functools.partial(print_plan, console=output.console(stderr=True), dry_run=False)
+    result = train(resolve_options(config, flag_values(flags)), dry_run=dry_run, verbose=output.verbose,
+                   before_launch=show_plan)
     if dry_run:
-        output.finish(json_output, plan.to_json, functools.partial(print_plan, plan, dry_run=True))
+        output.finish(json_output, result.to_json, functools.partial(print_plan, result.plan, dry_run=True))
         return
-    if not json_output:
-        print_plan(plan, output.console(stderr=True), dry_run=False)
-    result = run_training(plan, verbose=output.verbose)
-    if result.kept is not None:
-        Console(stderr=True).print(f"moved the previous contents of {escape(str(plan.output))} to {escape(str(result.kept))}")
-    if result.status == 130:
-        Console(stderr=True).print(f"[yellow]interrupted:[/] {escape(interrupted_note(plan.output))}", highlight=False, soft_wrap=True)
+    for note in result.notes():
+        Console(stderr=True).print(escape(note), highlight=False, soft_wrap=True)
     if json_output:
         print_json(result.to_json())
     raise typer.Exit(result.status)

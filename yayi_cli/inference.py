@@ -90,7 +90,6 @@ class LossResult:
     overall: LossTotals = field(default_factory=LossTotals)
     groups: dict[str, LossTotals] = field(default_factory=lambda: defaultdict(LossTotals))
     truncated: int = 0
-    no_answer_tokens: int = 0
 
 
 def response_loss(
@@ -103,7 +102,6 @@ def response_loss(
     result.truncated = sum(max_length is not None and len(e.input_ids) > max_length for e in encoded)
     encoded = [truncate(e, max_length) for e in encoded]
     for record, (nll, tokens) in zip(records, batched_nll(model, encoded, pad_id(prompt_tokenizer.tokenizer), batch_size)):
-        result.no_answer_tokens += tokens == 0
         result.overall.add(nll, tokens)
         result.groups[record.domain].add(nll, tokens)
     return result

@@ -18,11 +18,14 @@ from yayi_cli.cli import app
 from yayi_cli.data.checked import load_records
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.models import context_length, load_tokenizer, saved_context_length
-from yayi_cli.train import launch
-from yayi_cli.train.launch import (
-    Ranks, check_data, check_output, launcher_command, plan_ranks, resolve_resume, write_run_files,
-)
+from yayi_cli.data.reader import sha256_of
+from yayi_cli.train import environment, ranks
+from yayi_cli.train.checkpoints import resolve_resume, universal_conversion
+from yayi_cli.train.launch import write_run_files
 from yayi_cli.train.options import TrainOptions
+from yayi_cli.train.plan import absolute_paths, check_data, check_output, launcher_command, plan_launch
+from yayi_cli.train.ranks import Ranks, plan_ranks, select_ranks
+from yayi_cli.train.supervise import failed_machine
 
 RUN = Path("/runs/a/run.json")
 
@@ -80,7 +83,7 @@ def test_hosts_with_different_slots_get_their_own_counts_and_gpus_cannot_exceed_
 
 def test_too_many_gpus_are_refused_with_the_slots_of_the_hosts_selected_not_of_the_whole_hostfile():
     with pytest.raises(UsageError, match=r"--gpus 2, but a host has only 1 slot\(s\)"):
-        launch.select_ranks({"worker-1": 8, "worker-2": 8}, options(gpus=2), "worker-1:0@worker-2:0,1,2")
+        select_ranks({"worker-1": 8, "worker-2": 8}, options(gpus=2), "worker-1:0@worker-2:0,1,2")
 
 
 @pytest.mark.parametrize(("chosen", "message"), [
@@ -94,17 +97,17 @@ def test_include_mistakes_are_refused_with_the_format(chosen, message):
 
 
 def test_a_dry_run_with_include_works_on_a_machine_without_gpus(monkeypatch):
-    monkeypatch.setattr(launch, "count_local_gpus", lambda: 0)
+    monkeypatch.setattr(ranks, "count_local_gpus", lambda: 0)
     ranks = plan_ranks(options(include="localhost:0,1"), [], dry_run=True)
     assert ranks.world_size == 2 and ranks.selection == ("--include", "localhost:0,1")
 
 
 def test_cuda_visible_devices_keeps_choosing_the_gpus(monkeypatch):
-    monkeypatch.setattr(launch, "count_local_gpus", lambda: 2)
+    monkeypatch.setattr(ranks, "count_local_gpus", lambda: 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     ranks = plan_ranks(options(gpus=1), [], dry_run=False)
     assert ranks.world_size == 1 and ranks.selection == ()  # no --num_gpus: the launcher honours the variable
-    assert launch.child_environment(options(gpus=1))["CUDA_VISIBLE_DEVICES"] == "2"
+    assert environment.child_environment(options(gpus=1))["CUDA_VISIBLE_DEVICES"] == "2"
 
 
 @pytest.mark.parametrize(("text", "message"), [("worker-1 8\n", "lines look like"), ("", "empty"),
@@ -117,7 +120,7 @@ def test_a_bad_hostfile_is_refused_with_its_expected_format(tmp_path, text, mess
 
 
 def test_no_gpu_without_cpu_is_refused_but_a_dry_run_only_warns(monkeypatch):
-    monkeypatch.setattr(launch, "count_local_gpus", lambda: 0)
+    monkeypatch.setattr(ranks, "count_local_gpus", lambda: 0)
     with pytest.raises(UsageError, match="no GPU found.*--cpu"):
         plan_ranks(options(), [], dry_run=False)
     warnings: list[str] = []
@@ -126,7 +129,7 @@ def test_no_gpu_without_cpu_is_refused_but_a_dry_run_only_warns(monkeypatch):
 
 
 def test_more_gpus_than_present_is_refused(monkeypatch):
-    monkeypatch.setattr(launch, "count_local_gpus", lambda: 4)
+    monkeypatch.setattr(ranks, "count_local_gpus", lambda: 4)
     with pytest.raises(UsageError, match="--gpus 8, but this machine has 4 GPU"):
         plan_ranks(options(gpus=8), [], dry_run=False)
     assert plan_ranks(options(), [], dry_run=False).world_size == 4  # default: all of them
@@ -161,31 +164,31 @@ def test_resume_auto_takes_the_newest_complete_checkpoint(tmp_path):
     write_checkpoint(tmp_path, 20)
     write_checkpoint(tmp_path, 30, complete=False)  # the save that Ctrl-C cut short
     warnings: list[str] = []
-    assert resolve_resume(options(output=str(tmp_path), resume="auto"), 1, warnings) == tmp_path / "checkpoint-20"
+    assert resolve_resume(options(output=str(tmp_path), resume="auto"), warnings) == tmp_path / "checkpoint-20"
     assert "checkpoint-30 was not written to the end" in warnings[0]
 
 
 def test_resume_auto_without_checkpoints_starts_from_the_model(tmp_path):
     warnings: list[str] = []
-    assert resolve_resume(options(output=str(tmp_path), resume="auto"), 1, warnings) is None
+    assert resolve_resume(options(output=str(tmp_path), resume="auto"), warnings) is None
     assert "starting from the model" in warnings[0]
 
 
 def test_zero_state_of_another_number_of_ranks_is_converted_at_zero_1_and_2_and_refused_otherwise(tmp_path):
     checkpoint = write_checkpoint(tmp_path, 10, shards=2)
-    assert resolve_resume(options(resume=str(checkpoint)), 4, []) == checkpoint
+    assert resolve_resume(options(resume=str(checkpoint)), []) == checkpoint
     warnings: list[str] = []
-    assert launch.universal_conversion(checkpoint, 2, {"zero_optimization": {"stage": 2}}, options(), warnings) is None
-    assert launch.universal_conversion(checkpoint, 4, {"zero_optimization": {"stage": 2}}, options(), warnings) == 2
+    assert universal_conversion(checkpoint, 2, {"zero_optimization": {"stage": 2}}, options(), warnings) is None
+    assert universal_conversion(checkpoint, 4, {"zero_optimization": {"stage": 2}}, options(), warnings) == 2
     assert "written by 2 rank(s) and this launch has 4: it will be converted" in warnings[0]
     with pytest.raises(UsageError, match="split over 2 rank.*this launch has 4.*not ZeRO-3.*--model .*checkpoint-10"):
-        launch.universal_conversion(checkpoint, 4, {"zero_optimization": {"stage": 3}}, options(), [])
+        universal_conversion(checkpoint, 4, {"zero_optimization": {"stage": 3}}, options(), [])
     with pytest.raises(UsageError, match="not lora adapters"):
-        launch.universal_conversion(checkpoint, 4, {"zero_optimization": {"stage": 2}}, options(lora=True), [])
+        universal_conversion(checkpoint, 4, {"zero_optimization": {"stage": 2}}, options(lora=True), [])
     with pytest.raises(UsageError, match='add {"checkpoint": {"load_universal": true}} to --deepspeed'):
-        launch.universal_conversion(checkpoint, 4, {"zero_optimization": {"stage": 2}}, options(deepspeed="z.json"), [])
+        universal_conversion(checkpoint, 4, {"zero_optimization": {"stage": 2}}, options(deepspeed="z.json"), [])
     with pytest.raises(UsageError, match="not a complete checkpoint"):
-        resolve_resume(options(resume=str(write_checkpoint(tmp_path, 11, complete=False))), 2, [])
+        resolve_resume(options(resume=str(write_checkpoint(tmp_path, 11, complete=False))), [])
 
 
 def test_invalid_data_is_refused_before_launch_pointing_at_validate(tmp_path):
@@ -202,7 +205,7 @@ def test_invalid_data_is_refused_before_launch_pointing_at_validate(tmp_path):
 def test_force_moves_the_previous_run_aside_instead_of_deleting_it(tmp_path, tiny_model_dirs):
     output = tmp_path / "out"
     old = write_checkpoint(output, 7)
-    plan = launch.plan_launch(options(data=[str(SAMPLE_DATA)], model=str(tiny_model_dirs["llama"]),
+    plan = plan_launch(options(data=[str(SAMPLE_DATA)], model=str(tiny_model_dirs["llama"]),
                                       output=str(output), cpu=True, force=True), dry_run=False)
     kept = write_run_files(plan)
     assert (kept / old.name / "trainer_state.json").is_file()
@@ -233,7 +236,7 @@ def test_a_dry_run_prints_the_plan_as_json_and_writes_nothing(tmp_path, tiny_mod
 def test_resume_auto_never_trains_over_a_directory_without_checkpoints(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"weights")
     with pytest.raises(UsageError, match="no complete checkpoint to continue from.*--force"):
-        resolve_resume(options(output=str(tmp_path), resume="auto"), 1, [])
+        resolve_resume(options(output=str(tmp_path), resume="auto"), [])
 
 
 @pytest.mark.parametrize("spelling", ["{model}", "{model}/../{name}/.", "{model}/.."])
@@ -241,7 +244,7 @@ def test_training_into_the_model_directory_or_above_it_is_refused(tiny_model_dir
     model = tiny_model_dirs["llama"]
     output = spelling.format(model=model, name=model.name)
     with pytest.raises(UsageError, match="would replace --model"):
-        launch.plan_launch(options(data=[str(SAMPLE_DATA)], model=str(model), output=output, cpu=True, force=True),
+        plan_launch(options(data=[str(SAMPLE_DATA)], model=str(model), output=output, cpu=True, force=True),
                            dry_run=True)
 
 
@@ -257,7 +260,7 @@ def test_no_records_or_no_records_left_after_test_size_is_refused_before_launch(
 
 def test_a_tilde_in_a_path_means_the_home_directory(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
-    chosen = launch.absolute_paths(options(data=["~/train.jsonl"], output="~/run"))
+    chosen = absolute_paths(options(data=["~/train.jsonl"], output="~/run"))
     assert chosen.data == [str(tmp_path / "train.jsonl")] and chosen.output == str(tmp_path / "run")
 
 
@@ -273,8 +276,8 @@ def test_every_machine_gets_the_interface_the_python_environment_and_the_offline
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", "/models/hf")
     monkeypatch.delenv("DS_ENV_FILE", raising=False)
-    env = launch.node_environment(options(cpu=True, network_interface="eth1"))
-    assert env["PATH"].split(":")[0] == str(Path(launch.sys.executable).parent)
+    env = environment.node_environment(options(cpu=True, network_interface="eth1"))
+    assert env["PATH"].split(":")[0] == str(Path(environment.sys.executable).parent)
     assert env["GLOO_SOCKET_IFNAME"] == env["NCCL_SOCKET_IFNAME"] == "eth1"
     assert env["DS_ACCELERATOR"] == "cpu" and env["HF_HUB_OFFLINE"] == "1" and env["HF_HOME"] == "/models/hf"
 
@@ -284,32 +287,32 @@ def test_the_users_own_deepspeed_env_is_carried_over_and_the_flags_win(monkeypat
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DS_ENV_FILE", raising=False)
     (tmp_path / ".deepspeed_env").write_text("NCCL_IB_HCA=mlx5\n\nGLOO_SOCKET_IFNAME=eth0\n", encoding="utf-8")
-    env = launch.node_environment(options(network_interface="ib0"))
+    env = environment.node_environment(options(network_interface="ib0"))
     assert env["NCCL_IB_HCA"] == "mlx5" and env["GLOO_SOCKET_IFNAME"] == "ib0"
 
 
 def test_a_value_the_runner_cannot_quote_is_refused(monkeypatch):
     monkeypatch.setenv("HF_HOME", "/models/$USER")
     with pytest.raises(UsageError, match="HF_HOME=.*cannot pass"):
-        launch.node_environment(options())
+        environment.node_environment(options())
 
 
 def test_the_launcher_reads_yayis_environment_file_not_the_users_home(tmp_path):
-    env = launch.child_environment(options(network_interface="eth1"), tmp_path / "deepspeed_env")
+    env = environment.child_environment(options(network_interface="eth1"), tmp_path / "deepspeed_env")
     assert env["DS_ENV_FILE"] == str(tmp_path / "deepspeed_env") and env["GLOO_SOCKET_IFNAME"] == "eth1"
-    assert "DS_ENV_FILE" not in launch.child_environment(options())
+    assert "DS_ENV_FILE" not in environment.child_environment(options())
 
 
 def test_a_loopback_host_name_on_several_machines_is_warned_about_naming_the_fix(monkeypatch, tmp_path):
-    monkeypatch.setattr(launch.socket, "gethostbyname", lambda name: "127.0.1.1")
+    monkeypatch.setattr(environment.socket, "gethostbyname", lambda name: "127.0.1.1")
     chosen = options(hostfile=two_machines(tmp_path))
     ranks = plan_ranks(chosen, [], dry_run=False)
-    assert "resolves to 127.0.1.1, a loopback address" in launch.loopback_warning(chosen, ranks)
-    assert "--network-interface IFACE" in launch.loopback_warning(chosen, ranks)
-    assert launch.loopback_warning(options(hostfile=chosen.hostfile, network_interface="eth0"), ranks) is None
-    assert launch.loopback_warning(options(cpu=True), plan_ranks(options(cpu=True), [], dry_run=False)) is None
-    monkeypatch.setattr(launch.socket, "gethostbyname", lambda name: "10.0.0.5")
-    assert launch.loopback_warning(chosen, ranks) is None
+    assert "resolves to 127.0.1.1, a loopback address" in environment.loopback_warning(chosen, ranks)
+    assert "--network-interface IFACE" in environment.loopback_warning(chosen, ranks)
+    assert environment.loopback_warning(options(hostfile=chosen.hostfile, network_interface="eth0"), ranks) is None
+    assert environment.loopback_warning(options(cpu=True), plan_ranks(options(cpu=True), [], dry_run=False)) is None
+    monkeypatch.setattr(environment.socket, "gethostbyname", lambda name: "10.0.0.5")
+    assert environment.loopback_warning(chosen, ranks) is None
 
 
 def test_a_dry_run_on_several_machines_shows_every_variable_they_get(tmp_path, tiny_model_dirs):
@@ -335,14 +338,14 @@ def test_bad_network_options_are_one_error_line(arguments, message):
 
 
 def test_a_machine_that_failed_is_read_from_pdshs_line():
-    assert launch.failed_machine("pdsh@node1: 10.0.0.3: ssh exited with exit code 255\n") == "10.0.0.3"
-    assert launch.failed_machine("10.0.0.3: ssh: connect to host 10.0.0.3 port 22: No route to host") is None
+    assert failed_machine("pdsh@node1: 10.0.0.3: ssh exited with exit code 255\n") == "10.0.0.3"
+    assert failed_machine("10.0.0.3: ssh: connect to host 10.0.0.3 port 22: No route to host") is None
 
 
 def test_planning_a_local_run_imports_no_heavy_library(tiny_model_dirs, tmp_path):
     """The ranks import them anyway: importing them first in the launcher only delays the first step."""
     chosen = options(data=[str(SAMPLE_DATA)], model=str(tiny_model_dirs["llama"]), output=str(tmp_path / "run"), cpu=True)
-    code = ("import sys; from yayi_cli.train.launch import plan_launch; from yayi_cli.train.options import TrainOptions\n"
+    code = ("import sys; from yayi_cli.train.plan import plan_launch; from yayi_cli.train.options import TrainOptions\n"
             f"plan = plan_launch(TrainOptions(**{chosen.to_json()!r}), dry_run=False)\n"
             f"print(plan.max_length, plan.memory.parameters, [m for m in {HEAVY_MODULES!r} if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -370,7 +373,7 @@ def test_a_local_model_without_a_tokenizer_is_refused_before_anything_is_launche
         (model / name).unlink(missing_ok=True)
     chosen = options(data=[str(SAMPLE_DATA)], model=str(model), output=str(tmp_path / "run"), cpu=True)
     with pytest.raises(UsageError, match="no tokenizer in this directory"):
-        launch.plan_launch(chosen, dry_run=False)
+        plan_launch(chosen, dry_run=False)
     assert not (tmp_path / "run").exists()
 
 
@@ -378,7 +381,7 @@ def test_a_local_model_without_a_tokenizer_is_refused_before_anything_is_launche
 def launched(output: Path, model: Path, **values) -> None:
     """A launch planned and its run files written, as `yayi train` does before it starts the ranks."""
     chosen = options(**({"data": [str(SAMPLE_DATA)], "model": str(model), "output": str(output), "cpu": True} | values))
-    write_run_files(launch.plan_launch(chosen, dry_run=False))
+    write_run_files(plan_launch(chosen, dry_run=False))
 
 
 def resume(output: Path, model: Path, *flags: str, data: Path = SAMPLE_DATA):
@@ -431,11 +434,11 @@ def test_changed_data_is_named_by_its_hashes(tmp_path, tiny_model_dirs):
     shutil.copyfile(SAMPLE_DATA, data)
     launched(output, model, data=[str(data)])
     write_checkpoint(output, 2)
-    before = launch.sha256_of(data)
+    before = sha256_of(data)
     with data.open("a", encoding="utf-8") as more:
         more.write('{"instruction": "one more", "output": "record"}\n')
     refused = resume(output, model, data=data)
-    assert f"data sha256 {before[:12]} -> {launch.sha256_of(data)[:12]};" in error_lines(refused)[0]
+    assert f"data sha256 {before[:12]} -> {sha256_of(data)[:12]};" in error_lines(refused)[0]
 
 
 def test_steps_logging_saving_and_the_number_of_ranks_may_change_on_resume(tmp_path, tiny_model_dirs):

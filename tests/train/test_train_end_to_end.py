@@ -22,7 +22,7 @@ from yayi_cli.inference import generate_answers
 from yayi_cli.models import load_model, load_tokenizer
 from yayi_cli.prompt import Conversation, PromptTokenizer, resolve_template
 from yayi_cli.template_install import format_problems
-from yayi_cli.train.launch import latest_complete_checkpoint
+from yayi_cli.train.checkpoints import latest_complete_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,10 @@
-"""`yayi train`: options -> ZeRO config + run manifest -> the `deepspeed` launcher -> one worker per rank.
+"""`yayi train`: options -> a launch plan -> the `deepspeed` launcher -> one worker per rank.
 
-options.py resolves what the user asked for (defaults < config file < flags), zero.py writes the
-DeepSpeed config, launch.py plans and runs the launcher, memory.py estimates memory needs,
-dataset.py turns records into (optionally packed) training examples, and worker.py trains on
-each rank with the Hugging Face Trainer.
+The launcher side: options.py resolves what the user asked for (defaults < config file < flags);
+plan.py turns it into an immutable plan (ranks.py: where the ranks run; checkpoints.py: what to resume;
+environment.py: what every rank's environment holds; zero.py: the DeepSpeed config; memory.py and
+adapters.py: what it costs); launch.py writes the run files and runs the plan (supervise.py: the
+launcher's process group; console.py: what it shows; report.py: the plan as shown). The rank side:
+worker.py trains with the Hugging Face Trainer (dataset.py: the examples; progress.py: what it reports).
+files.py names the files both sides share; runs.py keeps every launch's record.
 """

@@ -28,16 +28,8 @@ NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)
 scale per 256 of those."""
 
 
-def check_adapter_options(options: TrainOptions) -> None:
-    """Adapter settings no run can use, and missing packages, refused before anything else."""
-    if options.lora and options.qlora:
-        raise UsageError("give --lora or --qlora, not both (--qlora is LoRA on a 4-bit base)")
-    if options.lora_r < 1:
-        raise UsageError(f"--lora-r must be at least 1, got {options.lora_r}")
-    if options.lora_alpha is not None and options.lora_alpha <= 0:
-        raise UsageError(f"--lora-alpha must be above 0, got {options.lora_alpha}")
-    if not 0 <= options.lora_dropout < 1:
-        raise UsageError(f"--lora-dropout must be at least 0 and below 1, got {options.lora_dropout}")
+def require_adapter_packages(options: TrainOptions) -> None:
+    """A missing package is refused before launch, not met by every rank."""
     if importlib.util.find_spec("peft") is None:
         raise UsageError(f"--{options.adapter} needs peft: pip install 'yayi-cli[train]'")
     if options.qlora and importlib.util.find_spec("bitsandbytes") is None:
@@ -156,6 +148,7 @@ def plan_adapter(options: TrainOptions, *, stage: int, offload: str, gpus_per_no
     from yayi_cli.models import load_tokenizer
     from yayi_cli.prompt import add_markers
 
+    require_adapter_packages(options)
     check_adapter_stage(options, stage)
     model = model_skeleton(options.model, trust_remote_code=options.trust_remote_code)
     targets = resolve_targets(options.lora_targets, model)

@@ -25,8 +25,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from yayi_cli.errors import UsageError
-from yayi_cli.train.launch import TRAIN_LOG, failed_machine
+from yayi_cli.train.files import TRAIN_LOG
 from yayi_cli.train.progress import EVENT_TAG, RANK_SEPARATOR
+from yayi_cli.train.supervise import failed_machine
 
 LAUNCHER = "launcher"
 TAGGED = re.compile(r"^((?:\S+: )?\S+ rank \d+)" + re.escape(RANK_SEPARATOR) + "(.*)$")

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from yayi_cli.atomic import json_line
 from yayi_cli.prompt import IGNORE_INDEX
-from yayi_cli.train.launch import METRICS_FILE
+from yayi_cli.train.files import METRICS_FILE, checkpoint_name
 
 EVENT_TAG = "@yayi-event "
 """Starts a line that carries a progress event (JSON) rather than text for people."""
@@ -147,7 +147,7 @@ def make_reporter(counter: CountingCollator, output: Path, *, world_size: int, m
                     "answer_tokens_per_second": round((answer - answer_then) * world_size / seconds, 1)}
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.emit({"event": "checkpoint", "step": state.global_step, "path": str(output / f"checkpoint-{state.global_step}")})
+            self.emit({"event": "checkpoint", "step": state.global_step, "path": str(output / checkpoint_name(state.global_step))})
 
     return ProgressReporter()
 

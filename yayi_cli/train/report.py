@@ -10,7 +10,8 @@ from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
-from yayi_cli.train.launch import DS_CONFIG_FILE, NODE_ENV_FILE, LaunchPlan
+from yayi_cli.train.files import DS_CONFIG_FILE, NODE_ENV_FILE
+from yayi_cli.train.plan import LaunchPlan
 from yayi_cli.train.zero import AUTO
 
 

@@ -9,17 +9,14 @@ from checkpoint to checkpoint.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from yayi_cli.atomic import write_json_atomic
 from yayi_cli.errors import UsageError
+from yayi_cli.train.files import RUN_FILE, RUN_RECORD, RUNS_DIR, checkpoint_name
 from yayi_cli.train.options import TrainOptions
 
-RUN_FILE = "run.json"
-RUNS_DIR = "runs"
-RUN_RECORD = re.compile(r"^run-(\d+)\.json$")
 SHOWN_HASH = 12
 """Hex digits of a data hash shown in a message."""
 
@@ -100,11 +97,10 @@ def checkpoint_recorder(run: dict[str, Any], *, main_rank: bool) -> Any:
     """A `TrainerCallback` that puts this launch's record into every checkpoint it saves (built here so
     that transformers is imported only inside the worker)."""
     from transformers import TrainerCallback
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     class CheckpointRecorder(TrainerCallback):
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if main_rank:
-                write_json_atomic(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / RUN_FILE, run)
+                write_json_atomic(Path(args.output_dir) / checkpoint_name(state.global_step) / RUN_FILE, run)
 
     return CheckpointRecorder()

@@ -17,7 +17,7 @@ from typing import Any
 
 from yayi_cli.errors import YayiError
 from yayi_cli.lifetime import end_when_unread
-from yayi_cli.train.launch import DS_CONFIG_FILE, SUMMARY_FILE
+from yayi_cli.train.files import DS_CONFIG_FILE, SUMMARY_FILE
 from yayi_cli.train.options import TrainOptions
 from yayi_cli.train.progress import tag_output
 from yayi_cli.train.zero import AUTO
