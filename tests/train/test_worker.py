@@ -1,8 +1,11 @@
-"""The worker's choices that need no launcher: which records it trains and evaluates on."""
+"""The worker's choices that need no launcher: which records it trains and evaluates on; and that a rank
+imports nothing of the launcher's side."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -14,6 +17,24 @@ from yayi_cli.errors import UsageError
 from yayi_cli.prompt import TEMPLATES, PromptTokenizer, add_markers
 from yayi_cli.train.options import TrainOptions
 from yayi_cli.train.worker import build_datasets, training_records
+
+
+LAUNCHER_SIDE = ("yayi_cli.train.plan", "yayi_cli.train.ranks", "yayi_cli.train.checkpoints",
+                 "yayi_cli.train.environment", "yayi_cli.train.supervise", "yayi_cli.train.console",
+                 "yayi_cli.train.report", "yayi_cli.train.launch", "yayi_cli.train.memory", "yayi_cli.train.runs",
+                 "yayi_cli.data.reader", "yayi_cli.models", "yayi_cli.cli")
+
+
+def imported_modules(argv: list[str]) -> set[str]:
+    """The modules a Python process imports, as `-X importtime` lists them."""
+    done = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True, text=True, check=True)
+    return {line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_a_rank_imports_nothing_of_the_launchers_side():
+    imported = imported_modules(["-m", "yayi_cli.train.worker", "--help"])
+    assert {"yayi_cli.train.options", "yayi_cli.train.files", "yayi_cli.train.progress"} <= imported  # what it does need
+    assert sorted(imported & set(LAUNCHER_SIDE)) == []
 
 
 def conversations(records):

@@ -1,0 +1,122 @@
+"""The shape of the code: imports between yayi_cli's modules run one way (no circle), and modules stay short."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import yayi_cli
+
+PACKAGE = Path(yayi_cli.__file__).parent
+MAX_LINES = 450
+LONG_MODULES = {
+    "yayi_cli.prompt": "the one prompt-format module (DESIGN.md): templates, markers, encoding and decoding stay together",
+    "yayi_cli.cli": "being split (#22): its options are being declared once, in the options dataclasses",
+    "yayi_cli.data.validate": "being split (#22)",
+}
+"""Modules allowed over MAX_LINES, each with the reason; one that is short again must leave this list."""
+
+
+def modules() -> dict[str, Path]:
+    """Every module of yayi_cli by dotted name (a package by its own name)."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def imported_by(name: str, path: Path, known: set[str]) -> set[str]:
+    """The yayi_cli modules `name` imports anywhere in it (at the top or inside a function); `from P import N`
+    counts as importing P.N when that is a module, else P."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found |= {f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names}
+    return (found & known) - {name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    found = modules()
+    return {name: imported_by(name, path, set(found)) for name, path in found.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One import circle for each group of modules that import each other round (Tarjan's strongly
+    connected components), as the path `a -> b -> ... -> a`."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[set[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = {stack.pop()}
+            while node not in group:
+                group.add(stack.pop())
+            if len(group) > 1:
+                groups.append(group)
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return [circle_through(min(group), graph, group) for group in groups]
+
+
+def circle_through(start: str, graph: dict[str, set[str]], group: set[str]) -> list[str]:
+    """A shortest path from `start` back to itself inside `group` (breadth first)."""
+    paths = {start: [start]}
+    frontier = [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            for target in sorted(graph[node] & group):
+                if target == start:
+                    return paths[node] + [start]
+                if target not in paths:
+                    paths[target] = paths[node] + [target]
+                    following.append(target)
+        frontier = following
+    raise AssertionError(f"{start} is in no circle")
+
+
+def test_the_graph_sees_imports_at_the_top_inside_functions_and_of_submodules_by_name():
+    graph = import_graph()
+    assert "yayi_cli.train.plan" in graph["yayi_cli.train.launch"]  # at the top
+    assert "yayi_cli.train.launch" in graph["yayi_cli.cli"]  # inside train_command
+    assert "yayi_cli.train.adapters" in graph["yayi_cli.train.plan"]  # inside a function, `from yayi_cli.train.adapters`
+    assert "yayi_cli" in graph["yayi_cli.train.plan"]  # `from yayi_cli import __version__`: the package itself
+
+
+def test_a_circle_is_found_and_named_by_its_path():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e", "d"}}
+    assert cycles(graph) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": {"a"}, "x": {"y"}, "y": {"x"}}) == [["a", "b", "a"], ["x", "y", "x"]]
+
+
+def test_no_import_circle_in_yayi_cli():
+    found = cycles(import_graph())
+    assert found == [], "import circles: " + "; ".join(" -> ".join(circle) for circle in found)
+
+
+def test_no_module_is_longer_than_450_lines_except_the_listed_ones():
+    lengths = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in modules().items()}
+    too_long = {name: lines for name, lines in lengths.items() if lines > MAX_LINES and name not in LONG_MODULES}
+    assert too_long == {}, f"over {MAX_LINES} lines: split them, or list them with a reason in LONG_MODULES"
+    short_again = [name for name in LONG_MODULES if lengths.get(name, 0) <= MAX_LINES]
+    assert short_again == [], "no longer long (or gone): remove them from LONG_MODULES"
