@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -19,9 +21,10 @@ from yayi_cli.data.checked import load_records
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.models import context_length, load_tokenizer, saved_context_length
 from yayi_cli.data.reader import sha256_of
-from yayi_cli.train import environment, ranks
+from yayi_cli.train import environment
+from yayi_cli.train.adapters import DEFAULT_TARGETS
 from yayi_cli.train.checkpoints import resolve_resume, universal_conversion
-from yayi_cli.train.launch import write_run_files
+from yayi_cli.train.launch import TrainResult, train, write_run_files
 from yayi_cli.train.options import TrainOptions
 from yayi_cli.train.plan import absolute_paths, check_data, check_output, launcher_command, plan_launch
 from yayi_cli.train.ranks import Ranks, plan_ranks, select_ranks
@@ -97,13 +100,13 @@ def test_include_mistakes_are_refused_with_the_format(chosen, message):
 
 
 def test_a_dry_run_with_include_works_on_a_machine_without_gpus(monkeypatch):
-    monkeypatch.setattr(ranks, "count_local_gpus", lambda: 0)
+    monkeypatch.setattr("yayi_cli.train.ranks.count_local_gpus", lambda: 0)
     ranks = plan_ranks(options(include="localhost:0,1"), [], dry_run=True)
     assert ranks.world_size == 2 and ranks.selection == ("--include", "localhost:0,1")
 
 
 def test_cuda_visible_devices_keeps_choosing_the_gpus(monkeypatch):
-    monkeypatch.setattr(ranks, "count_local_gpus", lambda: 2)
+    monkeypatch.setattr("yayi_cli.train.ranks.count_local_gpus", lambda: 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     ranks = plan_ranks(options(gpus=1), [], dry_run=False)
     assert ranks.world_size == 1 and ranks.selection == ()  # no --num_gpus: the launcher honours the variable
@@ -120,7 +123,7 @@ def test_a_bad_hostfile_is_refused_with_its_expected_format(tmp_path, text, mess
 
 
 def test_no_gpu_without_cpu_is_refused_but_a_dry_run_only_warns(monkeypatch):
-    monkeypatch.setattr(ranks, "count_local_gpus", lambda: 0)
+    monkeypatch.setattr("yayi_cli.train.ranks.count_local_gpus", lambda: 0)
     with pytest.raises(UsageError, match="no GPU found.*--cpu"):
         plan_ranks(options(), [], dry_run=False)
     warnings: list[str] = []
@@ -129,7 +132,7 @@ def test_no_gpu_without_cpu_is_refused_but_a_dry_run_only_warns(monkeypatch):
 
 
 def test_more_gpus_than_present_is_refused(monkeypatch):
-    monkeypatch.setattr(ranks, "count_local_gpus", lambda: 4)
+    monkeypatch.setattr("yayi_cli.train.ranks.count_local_gpus", lambda: 4)
     with pytest.raises(UsageError, match="--gpus 8, but this machine has 4 GPU"):
         plan_ranks(options(gpus=8), [], dry_run=False)
     assert plan_ranks(options(), [], dry_run=False).world_size == 4  # default: all of them
@@ -213,6 +216,43 @@ def test_force_moves_the_previous_run_aside_instead_of_deleting_it(tmp_path, tin
     run = json.loads((output / "run.json").read_text(encoding="utf-8"))
     assert run["options"]["model"] == str(tiny_model_dirs["llama"]) and run["world_size"] == 1
     assert run["data"][0]["sha256"] and run["versions"]["deepspeed"]
+
+
+def test_planning_leaves_the_options_it_is_given_as_they_were_and_the_plan_cannot_change(tiny_model_dirs, tmp_path):
+    chosen = options(data=[str(SAMPLE_DATA)], model=str(tiny_model_dirs["llama"]), output=str(tmp_path / "run"), cpu=True,
+                     gpus=2, micro_batch_size=2, global_batch_size=8, lora=True)
+    before = copy.deepcopy(chosen)
+    plan = plan_launch(chosen, dry_run=True)
+    assert chosen == before
+    assert (plan.gradient_accumulation_steps, plan.options.gradient_accumulation_steps) == (2, 2)
+    assert plan.method == "lora" and plan.options.lora_targets == list(DEFAULT_TARGETS["llama"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.precision = "fp16"
+
+
+def test_train_as_a_library_call_plans_a_dry_run_and_writes_nothing(tiny_model_dirs, tmp_path):
+    output, shown = tmp_path / "run", []
+    result = train(options(data=[str(SAMPLE_DATA)], model=str(tiny_model_dirs["llama"]), output=str(output), cpu=True),
+                   dry_run=True, before_launch=shown.append)
+    assert result.status is None and shown == [] and not output.exists()
+    assert result.to_json()["command"] == result.plan.command and result.notes() == []
+    with pytest.raises(UsageError, match="missing --output"):
+        train(options(output=""), dry_run=True)
+
+
+def test_the_end_of_a_run_says_where_the_old_output_went_and_where_to_continue_from(tiny_model_dirs, tmp_path):
+    output = tmp_path / "run"
+    plan = plan_launch(options(data=[str(SAMPLE_DATA)], model=str(tiny_model_dirs["llama"]), output=str(output), cpu=True),
+                       dry_run=False)
+    kept = tmp_path / "run.replaced-1"
+    assert TrainResult(plan, 130, kept).notes() == [
+        f"moved the previous contents of {output} to {kept}", "interrupted: all ranks stopped before the first complete checkpoint",
+    ]
+    write_checkpoint(output, 4)
+    assert TrainResult(plan, 130).notes() == [
+        f"interrupted: all ranks stopped; {output / 'checkpoint-4'} is complete: continue from it with --resume auto",
+    ]
+    assert TrainResult(plan, 0).notes() == []
 
 
 def test_a_dry_run_prints_the_plan_as_json_and_writes_nothing(tmp_path, tiny_model_dirs):
