@@ -147,7 +147,7 @@ class Called(Exception):
 BARE_COMMANDS = {  # each command with only what it requires -> the library call, and what it must be asked
     "eval": (["eval", "-m", "m", "-d", "d.jsonl"], "yayi_cli.evaluate", "evaluate",
              EvalOptions(model="m", data=[Path("d.jsonl")])),
-    "chat": (["chat", "-m", "m", "--prompt", "hi"], "yayi_cli.chat.command", "run_chat", ChatOptions(model="m")),
+    "chat": (["chat", "-m", "m", "--prompt", "hi"], "yayi_cli.chat.command", "run_chat", ChatOptions(model="m", prompt="hi")),
     "quantize": (["quantize", "-m", "m", "-o", "q"], "yayi_cli.quantize", "quantize",
                  QuantizeOptions(model="m", output=Path("q"))),
     "merge": (["merge", "a", "-o", "merged"], "yayi_cli.merge", "merge", MergeOptions(adapter="a", output=Path("merged"))),

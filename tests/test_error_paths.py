@@ -38,11 +38,15 @@ ERROR_CASES = [  # (arguments, what the one error line must say)
     (["chat", "--model", MODEL, "--prompt", "你好", "--temperature", "-1"], "temperature"),
     (["serve", "--model", f"{FOLDER}/no-such-model"], "no such model directory"),
     (["template", "install", f"{FOLDER}/no-such-model"], "no such model directory"),
+    (["data", "validate", DATA, "--max-errors", "-1"], "--max-errors must be at least 0, got -1"),
+    (["eval", "--model", MODEL, "--data", DATA, "--max-regression", "-1"], "--max-regression must be at least 0, got -1.0"),
+    (["eval", "--model", MODEL, "--data", DATA, "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["serve", "--model", MODEL, "--port", "70000"], "--port must be at most 65535, got 70000"),
+    (["eval", "--data", DATA], "missing --model DIR|HUB_ID (give it as a flag or in --config)"),
 ]
 
 
 BAD_OPTION_VALUES = [
-    ["data", "validate", str(SAMPLE_DATA), "--max-errors", "-1"],
     ["train", "--zero", "5"],
     ["train", "--precision", "fp8"],
     ["quantize", "--model", "m", "-o", "out", "--bits", "3"],
@@ -51,7 +55,6 @@ BAD_OPTION_VALUES = [
     ["chat", "--model", "m", "--temperature", "inf"],
     ["train", "--lr", "nan"],
     ["quantize", "--model", "m", "-o", "out", "--threshold", "nan"],
-    ["eval", "--model", "m", "--data", str(SAMPLE_DATA), "--max-regression", "-1"],
     ["no-such-command"],
 ]
 

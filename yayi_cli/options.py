@@ -1,8 +1,9 @@
-"""What `yayi chat`, `eval` and `quantize` are asked to do, as data.
+"""What `yayi chat`, `eval`, `quantize`, `merge`, `serve` and `template install` are asked to do, as data.
 
-The CLI takes its `--help` defaults from these dataclasses, so the two cannot drift; this module
-imports nothing heavy because every `yayi --help` and TAB press imports it. (`yayi train`'s
-options, with their config-file layering, are in train/options.py.)
+Each field declares its flags, help and checks (option_table.py); the CLI is made from these classes
+and a library call gets the same checks. This module imports nothing heavy because every
+`yayi --help` and TAB press imports it. (`yayi train`'s options are in train/options.py, the data
+commands' in data/options.py.)
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from yayi_cli.errors import UsageError
+from yayi_cli.models import DTYPES
+from yayi_cli.option_table import CommandOptions, complete_directories, group, option
+from yayi_cli.prompt import TEMPLATES
 
 
 def _flag(text: str) -> bool:
@@ -38,17 +42,64 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() in ("none", "off", "") else int(text)
 
 
+def as_test_size(value: Any) -> int | float:
+    """`--test-size`: a count (400) or a fraction (0.05), from a flag's text or a config file."""
+    from yayi_cli.sampling import parse_test_size
+
+    return parse_test_size(str(value))
+
+
+MODEL_HELP = "Model directory or hub id."
+
+
+def model_option(help: str = MODEL_HELP, required: bool = True) -> Any:
+    return option("--model", "-m", metavar="DIR|HUB_ID", help=help, complete=complete_directories, required=required,
+                  default=dataclasses.MISSING if required else None)
+
+
+def template_option() -> Any:
+    return option("--template", default=None, choices=tuple(TEMPLATES),
+                  help="Prompt template (default: saved with the model, else detected from its name or config).")
+
+
+def trust_remote_code_option() -> Any:
+    return option("--trust-remote-code", default=False, help="Allow the model's own Python code to run when loading it.")
+
+
+def base_option() -> Any:
+    return option("--base", default=None, metavar="DIR|HUB_ID", complete=complete_directories,
+                  help="With a LoRA adapter directory as --model: the base model to load it on "
+                       "[default: the one in its adapter_config.json].")
+
+
+def device_option() -> Any:
+    return option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+
+
+def dtype_option(help: str = "Weights' precision when loading.") -> Any:
+    return option("--dtype", default="auto", choices=DTYPES, help=help)
+
+
+def load_in_8bit_option() -> Any:
+    return option("--load-in-8bit", default=False, help="Load the model in int8 (bitsandbytes).")
+
+
+def force_option(help: str) -> Any:
+    return option("--force", default=False, help=help)
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """How answers are generated; the defaults are upstream YaYi's, with room for longer answers."""
 
-    temperature: float = 0.3
-    top_p: float = 1.0
-    top_k: int = 50
-    max_new_tokens: int = 512
-    repetition_penalty: float = 1.1
-    do_sample: bool = True
-    seed: int | None = None
+    temperature: float = option("--temperature", default=0.3, help="Randomness of sampling (above 0).")
+    top_p: float = option("--top-p", default=1.0, help="Sample from the smallest set of tokens this likely, in (0, 1].")
+    top_k: int = option("--top-k", default=50, help="Sample from the K likeliest tokens; 0 turns it off.")
+    max_new_tokens: int = option("--max-new-tokens", default=512, metavar="N", help="Longest answer in tokens.")
+    repetition_penalty: float = option("--repetition-penalty", default=1.1, help="Above 1 discourages repeating (1 is none).")
+    do_sample: bool = option("--sample/--greedy", default=True,
+                             help="Sample (upstream's default) or take the most likely token.")
+    seed: int | None = option("--seed", default=None, help="Seed the sampler once, for repeatable answers.")
 
     PARSERS = {  # noqa: RUF012 - a class constant, not a field (no annotation)
         "temperature": finite_float, "top_p": finite_float, "top_k": int, "max_new_tokens": int,
@@ -101,86 +152,143 @@ class GenerationSettings:
 
 
 @dataclass
-class ChatOptions:
-    """Everything `yayi chat` needs to open a session, resolved in one place."""
+class ChatOptions(CommandOptions):
+    """Everything `yayi chat` needs to open a session and answer, resolved in one place."""
 
-    model: str
-    template: str | None = None
-    system: str | None = None
-    settings: GenerationSettings = field(default_factory=GenerationSettings)
-    device: str = "auto"
-    dtype: str = "auto"
-    load_in_8bit: bool = False
-    trust_remote_code: bool = False
-    max_context_tokens: int | None = None
-    compile: bool = False
-    base: str | None = None
-    """With an adapter directory as `model`: its base (default: the one it names)."""
+    COMMAND = "chat"
+    CONFIG_FILE = True
 
-
-@dataclass
-class EvalOptions:
-    """Everything `yayi eval` is asked to do, resolved in one place (the CLI's defaults come from here)."""
-
-    model: str
-    data: list[Path]
-    task: str = "lm"
-    generate: bool = False
-    sample: bool = False
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    max_samples: int | None = None
-    max_length: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    load_in_8bit: bool = False
-    template: str | None = None
-    trust_remote_code: bool = False
-    output: Path | None = None
-    predictions: Path | None = None
-    baseline: Path | None = None
-    fail_if: list[str] = field(default_factory=list)
-    max_regression: float | None = None
-    force: bool = False
-    base: str | None = None
-    """With an adapter directory as `model`: its base (default: the one it names)."""
+    model: str = model_option()
+    template: str | None = template_option()
+    system: str | None = option("--system", default=None, help="System prompt (default: the template's).")
+    settings: GenerationSettings = group(GenerationSettings)
+    device: str = device_option()
+    dtype: str = dtype_option()
+    load_in_8bit: bool = load_in_8bit_option()
+    trust_remote_code: bool = trust_remote_code_option()
+    max_context_tokens: int | None = option(
+        "--max-context-tokens", default=None, at_least=16, metavar="N",
+        help="Drop the oldest exchanges beyond this (default: the model's context).")
+    compile: bool = option("--compile", default=False,
+                           help="Static KV cache compiled by torch.compile: faster decoding after a warm-up.")
+    base: str | None = base_option()
+    prompt: str | None = option("--prompt", "-p", default=None, help="Answer this one message, print only the answer, exit.")
+    jsonl: bool = option("--jsonl", default=False,
+                         help='Read JSON lines on stdin ({"prompt": ...} or any record), write one JSON line per answer.')
+    history_file: Path | None = option("--history-file", default=None, metavar="FILE",
+                                       help="Input history (default: $XDG_STATE_HOME/yayi/chat_history).")
+    no_history: bool = option("--no-history", default=False, help="Keep no input history on disk.")
 
 
 @dataclass
-class QuantizeOptions:
-    model: str
-    output: Path
-    bits: int = 8
-    threshold: float = 6.0
-    skip_modules: tuple[str, ...] = ("lm_head",)
-    device: str = "auto"
-    check_data: list[Path] = field(default_factory=list)
-    max_check_samples: int = 64
-    max_ppl_increase: float | None = None
-    decode_tokens: int = 32
-    force: bool = False
-    trust_remote_code: bool = False
-    base: str | None = None
-    """With an adapter directory as `model`: the base to merge it into (default: the one it names)."""
+class EvalOptions(CommandOptions):
+    """Everything `yayi eval` is asked to do, resolved in one place."""
+
+    COMMAND = "eval"
+    CONFIG_FILE = True
+
+    model: str = model_option()
+    data: list[Path] = option("--data", "-d", metavar="FILE", required=True, help="Held-out data (repeat for several files).")
+    task: str = option("--task", default="lm", choices=("lm", "choice"), help=(
+        "lm: answer loss and generation; choice: multiple-choice accuracy (CSV question,A,B,C,D,answer or JSON lines)."))
+    generate: bool = option("--generate", default=False,
+                            help="Also generate each last answer and score it (exact match, ROUGE-L, BLEU-4).")
+    sample: bool = option("--sample", default=False, help="Sample instead of greedy decoding with --generate.")
+    max_new_tokens: int = option("--max-new-tokens", default=256, at_least=1, metavar="N", help="Longest generated answer.")
+    batch_size: int = option("--batch-size", default=8, at_least=1, metavar="N", help="Records per forward pass.")
+    max_samples: int | None = option("--max-samples", default=None, at_least=1, metavar="N",
+                                     help="Evaluate a seeded sample of this many records.")
+    max_length: int | None = option("--max-length", default=None, at_least=1, metavar="TOKENS",
+                                    help="Truncate longer sequences (default: the model's context).")
+    seed: int = option("--seed", default=0, help="Seed of --max-samples and of --sample.")
+    device: str = device_option()
+    dtype: str = dtype_option()
+    load_in_8bit: bool = load_in_8bit_option()
+    template: str | None = template_option()
+    trust_remote_code: bool = trust_remote_code_option()
+    output: Path | None = option("--output", "-o", default=None, metavar="REPORT.json", help="Write the JSON report here.")
+    predictions: Path | None = option("--predictions", default=None, metavar="FILE.jsonl",
+                                      help="Write each prediction with its reference and scores.")
+    baseline: Path | None = option("--baseline", default=None, metavar="REPORT.json",
+                                   help="A previous report: print changes against it.")
+    fail_if: list[str] = option("--fail-if", default_factory=list, metavar="EXPR",
+                                help='Exit 1 when it holds, e.g. "ppl>12.5" (repeatable).')
+    max_regression: float | None = option("--max-regression", default=None, at_least=0, metavar="PCT",
+                                          help="With --baseline: exit 1 when a metric is more than PCT% worse.")
+    force: bool = force_option("Replace existing --output or --predictions files.")
+    base: str | None = base_option()
 
 
 @dataclass
-class MergeOptions:
-    adapter: str
-    output: Path
-    base: str | None = None
-    dtype: str = "auto"
-    """auto: the dtype the base was saved in."""
-    force: bool = False
-    trust_remote_code: bool = False
+class QuantizeOptions(CommandOptions):
+    """Everything `yayi quantize` is asked to do."""
+
+    COMMAND = "quantize"
+    CONFIG_FILE = True
+
+    model: str = model_option("Model to quantize.")
+    output: Path = option("--output", "-o", metavar="DIR", required=True, complete=complete_directories,
+                          help="Directory for the quantized checkpoint.")
+    bits: int = option("--bits", default=8, choices=(8, 4), help="8: LLM.int8; 4: NF4.")
+    threshold: float = option("--threshold", default=6.0, help="LLM.int8 outlier threshold.")
+    skip_modules: tuple[str, ...] = option("--skip-modules", default=("lm_head",), metavar="NAME",
+                                           help="Modules kept in full precision (repeatable).")
+    device: str = device_option()
+    check_data: list[Path] = option("--check-data", default_factory=list, metavar="FILE",
+                                    help="Records to measure answer perplexity and greedy agreement on.")
+    max_check_samples: int = option("--max-check-samples", default=64, at_least=1, metavar="N",
+                                    help="Check on at most this many records.")
+    max_ppl_increase: float | None = option("--max-ppl-increase", default=None, metavar="PCT",
+                                            help="Exit 1 (and write nothing) if perplexity rises more.")
+    decode_tokens: int = option("--decode-tokens", default=32, at_least=1, metavar="N",
+                                help="Tokens generated to measure decoding speed before and after.")
+    force: bool = force_option("Replace an existing output directory (only once the new one is complete).")
+    trust_remote_code: bool = trust_remote_code_option()
+    base: str | None = base_option()
 
 
 @dataclass
-class ServeOptions:
-    model: str
-    host: str = "127.0.0.1"
-    port: int = 8000
-    engine: str = "transformers"
-    template: str | None = None
-    trust_remote_code: bool = False
+class MergeOptions(CommandOptions):
+    """Everything `yayi merge` is asked to do."""
+
+    COMMAND = "merge"
+
+    adapter: str = option("ADAPTER_DIR", argument=True, metavar="ADAPTER_DIR", complete=complete_directories,
+                          help="What yayi train --lora/--qlora wrote.")
+    output: Path = option("--output", "-o", metavar="DIR", required=True, complete=complete_directories,
+                          help="Directory for the merged model.")
+    base: str | None = option("--base", default=None, metavar="DIR|HUB_ID", complete=complete_directories,
+                              help="The base model [default: the one in the adapter's adapter_config.json].")
+    dtype: str = dtype_option("Weights of the merged model (auto: as the base was saved).")
+    force: bool = force_option("Replace an existing output directory (only once the new one is complete).")
+    trust_remote_code: bool = trust_remote_code_option()
+
+
+@dataclass
+class ServeOptions(CommandOptions):
+    """Everything `yayi serve` is asked to do."""
+
+    COMMAND = "serve"
+    CONFIG_FILE = True
+
+    model: str = model_option()
+    host: str = option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 opens it to the network).")
+    port: int = option("--port", default=8000, at_least=1, at_most=65535, help="Port to listen on.")
+    engine: str = option("--engine", default="transformers", choices=("transformers", "vllm"),
+                         help="transformers serve, or vLLM where installed.")
+    template: str | None = template_option()
+    trust_remote_code: bool = trust_remote_code_option()
+
+
+@dataclass
+class TemplateInstallOptions(CommandOptions):
+    """Everything `yayi template install` is asked to do."""
+
+    COMMAND = "template install"
+
+    model: str = option("MODEL_DIR", argument=True, metavar="MODEL_DIR", complete=complete_directories,
+                        help="A local model directory.")
+    template: str | None = template_option()
+    check_only: bool = option("--check", default=False,
+                         help="Only report whether the model agrees with the yayi core; exit 1 if not.")
+    trust_remote_code: bool = trust_remote_code_option()

@@ -17,7 +17,7 @@ from yayi_cli.prompt import TEMPLATES, add_markers
 from yayi_cli.tiny import ARCHITECTURES, TinySpec, build_tiny, training_texts
 from yayi_cli.train.adapters import DEFAULT_TARGETS, attach_adapter, plan_adapter, resolve_targets
 from yayi_cli.train.memory import model_skeleton
-from yayi_cli.train.options import ADAPTER_LR, FULL_FINE_TUNE_LR, TrainOptions, resolve_options
+from yayi_cli.train.options import ADAPTER_LR, FULL_FINE_TUNE_LR, TrainOptions
 
 REQUIRED = {"data": ["d.jsonl"], "model": "m", "output": "out"}
 
@@ -30,17 +30,17 @@ def bases_without_markers(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_adapter_runs_default_to_an_adapter_learning_rate_and_alpha_twice_r():
-    assert resolve_options(None, REQUIRED).lr == FULL_FINE_TUNE_LR
-    options = resolve_options(None, REQUIRED | {"lora": True, "lora_r": 8})
+    assert TrainOptions.resolve(None, REQUIRED).lr == FULL_FINE_TUNE_LR
+    options = TrainOptions.resolve(None, REQUIRED | {"lora": True, "lora_r": 8})
     assert (options.lr, options.lora_alpha, options.adapter) == (ADAPTER_LR, 16, "lora")
-    assert resolve_options(None, REQUIRED | {"qlora": True, "lr": 3e-4}).lr == 3e-4
+    assert TrainOptions.resolve(None, REQUIRED | {"qlora": True, "lr": 3e-4}).lr == 3e-4
 
 
 def test_the_same_options_come_from_a_config_file(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("qlora: true\nlora_r: 64\nlora-alpha: 16\nlora_dropout: 0.1\nlora_targets: q_proj,v_proj\n",
                       encoding="utf-8")
-    options = resolve_options(config, REQUIRED)
+    options = TrainOptions.resolve(config, REQUIRED)
     assert (options.adapter, options.lora_r, options.lora_alpha, options.lora_dropout) == ("qlora", 64, 16, 0.1)
     assert options.lora_targets == ["q_proj,v_proj"]  # split into names when the targets are resolved
 
@@ -58,7 +58,7 @@ def test_help_says_the_adapter_learning_rate():
 ])
 def test_adapter_settings_no_run_can_use_are_refused(values, message):
     with pytest.raises(UsageError, match=message):
-        resolve_options(None, REQUIRED | values)
+        TrainOptions.resolve(None, REQUIRED | values)
 
 
 def test_each_architecture_gets_its_attention_and_mlp_projections(tiny_model_dirs, arch):

@@ -10,22 +10,21 @@ from typer.testing import CliRunner
 from tests.helpers import SAMPLE_DATA
 from yayi_cli.cli import app
 from yayi_cli.errors import UsageError
-from yayi_cli.train.options import (
-    ADAPTER_LR, FULL_FINE_TUNE_LR, UPSTREAM_ALIASES, TrainOptions, field_types, read_config_file, resolve_options,
-)
+from yayi_cli.option_table import table
+from yayi_cli.train.options import ADAPTER_LR, FULL_FINE_TUNE_LR, TrainOptions
 
 REQUIRED = {"data": ["d.jsonl"], "model": "m", "output": "out"}
 
 
 def test_defaults_apply_when_nothing_else_is_given():
-    options = resolve_options(None, REQUIRED)
+    options = TrainOptions.resolve(None, REQUIRED)
     assert (options.zero, options.precision, options.micro_batch_size, options.seed) == (2, "auto", 8, 515)
 
 
 def test_a_config_file_overrides_defaults_and_flags_override_the_file(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("zero: 3\nlr: 1.0e-4\nepochs: 1\nmicro_batch_size: 2\n", encoding="utf-8")
-    options = resolve_options(config, REQUIRED | {"lr": 3e-4, "epochs": None})
+    options = TrainOptions.resolve(config, REQUIRED | {"lr": 3e-4, "epochs": None})
     assert options.zero == 3 and options.micro_batch_size == 2  # from the file
     assert options.lr == 3e-4  # the flag wins
     assert options.epochs == 1.0  # a flag not typed (None) leaves the file's value
@@ -37,7 +36,7 @@ def test_config_files_accept_upstream_and_dashed_names_in_json(tmp_path):
         "data-path": "train.json", "input_model": "yayi-7b", "local_output_dir": "ckpt",
         "per_device_train_batch_size": 4, "learning_rate": 5e-6, "test_size": 400,
     }), encoding="utf-8")
-    options = resolve_options(config, {})
+    options = TrainOptions.resolve(config, {})
     assert (options.data, options.model, options.output) == (["train.json"], "yayi-7b", "ckpt")
     assert (options.micro_batch_size, options.lr, options.test_size) == (4, 5e-6, 400)
 
@@ -53,7 +52,7 @@ def test_config_file_mistakes_name_the_file_and_the_key(tmp_path, text, message)
     config = tmp_path / "run.yaml"
     config.write_text(text, encoding="utf-8")
     with pytest.raises(UsageError, match=message) as caught:
-        read_config_file(config)
+        TrainOptions.read_config(config)
     assert str(config) in str(caught.value)
 
 
@@ -66,7 +65,7 @@ def test_config_file_mistakes_name_the_file_and_the_key(tmp_path, text, message)
 ])
 def test_impossible_options_are_refused(flags, message):
     with pytest.raises(UsageError, match=message):
-        resolve_options(None, REQUIRED | flags)
+        TrainOptions.resolve(None, REQUIRED | flags)
 
 
 def test_every_upstream_flag_name_is_accepted_on_the_command_line():
@@ -79,7 +78,7 @@ def test_every_upstream_flag_name_is_accepted_on_the_command_line():
                 "--per-device-eval-batch-size", "--epochs", "--lr", "--seed", "--warmup-steps", "--logging-steps",
                 "--save-steps", "--save-total-limit", "--eval-steps", "--test-size", "--deepspeed"}
     assert upstream <= declared
-    assert {"--" + alias.replace("_", "-") for alias in UPSTREAM_ALIASES} <= declared
+    assert {"data_path", "input_model", "num_gpus", "learning_rate"} <= set(TrainOptions.config_keys())
     option_names = {param.name for param in click_command.params}
     assert option_names - {"config", "dry_run", "json_output"} == set(TrainOptions.__dataclass_fields__)
 
@@ -87,7 +86,7 @@ def test_every_upstream_flag_name_is_accepted_on_the_command_line():
 def test_yaml_numbers_written_as_text_are_numbers(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("lr: 1e-5\nwarmup_steps: '100'\n", encoding="utf-8")  # PyYAML reads 1e-5 as a string
-    options = resolve_options(config, REQUIRED)
+    options = TrainOptions.resolve(config, REQUIRED)
     assert (options.lr, options.warmup_steps) == (1e-5, 100)
 
 
@@ -99,25 +98,25 @@ def test_yaml_numbers_written_as_text_are_numbers(tmp_path):
 ])
 def test_more_impossible_options_are_refused(flags, message):
     with pytest.raises(UsageError, match=message):
-        resolve_options(None, REQUIRED | flags)
+        TrainOptions.resolve(None, REQUIRED | flags)
 
 
 def test_max_steps_makes_epochs_irrelevant():
-    assert resolve_options(None, REQUIRED | {"epochs": 0, "max_steps": 10}).max_steps == 10
+    assert TrainOptions.resolve(None, REQUIRED | {"epochs": 0, "max_steps": 10}).max_steps == 10
 
 
 def test_the_network_interface_and_dist_timeout_come_from_a_config_file_too(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("network-interface: eth1\ndist_timeout: 60\n", encoding="utf-8")
-    options = resolve_options(config, REQUIRED)
+    options = TrainOptions.resolve(config, REQUIRED)
     assert (options.network_interface, options.dist_timeout) == ("eth1", 60)
-    assert resolve_options(None, REQUIRED).dist_timeout == 300
+    assert TrainOptions.resolve(None, REQUIRED).dist_timeout == 300
     config.write_text("network_interface: 'eth1 eth2'\n", encoding="utf-8")
     with pytest.raises(UsageError, match="--network-interface 'eth1 eth2': give an interface name"):
-        resolve_options(config, REQUIRED)
+        TrainOptions.resolve(config, REQUIRED)
 
 
-BOOLEAN_OPTIONS = sorted(name for name, kind in field_types().items() if kind is bool)
+BOOLEAN_OPTIONS = sorted(entry.name for entry in table(TrainOptions) if entry.hint is bool)
 
 
 def planned_options(config, model, output, *flags: str) -> dict:

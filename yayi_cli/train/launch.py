@@ -18,7 +18,7 @@ from yayi_cli.errors import UsageError
 from yayi_cli.train.checkpoints import convert_to_universal, interrupted_note
 from yayi_cli.train.environment import child_environment
 from yayi_cli.train.files import DS_CONFIG_FILE, METRICS_FILE, NODE_ENV_FILE, SUMMARY_FILE, TRAIN_LOG
-from yayi_cli.train.options import TrainOptions, check_options
+from yayi_cli.train.options import TrainOptions
 from yayi_cli.train.plan import LaunchPlan, plan_launch
 from yayi_cli.train.runs import record_launch
 from yayi_cli.train.supervise import run_launcher
@@ -110,7 +110,7 @@ def train(options: TrainOptions, *, dry_run: bool = False, verbose: bool = False
           before_launch: Callable[[LaunchPlan], None] | None = None) -> TrainResult:
     """Plan the run and, unless `dry_run`, write its files and run it; `before_launch(plan)` is called
     between the two (the CLI shows the plan there). `verbose` shows the libraries' output too."""
-    check_options(options)
+    options.check()
     plan = plan_launch(options, dry_run=dry_run)
     if dry_run:
         return TrainResult(plan)

@@ -1,42 +1,27 @@
-"""Every `yayi train` option as data, resolved in one place: defaults < config file < command-line flags.
+"""Every `yayi train` option as data, declared once (option_table.py): defaults < config file < flags.
 
 A config file (YAML or JSON) holds a mapping of option names: the field names below, with `_` or
-`-`, or the upstream YaYi training flags' names (`data_path`, `input_model`, ...).
+`-`, or any of a field's flag names, which include the upstream YaYi training flags (`data_path`,
+`input_model`, ...).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
-import math
 import re
-import types
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from yayi_cli.data import DEFAULT_SEED
 from yayi_cli.errors import UsageError
+from yayi_cli.option_table import CommandOptions, complete_directories, option
+from yayi_cli.options import as_test_size, template_option
 
 ZERO_STAGES = (0, 1, 2, 3)
 OFFLOADS = ("none", "cpu", "nvme")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 OVERLONG = ("truncate", "skip")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
-
-UPSTREAM_ALIASES = {
-    "data_path": "data",
-    "input_model": "model",
-    "local_output_dir": "output",
-    "per_device_train_batch_size": "micro_batch_size",
-    "per_device_eval_batch_size": "eval_batch_size",
-    "num_train_epochs": "epochs",
-    "learning_rate": "lr",
-    "num_gpus": "gpus",
-}
-"""Names the upstream training command (and Hugging Face) use for our options."""
 
 FULL_FINE_TUNE_LR = 5e-6
 ADAPTER_LR = 1e-4
@@ -45,63 +30,107 @@ DIST_TIMEOUT = 300
 """Seconds a rank waits for the others (to join, or in a collective) before the run ends as failed."""
 INTERFACE_NAME = re.compile(r"^[\w.:@-]+(,[\w.:@-]+)*$")
 """A network interface, or several separated by commas (as Gloo and NCCL read them)."""
+DEEPSPEED_FILE_DECIDES = ("zero", "offload", "nvme_path", "precision")
+"""Options a --deepspeed FILE sets itself."""
 
 
 @dataclass
-class TrainOptions:
+class TrainOptions(CommandOptions):
     """What one training run does. Paths are kept as given; `launch` makes them absolute."""
 
-    data: list[str] = field(default_factory=list)
-    model: str = ""
-    output: str = ""
-    eval_data: list[str] = field(default_factory=list)
-    test_size: int | float | None = None
-    template: str | None = None
-    max_length: int | None = None
-    overlong: str = "truncate"
-    packing: bool = False
-    epochs: float = 2.0
-    max_steps: int = -1
-    micro_batch_size: int = 8
-    eval_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    global_batch_size: int | None = None
-    lr: float | None = None  # None: FULL_FINE_TUNE_LR, or ADAPTER_LR with --lora/--qlora
-    lr_scheduler: str = "linear"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = DEFAULT_SEED
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: int | None = 3
-    eval_steps: int | None = None
-    gradient_checkpointing: bool = False
-    report_to: str = "none"
-    gpus: int | None = None
-    num_nodes: int | None = None
-    hostfile: str | None = None
-    include: str | None = None
-    master_addr: str | None = None
-    master_port: int | None = None
-    network_interface: str | None = None
-    dist_timeout: int = DIST_TIMEOUT
-    cpu: bool = False
-    zero: int = 2
-    offload: str = "none"
-    nvme_path: str | None = None
-    precision: str = "auto"
-    deepspeed: str | None = None
-    resume: str | None = None
-    cache_dir: str | None = None
-    trust_remote_code: bool = False
-    force: bool = False
-    lora: bool = False
-    qlora: bool = False
-    lora_r: int = 16
-    lora_alpha: int | None = None  # None: 2 x lora_r
-    lora_dropout: float = 0.05
-    lora_targets: list[str] = field(default_factory=list)  # empty: the architecture's attention and MLP projections
+    COMMAND = "train"
+    CONFIG_FILE = True
+
+    data: list[str] = option("--data", "--data-path", "-d", default_factory=list, metavar="FILE", required=True,
+                             help="Training data (repeat for several files).")
+    model: str = option("--model", "--input-model", "-m", default="", metavar="DIR|HUB_ID", required=True,
+                        complete=complete_directories, help="The model to fine-tune.")
+    output: str = option("--output", "--local-output-dir", "-o", default="", metavar="DIR", required=True,
+                         complete=complete_directories, help="Checkpoints, then the final model, go here.")
+    eval_data: list[str] = option("--eval-data", default_factory=list, metavar="FILE",
+                                  help="Held-out data for evaluation during training.")
+    test_size: int | float | None = option("--test-size", default=None, metavar="N|F", parse=as_test_size,
+                                           help="Hold out N records (or a fraction) of --data for evaluation.")
+    template: str | None = template_option()
+    max_length: int | None = option("--max-length", default=None, at_least=1, metavar="TOKENS",
+                                    help="Longest example (default: the model's context).")
+    overlong: str = option("--overlong", default="truncate", choices=OVERLONG,
+                           help="Longer examples are cut or left out, and counted.")
+    packing: bool = option("--packing", default=False, help="Pack several examples into each row.")
+    epochs: float = option("--epochs", "--num-train-epochs", default=2.0, help="Passes over the data.")
+    max_steps: int = option("--max-steps", default=-1, help="Stop after N optimizer steps (overrides --epochs).")
+    micro_batch_size: int = option("--micro-batch-size", "--per-device-train-batch-size", default=8, at_least=1,
+                                   metavar="N", help="Examples (or packed rows) per rank per step.")
+    eval_batch_size: int = option("--eval-batch-size", "--per-device-eval-batch-size", default=8, at_least=1,
+                                  metavar="N", help="Examples per rank per evaluation step.")
+    gradient_accumulation_steps: int = option("--gradient-accumulation-steps", default=1, at_least=1, metavar="N",
+                                              help="Micro-batches per optimizer step.")
+    global_batch_size: int | None = option("--global-batch-size", default=None, at_least=1, metavar="N",
+                                           help="Set accumulation so micro x accumulation x ranks = N.")
+    lr: float | None = option("--lr", "--learning-rate", default=None, above=0, help="Peak learning rate.",
+                              default_text=f"{FULL_FINE_TUNE_LR:g}; {ADAPTER_LR:g} with --lora/--qlora")
+    lr_scheduler: str = option("--lr-scheduler", default="linear", choices=SCHEDULERS, help="Learning-rate schedule.")
+    warmup_steps: int = option("--warmup-steps", default=0, at_least=0, help="Steps of linear warm-up.")
+    weight_decay: float = option("--weight-decay", default=0.0, at_least=0, help="AdamW weight decay.")
+    max_grad_norm: float = option("--max-grad-norm", default=1.0, above=0, help="Gradient clipping.")
+    seed: int = option("--seed", default=DEFAULT_SEED, help="Seed of data order, held-out records and weights.")
+    logging_steps: int = option("--logging-steps", default=10, at_least=1, help="Log every N steps.")
+    save_steps: int = option("--save-steps", default=500, at_least=1, help="Checkpoint every N steps.")
+    save_total_limit: int | None = option("--save-total-limit", default=3, at_least=1,
+                                          help="Keep the newest N checkpoints.")
+    eval_steps: int | None = option("--eval-steps", default=None, at_least=1, default_text="--save-steps",
+                                    help="Evaluate every N steps.")
+    gradient_checkpointing: bool = option("--gradient-checkpointing", default=False,
+                                          help="Recompute activations to save memory.")
+    report_to: str = option("--report-to", default="none", metavar="none|tensorboard|wandb|...",
+                            help="Where the Trainer reports metrics.")
+    gpus: int | None = option("--gpus", "--num-gpus", default=None, at_least=1, metavar="N",
+                              help="GPUs per machine (default: all; with --cpu, CPU ranks).")
+    num_nodes: int | None = option("--num-nodes", default=None, at_least=1, metavar="N",
+                                   help="Use the first N machines of --hostfile.")
+    hostfile: str | None = option("--hostfile", default=None, metavar="FILE",
+                                  help="Machines to train on ('host slots=N' lines).")
+    include: str | None = option("--include", default=None, metavar="HOST:I,J@...",
+                                 help="Exactly which GPUs (DeepSpeed's --include).")
+    master_addr: str | None = option("--master-addr", default=None, help="Address of the first machine.")
+    master_port: int | None = option("--master-port", default=None, at_least=1, at_most=65535,
+                                     help="Port for the ranks to meet on.")
+    network_interface: str | None = option("--network-interface", default=None, metavar="IFACE", help=(
+        "Network interface the machines reach each other on (sets GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME on "
+        "every machine)."))
+    dist_timeout: int = option("--dist-timeout", default=DIST_TIMEOUT, at_least=1, metavar="SECONDS",
+                               help="A rank that cannot join, or waits this long for the others, ends the run.")
+    cpu: bool = option("--cpu", default=False, help="Train on the CPU with DeepSpeed's CPU accelerator (tests).")
+    zero: int = option("--zero", default=2, choices=ZERO_STAGES, help="ZeRO stage.")
+    offload: str = option("--offload", default="none", choices=OFFLOADS,
+                          help="Offload optimizer state (and at ZeRO-3 parameters).")
+    nvme_path: str | None = option("--nvme-path", default=None, metavar="DIR", complete=complete_directories,
+                                   help="Local NVMe folder for --offload nvme.")
+    precision: str = option("--precision", default="auto", choices=PRECISIONS,
+                            help="auto: bf16 where the GPU has it, else fp16; fp32 on the CPU.")
+    deepspeed: str | None = option("--deepspeed", default=None, metavar="FILE",
+                                   help="Your own DeepSpeed config, used as it is.")
+    resume: str | None = option("--resume", default=None, metavar="auto|CHECKPOINT", complete=complete_directories,
+                                help="Continue a run: auto = the newest complete checkpoint in --output (refused if "
+                                     "the data or model settings differ from its run's).")
+    cache_dir: str | None = option("--cache-dir", default=None, metavar="DIR", complete=complete_directories,
+                                   help="Tokenized data cache.", default_text="~/.cache/yayi/tokenized")
+    trust_remote_code: bool = option("--trust-remote-code", default=False,
+                                     help="Allow the model's own Python code to run.")
+    force: bool = option("--force", default=False, help=(
+        "Start over in a non-empty --output (its old contents are moved beside it, not deleted); with --resume, "
+        "continue although the settings differ."))
+    lora: bool = option("--lora", default=False,
+                        help="Train a LoRA adapter (PEFT) on the frozen 16-bit model instead of every weight.")
+    qlora: bool = option("--qlora", default=False, help=(
+        "LoRA on the model quantized to 4-bit NF4 (bitsandbytes): a 7B model on one 24 GB GPU."))
+    lora_r: int = option("--lora-r", default=16, at_least=1, metavar="R", help="Adapter rank.")
+    lora_alpha: int | None = option("--lora-alpha", default=None, above=0, metavar="ALPHA", default_text="2 x --lora-r",
+                                    help="Adapter scale (the update is multiplied by alpha/r).")
+    lora_dropout: float = option("--lora-dropout", default=0.05, metavar="P", help="Dropout on the adapter's input.")
+    lora_targets: list[str] = option(
+        "--lora-targets", default_factory=list, metavar="NAME,...|all-linear",
+        default_text="every linear projection of the attention and MLP blocks", help="Modules that get adapters.")
 
     def __post_init__(self) -> None:
         """Defaults that depend on other options are resolved here, so every reader sees the same values."""
@@ -109,6 +138,42 @@ class TrainOptions:
             self.lr = ADAPTER_LR if self.adapter else FULL_FINE_TUNE_LR
         if self.lora_alpha is None:
             self.lora_alpha = 2 * self.lora_r
+        super().__post_init__()
+
+    def check_values(self) -> None:
+        """The table's checks, then the relations between options."""
+        super().check_values()
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise UsageError(f"--epochs must be above 0, got {self.epochs}")
+        if self.network_interface is not None and not INTERFACE_NAME.match(self.network_interface):
+            raise UsageError(f"--network-interface {self.network_interface!r}: give an interface name such as eth0 "
+                             "(several separated by commas)")
+        if self.eval_data and self.test_size is not None:
+            raise UsageError("give --eval-data or --test-size, not both")
+        self.check_deepspeed_file()
+        self.check_adapter()
+
+    def check(self) -> None:
+        """What the user asked, before planning; planning then resolves the accumulation from
+        --global-batch-size into the options it hands on, which construction alone checks."""
+        super().check()
+        if self.global_batch_size and self.gradient_accumulation_steps != 1:
+            raise UsageError("give --global-batch-size or --gradient-accumulation-steps, not both (one sets the other)")
+
+    def check_deepspeed_file(self) -> None:
+        if not self.deepspeed:
+            return
+        defaults = TrainOptions.__dataclass_fields__
+        clashing = [name for name in DEEPSPEED_FILE_DECIDES if getattr(self, name) != defaults[name].default]
+        if clashing:
+            names = ", ".join(f"--{name.replace('_', '-')}" for name in clashing)
+            raise UsageError(f"{names}: these come from --deepspeed FILE, which is used as it is; drop them")
+
+    def check_adapter(self) -> None:
+        if self.lora and self.qlora:
+            raise UsageError("give --lora or --qlora, not both (--qlora is LoRA on a 4-bit base)")
+        if not 0 <= self.lora_dropout < 1:
+            raise UsageError(f"--lora-dropout must be at least 0 and below 1, got {self.lora_dropout}")
 
     @property
     def adapter(self) -> str | None:
@@ -117,158 +182,3 @@ class TrainOptions:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-FIELDS = {item.name: item for item in dataclasses.fields(TrainOptions)}
-
-
-@functools.cache
-def field_types() -> dict[str, Any]:
-    """The fields' types, resolved on first use (not on every `--help` and TAB press)."""
-    return typing.get_type_hints(TrainOptions)
-
-
-def _canonical(key: str) -> str:
-    name = key.replace("-", "_")
-    return UPSTREAM_ALIASES.get(name, name)
-
-
-def _scalar(value: Any, kind: type, where: str) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        raise UsageError(f"{where}: expected true or false, got {value!r}")
-    if kind is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise UsageError(f"{where}: expected text, got {value!r}")
-    if kind in (int, float) and isinstance(value, str):  # YAML reads 1e-5 as text
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if kind is int and isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, kind) and not isinstance(value, bool):
-        return value
-    raise UsageError(f"{where}: expected {'a whole number' if kind is int else 'a number'}, got {value!r}")
-
-
-def _coerce(name: str, value: Any, where: str) -> Any:
-    """A config-file value as the field's type, or one clear error."""
-    if name == "test_size":
-        from yayi_cli.sampling import parse_test_size
-
-        return None if value is None else parse_test_size(str(value))
-    hint = field_types()[name]
-    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if value is None:
-        if type(None) in kinds:
-            return None
-        raise UsageError(f"{where}: a value is required")
-    if typing.get_origin(hint) is list:
-        items = value if isinstance(value, list) else [value]
-        return [_scalar(item, str, where) for item in items]
-    kind = next(k for k in kinds if k is not type(None))
-    return _scalar(value, kind, where)
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """The options in a YAML or JSON config file, by field name and with their types checked."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"--config {path}: cannot read it ({error.__class__.__name__}: {error})") from None
-    try:
-        if path.suffix.lower() == ".json":
-            loaded = json.loads(text)
-        else:
-            import yaml
-
-            loaded = yaml.safe_load(text)
-    except ValueError as error:  # json.JSONDecodeError and yaml.YAMLError's line info are in str()
-        raise UsageError(f"--config {path}: not valid JSON: {error}") from None
-    except Exception as error:  # yaml.YAMLError; yaml is imported lazily so it cannot be named here
-        raise UsageError(f"--config {path}: not valid YAML: {' '.join(str(error).split())}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise UsageError(f"--config {path}: expected a mapping of option names to values")
-    options = {}
-    for key, value in loaded.items():
-        name = _canonical(str(key))
-        if name not in FIELDS:
-            raise UsageError(f"--config {path}: unknown option {key!r}; see `yayi train --help` for the names")
-        options[name] = _coerce(name, value, f"--config {path}: {key}")
-    return options
-
-
-def check_options(options: TrainOptions) -> None:
-    """Refuse values no run can use, before anything is written or launched."""
-    required = {"data": "--data FILE", "model": "--model DIR|HUB_ID", "output": "--output DIR"}
-    for name, flag in required.items():
-        if not getattr(options, name):
-            raise UsageError(f"missing {flag} (give it as a flag or in --config)")
-    choices = {"zero": ZERO_STAGES, "offload": OFFLOADS, "precision": PRECISIONS, "overlong": OVERLONG,
-               "lr_scheduler": SCHEDULERS}
-    for name, allowed in choices.items():
-        if getattr(options, name) not in allowed:
-            raise UsageError(f"{name} {getattr(options, name)!r}: choose one of {', '.join(map(str, allowed))}")
-    at_least = {name: 1 for name in ("micro_batch_size", "eval_batch_size", "gradient_accumulation_steps",
-                                     "logging_steps", "save_steps", "gpus", "num_nodes", "global_batch_size",
-                                     "max_length", "eval_steps", "save_total_limit", "master_port",
-                                     "dist_timeout")}
-    at_least |= {"warmup_steps": 0, "weight_decay": 0}
-    for name, value in vars(options).items():  # a config file can say .nan or .inf
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UsageError(f"--{name.replace('_', '-')} {value}: give a finite number")
-    for name, lowest in at_least.items():
-        value = getattr(options, name)
-        if value is not None and value < lowest:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least {lowest}, got {value}")
-    if options.master_port is not None and options.master_port > 65535:
-        raise UsageError(f"--master-port {options.master_port}: a port is at most 65535")
-    for name in ("lr", "max_grad_norm") + (("epochs",) if options.max_steps <= 0 else ()):
-        if getattr(options, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be above 0, got {getattr(options, name)}")
-    if options.network_interface is not None and not INTERFACE_NAME.match(options.network_interface):
-        raise UsageError(f"--network-interface {options.network_interface!r}: give an interface name such as eth0 "
-                         "(several separated by commas)")
-    if options.eval_data and options.test_size is not None:
-        raise UsageError("give --eval-data or --test-size, not both")
-    if options.global_batch_size and options.gradient_accumulation_steps != 1:
-        raise UsageError("give --global-batch-size or --gradient-accumulation-steps, not both (one sets the other)")
-    if options.adapter:
-        from yayi_cli.train.adapters import check_adapter_options
-
-        check_adapter_options(options)
-
-
-def flag_values(flags: dict[str, Any]) -> dict[str, Any]:
-    """Command-line values as option values: paths as text, --test-size as a count or fraction."""
-    values = {}
-    for name, value in flags.items():
-        if isinstance(value, list):
-            value = [str(item) for item in value]
-        elif isinstance(value, Path):
-            value = str(value)
-        values[name] = value
-    if values.get("test_size") is not None:
-        values["test_size"] = _coerce("test_size", values["test_size"], "--test-size")
-    return values
-
-
-def resolve_options(config_file: Path | None, flags: dict[str, Any]) -> TrainOptions:
-    """Defaults, then the config file, then the flags the user typed (None means not typed)."""
-    values = read_config_file(config_file) if config_file is not None else {}
-    values.update({name: value for name, value in flags.items() if value is not None and value != []})
-    if values.get("deepspeed"):
-        clashing = sorted(name for name in ("zero", "offload", "nvme_path", "precision") if name in values)
-        if clashing:
-            names = ", ".join(f"--{name.replace('_', '-')}" for name in clashing)
-            raise UsageError(f"{names}: these come from --deepspeed FILE, which is used as it is; drop them")
-    options = TrainOptions(**values)
-    check_options(options)
-    return options

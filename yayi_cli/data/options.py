@@ -1,0 +1,59 @@
+"""What `yayi data validate`, `split` and `preview` are asked to do, declared once (see option_table.py)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from yayi_cli.data import DEFAULT_SEED
+from yayi_cli.option_table import CommandOptions, complete_directories, option
+from yayi_cli.options import as_test_size, force_option, model_option, template_option, trust_remote_code_option
+
+MODEL_TOKENIZER_HELP = "Model directory or hub id (its tokenizer is used)."
+
+
+@dataclass
+class PreviewOptions(CommandOptions):
+    COMMAND = "data preview"
+
+    file: Path = option("FILE", argument=True, metavar="FILE", help="A .jsonl or .json data file.")
+    num_records: int = option("-n", "--num-records", default=3, at_least=1, at_most=sys.maxsize, clamp=True,
+                              help="How many records to show.")
+    template: str | None = template_option()
+    model: str | None = model_option(MODEL_TOKENIZER_HELP, required=False)
+    trust_remote_code: bool = trust_remote_code_option()
+
+
+@dataclass
+class ValidateOptions(CommandOptions):
+    COMMAND = "data validate"
+
+    files: list[Path] = option("FILE...", argument=True, metavar="FILE...",
+                               help="Data files (.jsonl, or .json array or lines).")
+    model: str | None = model_option(MODEL_TOKENIZER_HELP, required=False)
+    max_length: int | None = option("--max-length", default=None, at_least=1, metavar="TOKENS",
+                                    help="Report records longer than this many tokens (default: the model's context).")
+    template: str | None = template_option()
+    strict: bool = option("--strict", default=False, help="Treat warnings as errors.")
+    max_errors: int = option("--max-errors", default=100, at_least=0, metavar="N",
+                             help="List at most this many problems (all are counted).")
+    workers: int | None = option("--workers", default=None, at_least=1, metavar="N", help=(
+        "Processes for JSON-lines files, at most one per core (default: one per core above 32 MB)."))
+    trust_remote_code: bool = trust_remote_code_option()
+
+
+@dataclass
+class SplitOptions(CommandOptions):
+    COMMAND = "data split"
+
+    files: list[Path] = option("FILE...", argument=True, metavar="FILE...", help="Data files to split.")
+    test_size: int | float = option("--test-size", metavar="N|F", required=True, parse=as_test_size,
+                                    help="Test records: a count (400) or a fraction (0.05).")
+    output: Path = option("--output", "-o", metavar="DIR", required=True, complete=complete_directories,
+                          help="Directory for train.jsonl, test.jsonl and split.json.")
+    seed: int = option("--seed", default=DEFAULT_SEED, help="Seed of the deterministic selection (as upstream).")
+    stratify: str | None = option("--stratify", default=None, choices=("domain",), help="Keep each domain's share in test.")
+    dedupe: bool = option("--dedupe", default=False, help="Drop later copies of identical records.")
+    skip_invalid: bool = option("--skip-invalid", default=False, help="Leave invalid records out instead of refusing.")
+    force: bool = force_option("Replace existing outputs.")
