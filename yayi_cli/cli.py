@@ -208,7 +208,7 @@ def chat_command(options: ChatOptions) -> None:
     from yayi_cli.chat.command import run_chat
     from yayi_cli.chat.repl import default_history_file
 
-    history = None if options.no_history else options.history_file or default_history_file()
+    history = (options.history_file or default_history_file()) if options.history else None
     code = run_chat(options, prompt=options.prompt, jsonl=options.jsonl, history_file=history)
     if code:
         raise typer.Exit(code)

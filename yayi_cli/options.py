@@ -177,7 +177,7 @@ class ChatOptions(CommandOptions):
                          help='Read JSON lines on stdin ({"prompt": ...} or any record), write one JSON line per answer.')
     history_file: Path | None = option("--history-file", default=None, metavar="FILE",
                                        help="Input history (default: $XDG_STATE_HOME/yayi/chat_history).")
-    no_history: bool = option("--no-history", default=False, help="Keep no input history on disk.")
+    history: bool = option("--history/--no-history", default=True, help="Keep an input history on disk (--no-history: none).")
 
 
 @dataclass

@@ -22,7 +22,7 @@ from yayi_cli.train.worker import build_datasets, training_records
 LAUNCHER_SIDE = ("yayi_cli.train.plan", "yayi_cli.train.ranks", "yayi_cli.train.checkpoints",
                  "yayi_cli.train.environment", "yayi_cli.train.supervise", "yayi_cli.train.console",
                  "yayi_cli.train.report", "yayi_cli.train.launch", "yayi_cli.train.memory", "yayi_cli.train.runs",
-                 "yayi_cli.data.reader", "yayi_cli.models", "yayi_cli.cli")
+                 "yayi_cli.data.reader", "yayi_cli.cli")
 
 
 def imported_modules(argv: list[str]) -> set[str]:
