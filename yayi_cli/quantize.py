@@ -163,7 +163,7 @@ def quantize(options: QuantizeOptions, reference: str | None = None) -> Quantize
     from yayi_cli.data.checked import load_records
     from yayi_cli.inference import response_loss, split_last_answer
     from yayi_cli.loading import load_for_task
-    from yayi_cli.models import load_model, model_directory, resolve_device, resolve_model, resolve_model_reference, saved_precision
+    from yayi_cli.models import load_model, model_directory, resolve_device, resolve_model, resolve_model_reference
     from yayi_cli.packages import require_package
     from yayi_cli.prompt import save_model_format
 
@@ -199,11 +199,7 @@ def quantize(options: QuantizeOptions, reference: str | None = None) -> Quantize
         before.perplexity = response_loss(original, prompt_tokenizer, examples).overall.perplexity
     del original
 
-    try:
-        quantized = load_model(reference, device=device, dtype=saved_precision(reference),
-                               quantization=quantization_config(options), trust_remote_code=options.trust_remote_code)
-    except (RuntimeError, NotImplementedError) as error:  # what bitsandbytes raises for a layer it cannot convert
-        raise UsageError(f"bitsandbytes cannot quantize {options.model}: {str(error).splitlines()[0]}") from None
+    quantized = load_quantized(reference, options, device)
     with model_directory(options.output, replace=options.force) as tmp:
         quantized.save_pretrained(tmp)
         save_model_format(tmp, tokenizer, template)
@@ -221,6 +217,17 @@ def quantize(options: QuantizeOptions, reference: str | None = None) -> Quantize
         report.seconds = time.perf_counter() - started
         (tmp / REPORT_FILE).write_text(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return report
+
+
+def load_quantized(reference: str, options: QuantizeOptions, device: str) -> Any:
+    """The model quantized while it loads, in the precision it was saved in (its unquantized layers too)."""
+    from yayi_cli.models import load_model, saved_precision
+
+    try:
+        return load_model(reference, device=device, dtype=saved_precision(reference),
+                          quantization=quantization_config(options), trust_remote_code=options.trust_remote_code)
+    except (RuntimeError, NotImplementedError) as error:  # what bitsandbytes raises for a layer it cannot convert
+        raise UsageError(f"bitsandbytes cannot quantize {options.model}: {str(error).splitlines()[0]}") from None
 
 
 def _check_gate(report: QuantizeReport, options: QuantizeOptions) -> None:
