@@ -40,3 +40,42 @@ def test_a_broken_model_directory_is_one_error_line(tiny_model_dirs, tmp_path, d
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().splitlines()[-1].startswith("error:") and expected in result.stderr
     assert not (tmp_path / "int8").exists()
+
+
+def test_a_model_json_file_is_read_once_the_same_way(tmp_path):
+    from yayi_cli.errors import UsageError
+    from yayi_cli.models import model_json, read_model_json
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}', encoding="utf-8")
+    (tmp_path / "broken.json").write_text("{", encoding="utf-8")
+    (tmp_path / "list.json").write_text("[1]", encoding="utf-8")
+    assert read_model_json(tmp_path) == {"model_type": "llama"} and read_model_json(tmp_path, "absent.json") is None
+    with pytest.raises(UsageError, match=r"broken.json: not readable JSON"):
+        read_model_json(tmp_path, "broken.json")
+    with pytest.raises(UsageError, match=r"list.json: not a model config"):
+        read_model_json(tmp_path, "list.json")
+    assert model_json(tmp_path, "broken.json") == model_json(tmp_path, "absent.json") == {}  # readers of one setting
+
+
+def test_a_missing_optional_package_is_one_line_naming_what_to_install(monkeypatch):
+    import importlib.util
+
+    from yayi_cli.errors import UsageError
+    from yayi_cli.packages import require_package
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(UsageError, match=r"^--load-in-8bit needs bitsandbytes: pip install 'yayi-cli\[quant\]'$"):
+        require_package("bitsandbytes", "--load-in-8bit", extra="quant")
+    require_package("json", "reading", extra="none")  # installed: nothing to say
+
+
+def test_one_nf4_builder_with_double_quantization_as_a_choice():
+    import torch
+
+    from yayi_cli.models import nf4_config
+
+    qlora, checkpoint = nf4_config(torch.bfloat16, double_quant=True), nf4_config(torch.float16, double_quant=False, skip_modules=[])
+    assert (qlora.bnb_4bit_use_double_quant, checkpoint.bnb_4bit_use_double_quant) == (True, False)
+    assert (qlora.llm_int8_skip_modules, checkpoint.llm_int8_skip_modules) == (None, [])
+    assert qlora.bnb_4bit_quant_type == checkpoint.bnb_4bit_quant_type == "nf4"

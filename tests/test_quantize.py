@@ -58,11 +58,11 @@ def test_the_nf4_checkpoint_holds_the_scales_of_a_fresh_quantization(tiny_model_
     """bitsandbytes repacks NF4 weights for its CPU kernel on the first forward pass where the CPU has
     AVX512-BF16, and a model saved after that carries its scales transposed and rounded to bf16. The
     checkpoint must be written before the model runs: its scales equal those of a fresh quantization."""
-    from yayi_cli.quantize import _load_quantized
+    from yayi_cli.quantize import load_quantized
 
     options = QuantizeOptions(str(tiny_model_dirs["llama"]), tmp_path / "q4", bits=4, check_data=[SAMPLE_DATA], max_check_samples=2)
     quantize(options)
-    fresh = _load_quantized(str(tiny_model_dirs["llama"]), options, "cpu")
+    fresh = load_quantized(str(tiny_model_dirs["llama"]), options, "cpu")
     written = load_model(str(options.output), device="cpu")
     layers = {name: module for name, module in written.named_modules() if type(module).__name__ == "Linear4bit"}
     assert layers

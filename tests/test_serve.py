@@ -62,7 +62,7 @@ def test_a_port_in_use_is_one_error_line_with_exit_2(tiny_model_dirs):
 def test_vllm_without_vllm_is_one_error_line_with_exit_2(tiny_model_dirs):
     result = yayi("serve", "--model", str(tiny_model_dirs["llama"]), "--engine", "vllm")
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
-    assert result.stderr.startswith("error: --engine vllm needs vllm, not installed here")
+    assert result.stderr.startswith("error: --engine vllm needs vllm: pip install vllm")
 
 
 def test_missing_models_and_models_without_markers_are_refused(tmp_path, without_markers):

@@ -267,26 +267,23 @@ class EvalReport:
 
 def run_eval(options: EvalOptions) -> EvalReport:
     """Read the data (refusing invalid records first), load the model once, compute every metric asked for."""
-    from yayi_cli.models import context_length, load_model, load_tokenizer
-    from yayi_cli.prompt import resolve_template
+    from yayi_cli.loading import load_for_task
 
     started = time.perf_counter()
     if options.task == "choice":
         inputs = seeded_sample(read_choice_items(options.data), options.max_samples, options.seed)
     else:
         inputs = seeded_sample(load_records(options.data), options.max_samples, options.seed)
-    template, _ = resolve_template(options.template, options.model)
-    tokenizer = load_tokenizer(options.model, trust_remote_code=options.trust_remote_code, base=options.base)
-    prompt_tokenizer = PromptTokenizer(template, tokenizer)
-    model = load_model(
-        options.model, device=options.device, dtype=options.dtype, load_in_8bit=options.load_in_8bit,
-        trust_remote_code=options.trust_remote_code, base=options.base,
+    loaded = load_for_task(
+        options.model, base=options.base, template=options.template, trust_remote_code=options.trust_remote_code,
+        device=options.device, dtype=options.dtype, load_in_8bit=options.load_in_8bit,
     )
     timings = {"load_s": time.perf_counter() - started}
+    name, model, prompt_tokenizer = loaded.template.name, loaded.model, loaded.prompt_tokenizer
     if options.task == "choice":
-        return _choice_report(options, template.name, model, prompt_tokenizer, inputs, timings)
-    max_length = options.max_length or context_length(options.model, tokenizer, options.base)
-    return _lm_report(options, template.name, model, prompt_tokenizer, inputs, timings, max_length)
+        return _choice_report(options, name, model, prompt_tokenizer, inputs, timings)
+    max_length = options.max_length or loaded.context_length()
+    return _lm_report(options, name, model, prompt_tokenizer, inputs, timings, max_length)
 
 
 def _lm_report(

@@ -8,7 +8,6 @@ into the 16-bit base, the usual QLoRA practice: merging into 4-bit weights would
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import tempfile
 import time
@@ -19,10 +18,9 @@ from typing import Any
 
 from yayi_cli.atomic import refuse_output_over
 from yayi_cli.errors import UsageError
-from yayi_cli.models import ADAPTER_CONFIG_FILE, ModelSource, model_directory, resolve_model
+from yayi_cli.models import ADAPTER_CONFIG_FILE, ModelSource, model_directory, model_json, resolve_model
 from yayi_cli.options import MergeOptions
 
-DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 SUMMARY_FILE = "train_summary.json"  # written by the training worker beside the adapter
 
 
@@ -41,26 +39,9 @@ class MergeReport:
                 "notes": self.notes}
 
 
-def saved_dtype(reference: str) -> str:
-    """The dtype a checkpoint (directory or hub id) was saved in, as bf16/fp16/fp32 (fp32 when it does not say).
-
-    Read through transformers' own file lookup, so a hub id resolves to the same config (the HF cache
-    offline) that loading the base will use."""
-    from transformers.utils import CONFIG_NAME, cached_file
-
-    try:
-        config = json.loads(Path(cached_file(reference, CONFIG_NAME)).read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # no config to read: loading the base reports that, in one line
-        return "fp32"
-    return DTYPE_NAMES.get(str(config.get("dtype") or config.get("torch_dtype")), "fp32")
-
-
 def trained_method(adapter: str) -> str | None:
     """"lora" or "qlora", from the training summary beside the adapter (None when there is none)."""
-    try:
-        return json.loads((Path(adapter) / SUMMARY_FILE).read_text(encoding="utf-8")).get("adapter")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return model_json(adapter, SUMMARY_FILE).get("adapter")
 
 
 def resolve_adapter(options: MergeOptions) -> ModelSource:
@@ -72,23 +53,22 @@ def resolve_adapter(options: MergeOptions) -> ModelSource:
 
 def write_merged(options: MergeOptions, directory: Path) -> MergeReport:
     """Load base + adapter, merge, and save the plain model, tokenizer and template into `directory`."""
-    from yayi_cli.models import load_model, load_tokenizer
-    from yayi_cli.prompt import resolve_template, save_model_format
+    from yayi_cli.loading import load_for_task
+    from yayi_cli.models import saved_precision
+    from yayi_cli.prompt import save_model_format
 
     started = time.perf_counter()
     source = resolve_adapter(options)
-    dtype = saved_dtype(source.base) if options.dtype == "auto" else options.dtype
+    dtype = saved_precision(source.base) if options.dtype == "auto" else options.dtype
     notes = []
     if trained_method(options.adapter) == "qlora":
         notes.append("the adapter was trained on the 4-bit NF4 base; it is merged into the 16-bit base (the usual "
                      "QLoRA practice), so answers can differ slightly from the 4-bit model's")
-    model = load_model(options.adapter, device="cpu", dtype=dtype, base=options.base,
-                       trust_remote_code=options.trust_remote_code)
-    merged = model.merge_and_unload()
-    template, _ = resolve_template(None, options.adapter)
+    loaded = load_for_task(options.adapter, base=options.base, trust_remote_code=options.trust_remote_code,
+                           device="cpu", dtype=dtype)
+    merged = loaded.model.merge_and_unload()
     merged.save_pretrained(directory)
-    tokenizer = load_tokenizer(options.adapter, base=options.base, trust_remote_code=options.trust_remote_code)
-    save_model_format(directory, tokenizer, template)
+    save_model_format(directory, loaded.tokenizer, loaded.template)
     return MergeReport(options, source.base, dtype, merged.num_parameters(), time.perf_counter() - started, notes)
 
 

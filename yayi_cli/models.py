@@ -8,13 +8,14 @@ import os
 import logging
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from yayi_cli.atomic import atomic_directory
 from yayi_cli.errors import UsageError
+from yayi_cli.packages import require_package
 from yayi_cli.terminal import deepspeed_logs_to_stderr
 
 
@@ -26,11 +27,11 @@ def resolve_model_reference(model: str) -> str:
     """
     path = Path(model).expanduser()
     if path.is_dir():
-        if (path / ADAPTER_CONFIG_FILE).is_file() and not (path / "config.json").is_file():
+        if (path / ADAPTER_CONFIG_FILE).is_file() and not (path / CONFIG_FILE).is_file():
             raise UsageError(f"{model}: is a LoRA adapter, not a full model here; make one with `yayi merge {model} -o DIR`")
-        if not (path / "config.json").is_file():
+        if not (path / CONFIG_FILE).is_file():
             raise UsageError(f"{model}: no config.json in this directory; give a saved model's directory or a hub id")
-        _check_config(path / "config.json")
+        _check_config(path)
         return str(path)
     if path.exists():
         raise UsageError(f"{model}: is a file; give the model's directory")
@@ -52,15 +53,55 @@ def require_saved_tokenizer(model: str) -> None:
                          "save the model's tokenizer beside it")
 
 
-def _check_config(path: Path) -> None:
+def _check_config(directory: Path) -> None:
     """config.json must be a JSON object naming its architecture, or transformers fails with a traceback
     (or, without a model_type, guesses)."""
+    if not isinstance((read_model_json(directory) or {}).get("model_type"), str):
+        raise UsageError(f"{directory / CONFIG_FILE}: not a model config (a JSON object with a model_type); "
+                         "is this a model directory?")
+
+
+CONFIG_FILE = "config.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+"""The files that hold a checkpoint's weights."""
+
+
+def model_file(reference: str | Path, name: str) -> Path | None:
+    """A file of a model: in its local directory, or for a hub id in the Hugging Face cache (downloaded
+    when online); None when the model has no such file."""
+    path = Path(reference)
+    if path.is_dir():
+        return path / name if (path / name).is_file() else None
+    from transformers.utils import cached_file
+
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        found = cached_file(str(reference), name, _raise_exceptions_for_missing_entries=False)
+    except (OSError, ValueError):  # not on the hub, offline without a cached copy, a malformed id
+        return None
+    return Path(found) if found else None
+
+
+def read_model_json(reference: str | Path, name: str = CONFIG_FILE) -> dict[str, Any] | None:
+    """One of a model's JSON files (config.json by default) as a dict; None when it has none.
+
+    The one reader of a model's JSON configs: a file that is there but broken is a one-line UsageError."""
+    path = model_file(reference, name)
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise UsageError(f"{path}: not readable JSON ({first_line(error)})") from None
-    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
-        raise UsageError(f"{path}: not a model config (a JSON object with a model_type); is this a model directory?")
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: not a model config (a JSON object); is this a model directory?")
+    return data
+
+
+def model_json(reference: str | Path, name: str = CONFIG_FILE) -> dict[str, Any]:
+    """`read_model_json` for readers that only look for a setting: a missing or broken file is empty."""
+    with contextlib.suppress(UsageError):
+        return read_model_json(reference, name) or {}
+    return {}
 
 
 def loading_errors() -> tuple[type[BaseException], ...]:
@@ -101,8 +142,8 @@ def resolve_model(model: str, base: str | None = None, *, check_base: bool = Tru
             raise UsageError(f"--base {base}: only an adapter directory takes a base, and {model} has no {ADAPTER_CONFIG_FILE}")
         return ModelSource(resolve_model_reference(model))
     try:
-        named = json.loads(config_file.read_text(encoding="utf-8"))["base_model_name_or_path"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        named = (read_model_json(config_file.parent, ADAPTER_CONFIG_FILE) or {})["base_model_name_or_path"]
+    except KeyError as error:
         raise UsageError(f"{config_file}: not a readable PEFT adapter config ({first_line(error)})") from None
     chosen = base or named
     if not check_base and (config_file.parent / "tokenizer_config.json").is_file():
@@ -135,10 +176,9 @@ def peft_quietly() -> Iterator[None]:
 def attach_saved_adapter(model: Any, source: ModelSource, *, trust_remote_code: bool = False) -> Any:
     """The loaded base with the adapter on top (PEFT), after making room for the tokens it was trained with."""
     deepspeed_logs_to_stderr()  # peft imports DeepSpeed when it is installed
-    try:
-        from peft import PeftModel
-    except ImportError:
-        raise UsageError(f"{source.adapter} is a LoRA adapter; loading it needs peft: pip install 'yayi-cli[lora]'") from None
+    require_package("peft", f"{source.adapter} is a LoRA adapter; loading it", extra="lora")
+    from peft import PeftModel
+
     if source.tokenizer == source.adapter:
         tokenizer = load_tokenizer(source.adapter, trust_remote_code=trust_remote_code, base=source.base)
         fit_embeddings(model, len(tokenizer), mean_resizing=False)  # the adapter's token rows replace them
@@ -216,26 +256,18 @@ def context_length(model: str, tokenizer: Any, base: str | None = None) -> int |
     limit = _set_limit(getattr(tokenizer, "model_max_length", None))
     if limit:
         return limit
-    from transformers import PretrainedConfig
-
     try:
-        config, _ = PretrainedConfig.get_config_dict(resolve_model(model, base).base)
-    except (OSError, ValueError, UsageError):  # no config to read (an adapter's base that is not here)
+        reference = resolve_model(model, base).base
+    except UsageError:  # no config to read (an adapter's base that is not here)
         return None
-    return _config_context(config)
+    return _config_context(model_json(reference))
 
 
 def saved_context_length(directory: Path) -> int | None:
     """`context_length` of a saved model directory read from its JSON files (the tokenizer's saved
     limit, else the config's), without importing transformers."""
-
-    def read(name: str) -> dict[str, Any]:
-        with contextlib.suppress(OSError, ValueError):
-            loaded = json.loads((directory / name).read_text(encoding="utf-8"))
-            return loaded if isinstance(loaded, dict) else {}
-        return {}
-
-    return _set_limit(read("tokenizer_config.json").get("model_max_length")) or _config_context(read("config.json"))
+    return _set_limit(model_json(directory, "tokenizer_config.json").get("model_max_length")) or _config_context(
+        model_json(directory))
 
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -287,13 +319,29 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     return torch_dtype(dtype)
 
 
-def is_quantized(reference: str) -> bool:
-    """Whether a local checkpoint was saved quantized (by `yayi quantize`, for one)."""
-    config = Path(reference) / "config.json"
-    try:
-        return "quantization_config" in json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+def is_quantized(reference: str | Path) -> bool:
+    """Whether a checkpoint was saved quantized (by `yayi quantize`, for one)."""
+    return "quantization_config" in model_json(reference)
+
+
+PRECISION_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+def saved_precision(reference: str | Path) -> str:
+    """The precision a checkpoint was saved in, as bf16/fp16/fp32 (fp32 when its config does not say)."""
+    config = model_json(reference)
+    return PRECISION_NAMES.get(str(config.get("dtype") or config.get("torch_dtype")), "fp32")
+
+
+def nf4_config(compute_dtype: Any, *, double_quant: bool, skip_modules: Sequence[str] | None = None) -> Any:
+    """bitsandbytes' 4-bit NF4 settings; `double_quant` also quantizes the scales (QLoRA's base uses it,
+    a `yayi quantize` checkpoint does not); `skip_modules` None lets transformers choose (the output head)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=None if skip_modules is None else list(skip_modules),
+    )
 
 
 def follow_quiet_progress() -> None:
@@ -307,9 +355,10 @@ def follow_quiet_progress() -> None:
 
 def load_model(
     model: str, *, device: str = "auto", dtype: str = "auto", load_in_8bit: bool = False,
-    trust_remote_code: bool = False, base: str | None = None,
+    trust_remote_code: bool = False, base: str | None = None, quantization: Any = None,
 ) -> Any:
-    """A causal LM in eval mode on `device`; int8 (LLM.int8, bitsandbytes) when asked.
+    """A causal LM in eval mode on `device`; int8 (LLM.int8, bitsandbytes) when asked, or quantized while
+    loading by `quantization` (a BitsAndBytesConfig, for `yayi quantize`).
 
     A checkpoint that `yayi quantize` wrote is int8 already and loads as it is. An adapter directory
     loads its base (`base` if given), then the adapter on top.
@@ -317,21 +366,20 @@ def load_model(
     source = resolve_model(model, base)
     reference = source.base
     device = resolve_device(device)
-    if load_in_8bit or is_quantized(reference):
+    if load_in_8bit:
+        require_package("bitsandbytes", "--load-in-8bit", extra="quant")
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(load_in_8bit=True)
+    if quantization is not None or is_quantized(reference):
         deepspeed_logs_to_stderr()  # int8 loading goes through accelerate, which imports DeepSpeed when installed
     quiet_int8_warnings()  # also for checkpoints `yayi quantize` wrote
     follow_quiet_progress()
     from transformers import AutoModelForCausalLM
 
     options: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": resolve_dtype(dtype, device)}
-    if load_in_8bit:
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise UsageError("--load-in-8bit needs bitsandbytes: pip install 'yayi-cli[quant]'") from None
-        from transformers import BitsAndBytesConfig
-
-        options.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map=device)
+    if quantization is not None:
+        options.update(quantization_config=quantization, device_map=device)
     try:
         loaded, info = AutoModelForCausalLM.from_pretrained(reference, output_loading_info=True, **options)
     except loading_errors() as error:
@@ -343,6 +391,6 @@ def load_model(
                          f"{missing[0]}); the config.json and the weights are from different models")
     if source.adapter:
         loaded = attach_saved_adapter(loaded, source, trust_remote_code=trust_remote_code)
-    if not load_in_8bit:
+    if quantization is None:  # quantized weights were placed on the device while loading
         loaded.to(device)
     return loaded.eval()

@@ -21,7 +21,6 @@ from yayi_cli.errors import DataError, UsageError
 from yayi_cli.options import QuantizeOptions
 from yayi_cli.sampling import seeded_sample
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 REPORT_FILE = "quantize.json"
 
 
@@ -75,30 +74,25 @@ class QuantizeReport:
 
 def weights_size(directory: Path) -> int | None:
     """Bytes of the weight files of a local checkpoint (None for a hub id)."""
+    from yayi_cli.models import WEIGHT_SUFFIXES
+
     if not Path(directory).is_dir():
         return None
     return sum(p.stat().st_size for p in Path(directory).iterdir() if p.suffix in WEIGHT_SUFFIXES)
 
 
 def quantization_config(options: QuantizeOptions) -> Any:
+    """LLM.int8 with --threshold, or NF4 computing in bf16 (no double quantization); both skip --skip-modules."""
     import torch
     from transformers import BitsAndBytesConfig
+
+    from yayi_cli.models import nf4_config
 
     if options.bits == 8:
         return BitsAndBytesConfig(
             load_in_8bit=True, llm_int8_threshold=options.threshold, llm_int8_skip_modules=list(options.skip_modules)
         )
-    return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
-        llm_int8_skip_modules=list(options.skip_modules),
-    )
-
-
-def _require_bitsandbytes() -> None:
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise UsageError("quantizing needs bitsandbytes: pip install 'yayi-cli[quant]'") from None
+    return nf4_config(torch.bfloat16, double_quant=False, skip_modules=options.skip_modules)
 
 
 def _check_memory(options: QuantizeOptions, reference: str, device: str) -> None:
@@ -168,8 +162,10 @@ def quantize(options: QuantizeOptions, reference: str | None = None) -> Quantize
     """
     from yayi_cli.data.checked import load_records
     from yayi_cli.inference import response_loss, split_last_answer
-    from yayi_cli.models import load_model, load_tokenizer, model_directory, resolve_device, resolve_model, resolve_model_reference
-    from yayi_cli.prompt import PromptTokenizer, resolve_template, save_model_format
+    from yayi_cli.loading import load_for_task
+    from yayi_cli.models import load_model, model_directory, resolve_device, resolve_model, resolve_model_reference
+    from yayi_cli.packages import require_package
+    from yayi_cli.prompt import save_model_format
 
     source = resolve_model(options.model, options.base)
     for path, flag in ((options.model, "--model"), (source.base, "its base")):
@@ -178,7 +174,7 @@ def quantize(options: QuantizeOptions, reference: str | None = None) -> Quantize
         raise UsageError(f"{options.output} already exists; use --force to replace it")
     if options.bits not in (4, 8):
         raise UsageError(f"--bits {options.bits}: use 8 (LLM.int8) or 4 (NF4)")
-    _require_bitsandbytes()
+    require_package("bitsandbytes", "quantizing", extra="quant")
     if reference is None and source.adapter:
         from yayi_cli.merge import merged_adapter
 
@@ -189,9 +185,8 @@ def quantize(options: QuantizeOptions, reference: str | None = None) -> Quantize
     device = resolve_device(options.device)
     _check_memory(options, reference, device)
     started = time.perf_counter()
-    template, _ = resolve_template(None, reference)
-    tokenizer = load_tokenizer(reference, trust_remote_code=options.trust_remote_code)
-    prompt_tokenizer = PromptTokenizer(template, tokenizer)
+    loaded = load_for_task(reference, trust_remote_code=options.trust_remote_code, model_weights=False)
+    template, tokenizer, prompt_tokenizer = loaded.template, loaded.tokenizer, loaded.prompt_tokenizer
     examples = seeded_sample(load_records(options.check_data), options.max_check_samples, seed=0) if options.check_data else []
     prompts = [prompt_tokenizer.encode_inference(split_last_answer(e.conversation)[0]) for e in examples[:4]]
     probe = prompts[0] if prompts else tokenizer("你好，请介绍一下你自己。")["input_ids"]
@@ -204,7 +199,7 @@ def quantize(options: QuantizeOptions, reference: str | None = None) -> Quantize
         before.perplexity = response_loss(original, prompt_tokenizer, examples).overall.perplexity
     del original
 
-    quantized = _load_quantized(reference, options, device)
+    quantized = load_quantized(reference, options, device)
     with model_directory(options.output, replace=options.force) as tmp:
         quantized.save_pretrained(tmp)
         save_model_format(tmp, tokenizer, template)
@@ -224,6 +219,17 @@ def quantize(options: QuantizeOptions, reference: str | None = None) -> Quantize
     return report
 
 
+def load_quantized(reference: str, options: QuantizeOptions, device: str) -> Any:
+    """The model quantized while it loads, in the precision it was saved in (its unquantized layers too)."""
+    from yayi_cli.models import load_model, saved_precision
+
+    try:
+        return load_model(reference, device=device, dtype=saved_precision(reference),
+                          quantization=quantization_config(options), trust_remote_code=options.trust_remote_code)
+    except (RuntimeError, NotImplementedError) as error:  # what bitsandbytes raises for a layer it cannot convert
+        raise UsageError(f"bitsandbytes cannot quantize {options.model}: {str(error).splitlines()[0]}") from None
+
+
 def _check_gate(report: QuantizeReport, options: QuantizeOptions) -> None:
     """--max-ppl-increase: a DataError when the perplexity rose too much or cannot be measured."""
     increase = report.perplexity_increase_percent
@@ -239,24 +245,6 @@ def _check_gate(report: QuantizeReport, options: QuantizeOptions) -> None:
             f"perplexity rose {increase:.2f}% ({report.before.perplexity:.4g} -> {report.after.perplexity:.4g}), more "
             f"than --max-ppl-increase {options.max_ppl_increase:g}%; nothing was written"
         )
-
-
-def _load_quantized(reference: str, options: QuantizeOptions, device: str) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    from yayi_cli.models import quiet_int8_warnings
-    from yayi_cli.terminal import deepspeed_logs_to_stderr
-
-    quiet_int8_warnings()
-    deepspeed_logs_to_stderr()  # accelerate (device_map) imports DeepSpeed when it is installed
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            reference, quantization_config=quantization_config(options), device_map=device,
-            trust_remote_code=options.trust_remote_code,
-        )
-    except (ValueError, RuntimeError, NotImplementedError) as error:
-        raise UsageError(f"bitsandbytes cannot quantize {options.model}: {str(error).splitlines()[0]}") from None
-    return model.eval()
 
 
 def print_report(report: QuantizeReport, console: Any) -> None:

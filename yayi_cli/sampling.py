@@ -20,6 +20,10 @@ from yayi_cli.errors import UsageError
 
 T = TypeVar("T")
 
+BLOCK = 1 << 16
+"""Items handled together in vectorised or parallel work: large enough to be fast, small enough that
+its temporaries stay small."""
+
 
 def parse_test_size(text: str) -> int | float:
     """A count (`400`) or a fraction of the records (`0.05`)."""
@@ -63,15 +67,13 @@ def chosen_positions(*, seed: int, stratum: str, size: int, count: int) -> set[i
     import numpy as np
 
     prefix = f"{seed}\x00{stratum}\x00".encode()
-    starts = range(0, size, _BLOCK)
-    stops = [min(start + _BLOCK, size) for start in starts]
+    starts = range(0, size, BLOCK)
+    stops = [min(start + BLOCK, size) for start in starts]
     with _block_mapper(len(starts)) as mapper:
         keys = b"".join(mapper(_position_keys, [prefix] * len(starts), starts, stops))
     order = np.argsort(np.frombuffer(keys, dtype=">u8"), kind="stable")
     return set(order[:count].tolist())
 
-
-_BLOCK = 1 << 16
 
 
 def _position_keys(prefix: bytes, start: int, stop: int) -> bytes:

@@ -9,7 +9,6 @@ kernel kills it when yayi ends without a chance to stop it (SIGKILL): it holds n
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shlex
@@ -29,10 +28,11 @@ from typing import Any
 from yayi_cli.errors import UsageError
 from yayi_cli.lifetime import dies_with_parent, stop_group
 from yayi_cli.options import ServeOptions
+from yayi_cli.packages import install_hint, require_packages
 
 ENGINES = ("transformers", "vllm")
 ENGINE_PACKAGES = {
-    "transformers": (("fastapi", "uvicorn", "openai"), "pip install 'yayi-cli[serve]'"),
+    "transformers": (("fastapi", "uvicorn", "openai"), install_hint("serve")),
     "vllm": (("vllm",), "pip install vllm (Linux with a GPU)"),
 }
 
@@ -42,9 +42,7 @@ def require_engine(engine: str) -> None:
     if engine not in ENGINE_PACKAGES:
         raise UsageError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
     packages, hint = ENGINE_PACKAGES[engine]
-    missing = [name for name in packages if importlib.util.find_spec(name) is None]
-    if missing:
-        raise UsageError(f"--engine {engine} needs {', '.join(missing)}, not installed here: {hint}")
+    require_packages(packages, f"--engine {engine}", hint)
 
 
 def require_free_port(host: str, port: int) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from yayi_cli.errors import UsageError
+from yayi_cli.models import WEIGHT_SUFFIXES, load_model, load_tokenizer, model_json, resolve_model_reference, saved_precision
 from yayi_cli.prompt import (
     ASSISTANT,
     END_MARKER,
@@ -38,7 +39,6 @@ from yayi_cli.prompt import (
 )
 
 BACKUP_LIST = "yayi-backup.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 PROBES = (
     Conversation((Turn(HUMAN, "你好，请介绍一下你自己。"),)),
@@ -50,8 +50,6 @@ PROBES = (
 
 def local_model_dir(model: str) -> Path:
     """A saved model's local directory; hub ids are refused, since their files are not the user's to change."""
-    from yayi_cli.models import resolve_model_reference
-
     path = Path(resolve_model_reference(model))
     if not path.is_dir():
         raise UsageError(f"{model}: no such model directory (give a local directory; download hub models first)")
@@ -91,23 +89,15 @@ def format_problems(directory: Path, tokenizer: Any, template: Template) -> list
     """What the model directory lacks for other engines to use it as `yayi chat` does (empty: nothing)."""
     problems = template_problems(tokenizer, template)
     missing = [marker for marker in MARKERS if marker not in tokenizer.get_vocab()]
-    eos = _json_object(directory / GENERATION_CONFIG_FILE).get("eos_token_id")
+    eos = model_json(directory, GENERATION_CONFIG_FILE).get("eos_token_id")
     eos = set(eos) if isinstance(eos, list) else {eos}
     if missing:
         problems.insert(0, f"the tokenizer lacks the markers {' '.join(missing)}")
     if missing or not set(stop_token_ids(tokenizer)) <= eos:
         problems.append(f"{GENERATION_CONFIG_FILE} does not stop at {END_MARKER}, <|Human|> and EOS")
-    if _json_object(directory / TEMPLATE_FILE) != template.to_dict():
+    if model_json(directory, TEMPLATE_FILE) != template.to_dict():
         problems.append(f"{TEMPLATE_FILE} is missing or names another template")
     return problems
-
-
-def _json_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 @dataclass
@@ -130,8 +120,6 @@ class InstallReport:
 
 
 def _inspect(model: str, template_name: str | None, trust_remote_code: bool) -> tuple[InstallReport, Any]:
-    from yayi_cli.models import load_tokenizer
-
     directory = local_model_dir(model)
     template, source = resolve_template(template_name, str(directory))
     tokenizer = load_tokenizer(str(directory), trust_remote_code=trust_remote_code)
@@ -176,15 +164,7 @@ def _is_weights(path: Path) -> bool:
 
 def _resize_embeddings(directory: Path, tokenizer: Any, staging: Path, trust_remote_code: bool) -> int | None:
     """Save the model with room for the new markers (untrained rows); None when it already had room."""
-    from transformers import AutoModelForCausalLM
-
-    from yayi_cli.models import first_line, follow_quiet_progress, loading_errors
-
-    follow_quiet_progress()
-    try:
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype="auto", trust_remote_code=trust_remote_code)
-    except loading_errors() as error:
-        raise UsageError(f"cannot load the model in {directory} to make room for the markers: {first_line(error)}") from None
+    model = load_model(str(directory), device="cpu", dtype=saved_precision(directory), trust_remote_code=trust_remote_code)
     if len(tokenizer) <= model.get_input_embeddings().num_embeddings:
         return None
     model.resize_token_embeddings(len(tokenizer))

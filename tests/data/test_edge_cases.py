@@ -148,7 +148,7 @@ def test_a_key_repeated_beside_deep_nesting_is_found_whatever_the_recursion_limi
 def test_more_workers_than_cores_are_not_started(tmp_path, monkeypatch):
     from concurrent.futures import ProcessPoolExecutor
 
-    from yayi_cli.data import validate as validate_module
+    from yayi_cli.data import scan
 
     started = []
 
@@ -156,8 +156,8 @@ def test_more_workers_than_cores_are_not_started(tmp_path, monkeypatch):
         started.append(max_workers)
         return ProcessPoolExecutor(max_workers=max_workers, **options)
 
-    monkeypatch.setattr(validate_module, "ProcessPoolExecutor", counted_pool)
-    monkeypatch.setattr(validate_module.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(scan, "ProcessPoolExecutor", counted_pool)
+    monkeypatch.setattr(scan.os, "cpu_count", lambda: 2)
     path = tmp_path / "small.jsonl"
     path.write_text('{"instruction": "q", "output": "a"}\n', encoding="utf-8")
     assert validate([path], workers=3).ok  # taken literally, --workers 100000 forked 100,000 processes at once

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from yayi_cli.data.reader import LineChunk, chunk_records
 from yayi_cli.data.screen import MARKER_START, screen_lines
-from yayi_cli.data.validate import Tally
+from yayi_cli.data.tally import Tally
 from yayi_cli.prompt import MARKERS
 
 TRICKY_PIECES = [

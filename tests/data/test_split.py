@@ -252,7 +252,7 @@ def test_lines_are_copied_byte_for_byte_without_their_crs(tmp_path):
 
 def test_worker_processes_and_small_chunks_write_the_same_bytes(tmp_path, monkeypatch):
     """The parallel pass and the chunk-at-once copy give exactly what one process line by line gives."""
-    from yayi_cli.data import reader, validate
+    from yayi_cli.data import reader, scan
 
     data = domain_data(tmp_path / "d.jsonl")
     with open(data, "a", encoding="utf-8") as handle:
@@ -260,8 +260,8 @@ def test_worker_processes_and_small_chunks_write_the_same_bytes(tmp_path, monkey
     options = dict(test_size=0.2, stratify=True, dedupe=True, skip_invalid=True)
     split([data], tmp_path / "one", **options)
     monkeypatch.setattr(reader, "CHUNK_BYTES", 300)
-    monkeypatch.setattr(validate, "RANGE_BYTES", 300)
-    monkeypatch.setattr(validate, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(scan, "RANGE_BYTES", 300)
+    monkeypatch.setattr(scan, "PARALLEL_MIN_BYTES", 0)
     report = split([data], tmp_path / "many", **options)
     for name in ("train.jsonl", "test.jsonl", "split.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "many" / name).read_bytes()

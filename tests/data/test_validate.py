@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from tests.helpers import SAMPLE_DATA
 from yayi_cli.cli import app
 from yayi_cli.data import reader
-from yayi_cli.data import validate as validate_module
+from yayi_cli.data import scan
 from yayi_cli.data.validate import validate
 
 runner = CliRunner()
@@ -72,9 +72,9 @@ def test_many_ranges_in_several_processes_report_exactly_what_one_range_does(tmp
     first.write_text("\n".join(records[:30]) + "\n\n{broken\n" + "\n".join(records[30:45]) + "\n")
     second.write_text("\n" * 3 + "\n".join(records[45:]) + "\n")
     serial = validate([first, second], workers=1, max_listed=500)
-    monkeypatch.setattr(validate_module, "RANGE_BYTES", 200)  # a range may begin or end inside a line
+    monkeypatch.setattr(scan, "RANGE_BYTES", 200)  # a range may begin or end inside a line
     parallel = validate([first, second], workers=2, max_listed=500)
-    assert first.stat().st_size > 5 * validate_module.RANGE_BYTES
+    assert first.stat().st_size > 5 * scan.RANGE_BYTES
     assert parallel.tally.problems == serial.tally.problems
     assert parallel.to_json() == serial.to_json()
     assert serial.warnings == (60 - 35) + 7 * 4 and serial.errors == 1  # 35 distinct records, 7 prompts x 5 answers

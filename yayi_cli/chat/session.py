@@ -290,20 +290,15 @@ class ChatSession:
 
 def open_session(options: ChatOptions) -> ChatSession:
     """Load tokenizer and model (one-line errors), pick the template, and warm up --compile."""
-    from yayi_cli.models import context_length, load_model, load_tokenizer
-    from yayi_cli.prompt import resolve_template
+    from yayi_cli.loading import load_for_task
 
-    template, _ = resolve_template(options.template, options.model)
-    tokenizer = load_tokenizer(options.model, trust_remote_code=options.trust_remote_code, base=options.base)
-    prompt_tokenizer = PromptTokenizer(template, tokenizer)
-    limit = options.max_context_tokens or context_length(options.model, tokenizer, options.base)
-    model = load_model(
-        options.model, device=options.device, dtype=options.dtype, load_in_8bit=options.load_in_8bit,
-        trust_remote_code=options.trust_remote_code, base=options.base,
+    loaded = load_for_task(
+        options.model, base=options.base, template=options.template, trust_remote_code=options.trust_remote_code,
+        device=options.device, dtype=options.dtype, load_in_8bit=options.load_in_8bit,
     )
     session = ChatSession(
-        model, prompt_tokenizer, options.settings, system=options.system, max_context_tokens=limit,
-        model_name=options.model,
+        loaded.model, loaded.prompt_tokenizer, options.settings, system=options.system,
+        max_context_tokens=options.max_context_tokens or loaded.context_length(), model_name=options.model,
     )
     if options.compile:
         session.warmup_seconds = compile_decoding(session)

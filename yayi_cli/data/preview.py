@@ -26,7 +26,6 @@ from yayi_cli.prompt import (
     PromptTokenizer,
     RenderedText,
     Template,
-    add_markers,
     render_training,
     resolve_template,
 )
@@ -136,14 +135,15 @@ def preview(
 
     A tokenizer without the YaYi markers gets them added, as training would do.
     """
-    template, source = resolve_template(template_name, model)
-    prompt_tokenizer = None
-    if model is not None:
-        from yayi_cli.models import load_tokenizer
+    if model is None:
+        template, source = resolve_template(template_name, None)
+        prompt_tokenizer = None
+    else:
+        from yayi_cli.loading import load_for_task
 
-        tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
-        add_markers(tokenizer)
-        prompt_tokenizer = PromptTokenizer(template, tokenizer)
+        loaded = load_for_task(model, template=template_name, trust_remote_code=trust_remote_code,
+                               add_markers=True, model_weights=False)
+        template, source, prompt_tokenizer = loaded.template, loaded.template_source, loaded.prompt_tokenizer
     report = PreviewReport(template, source, model)
     for record in itertools.islice(read_records(path), limit):
         report.items.append(preview_record(record, template, prompt_tokenizer))

@@ -23,7 +23,8 @@ from yayi_cli.atomic import atomic_files
 from yayi_cli.data import DEFAULT_SEED
 from yayi_cli.data.checked import ERROR, skip_problem, valid_records
 from yayi_cli.data.reader import LINES, BackgroundDigest, file_layout, line_chunks, read_records, refuse_repeated_inputs, sha256_of
-from yayi_cli.data.validate import DUPLICATE, Tally, find_repeats, tally_files
+from yayi_cli.data.scan import tally_files
+from yayi_cli.data.tally import DUPLICATE, Tally, find_repeats
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.records import NO_DOMAIN_LABEL
 from yayi_cli.sampling import allocate, chosen_positions

@@ -174,10 +174,9 @@ def plan_adapter(options: TrainOptions, *, stage: int, offload: str, gpus_per_no
 
 def quantization_config(compute_dtype: Any) -> Any:
     """QLoRA's base: NF4 with double quantization, computing in the run's precision (bf16 where the GPU has it)."""
-    from transformers import BitsAndBytesConfig
+    from yayi_cli.models import nf4_config
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype)
+    return nf4_config(compute_dtype, double_quant=True)
 
 
 def attach_adapter(model: Any, options: TrainOptions, new_token_ids: list[int]) -> Any:

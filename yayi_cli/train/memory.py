@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from yayi_cli.errors import UsageError
-from yayi_cli.models import first_line, resolve_model_reference
+from yayi_cli.models import first_line, is_quantized, read_model_json, resolve_model_reference
 from yayi_cli.terminal import deepspeed_logs_to_stderr
 
 GIB = 1024**3
@@ -119,8 +119,8 @@ def _tensor_shapes(file: Path) -> dict[str, list[int]]:
 
 
 def _safetensors_files(directory: Path) -> list[Path]:
-    if (directory / SAFETENSORS_INDEX).is_file():
-        index = json.loads((directory / SAFETENSORS_INDEX).read_text(encoding="utf-8"))
+    index = read_model_json(directory, SAFETENSORS_INDEX)
+    if index is not None:
         return [directory / name for name in sorted(set(index["weight_map"].values()))]
     return [directory / SAFETENSORS_FILE] if (directory / SAFETENSORS_FILE).is_file() else []
 
@@ -130,10 +130,10 @@ def saved_parameter_counts(directory: Path) -> tuple[int, int] | None:
     without reading weights or importing torch; None when they cannot tell (no safetensors files, or
     quantized weights, whose stored shapes are not the parameters')."""
     try:
-        if "quantization_config" in json.loads((directory / "config.json").read_text(encoding="utf-8")):
+        if is_quantized(directory):
             return None
         shapes = {name: shape for file in _safetensors_files(directory) for name, shape in _tensor_shapes(file).items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UsageError):
         return None  # the ranks report an unreadable checkpoint when they load it
     per_module: Counter[str] = Counter()
     for name, shape in shapes.items():

@@ -177,8 +177,8 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import PrinterCallback, Trainer, set_seed
 
-    from yayi_cli.models import best_precision, load_tokenizer
-    from yayi_cli.prompt import PromptTokenizer, add_markers, resolve_template
+    from yayi_cli.loading import load_for_task
+    from yayi_cli.models import best_precision
     from yayi_cli.train.dataset import PackedExamples, PaddingCollator, supports_packing
     from yayi_cli.train.progress import CountingCollator, make_reporter, throughput
     from yayi_cli.train.runs import checkpoint_recorder
@@ -188,12 +188,12 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
     precision, max_length = run["precision"], run["max_length"]
     if precision == AUTO:  # launched from a machine without GPUs: decided here, on the training machine
         precision = best_precision(torch.cuda.is_available() and not options.cpu)
-    tokenizer = load_tokenizer(options.model, trust_remote_code=options.trust_remote_code)
-    base_vocabulary = len(tokenizer)
-    add_markers(tokenizer)
+    loaded = load_for_task(options.model, template=options.template, trust_remote_code=options.trust_remote_code,
+                           add_markers=True, model_weights=False)
+    tokenizer, template = loaded.tokenizer, loaded.template
+    base_vocabulary = len(tokenizer) - loaded.added_markers
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    template, _ = resolve_template(options.template, options.model)
     # Before the model: ZeRO-3 partitions while loading, which needs the ranks joined and the config set.
     join_ranks(options.cpu, options.dist_timeout)
     args = training_arguments(run, options, precision, has_eval=evaluates(options))
@@ -204,7 +204,7 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
             print(f"[yayi] {message}", flush=True)
 
     with args.main_process_first(local=True, desc="tokenizing"):
-        train_set, eval_set, counts = build_datasets(run, options, PromptTokenizer(template, tokenizer), max_length, log)
+        train_set, eval_set, counts = build_datasets(run, options, loaded.prompt_tokenizer, max_length, log)
     set_seed(options.seed)  # new marker rows and adapter weights start from random values: the same ones every run
     model = load_model_for_training(options, tokenizer, precision)
     if options.adapter:
