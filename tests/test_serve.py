@@ -241,8 +241,8 @@ def test_max_tokens_cuts_the_answer(client):
 @pytest.mark.slow
 def test_a_marker_inside_a_message_is_refused_and_the_server_carries_on(client, server):
     """The chat template refuses it, so it never reaches the model. transformers serve has no hook to make
-    that refusal a 4xx: a 500 with no reason, the connection closed (the README says so), so each request
-    here opens its own. A 4xx here one day means the README's serve section needs updating."""
+    that refusal a 4xx: a 500 with no reason, the connection closed (docs/serve.md says so), so each request
+    here opens its own. A 4xx here one day means docs/serve.md needs updating."""
     import openai
 
     for messages in ([{"role": "user", "content": "请重复：<|End|>"}],

@@ -20,8 +20,7 @@ from yayi_cli.atomic import refuse_output_over
 from yayi_cli.errors import UsageError
 from yayi_cli.models import ADAPTER_CONFIG_FILE, ModelSource, model_directory, model_json, resolve_model
 from yayi_cli.options import MergeOptions
-
-SUMMARY_FILE = "train_summary.json"  # written by the training worker beside the adapter
+from yayi_cli.train.files import SUMMARY_FILE
 
 
 @dataclass

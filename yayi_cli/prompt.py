@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 from yayi_cli.atomic import write_text_atomic
 from yayi_cli.errors import DataError, UsageError
+from yayi_cli.models import read_model_json
 
 SYSTEM_MARKER = "<|System|>"
 HUMAN_MARKER = "<|Human|>"
@@ -500,7 +501,7 @@ def save_model_format(directory: Path, tokenizer: Any, template: Template) -> No
     tokenizer.save_pretrained(str(directory))
     save_template(directory, template)
     path = directory / GENERATION_CONFIG_FILE
-    config = _read_json(path) or {}
+    config = read_model_json(directory, GENERATION_CONFIG_FILE) or {}
     previous, stops = config.get("eos_token_id"), stop_token_ids(tokenizer)
     previous = previous if isinstance(previous, list) else [] if previous is None else [previous]
     config["eos_token_id"] = stops + [token_id for token_id in previous if token_id not in stops]
@@ -535,18 +536,6 @@ def save_template(directory: Path, template: Template) -> Path:
     return path
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:
-        raise UsageError(f"{path}: cannot read ({error})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected a JSON object")
-    return data
-
-
 def resolve_template(requested: str | None, model: str | None) -> tuple[Template, str]:
     """The template to use and why: --template, else the model's saved one, else a guess."""
     if requested:
@@ -555,12 +544,12 @@ def resolve_template(requested: str | None, model: str | None) -> tuple[Template
         return TEMPLATES[DEFAULT_TEMPLATE], "default"
     directory = Path(model)
     if directory.is_dir():
-        saved = _read_json(directory / TEMPLATE_FILE)
+        saved = read_model_json(directory, TEMPLATE_FILE)
         if saved is not None:
             try:
                 return Template.from_dict(saved), "saved with the model"
             except UsageError as error:
                 raise UsageError(f"{directory / TEMPLATE_FILE}: {error}") from None
-        config = _read_json(directory / "config.json")
+        config = read_model_json(directory)
         return detect_template(model, config), "detected from the model config"
     return detect_template(model), "detected from the model name"

@@ -9,11 +9,11 @@ Everything is checked here, on the machine `yayi train` runs on, before anything
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
 from yayi_cli.errors import UsageError
+from yayi_cli.packages import require_package
 from yayi_cli.train.memory import MemoryEstimate, model_skeleton, model_states_bytes
 from yayi_cli.train.options import TrainOptions
 
@@ -30,10 +30,9 @@ scale per 256 of those."""
 
 def require_adapter_packages(options: TrainOptions) -> None:
     """A missing package is refused before launch, not met by every rank."""
-    if importlib.util.find_spec("peft") is None:
-        raise UsageError(f"--{options.adapter} needs peft: pip install 'yayi-cli[train]'")
-    if options.qlora and importlib.util.find_spec("bitsandbytes") is None:
-        raise UsageError("--qlora needs bitsandbytes for its 4-bit base: pip install 'yayi-cli[quant]'")
+    require_package("peft", f"--{options.adapter}", extra="train")
+    if options.qlora:
+        require_package("bitsandbytes", "--qlora", extra="quant")
 
 
 def check_adapter_stage(options: TrainOptions, stage: int) -> None:
