@@ -100,3 +100,11 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: Callable[[],
     while not condition():
         assert time.monotonic() < deadline, f"not within {timeout} s: {what()}"
         time.sleep(0.2)
+
+
+def split_into(output: Path, *paths: Path, **options: object) -> object:
+    """`yayi data split PATHS... -o OUTPUT` as a library call: SplitReport."""
+    from yayi_cli.data.options import SplitOptions
+    from yayi_cli.data.split import split
+
+    return split(SplitOptions(files=list(paths), output=output, **options))

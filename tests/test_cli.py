@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from tests.helpers import SAMPLE_DATA
 from yayi_cli import __version__
 from yayi_cli.cli import app
-from yayi_cli.options import ChatOptions, EvalOptions, MergeOptions, QuantizeOptions, ServeOptions
+from yayi_cli.data.options import PreviewOptions, SplitOptions, ValidateOptions
+from yayi_cli.options import ChatOptions, EvalOptions, MergeOptions, QuantizeOptions, ServeOptions, TemplateInstallOptions
 from yayi_cli.train.options import TrainOptions
 
 HEAVY_MODULES = ("torch", "transformers", "deepspeed", "datasets", "bitsandbytes")
@@ -147,11 +148,17 @@ class Called(Exception):
 BARE_COMMANDS = {  # each command with only what it requires -> the library call, and what it must be asked
     "eval": (["eval", "-m", "m", "-d", "d.jsonl"], "yayi_cli.evaluate", "evaluate",
              EvalOptions(model="m", data=[Path("d.jsonl")])),
-    "chat": (["chat", "-m", "m", "--prompt", "hi"], "yayi_cli.chat.command", "run_chat", ChatOptions(model="m", prompt="hi")),
+    "chat": (["chat", "-m", "m", "--prompt", "hi"], "yayi_cli.chat.command", "chat", ChatOptions(model="m", prompt="hi")),
     "quantize": (["quantize", "-m", "m", "-o", "q"], "yayi_cli.quantize", "quantize",
                  QuantizeOptions(model="m", output=Path("q"))),
     "merge": (["merge", "a", "-o", "merged"], "yayi_cli.merge", "merge", MergeOptions(adapter="a", output=Path("merged"))),
     "serve": (["serve", "-m", "m"], "yayi_cli.serve", "serve", ServeOptions(model="m")),
+    "data preview": (["data", "preview", "d.jsonl"], "yayi_cli.data.preview", "preview", PreviewOptions(Path("d.jsonl"))),
+    "data validate": (["data", "validate", "d.jsonl"], "yayi_cli.data.validate", "validate", ValidateOptions([Path("d.jsonl")])),
+    "data split": (["data", "split", "d.jsonl", "--test-size", "4", "-o", "o"], "yayi_cli.data.split", "split",
+                   SplitOptions([Path("d.jsonl")], test_size=4, output=Path("o"))),
+    "template install": (["template", "install", "m"], "yayi_cli.template_install", "template_install",
+                         TemplateInstallOptions("m")),
 }
 
 

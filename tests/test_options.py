@@ -96,7 +96,7 @@ def test_every_field_is_a_flag_in_its_commands_help_and_every_flag_is_a_field(wo
 
 
 CONFIG_COMMANDS = {  # argv without options, the library function it calls, a value to set: (key, file value, flag)
-    "chat": (["chat", "--prompt", "hi"], "yayi_cli.chat.command", "run_chat", ("temperature", 0.7, "0.9")),
+    "chat": (["chat", "--prompt", "hi"], "yayi_cli.chat.command", "chat", ("temperature", 0.7, "0.9")),
     "eval": (["eval"], "yayi_cli.evaluate", "evaluate", ("batch_size", 2, "4")),
     "quantize": (["quantize", "-o", "q"], "yayi_cli.quantize", "quantize", ("threshold", 4.0, "5")),
     "serve": (["serve"], "yayi_cli.serve", "serve", ("port", 9000, "9001")),

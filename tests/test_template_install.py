@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from tests.helpers import files, strip_format
 from yayi_cli.cli import app
 from yayi_cli.errors import UsageError
+from yayi_cli.options import TemplateInstallOptions
 from yayi_cli.prompt import MARKERS, TEMPLATES, chat_template, prompt_prefix, reserved_tokens, stop_token_ids
 
 
@@ -109,7 +110,7 @@ def test_a_failure_half_way_leaves_the_model_as_it_was(tiny_copy, monkeypatch):
 
     monkeypatch.setattr(template_install.os, "replace", full_disk_on_the_second_file)
     with pytest.raises(UsageError, match="No space left on device; nothing was changed"):
-        template_install.install(str(tiny_copy))
+        template_install.template_install(TemplateInstallOptions(str(tiny_copy)))
     assert len(moved_in) == 2
     assert files(tiny_copy) == before and backups(tiny_copy) == []
     assert not any(p.name.startswith(".yayi-template-") for p in tiny_copy.iterdir())

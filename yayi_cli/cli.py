@@ -111,8 +111,7 @@ def data_preview(ctx: typer.Context, options: PreviewOptions, json_output: bool 
     """
     from yayi_cli.data.preview import preview, print_report
 
-    report = preview(options.file, options.num_records, options.template, options.model,
-                     trust_remote_code=options.trust_remote_code)
+    report = preview(options)
     output_of(ctx).finish(json_output, report.to_json, functools.partial(print_report, report))
     if report.num_errors:
         raise typer.Exit(1)
@@ -129,11 +128,7 @@ def data_validate(ctx: typer.Context, options: ValidateOptions, json_output: boo
 
     total = sum(path.stat().st_size for path in options.files if path.is_file())
     with byte_progress("validating", total) as advance:
-        report = validate(
-            options.files, model=options.model, template_name=options.template, max_length=options.max_length,
-            strict=options.strict, max_listed=options.max_errors, workers=options.workers,
-            trust_remote_code=options.trust_remote_code, progress=advance,
-        )
+        report = validate(options, progress=advance)
     output_of(ctx).finish(json_output, report.to_json, functools.partial(print_report, report))
     if not report.ok:
         raise typer.Exit(1)
@@ -147,11 +142,7 @@ def data_split(ctx: typer.Context, options: SplitOptions, json_output: bool = Js
     """
     from yayi_cli.data.split import print_report, split
 
-    report = split(
-        options.files, options.output, test_size=options.test_size, seed=options.seed,
-        stratify=options.stratify == "domain", dedupe=options.dedupe, skip_invalid=options.skip_invalid,
-        force=options.force,
-    )
+    report = split(options)
     output_of(ctx).finish(json_output, report.to_json, functools.partial(print_report, report, options.output))
 
 
@@ -205,11 +196,9 @@ def chat_command(options: ChatOptions) -> None:
 
     `echo 你好 | yayi chat -m M` answers stdin as one message; --prompt TEXT does the same without stdin; --jsonl answers one JSON object per line. Exits 1 if a --jsonl line could not be answered.
     """
-    from yayi_cli.chat.command import run_chat
-    from yayi_cli.chat.repl import default_history_file
+    from yayi_cli.chat.command import chat
 
-    history = (options.history_file or default_history_file()) if options.history else None
-    code = run_chat(options, prompt=options.prompt, jsonl=options.jsonl, history_file=history)
+    code = chat(options)
     if code:
         raise typer.Exit(code)
 
@@ -244,10 +233,9 @@ def template_install_command(ctx: typer.Context, options: TemplateInstallOptions
 
     So that transformers serve, vLLM and apply_chat_template prompt it as yayi does and stop at <|End|>. Replaced files go to MODEL_DIR.yayi-backup-*; nothing changes unless everything can.
     """
-    from yayi_cli.template_install import check, install, print_report
+    from yayi_cli.template_install import print_report, template_install
 
-    report = (check if options.check_only else install)(options.model, options.template,
-                                                        trust_remote_code=options.trust_remote_code)
+    report = template_install(options)
     output_of(ctx).finish(json_output, report.to_json,
                           lambda console: print_report(report, console, Console(stderr=True), checked=options.check_only))
     if options.check_only and report.problems:

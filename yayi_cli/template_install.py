@@ -19,6 +19,7 @@ from typing import Any
 
 from yayi_cli.errors import UsageError
 from yayi_cli.models import WEIGHT_SUFFIXES, load_model, load_tokenizer, model_json, resolve_model_reference, saved_precision
+from yayi_cli.options import TemplateInstallOptions
 from yayi_cli.prompt import (
     ASSISTANT,
     END_MARKER,
@@ -119,26 +120,23 @@ class InstallReport:
         }
 
 
-def _inspect(model: str, template_name: str | None, trust_remote_code: bool) -> tuple[InstallReport, Any]:
-    directory = local_model_dir(model)
-    template, source = resolve_template(template_name, str(directory))
-    tokenizer = load_tokenizer(str(directory), trust_remote_code=trust_remote_code)
-    return InstallReport(directory, template, source, format_problems(directory, tokenizer, template)), tokenizer
+def template_install(options: TemplateInstallOptions) -> InstallReport:
+    """What the model directory lacks for other engines; unless `options.check_only`, also fix it."""
+    options.check()
+    directory = local_model_dir(options.model)
+    template, source = resolve_template(options.template, str(directory))
+    tokenizer = load_tokenizer(str(directory), trust_remote_code=options.trust_remote_code)
+    report = InstallReport(directory, template, source, format_problems(directory, tokenizer, template))
+    if report.problems and not options.check_only:
+        _install(report, tokenizer, options.trust_remote_code)
+    return report
 
 
-def check(model: str, template_name: str | None = None, *, trust_remote_code: bool = False) -> InstallReport:
-    """What `install` would fix; nothing is written."""
-    return _inspect(model, template_name, trust_remote_code)[0]
-
-
-def install(model: str, template_name: str | None = None, *, trust_remote_code: bool = False) -> InstallReport:
+def _install(report: InstallReport, tokenizer: Any, trust_remote_code: bool) -> None:
     """Write the chat template, missing markers (resizing the embeddings when they need room) and stop
     ids into the model directory; the files replaced go to a backup folder beside it."""
     from yayi_cli.prompt import add_markers
 
-    report, tokenizer = _inspect(model, template_name, trust_remote_code)
-    if not report.problems:
-        return report
     directory = report.directory
     report.added_markers = add_markers(tokenizer)
     try:
@@ -155,7 +153,6 @@ def install(model: str, template_name: str | None = None, *, trust_remote_code: 
         report.backup, report.changed = _commit(directory, staging, stale)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return report
 
 
 def _is_weights(path: Path) -> bool:

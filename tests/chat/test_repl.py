@@ -13,8 +13,9 @@ from rich.console import Console
 from tests.helpers import REPO
 from yayi_cli.chat.repl import COMMANDS, Repl, default_history_file
 from yayi_cli.chat.session import open_session
-from yayi_cli.options import ChatOptions, GenerationSettings
+from yayi_cli.data.options import ValidateOptions
 from yayi_cli.data.validate import validate
+from yayi_cli.options import ChatOptions, GenerationSettings
 
 
 def run_repl(model_dir, lines: list[str]) -> tuple[str, Repl]:
@@ -69,7 +70,7 @@ def test_save_writes_a_valid_record_and_asks_before_replacing(tiny_model_dirs, t
     assert "exists; replace it? [y/N]" in output and "not saved" in output
     record = json.loads(path.read_text(encoding="utf-8"))
     assert record["conversations"][0]["value"] == "你好" and len(record["conversations"]) == 2
-    assert validate([path]).errors == 0
+    assert validate(ValidateOptions([path])).errors == 0
     output, _ = run_repl(tiny_model_dirs["bloom"], [f"/load {path}", "/clear", f"/load {tmp_path / 'none.jsonl'}"])
     assert "loaded 1 exchange(s)" in output and "new conversation" in output and "no such file" in output
 

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from yayi_cli.chat.session import ChatSession, open_session
+from yayi_cli.data.options import ValidateOptions
 from yayi_cli.data.validate import validate
 from yayi_cli.errors import UsageError
 from yayi_cli.inference import generate_answers
@@ -201,7 +202,7 @@ def test_a_saved_conversation_is_valid_training_data_and_loads_back(scripted_ses
     session.reply("再见")
     path = tmp_path / "chat.jsonl"
     path.write_text(json.dumps(session.to_record(), ensure_ascii=False) + "\n", encoding="utf-8")
-    report = validate([path])
+    report = validate(ValidateOptions([path]))
     assert report.ok and report.errors == 0 and report.warnings == 0
     other = scripted_session("好")
     other.load_record(json.loads(path.read_text(encoding="utf-8")))

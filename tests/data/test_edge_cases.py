@@ -10,12 +10,12 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers import SAMPLE_DATA
+from tests.helpers import SAMPLE_DATA, split_into
 from yayi_cli.cli import app
 from yayi_cli.data.reader import read_records
-from yayi_cli.data.split import split
-from yayi_cli.data.validate import validate
 from yayi_cli.data.checked import load_records
+from yayi_cli.data.options import ValidateOptions
+from yayi_cli.data.validate import validate
 from yayi_cli.errors import DataError, UsageError
 
 runner = CliRunner()
@@ -30,27 +30,27 @@ def test_text_after_the_closing_bracket_of_an_array_is_an_error(tmp_path):
 
 def test_the_same_file_twice_is_refused(tmp_path):
     with pytest.raises(UsageError, match="are the same file"):
-        validate([SAMPLE_DATA, SAMPLE_DATA.parent / ".." / SAMPLE_DATA.parent.name / SAMPLE_DATA.name])
+        validate(ValidateOptions([SAMPLE_DATA, SAMPLE_DATA.parent / ".." / SAMPLE_DATA.parent.name / SAMPLE_DATA.name]))
     with pytest.raises(UsageError, match="are the same file"):
-        split([SAMPLE_DATA, SAMPLE_DATA], tmp_path / "o", test_size=2)
+        split_into(tmp_path / "o", SAMPLE_DATA, SAMPLE_DATA, test_size=2)
 
 
 def test_tokenizer_options_without_a_model_are_refused():
     with pytest.raises(UsageError, match="only matter with --model"):
-        validate([SAMPLE_DATA], max_length=5)
+        validate(ValidateOptions([SAMPLE_DATA], max_length=5))
 
 
 def test_a_special_token_makes_a_record_invalid_not_valid_and_invalid(tiny_model_dirs, tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"instruction": "q</s>", "output": "a"}) + "\n")
-    stats = validate([path], model=str(tiny_model_dirs["bloom"])).to_json()["totals"]
+    stats = validate(ValidateOptions([path], model=str(tiny_model_dirs["bloom"]))).to_json()["totals"]
     assert (stats["records"], stats["valid"], stats["errors"]) == (1, 0, 1)
 
 
 def test_a_directory_where_an_output_goes_is_refused_before_anything_is_written(tmp_path):
     (tmp_path / "o" / "test.jsonl").mkdir(parents=True)
     with pytest.raises(UsageError, match="is a directory"):
-        split([SAMPLE_DATA], tmp_path / "o", test_size=2, force=True)
+        split_into(tmp_path / "o", SAMPLE_DATA, test_size=2, force=True)
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["test.jsonl"]
 
 
@@ -81,7 +81,7 @@ def test_a_pipe_is_refused_because_split_reads_twice(tmp_path):
     fifo = tmp_path / "pipe.jsonl"
     os.mkfifo(fifo)
     with pytest.raises(UsageError, match="not a regular file"):
-        split([fifo], tmp_path / "o", test_size=1)
+        split_into(tmp_path / "o", fifo, test_size=1)
 
 
 DEEP_RECORDS = ["[" * 200_000 + "]" * 200_000, '{"conversations": ' + "[" * 5000 + "]" * 5000 + "}"]
@@ -93,7 +93,7 @@ def test_a_record_nested_too_deeply_is_one_invalid_record_not_a_crash(tmp_path, 
     good = [json.dumps({"instruction": f"问{i}", "output": "答"}, ensure_ascii=False) for i in range(2)]
     text = "\n".join([good[0], *DEEP_RECORDS, good[1]]) + "\n" if suffix == ".jsonl" else "[" + DEEP_RECORDS[0] + "]"
     path.write_text(text, encoding="utf-8")
-    report = validate([path])
+    report = validate(ValidateOptions([path]))
     assert [p.code for p in report.tally.problems] == ["invalid-json"] * (2 if suffix == ".jsonl" else 1)
     assert all("nested too deeply" in p.message for p in report.tally.problems)
     for arguments in (["data", "validate", str(path)], ["eval", "--model", "unused", "--data", str(path)],
@@ -112,10 +112,10 @@ def test_a_key_written_twice_in_one_object_is_a_warning_naming_it(tmp_path):
         '{"instruction": "q4", "output"  : "first", "output"\t: "second"}\n',
         encoding="utf-8",
     )
-    report = validate([path])
+    report = validate(ValidateOptions([path]))
     found = [(p.line, p.code, p.message.split(" appears")[0]) for p in report.tally.problems]
     assert found == [(1, "duplicate-key", "key 'output'"), (2, "duplicate-key", "key 'content'"), (4, "duplicate-key", "key 'output'")]
-    assert report.ok and not validate([path], strict=True).ok
+    assert report.ok and not validate(ValidateOptions([path], strict=True)).ok
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json"])
@@ -123,7 +123,7 @@ def test_a_number_of_thousands_of_digits_is_one_invalid_record(tmp_path, suffix)
     path = tmp_path / f"digits{suffix}"
     record = '{"instruction": "q", "output": ' + "9" * 5000 + "}"
     path.write_text(record + "\n" if suffix == ".jsonl" else f"[{record}]", encoding="utf-8")
-    report = validate([path])
+    report = validate(ValidateOptions([path]))
     assert [(p.line, p.code) for p in report.tally.problems] == [(1, "invalid-json")]
     assert "thousands of digits" in report.tally.problems[0].message
     result = runner.invoke(app, ["data", "validate", str(path)])
@@ -138,7 +138,7 @@ def test_a_key_repeated_beside_deep_nesting_is_found_whatever_the_recursion_limi
     previous = sys.getrecursionlimit()
     sys.setrecursionlimit(recursion_limit)
     try:
-        report = validate([path])
+        report = validate(ValidateOptions([path]))
     finally:
         sys.setrecursionlimit(previous)
     assert report.ok and sorted((p.code, p.message.split(" appears")[0]) for p in report.tally.problems) == [
@@ -160,7 +160,7 @@ def test_more_workers_than_cores_are_not_started(tmp_path, monkeypatch):
     monkeypatch.setattr(scan.os, "cpu_count", lambda: 2)
     path = tmp_path / "small.jsonl"
     path.write_text('{"instruction": "q", "output": "a"}\n', encoding="utf-8")
-    assert validate([path], workers=3).ok  # taken literally, --workers 100000 forked 100,000 processes at once
+    assert validate(ValidateOptions([path], workers=3)).ok  # taken literally, --workers 100000 forked 100,000 processes at once
     assert started == [2]
 
 
@@ -195,5 +195,5 @@ def test_lines_ending_in_a_lone_cr_are_named_with_the_way_to_convert_them(tmp_pa
 def test_binary_with_nul_bytes_is_not_taken_for_utf16(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_bytes(b"\x00" * 64)
-    problems = validate([data]).tally.problems
+    problems = validate(ValidateOptions([data])).tally.problems
     assert [p.code for p in problems] == ["invalid-json"]

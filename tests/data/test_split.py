@@ -15,11 +15,10 @@ from collections import Counter
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers import SAMPLE_DATA
+from tests.helpers import SAMPLE_DATA, split_into
 from yayi_cli import atomic
 from yayi_cli.cli import app
 from yayi_cli.data import split as split_module
-from yayi_cli.data.split import split
 from yayi_cli.errors import DataError, UsageError
 
 runner = CliRunner()
@@ -42,16 +41,16 @@ def read_lines(path):
 def test_the_same_inputs_and_seed_give_byte_identical_outputs(tmp_path):
     data = domain_data(tmp_path / "d.jsonl")
     for out in ("a", "b"):
-        split([data], tmp_path / out, test_size=10, stratify=True)
+        split_into(tmp_path / out, data, test_size=10, stratify="domain")
     for name in ("train.jsonl", "test.jsonl", "split.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    split([data], tmp_path / "c", test_size=10, stratify=True, seed=1)
+    split_into(tmp_path / "c", data, test_size=10, stratify="domain", seed=1)
     assert (tmp_path / "c" / "test.jsonl").read_bytes() != (tmp_path / "a" / "test.jsonl").read_bytes()
 
 
 def test_the_selection_is_pinned_so_it_never_changes_between_versions(tmp_path):
     """Test records are the positions with the smallest BLAKE2b-64 of "seed NUL stratum NUL position"."""
-    split([SAMPLE_DATA], tmp_path / "out", test_size=4)
+    split_into(tmp_path / "out", SAMPLE_DATA, test_size=4)
     sample = read_lines(SAMPLE_DATA)
     lines = [sample.index(line) + 1 for line in read_lines(tmp_path / "out" / "test.jsonl")]
     by_key = sorted(range(20), key=lambda p: hashlib.blake2b(f"515\x00\x00{p}".encode(), digest_size=8).digest())
@@ -60,7 +59,7 @@ def test_the_selection_is_pinned_so_it_never_changes_between_versions(tmp_path):
 
 def test_train_and_test_are_disjoint_and_together_exactly_the_input(tmp_path):
     data = domain_data(tmp_path / "d.jsonl")
-    report = split([data], tmp_path / "out", test_size=0.25)
+    report = split_into(tmp_path / "out", data, test_size=0.25)
     train, test = read_lines(tmp_path / "out" / "train.jsonl"), read_lines(tmp_path / "out" / "test.jsonl")
     assert (len(test), report.test, report.train) == (25, 25, 75)
     assert not set(train) & set(test)
@@ -69,7 +68,7 @@ def test_train_and_test_are_disjoint_and_together_exactly_the_input(tmp_path):
 
 def test_stratified_test_keeps_each_domains_share_within_one_record(tmp_path):
     data = domain_data(tmp_path / "d.jsonl")
-    split([data], tmp_path / "out", test_size=17, stratify=True)
+    split_into(tmp_path / "out", data, test_size=17, stratify="domain")
     test = read_lines(tmp_path / "out" / "test.jsonl")
     total = sum(DOMAINS.values())
     for domain, count in DOMAINS.items():
@@ -81,7 +80,7 @@ def test_stratified_test_keeps_each_domains_share_within_one_record(tmp_path):
 
 def test_a_test_set_that_leaves_no_training_data_is_refused(tmp_path):
     with pytest.raises(UsageError, match="asks for 20 test records out of 20"):
-        split([SAMPLE_DATA], tmp_path / "out", test_size=20)
+        split_into(tmp_path / "out", SAMPLE_DATA, test_size=20)
     assert not (tmp_path / "out").exists()
 
 
@@ -89,16 +88,16 @@ def test_invalid_input_is_refused_unless_skipped(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"instruction": "q", "output": "a"}\n{"instruction": "x"}\n' + '{"instruction": "q2", "output": "b"}\n' * 3)
     with pytest.raises(DataError, match=rf"1 invalid record\(s\), the first at {data}:2 \(field 'output' is missing\); `yayi data validate`"):
-        split([data], tmp_path / "out", test_size=1)
+        split_into(tmp_path / "out", data, test_size=1)
     assert not (tmp_path / "out" / "train.jsonl").exists()
-    report = split([data], tmp_path / "out", test_size=1, skip_invalid=True)
+    report = split_into(tmp_path / "out", data, test_size=1, skip_invalid=True)
     assert report.to_json()["counts"] == {"records": 5, "invalid_skipped": 1, "duplicates_dropped": 0, "train": 3, "test": 1}
 
 
 def test_dedupe_drops_later_copies_only(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"instruction": "q", "output": "a"}\n{"output": "a", "instruction": "q"}\n{"instruction": "q", "output": "b"}\n{"instruction": "r", "output": "a"}\n')
-    report = split([data], tmp_path / "out", test_size=1, dedupe=True)
+    report = split_into(tmp_path / "out", data, test_size=1, dedupe=True)
     assert report.to_json()["counts"]["duplicates_dropped"] == 1
     written = read_lines(tmp_path / "out" / "train.jsonl") + read_lines(tmp_path / "out" / "test.jsonl")
     assert sorted(written) == sorted(read_lines(data)[i] for i in (0, 2, 3))
@@ -107,22 +106,22 @@ def test_dedupe_drops_later_copies_only(tmp_path):
 def test_array_items_lose_only_their_line_breaks(tmp_path):
     data = tmp_path / "d.json"
     data.write_text('[{"instruction":"q1",  "output":"a"},\n {\n  "instruction": "q2",\n  "output": "b"\n}]')
-    split([data], tmp_path / "out", test_size=1)
+    split_into(tmp_path / "out", data, test_size=1)
     written = sorted(read_lines(tmp_path / "out" / "train.jsonl") + read_lines(tmp_path / "out" / "test.jsonl"))
     assert written == ['{  "instruction": "q2",  "output": "b"}', '{"instruction":"q1",  "output":"a"}']
 
 
 def test_existing_outputs_and_inputs_are_never_overwritten(tmp_path):
-    split([SAMPLE_DATA], tmp_path / "out", test_size=2)
+    split_into(tmp_path / "out", SAMPLE_DATA, test_size=2)
     before = (tmp_path / "out" / "test.jsonl").read_bytes()
     with pytest.raises(UsageError, match="already exists; use --force"):
-        split([SAMPLE_DATA], tmp_path / "out", test_size=3)
+        split_into(tmp_path / "out", SAMPLE_DATA, test_size=3)
     assert (tmp_path / "out" / "test.jsonl").read_bytes() == before
-    split([SAMPLE_DATA], tmp_path / "out", test_size=3, force=True)
+    split_into(tmp_path / "out", SAMPLE_DATA, test_size=3, force=True)
     assert len(read_lines(tmp_path / "out" / "test.jsonl")) == 3
     own = tmp_path / "out" / "train.jsonl"
     with pytest.raises(UsageError, match="is one of the inputs"):
-        split([own], tmp_path / "out", test_size=1, force=True)
+        split_into(tmp_path / "out", own, test_size=1, force=True)
 
 
 def test_a_failure_mid_write_leaves_no_output_and_no_temp_file(tmp_path, monkeypatch):
@@ -136,7 +135,7 @@ def test_a_failure_mid_write_leaves_no_output_and_no_temp_file(tmp_path, monkeyp
 
     monkeypatch.setattr(split_module, "_copy_lines", interrupted_copy)
     with pytest.raises(KeyboardInterrupt):
-        split([SAMPLE_DATA], tmp_path / "out", test_size=2)
+        split_into(tmp_path / "out", SAMPLE_DATA, test_size=2)
     assert list(tmp_path.iterdir()) == []  # not even the output directory it would have made
 
 
@@ -243,7 +242,7 @@ def test_lines_are_copied_byte_for_byte_without_their_crs(tmp_path):
     records = ['{"instruction": "q1", "output": "a\u2028b"}', '{"instruction" : "q2","output":"a\u0085"}', '{"instruction": "q3", "output": "c"}']
     data = tmp_path / "d.jsonl"
     data.write_bytes(codecs.BOM_UTF8 + "\r\n".join([records[0], "", "{broken", records[1], "   ", records[2]]).encode() + b"\r\n")
-    split([data], tmp_path / "out", test_size=1, skip_invalid=True)
+    split_into(tmp_path / "out", data, test_size=1, skip_invalid=True)
     out = tmp_path / "out"
     written = (out / "train.jsonl").read_bytes() + (out / "test.jsonl").read_bytes()
     assert sorted(written.decode().split("\n")[:-1]) == sorted(records)
@@ -257,12 +256,12 @@ def test_worker_processes_and_small_chunks_write_the_same_bytes(tmp_path, monkey
     data = domain_data(tmp_path / "d.jsonl")
     with open(data, "a", encoding="utf-8") as handle:
         handle.write('{"instruction": "【媒宣领域任务】问题1", "output": "回答1"}\n\n{"instruction": "x", "output": 5}\n')
-    options = dict(test_size=0.2, stratify=True, dedupe=True, skip_invalid=True)
-    split([data], tmp_path / "one", **options)
+    options = dict(test_size=0.2, stratify="domain", dedupe=True, skip_invalid=True)
+    split_into(tmp_path / "one", data, **options)
     monkeypatch.setattr(reader, "CHUNK_BYTES", 300)
     monkeypatch.setattr(scan, "RANGE_BYTES", 300)
     monkeypatch.setattr(scan, "PARALLEL_MIN_BYTES", 0)
-    report = split([data], tmp_path / "many", **options)
+    report = split_into(tmp_path / "many", data, **options)
     for name in ("train.jsonl", "test.jsonl", "split.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "many" / name).read_bytes()
     counts = report.to_json()["counts"]

@@ -15,6 +15,7 @@ from tests.helpers import SAMPLE_DATA
 from yayi_cli.cli import app
 from yayi_cli.data import reader
 from yayi_cli.data import scan
+from yayi_cli.data.options import ValidateOptions
 from yayi_cli.data.validate import validate
 
 runner = CliRunner()
@@ -58,7 +59,7 @@ def problems_by_line(report):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_every_error_and_warning_is_reported_at_its_line(bad_file, workers):
-    report = validate([bad_file], workers=workers)
+    report = validate(ValidateOptions([bad_file], workers=workers))
     expected = {number: kind for number, (_, kind) in enumerate(LINES, start=1) if kind}
     expected[len(LINES) + 1] = "error:invalid-utf8"
     assert problems_by_line(report) == expected
@@ -71,9 +72,9 @@ def test_many_ranges_in_several_processes_report_exactly_what_one_range_does(tmp
     records = [json.dumps({"instruction": f"q{i % 7}", "output": f"a{i % 5}"}) for i in range(60)]
     first.write_text("\n".join(records[:30]) + "\n\n{broken\n" + "\n".join(records[30:45]) + "\n")
     second.write_text("\n" * 3 + "\n".join(records[45:]) + "\n")
-    serial = validate([first, second], workers=1, max_listed=500)
+    serial = validate(ValidateOptions([first, second], workers=1, max_errors=500))
     monkeypatch.setattr(scan, "RANGE_BYTES", 200)  # a range may begin or end inside a line
-    parallel = validate([first, second], workers=2, max_listed=500)
+    parallel = validate(ValidateOptions([first, second], workers=2, max_errors=500))
     assert first.stat().st_size > 5 * scan.RANGE_BYTES
     assert parallel.tally.problems == serial.tally.problems
     assert parallel.to_json() == serial.to_json()
@@ -85,25 +86,25 @@ def test_many_ranges_in_several_processes_report_exactly_what_one_range_does(tmp
 def test_array_files_report_each_items_line(tmp_path):
     path = tmp_path / "data.json"
     path.write_text('[\n  {"instruction": "q", "output": "a"},\n  {"instruction": "q"},\n  {"output": 2}\n]\n')
-    report = validate([path])
+    report = validate(ValidateOptions([path]))
     assert problems_by_line(report) == {3: "error:missing-field", 4: "error:missing-field"}
     assert [p.index for p in report.tally.problems] == [1, 2]
 
 
 def test_max_errors_caps_the_list_but_not_the_count(bad_file):
-    report = validate([bad_file], max_listed=3)
+    report = validate(ValidateOptions([bad_file], max_errors=3))
     assert len(report.tally.problems) == 3 and report.errors == 12
 
 
 def test_strict_turns_warnings_into_failure(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"instruction": " q", "output": "a"}) + "\n")
-    assert validate([path]).ok
-    assert not validate([path], strict=True).ok
+    assert validate(ValidateOptions([path])).ok
+    assert not validate(ValidateOptions([path], strict=True)).ok
 
 
 def test_statistics_count_files_shapes_turns_and_domains():
-    document = validate([SAMPLE_DATA]).to_json()
+    document = validate(ValidateOptions([SAMPLE_DATA])).to_json()
     assert document["ok"] and document["totals"]["records"] == 20
     assert document["totals"]["shapes"] == {"instruction": 14, "conversations": 3, "messages": 3}
     assert document["totals"]["turns"] == 46
@@ -116,11 +117,11 @@ def test_with_a_model_it_reports_token_lengths_and_truncation(tiny_model_dirs, t
     records = [{"instruction": "q", "output": "a"}, {"instruction": "q2", "output": "很长的回答。" * 60}]
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     model = str(tiny_model_dirs["llama"])
-    untruncated = validate([path], model=model)
+    untruncated = validate(ValidateOptions([path], model=model))
     assert untruncated.tokens.max_length == 1024 and untruncated.tokens.truncated == 0
     short, long = untruncated.tokens.lengths
     limit = (short + long) // 2
-    report = validate([path], model=model, max_length=limit)
+    report = validate(ValidateOptions([path], model=model, max_length=limit))
     tokens = report.to_json()["tokens"]
     assert (tokens["records"], tokens["max_length"], tokens["truncated"], tokens["max"]) == (2, limit, 1, long)
     (problem,) = report.tally.problems
@@ -131,8 +132,8 @@ def test_with_a_model_it_reports_token_lengths_and_truncation(tiny_model_dirs, t
 def test_special_tokens_of_the_model_are_errors(tiny_model_dirs, tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"instruction": "what is </s>?", "output": "a tag"}) + "\n")
-    assert validate([path]).ok
-    report = validate([path], model=str(tiny_model_dirs["bloom"]))
+    assert validate(ValidateOptions([path])).ok
+    report = validate(ValidateOptions([path], model=str(tiny_model_dirs["bloom"])))
     assert [p.code for p in report.tally.problems] == ["special-token"] and not report.ok
 
 
@@ -166,11 +167,11 @@ def test_empty_files_and_huge_lines(tmp_path):
     empty.write_bytes(b"")
     huge = tmp_path / "huge.jsonl"
     huge.write_text(json.dumps({"instruction": "huge", "output": "x" * 9_000_000}) + "\n" + json.dumps(GOOD) + "\n")
-    report = validate([empty, huge])
+    report = validate(ValidateOptions([empty, huge]))
     assert report.ok and report.records == 2
     assert report.to_json()["files"][0]["records"] == 0
     assert [(p.path, p.code) for p in report.tally.problems] == [(str(empty), "empty-file")]
-    assert not validate([empty], strict=True).ok
+    assert not validate(ValidateOptions([empty], strict=True)).ok
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -9,10 +9,9 @@ import sys
 
 import pytest
 
-from tests.helpers import SAMPLE_DATA
+from tests.helpers import SAMPLE_DATA, split_into
 from yayi_cli.data.checked import load_records
 from yayi_cli.data.reader import sha256_of
-from yayi_cli.data.split import split
 from yayi_cli.errors import UsageError
 from yayi_cli.prompt import TEMPLATES, PromptTokenizer, add_markers
 from yayi_cli.train.options import TrainOptions
@@ -43,7 +42,7 @@ def conversations(records):
 
 def test_test_size_holds_out_exactly_what_data_split_puts_in_test(tmp_path):
     for seed in (515, 7):
-        split([SAMPLE_DATA], tmp_path / str(seed), test_size=4, seed=seed)
+        split_into(tmp_path / str(seed), SAMPLE_DATA, test_size=4, seed=seed)
         train, held_out = training_records(TrainOptions(data=[str(SAMPLE_DATA)], test_size=4, seed=seed))
         assert conversations(held_out) == conversations(load_records([tmp_path / str(seed) / "test.jsonl"]))
         assert conversations(train) == conversations(load_records([tmp_path / str(seed) / "train.jsonl"]))

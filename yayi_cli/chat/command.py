@@ -5,12 +5,11 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TextIO
 
 from yayi_cli.chat.session import ChatSession, open_session
-from yayi_cli.options import ChatOptions
 from yayi_cli.errors import UsageError
+from yayi_cli.options import ChatOptions
 
 
 @contextlib.contextmanager
@@ -33,35 +32,34 @@ def read_stdin(stdin: TextIO) -> str:
         raise UsageError(f"stdin is not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
-def run_chat(
-    options: ChatOptions, *, prompt: str | None = None, jsonl: bool = False, history_file: Path | None = None,
-    stdin: TextIO | None = None, stdout: TextIO | None = None,
-) -> int:
-    """Open the session and run the mode the streams call for; returns the exit code."""
+def chat(options: ChatOptions, *, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """Open the session and run the mode the options and streams call for; returns the exit code."""
+    options.check()
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout  # read at call time: tests replace them
-    if jsonl and prompt is not None:
+    if options.jsonl and options.prompt is not None:
         raise UsageError("--jsonl reads its prompts from stdin; leave out --prompt")
-    interactive = prompt is None and not jsonl and stdin.isatty() and stdout.isatty()
+    interactive = options.prompt is None and not options.jsonl and stdin.isatty() and stdout.isatty()
     with loading_status(options.model, interactive):
         session = open_session(options)
     if interactive:
-        return _interactive(session, history_file)
+        return _interactive(session, options)
     from yayi_cli.chat.batch import answer_lines, answer_text
 
-    if jsonl:
+    if options.jsonl:
         return 1 if answer_lines(session, stdin, stdout.write) else 0
-    message = prompt if prompt is not None else read_stdin(stdin).rstrip("\r\n")  # echo's newline is not the message's
+    message = options.prompt if options.prompt is not None else read_stdin(stdin).rstrip("\r\n")  # echo's newline is not the message's
     answer_text(session, message, stdout)
     return 0
 
 
-def _interactive(session: ChatSession, history_file: Path | None) -> int:
+def _interactive(session: ChatSession, options: ChatOptions) -> int:
     from rich.console import Console
 
-    from yayi_cli.chat.repl import run_repl
+    from yayi_cli.chat.repl import default_history_file, run_repl
 
     console = Console(highlight=False)
     if session.warmup_seconds is not None:
         console.print(f"[dim]--compile: warm-up took {session.warmup_seconds:.1f} s[/]")
+    history_file = (options.history_file or default_history_file()) if options.history else None
     run_repl(session, console, history_file)
     return 0

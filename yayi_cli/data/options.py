@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from yayi_cli.data import DEFAULT_SEED
+from yayi_cli.errors import UsageError
 from yayi_cli.option_table import CommandOptions, complete_directories, option
 from yayi_cli.options import as_test_size, force_option, model_option, template_option, trust_remote_code_option
 
@@ -41,6 +42,11 @@ class ValidateOptions(CommandOptions):
     workers: int | None = option("--workers", default=None, at_least=1, metavar="N", help=(
         "Processes for JSON-lines files, at most one per core (default: one per core above 32 MB)."))
     trust_remote_code: bool = trust_remote_code_option()
+
+    def check_values(self) -> None:
+        super().check_values()
+        if self.model is None and (self.max_length is not None or self.template is not None):
+            raise UsageError("--max-length and --template only matter with --model (the tokenizer to count with)")
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -18,6 +17,7 @@ from rich.rule import Rule
 from rich.text import Text
 
 from yayi_cli.data.checked import Problem, check_record
+from yayi_cli.data.options import PreviewOptions
 from yayi_cli.data.reader import SourceRecord, read_records
 from yayi_cli.errors import DataError
 from yayi_cli.prompt import (
@@ -127,25 +127,21 @@ def preview_record(source: SourceRecord, template: Template, prompt_tokenizer: P
     return PreviewItem(source, parsed.shape, domain_of(parsed.turns[0].text), rendered, tokens)
 
 
-def preview(
-    path: Path, limit: int, template_name: str | None = None, model: str | None = None,
-    *, trust_remote_code: bool = False,
-) -> PreviewReport:
-    """Render the first `limit` records of `path`; with `model`, tokenize them with its tokenizer.
-
-    A tokenizer without the YaYi markers gets them added, as training would do.
-    """
-    if model is None:
-        template, source = resolve_template(template_name, None)
+def preview(options: PreviewOptions) -> PreviewReport:
+    """Render the first `options.num_records` records of `options.file`; with a model, tokenize them
+    with its tokenizer (a tokenizer without the YaYi markers gets them added, as training would do)."""
+    options.check()
+    if options.model is None:
+        template, source = resolve_template(options.template, None)
         prompt_tokenizer = None
     else:
         from yayi_cli.loading import load_for_task
 
-        loaded = load_for_task(model, template=template_name, trust_remote_code=trust_remote_code,
+        loaded = load_for_task(options.model, template=options.template, trust_remote_code=options.trust_remote_code,
                                add_markers=True, model_weights=False)
         template, source, prompt_tokenizer = loaded.template, loaded.template_source, loaded.prompt_tokenizer
-    report = PreviewReport(template, source, model)
-    for record in itertools.islice(read_records(path), limit):
+    report = PreviewReport(template, source, options.model)
+    for record in itertools.islice(read_records(options.file), options.num_records):
         report.items.append(preview_record(record, template, prompt_tokenizer))
     return report
 

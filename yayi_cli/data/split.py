@@ -20,8 +20,8 @@ from typing import Any, BinaryIO
 
 from yayi_cli import __version__
 from yayi_cli.atomic import atomic_files
-from yayi_cli.data import DEFAULT_SEED
 from yayi_cli.data.checked import ERROR, skip_problem, valid_records
+from yayi_cli.data.options import SplitOptions
 from yayi_cli.data.reader import LINES, BackgroundDigest, file_layout, line_chunks, read_records, refuse_repeated_inputs, sha256_of
 from yayi_cli.data.scan import tally_files
 from yayi_cli.data.tally import DUPLICATE, Tally, find_repeats
@@ -151,30 +151,21 @@ def _output_paths(out_dir: Path, inputs: Sequence[Path], force: bool) -> list[Pa
     return outputs
 
 
-def split(
-    paths: Sequence[Path],
-    out_dir: Path,
-    *,
-    test_size: int | float,
-    seed: int = DEFAULT_SEED,
-    stratify: bool = False,
-    dedupe: bool = False,
-    skip_invalid: bool = False,
-    force: bool = False,
-) -> SplitReport:
-    """Write OUT/train.jsonl, OUT/test.jsonl and OUT/split.json, all three or none."""
-    out_dir = Path(out_dir)
-    outputs = _output_paths(out_dir, paths, force)
-    survey = survey_inputs(paths, stratify=stratify, dedupe=dedupe)
-    if survey.invalid_count and not skip_invalid:
+def split(options: SplitOptions) -> SplitReport:
+    """Write OUTPUT/train.jsonl, OUTPUT/test.jsonl and OUTPUT/split.json, all three or none."""
+    options.check()
+    paths, stratify = options.files, options.stratify == "domain"
+    outputs = _output_paths(Path(options.output), paths, options.force)
+    survey = survey_inputs(paths, stratify=stratify, dedupe=options.dedupe)
+    if survey.invalid_count and not options.skip_invalid:
         first = survey.tally.problems[0]
         raise DataError(
             f"{survey.invalid_count} invalid record(s), the first at {first.path}:{first.line} ({first.message}); "
             "`yayi data validate` lists them all, or pass --skip-invalid to leave them out"
         )
-    counts = allocate(test_size, survey.sizes)
-    to_test = select_test(survey, counts, seed)
-    report = SplitReport(seed, test_size, stratify, dedupe, skip_invalid, survey, counts)
+    counts = allocate(options.test_size, survey.sizes)
+    to_test = select_test(survey, counts, options.seed)
+    report = SplitReport(options.seed, options.test_size, stratify, options.dedupe, options.skip_invalid, survey, counts)
     report.test = int(to_test.sum())
     report.train = len(to_test) - report.test
     with atomic_files(outputs) as (train, test, manifest):

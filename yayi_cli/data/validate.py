@@ -7,16 +7,15 @@ with --model, the report and its printing.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from yayi_cli.data.checked import ERROR, WARNING, Problem
+from yayi_cli.data.options import ValidateOptions
 from yayi_cli.data.reader import SourceRecord
 from yayi_cli.data.scan import tally_files
 from yayi_cli.data.tally import Tally
-from yayi_cli.errors import UsageError
 from yayi_cli.prompt import IGNORE_INDEX, Conversation
 from yayi_cli.records import NO_DOMAIN, SHAPES, ParsedRecord
 
@@ -117,47 +116,32 @@ class ValidationReport:
         }
 
 
-
-def validate(
-    paths: Sequence[Path],
-    *,
-    model: str | None = None,
-    template_name: str | None = None,
-    max_length: int | None = None,
-    strict: bool = False,
-    max_listed: int = 100,
-    workers: int | None = None,
-    trust_remote_code: bool = False,
-    progress: Callable[[int], None] = lambda size: None,
-) -> ValidationReport:
-    """Check every record of `paths`; with `model`, also token lengths and truncation.
+def validate(options: ValidateOptions, *, progress: Callable[[int], None] = lambda size: None) -> ValidationReport:
+    """Check every record of `options.files`; with a model, also token lengths and truncation.
 
     `progress` is called with the number of bytes finished, for a progress bar.
-    `workers=None` uses one process per core for large JSON-lines input (without a model).
     """
-    if model is None and (max_length is not None or template_name is not None):
-        raise UsageError("--max-length and --template only matter with --model (the tokenizer to count with)")
-    tally = Tally(max_listed)
-    counter = _token_counter(model, template_name, max_length, trust_remote_code, tally) if model else None
-    tally_files(paths, tally, workers=workers, progress=progress, each_valid=counter.add if counter else None)
+    options.check()
+    tally = Tally(options.max_errors)
+    counter = _token_counter(options, tally) if options.model else None
+    tally_files(options.files, tally, workers=options.workers, progress=progress, each_valid=counter.add if counter else None)
     if counter is not None and counter.pending:
         counter.flush()
     for stats in tally.files.values():
         if stats.records == 0:  # a truncated download or the wrong file, most likely
             tally.report(Problem(stats.path, 1, None, WARNING, "empty-file", "the file holds no records"))
     tally.report_duplicates()
-    return ValidationReport(tally, strict, counter.stats if counter else None)
+    return ValidationReport(tally, options.strict, counter.stats if counter else None)
 
 
-
-def _token_counter(model: str, template_name: str | None, max_length: int | None, trust_remote_code: bool, tally: Tally) -> TokenCounter:
+def _token_counter(options: ValidateOptions, tally: Tally) -> TokenCounter:
     from yayi_cli.loading import load_for_task
 
-    loaded = load_for_task(model, template=template_name, trust_remote_code=trust_remote_code,
+    loaded = load_for_task(options.model, template=options.template, trust_remote_code=options.trust_remote_code,
                            add_markers=True, model_weights=False)
-    limit = max_length if max_length is not None else loaded.context_length()
+    limit = options.max_length if options.max_length is not None else loaded.context_length()
     tally.reserved = loaded.prompt_tokenizer.reserved
-    return TokenCounter(loaded.prompt_tokenizer, TokenStats(model, loaded.template.name, limit), tally)
+    return TokenCounter(loaded.prompt_tokenizer, TokenStats(options.model, loaded.template.name, limit), tally)
 
 
 def print_report(report: ValidationReport, console: Any) -> None:
