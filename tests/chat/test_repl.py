@@ -91,6 +91,27 @@ def test_the_history_file_lives_in_the_xdg_state_directory(monkeypatch, tmp_path
     assert default_history_file().parts[-4:] == (".local", "state", "yayi", "chat_history")
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ({}, "state/yayi/chat_history"), ({"history_file": "mine"}, "mine"), ({"history": False}, None),
+])
+def test_chat_on_a_terminal_keeps_the_history_the_options_ask_for(flags, expected, tiny_model_dirs, monkeypatch, tmp_path):
+    """The default file in the XDG state directory, --history-file, or none with --no-history."""
+    from yayi_cli.chat import command, repl
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    used = []
+    monkeypatch.setattr(repl, "run_repl", lambda session, console, history_file: used.append(history_file))
+    if "history_file" in flags:
+        flags = {"history_file": tmp_path / flags["history_file"]}
+    assert command.chat(ChatOptions(str(tiny_model_dirs["llama"]), **flags), stdin=Terminal(), stdout=Terminal()) == 0
+    assert used == [None if expected is None else tmp_path / expected]
+
+
 # --- a real terminal ------------------------------------------------------------------------------
 
 pexpect = pytest.importorskip("pexpect")

@@ -84,6 +84,13 @@ def test_a_test_set_that_leaves_no_training_data_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_library_call_gets_the_messages_the_cli_gives(tmp_path):
+    with pytest.raises(UsageError, match="--stratify True: choose one of domain"):
+        split_into(tmp_path / "out", SAMPLE_DATA, test_size=4, stratify=True)
+    with pytest.raises(UsageError, match="^missing --output DIR$"):
+        split_into(None, SAMPLE_DATA, test_size=4)
+
+
 def test_invalid_input_is_refused_unless_skipped(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"instruction": "q", "output": "a"}\n{"instruction": "x"}\n' + '{"instruction": "q2", "output": "b"}\n' * 3)
