@@ -2,8 +2,11 @@
 
 The two commands are run in alternation so that load on a shared machine hits both alike;
 the report gives medians and their ratio. Target: `yayi --help` under 0.25 s.
+With `--against DIR` (another checkout, e.g. `git worktree add /tmp/before REV`), `--help` and TAB of
+that tree's yayi_cli run in the same alternation, both through `python -m yayi_cli`, for a
+before/after comparison.
 
-    .venv/bin/python benchmarks/cli_startup.py [--runs 9]
+    .venv/bin/python benchmarks/cli_startup.py [--runs 9] [--against DIR]
 """
 
 from __future__ import annotations
@@ -26,10 +29,20 @@ def wall_time(argv: list[str], env: dict[str, str] | None = None) -> float:
     return time.perf_counter() - start
 
 
+def tree_commands(label: str, root: Path, completion_env: dict[str, str]) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """`--help` and TAB of the yayi_cli in `root`, run as `python -m yayi_cli` with that tree first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    module = [sys.executable, "-m", "yayi_cli"]
+    return {f"--help ({label})": ([*module, "--help"], env),
+            f"TAB ({label})": (module, {**completion_env, "PYTHONPATH": str(root)})}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=9)
-    runs = parser.parse_args().runs
+    parser.add_argument("--against", type=Path, metavar="DIR", help="another checkout to compare with")
+    arguments = parser.parse_args()
+    runs = arguments.runs
     completion_env = {**os.environ, "_YAYI_COMPLETE": "complete_bash", "COMP_WORDS": "yayi data pr", "COMP_CWORD": "2"}
     commands = {
         "python -c pass (interpreter floor)": ([sys.executable, "-c", "pass"], None),
@@ -37,6 +50,9 @@ def main() -> None:
         "yayi TAB completion (bash)": ([str(BIN / "yayi")], completion_env),
         "transformers --help": ([str(BIN / "transformers"), "--help"], None),
     }
+    if arguments.against:
+        commands |= tree_commands("this tree", Path(__file__).resolve().parents[1], completion_env)
+        commands |= tree_commands(str(arguments.against), arguments.against.resolve(), completion_env)
     times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(runs):
         for name, (argv, env) in commands.items():

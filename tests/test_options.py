@@ -159,6 +159,8 @@ def test_a_config_file_can_turn_on_what_a_no_flag_turns_off(monkeypatch, tmp_pat
      ["train", "-d", str(SAMPLE_DATA), "-m", "m", "-o", "o", "--lora-r", "0"], "--lora-r must be at least 1, got 0"),
     (lambda: ServeOptions("m", engine="tgi"), None, "--engine 'tgi': choose one of transformers, vllm"),
     (lambda: QuantizeOptions("m", Path("q"), threshold=float("nan")), None, "--threshold nan: give a finite number"),
+    (lambda: ChatOptions("m", prompt="hi", jsonl=True), ["chat", "-m", "m", "-p", "hi", "--jsonl"],
+     "--jsonl reads its prompts from stdin; leave out --prompt"),
 ])
 def test_a_library_call_with_bad_options_gets_the_clis_message(make, argv, message):
     with pytest.raises(UsageError) as caught:

@@ -179,6 +179,11 @@ class ChatOptions(CommandOptions):
                                        help="Input history (default: $XDG_STATE_HOME/yayi/chat_history).")
     history: bool = option("--history/--no-history", default=True, help="Keep an input history on disk (--no-history: none).")
 
+    def check_values(self) -> None:
+        super().check_values()
+        if self.jsonl and self.prompt is not None:
+            raise UsageError("--jsonl reads its prompts from stdin; leave out --prompt")
+
 
 @dataclass
 class EvalOptions(CommandOptions):

@@ -36,8 +36,6 @@ def chat(options: ChatOptions, *, stdin: TextIO | None = None, stdout: TextIO | 
     """Open the session and run the mode the options and streams call for; returns the exit code."""
     options.check()
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout  # read at call time: tests replace them
-    if options.jsonl and options.prompt is not None:
-        raise UsageError("--jsonl reads its prompts from stdin; leave out --prompt")
     interactive = options.prompt is None and not options.jsonl and stdin.isatty() and stdout.isatty()
     with loading_status(options.model, interactive):
         session = open_session(options)
