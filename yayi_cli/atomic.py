@@ -8,7 +8,6 @@ filesystem) becomes one error line naming the path and the cause, and leaves no 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import json
 import math
@@ -75,6 +74,8 @@ _AT_FDCWD = -100
 
 def _exchange(first: Path, second: Path) -> bool:
     """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes  # here, not at the top: every `yayi --help` imports this module
+
     renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
     if renameat2 is None:
         return False

@@ -11,17 +11,18 @@ import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from yayi_cli import __version__
 from yayi_cli.data.options import PreviewOptions, SplitOptions, ValidateOptions
 from yayi_cli.options import ChatOptions, EvalOptions, MergeOptions, QuantizeOptions, ServeOptions, TemplateInstallOptions
 from yayi_cli.train.options import TrainOptions
-from yayi_cli.typer_options import EXIT_CODES, command
+from yayi_cli.typer_options import EXIT_CODES, command, say_on_stderr
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(
     name="yayi",
@@ -56,6 +57,8 @@ class Output:
 
     def console(self, *, stderr: bool = False) -> Console:
         """Where a command's human-readable report goes (nowhere under -q)."""
+        from rich.console import Console
+
         return Console(stderr=stderr, quiet=self.quiet)
 
     def finish(self, json_output: bool, document: Callable[[], Any], print_human: Callable[[Console], None]) -> None:
@@ -168,7 +171,7 @@ def train_command(
         output.finish(json_output, result.to_json, functools.partial(print_plan, result.plan, dry_run=True))
         return
     for note in result.notes():
-        Console(stderr=True).print(escape(note), highlight=False, soft_wrap=True)
+        say_on_stderr(note)
     if json_output:
         print_json(result.to_json())
     raise typer.Exit(result.status)
@@ -185,7 +188,7 @@ def eval_command(ctx: typer.Context, options: EvalOptions, json_output: bool = J
     outcome = evaluate(options)
     output_of(ctx).finish(json_output, outcome.to_json, functools.partial(print_report, outcome))
     for failure in outcome.failures:
-        Console(stderr=True).print(f"[red]gate failed:[/] {escape(failure)}", highlight=False, soft_wrap=True)
+        say_on_stderr(failure, label="gate failed")
     if outcome.failures:
         raise typer.Exit(1)
 
@@ -233,6 +236,8 @@ def template_install_command(ctx: typer.Context, options: TemplateInstallOptions
 
     So that transformers serve, vLLM and apply_chat_template prompt it as yayi does and stop at <|End|>. Replaced files go to MODEL_DIR.yayi-backup-*; nothing changes unless everything can.
     """
+    from rich.console import Console
+
     from yayi_cli.template_install import print_report, template_install
 
     report = template_install(options)
@@ -248,6 +253,8 @@ def serve_command(options: ServeOptions) -> None:
 
     A model without the YaYi chat template or stop ids is served from a staged copy that has them (your files are not changed). Prints the URL and a curl line once ready; Ctrl-C stops the engine (exit 130).
     """
+    from rich.console import Console
+
     from yayi_cli.serve import serve
 
     console, notes = Console(), Console(stderr=True, highlight=False, soft_wrap=True)

@@ -18,8 +18,6 @@ from typing import Any, Literal, Optional
 
 import typer
 from typer.models import ArgumentInfo
-from rich.console import Console
-from rich.markup import escape
 
 from yayi_cli.errors import YayiError
 from yayi_cli.option_table import Entry, Flag, scalar_kind, table
@@ -92,6 +90,16 @@ def parameter(entry: Entry, with_config: bool) -> inspect.Parameter:
                              default=typer.Option(None, *flag_names(entry, with_config), **settings))
 
 
+def say_on_stderr(text: str, *, label: str | None = None) -> None:
+    """One line on stderr, `label:` in red; Rich markup in `text` is shown as it is. Rich is imported
+    here, when something is printed: `--help` and TAB never need it."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    prefix = f"[red]{label}:[/] " if label else ""
+    Console(stderr=True).print(prefix + escape(text), highlight=False, soft_wrap=True)
+
+
 def reports_errors(function: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a user error into one `error:` line on stderr and its exit code, never a traceback."""
 
@@ -100,7 +108,7 @@ def reports_errors(function: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return function(*args, **kwargs)
         except YayiError as error:
-            Console(stderr=True).print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+            say_on_stderr(str(error), label="error")
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
