@@ -8,14 +8,13 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import NOT_AT_STARTUP, REPO
 from yayi_cli.prompt import TEMPLATES
 
-HEAVY_MODULES = ("torch", "transformers", "deepspeed", "datasets", "bitsandbytes")
 PRESS_TAB = (
     "import sys; from yayi_cli.cli import main\n"
     "try:\n    main()\nexcept SystemExit:\n    pass\n"
-    "sys.stderr.write('HEAVY:' + ','.join(m for m in %r if m in sys.modules))" % (HEAVY_MODULES,)
+    "sys.stderr.write('HEAVY:' + ','.join(m for m in %r if m in sys.modules))" % (NOT_AT_STARTUP,)
 )
 
 

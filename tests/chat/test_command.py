@@ -9,10 +9,10 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_cli import HEAVY_MODULES
+from tests.helpers import HEAVY_LIBRARIES
 from yayi_cli.chat.session import open_session
-from yayi_cli.options import ChatOptions, GenerationSettings
 from yayi_cli.cli import app
+from yayi_cli.options import ChatOptions, GenerationSettings
 
 runner = CliRunner()
 GREEDY = ["--greedy", "--max-new-tokens", "12"]
@@ -31,7 +31,7 @@ def test_chat_help_imports_no_heavy_library():
     code = (
         "import sys; from yayi_cli.cli import main; sys.argv = ['yayi', 'chat', '--help']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        f"print('HEAVY:' + ','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))"
+        f"print('HEAVY:' + ','.join(m for m in {HEAVY_LIBRARIES!r} if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "--max-context-tokens" in result.stdout and result.stdout.strip().endswith("HEAVY:")

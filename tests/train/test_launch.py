@@ -14,8 +14,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from tests.helpers import SAMPLE_DATA
-from tests.test_cli import HEAVY_MODULES
+from tests.helpers import HEAVY_LIBRARIES, SAMPLE_DATA
 from yayi_cli.cli import app
 from yayi_cli.data.checked import load_records
 from yayi_cli.errors import DataError, UsageError
@@ -387,7 +386,7 @@ def test_planning_a_local_run_imports_no_heavy_library(tiny_model_dirs, tmp_path
     chosen = options(data=[str(SAMPLE_DATA)], model=str(tiny_model_dirs["llama"]), output=str(tmp_path / "run"), cpu=True)
     code = ("import sys; from yayi_cli.train.plan import plan_launch; from yayi_cli.train.options import TrainOptions\n"
             f"plan = plan_launch(TrainOptions(**{chosen.to_json()!r}), dry_run=False)\n"
-            f"print(plan.max_length, plan.memory.parameters, [m for m in {HEAVY_MODULES!r} if m in sys.modules])")
+            f"print(plan.max_length, plan.memory.parameters, [m for m in {HEAVY_LIBRARIES!r} if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     tokenizer = load_tokenizer(str(tiny_model_dirs["llama"]))
     parameters = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"]).num_parameters()
