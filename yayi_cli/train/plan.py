@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.util
 import os
 import sys
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from yayi_cli.atomic import refuse_output_over
 from yayi_cli.data.reader import sha256_of
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.models import require_saved_tokenizer
+from yayi_cli.packages import require_package
 from yayi_cli.train.checkpoints import UNIVERSAL_LOADING, resolve_resume, universal_conversion
 from yayi_cli.train.environment import loopback_warning, node_environment
 from yayi_cli.train.files import DS_CONFIG_FILE, RUN_FILE, WORKER_MODULE
@@ -40,13 +40,6 @@ DEFAULT_MAX_LENGTH = 2048
 FULL = "full"
 """The method of a run that trains every weight; the others are named by TrainOptions.adapter."""
 PACKAGES = ("yayi-cli", "torch", "transformers", "deepspeed", "datasets", "accelerate", "tokenizers", "peft", "bitsandbytes")
-
-
-def require_deepspeed() -> None:
-    """Refuse clearly without DeepSpeed (imported only where planning uses it: its hostfile parser and
-    memory estimators; a local run launches without the seconds that importing it takes)."""
-    if importlib.util.find_spec("deepspeed") is None:
-        raise UsageError("yayi train needs DeepSpeed: pip install 'yayi-cli[train]' (see the README)")
 
 
 def launcher_command(options: TrainOptions, ranks: Ranks, run_file: Path) -> list[str]:
@@ -242,7 +235,7 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
     output = Path(options.output)
     if options.force and not options.resume and output.is_dir() and any(output.iterdir()):
         warnings.append(f"--force: the contents of {output} will be moved to {output.name}.replaced-<time> beside it")
-    require_deepspeed()
+    require_package("deepspeed", "yayi train", extra="train")  # found, not imported: a local launch never needs it here
     require_saved_tokenizer(options.model)
     ranks = plan_ranks(options, warnings, dry_run=dry_run)
     warnings += filter(None, [loopback_warning(options, ranks)])
