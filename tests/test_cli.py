@@ -223,3 +223,13 @@ def test_no_metavar_has_a_python_name_in_it():
     metavars = {f"{name} {param.opts[0] if param.opts else param.name}": param.metavar
                 for name, command in commands for param in command.params if param.metavar}
     assert len(metavars) > 30 and [f"{where}: {metavar}" for where, metavar in metavars.items() if re.search("[a-z][A-Z]", metavar)] == []
+
+
+@pytest.mark.parametrize(("typed", "shown"), [("0", 1), ("-5", 1), (str(10**30), "all")])
+def test_a_record_count_beyond_its_bounds_is_moved_to_the_bound(typed, shown):
+    """`-n` is clamped, not refused: 0 shows the fewest (one record), a huge number every record."""
+    result = yayi("data", "preview", "-n", typed, str(SAMPLE_DATA), "--json")
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)["records"]
+    expected = sum(1 for line in SAMPLE_DATA.read_text(encoding="utf-8").splitlines() if line.strip())
+    assert len(records) == (expected if shown == "all" else shown)

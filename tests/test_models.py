@@ -44,7 +44,7 @@ def test_a_broken_model_directory_is_one_error_line(tiny_model_dirs, tmp_path, d
 
 def test_a_model_json_file_is_read_once_the_same_way(tmp_path):
     from yayi_cli.errors import UsageError
-    from yayi_cli.models import model_json, read_model_json
+    from yayi_cli.model_files import model_json, read_model_json
 
     (tmp_path / "config.json").write_text('{"model_type": "llama"}', encoding="utf-8")
     (tmp_path / "broken.json").write_text("{", encoding="utf-8")

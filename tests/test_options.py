@@ -96,9 +96,9 @@ def test_every_field_is_a_flag_in_its_commands_help_and_every_flag_is_a_field(wo
 
 
 CONFIG_COMMANDS = {  # argv without options, the library function it calls, a value to set: (key, file value, flag)
-    "chat": (["chat", "--prompt", "hi"], "yayi_cli.chat.command", "chat", ("temperature", 0.7, "0.9")),
+    "chat": (["chat", "--prompt", "hi"], "yayi_cli.chat.command", "chat", ("max_new_tokens", 64, "32")),
     "eval": (["eval"], "yayi_cli.evaluate", "evaluate", ("batch_size", 2, "4")),
-    "quantize": (["quantize", "-o", "q"], "yayi_cli.quantize", "quantize", ("threshold", 4.0, "5")),
+    "quantize": (["quantize", "-o", "q"], "yayi_cli.quantize", "quantize", ("max_check_samples", 8, "16")),
     "serve": (["serve"], "yayi_cli.serve", "serve", ("port", 9000, "9001")),
 }
 
@@ -159,6 +159,8 @@ def test_a_config_file_can_turn_on_what_a_no_flag_turns_off(monkeypatch, tmp_pat
      ["train", "-d", str(SAMPLE_DATA), "-m", "m", "-o", "o", "--lora-r", "0"], "--lora-r must be at least 1, got 0"),
     (lambda: ServeOptions("m", engine="tgi"), None, "--engine 'tgi': choose one of transformers, vllm"),
     (lambda: QuantizeOptions("m", Path("q"), threshold=float("nan")), None, "--threshold nan: give a finite number"),
+    (lambda: EvalOptions("m", [SAMPLE_DATA], max_regression=5.0), ["eval", "-m", "m", "-d", str(SAMPLE_DATA), "--max-regression", "5"],
+     "--max-regression needs --baseline REPORT.json"),
     (lambda: ChatOptions("m", prompt="hi", jsonl=True), ["chat", "-m", "m", "-p", "hi", "--jsonl"],
      "--jsonl reads its prompts from stdin; leave out --prompt"),
 ])

@@ -21,3 +21,9 @@ class UsageError(YayiError):
     """Bad option, missing file, unloadable model or missing dependency: exit 2."""
 
     exit_code = 2
+
+
+def first_line(error: Exception) -> str:
+    """A library error's message as one line (its first), or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

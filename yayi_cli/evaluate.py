@@ -350,12 +350,11 @@ class EvalOutcome:
 
 def evaluate(options: EvalOptions) -> EvalOutcome:
     """`yayi eval`: check the options and outputs first, run, apply the gates, write the report files."""
+    options.check()
     gates = check_gates(options)
     for path in (options.output, options.predictions):
         if path is not None and path.exists() and not options.force:
             raise UsageError(f"{path} already exists; use --force to replace it")
-    if options.max_regression is not None and options.baseline is None:
-        raise UsageError("--max-regression needs --baseline REPORT.json")
     baseline = baseline_metrics(options.baseline) if options.baseline is not None else None
     report = run_eval(options)
     failures = [failure for gate in gates if (failure := gate.fails(report.metrics))]

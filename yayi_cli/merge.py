@@ -18,7 +18,8 @@ from typing import Any
 
 from yayi_cli.atomic import refuse_output_over
 from yayi_cli.errors import UsageError
-from yayi_cli.models import ADAPTER_CONFIG_FILE, ModelSource, model_directory, model_json, resolve_model
+from yayi_cli.model_files import model_json
+from yayi_cli.models import ADAPTER_CONFIG_FILE, ModelSource, model_directory, resolve_model
 from yayi_cli.options import MergeOptions
 from yayi_cli.train.files import SUMMARY_FILE
 
@@ -73,6 +74,7 @@ def write_merged(options: MergeOptions, directory: Path) -> MergeReport:
 
 def merge(options: MergeOptions) -> MergeReport:
     """`yayi merge`: the merged model appears in `output` whole, or nothing is written."""
+    options.check()
     output = Path(options.output)
     source = resolve_adapter(options)  # refused before anything is written
     refuse_output_over(output, options.adapter, "the adapter")

@@ -40,6 +40,7 @@ class Flag:
     required: bool = False
     argument: bool = False
     clamp: bool = False
+    """A typed number beyond at_least/at_most is moved to the bound instead of refused."""
     default_text: str | None = None
     """What `[default: ...]` says when the field's default is decided elsewhere (None: the default itself)."""
 
@@ -145,6 +146,10 @@ def value_problem(flag: Flag, value: Any) -> str | None:
     return None
 
 
+NOT_GIVEN = (None, "", [], ())
+"""What a required option holds when it was not given (0 and False are values)."""
+
+
 class CommandOptions:
     """What every command's options dataclass shares: checks on construction, --config files, resolving."""
 
@@ -166,7 +171,7 @@ class CommandOptions:
 
     def check(self) -> None:
         """Everything a run needs: the required options are given and every value is usable."""
-        missing = [entry for entry in table(type(self)) if entry.flag.required and not getattr(self, entry.name)]
+        missing = [entry for entry in table(type(self)) if entry.flag.required and getattr(self, entry.name) in NOT_GIVEN]
         if missing:
             raise UsageError(type(self).missing_message(missing[0]))
         self.check_values()
@@ -273,7 +278,7 @@ def _scalar(value: Any, kind: type, where: str) -> Any:
 def _coerce(entry: Entry, value: Any, where: str) -> Any:
     """A config-file value as the field's type, or one clear error."""
     if value is None:
-        if entry.default is None:
+        if type(None) in typing.get_args(entry.hint):  # `save_total_limit: null`: keep every checkpoint
             return None
         raise UsageError(f"{where}: a value is required")
     if entry.flag.parse is not None:

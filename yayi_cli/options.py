@@ -223,6 +223,11 @@ class EvalOptions(CommandOptions):
     force: bool = force_option("Replace existing --output or --predictions files.")
     base: str | None = base_option()
 
+    def check_values(self) -> None:
+        super().check_values()
+        if self.max_regression is not None and self.baseline is None:
+            raise UsageError("--max-regression needs --baseline REPORT.json")
+
 
 @dataclass
 class QuantizeOptions(CommandOptions):

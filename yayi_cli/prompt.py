@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from yayi_cli.atomic import write_text_atomic
 from yayi_cli.errors import DataError, UsageError
-from yayi_cli.models import read_model_json
+from yayi_cli.model_files import read_model_json
 
 SYSTEM_MARKER = "<|System|>"
 HUMAN_MARKER = "<|Human|>"

@@ -74,7 +74,7 @@ class QuantizeReport:
 
 def weights_size(directory: Path) -> int | None:
     """Bytes of the weight files of a local checkpoint (None for a hub id)."""
-    from yayi_cli.models import WEIGHT_SUFFIXES
+    from yayi_cli.model_files import WEIGHT_SUFFIXES
 
     if not Path(directory).is_dir():
         return None
@@ -167,13 +167,12 @@ def quantize(options: QuantizeOptions, reference: str | None = None) -> Quantize
     from yayi_cli.packages import require_package
     from yayi_cli.prompt import save_model_format
 
+    options.check()
     source = resolve_model(options.model, options.base)
     for path, flag in ((options.model, "--model"), (source.base, "its base")):
         refuse_output_over(options.output, path, flag)
     if options.output.exists() and not options.force:
         raise UsageError(f"{options.output} already exists; use --force to replace it")
-    if options.bits not in (4, 8):
-        raise UsageError(f"--bits {options.bits}: use 8 (LLM.int8) or 4 (NF4)")
     require_package("bitsandbytes", "quantizing", extra="quant")
     if reference is None and source.adapter:
         from yayi_cli.merge import merged_adapter

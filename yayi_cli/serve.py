@@ -30,7 +30,6 @@ from yayi_cli.lifetime import dies_with_parent, stop_group
 from yayi_cli.options import ServeOptions
 from yayi_cli.packages import install_hint, require_packages
 
-ENGINES = ("transformers", "vllm")
 ENGINE_PACKAGES = {
     "transformers": (("fastapi", "uvicorn", "openai"), install_hint("serve")),
     "vllm": (("vllm",), "pip install vllm (Linux with a GPU)"),
@@ -38,9 +37,8 @@ ENGINE_PACKAGES = {
 
 
 def require_engine(engine: str) -> None:
-    """One line naming what to install when the engine's packages are missing."""
-    if engine not in ENGINE_PACKAGES:
-        raise UsageError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    """One line naming what to install when the engine's packages are missing (ServeOptions has
+    refused an engine that is not one of ENGINE_PACKAGES)."""
     packages, hint = ENGINE_PACKAGES[engine]
     require_packages(packages, f"--engine {engine}", hint)
 
@@ -110,7 +108,7 @@ def _download(repo: str) -> Path:
     """A hub model's local snapshot (the engine would download it anyway): staging needs its files."""
     from huggingface_hub import snapshot_download
 
-    from yayi_cli.models import first_line
+    from yayi_cli.errors import first_line
 
     try:
         return Path(snapshot_download(repo))
@@ -145,6 +143,7 @@ def _raise_stopped(signum: int, frame: Any) -> None:
 
 def serve(options: ServeOptions, say: Callable[[str], None], note: Callable[[str], None]) -> int:
     """Run the engine until it exits (its status), Ctrl-C (130) or SIGTERM/SIGHUP (128 + the signal)."""
+    options.check()
     require_engine(options.engine)
     require_free_port(options.host, options.port)
     host = f"[{options.host}]" if ":" in options.host else options.host

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from yayi_cli.errors import UsageError
-from yayi_cli.models import WEIGHT_SUFFIXES, load_model, load_tokenizer, model_json, resolve_model_reference, saved_precision
+from yayi_cli.model_files import WEIGHT_SUFFIXES, model_json
+from yayi_cli.models import load_model, load_tokenizer, resolve_model_reference, saved_precision
 from yayi_cli.options import TemplateInstallOptions
 from yayi_cli.prompt import (
     ASSISTANT,

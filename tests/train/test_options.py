@@ -78,7 +78,10 @@ def test_every_upstream_flag_name_is_accepted_on_the_command_line():
                 "--per-device-eval-batch-size", "--epochs", "--lr", "--seed", "--warmup-steps", "--logging-steps",
                 "--save-steps", "--save-total-limit", "--eval-steps", "--test-size", "--deepspeed"}
     assert upstream <= declared
-    assert {"data_path", "input_model", "num_gpus", "learning_rate"} <= set(TrainOptions.config_keys())
+    upstream_keys = {"data_path": "data", "input_model": "model", "local_output_dir": "output",
+                     "per_device_train_batch_size": "micro_batch_size", "per_device_eval_batch_size": "eval_batch_size",
+                     "num_train_epochs": "epochs", "learning_rate": "lr", "num_gpus": "gpus"}
+    assert {key: TrainOptions.config_keys().get(key) for key in upstream_keys} == upstream_keys
     option_names = {param.name for param in click_command.params}
     assert option_names - {"config", "dry_run", "json_output"} == set(TrainOptions.__dataclass_fields__)
 
@@ -144,3 +147,13 @@ def test_every_true_in_a_config_file_is_turned_off_by_its_no_flag(name, tmp_path
     config.write_text(f"{name}: true\n", encoding="utf-8")
     flag = "--no-" + name.replace("_", "-")
     assert planned_options(config, tiny_model_dirs["llama"], tmp_path / "out", flag)[name] is False
+
+
+def test_a_null_in_a_config_file_sets_an_option_that_can_be_none(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("save_total_limit: null\nmax_length: ~\n", encoding="utf-8")  # keep every checkpoint
+    options = TrainOptions.resolve(config, REQUIRED)
+    assert (options.save_total_limit, options.max_length) == (None, None)
+    config.write_text("save_steps: null\n", encoding="utf-8")
+    with pytest.raises(UsageError, match="save_steps: a value is required"):
+        TrainOptions.resolve(config, REQUIRED)

@@ -10,12 +10,14 @@ Everything is checked here, on the machine `yayi train` runs on, before anything
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from yayi_cli.errors import UsageError
 from yayi_cli.packages import require_package
-from yayi_cli.train.memory import MemoryEstimate, model_skeleton, model_states_bytes
 from yayi_cli.train.options import TrainOptions
+
+if TYPE_CHECKING:
+    from yayi_cli.train.memory import MemoryEstimate
 
 ALL_LINEAR = "all-linear"
 DEFAULT_TARGETS = {
@@ -146,6 +148,7 @@ def plan_adapter(options: TrainOptions, *, stage: int, offload: str, gpus_per_no
     """
     from yayi_cli.models import load_tokenizer
     from yayi_cli.prompt import add_markers
+    from yayi_cli.train.memory import MemoryEstimate, model_skeleton, model_states_bytes  # planning side only
 
     require_adapter_packages(options)
     check_adapter_stage(options, stage)

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from yayi_cli.errors import UsageError
-from yayi_cli.models import first_line, is_quantized, read_model_json, resolve_model_reference
+from yayi_cli.errors import UsageError, first_line
+from yayi_cli.model_files import read_model_json
+from yayi_cli.models import is_quantized, resolve_model_reference
 from yayi_cli.terminal import deepspeed_logs_to_stderr
 
 GIB = 1024**3

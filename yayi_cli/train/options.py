@@ -36,7 +36,7 @@ DEEPSPEED_FILE_DECIDES = ("zero", "offload", "nvme_path", "precision")
 
 @dataclass
 class TrainOptions(CommandOptions):
-    """What one training run does. Paths are kept as given; `launch` makes them absolute."""
+    """What one training run does. Paths are kept as given; planning (train/plan.py) makes them absolute."""
 
     COMMAND = "train"
     CONFIG_FILE = True
@@ -151,6 +151,8 @@ class TrainOptions(CommandOptions):
         if self.eval_data and self.test_size is not None:
             raise UsageError("give --eval-data or --test-size, not both")
         self.check_deepspeed_file()
+        self.check_zero()
+        self.check_machines()
         self.check_adapter()
 
     def check(self) -> None:
@@ -168,6 +170,30 @@ class TrainOptions(CommandOptions):
         if clashing:
             names = ", ".join(f"--{name.replace('_', '-')}" for name in clashing)
             raise UsageError(f"{names}: these come from --deepspeed FILE, which is used as it is; drop them")
+
+    def check_zero(self) -> None:
+        """ZeRO combinations DeepSpeed cannot run, refused with the way out."""
+        if self.offload != "none" and self.zero == 0:
+            raise UsageError(f"--offload {self.offload} needs ZeRO stage 1, 2 or 3 (got --zero 0)")
+        if self.offload == "nvme" and self.zero != 3:
+            raise UsageError("--offload nvme needs --zero 3 (ZeRO-Infinity); use --offload cpu with stages 1-2")
+        if self.offload == "nvme" and not self.nvme_path:
+            raise UsageError("--offload nvme needs --nvme-path DIR on a fast local disk")
+        if self.nvme_path and self.offload != "nvme":
+            raise UsageError("--nvme-path only matters with --offload nvme (and --zero 3)")
+        if self.precision == "fp16" and self.cpu:
+            raise UsageError("--precision fp16 does not run on the CPU; use bf16 or fp32 with --cpu")
+
+    def check_machines(self) -> None:
+        """Rank selections the launcher refuses, or that need the machines listed."""
+        if self.include and (self.gpus or self.num_nodes):
+            raise UsageError("--include cannot be combined with --gpus or --num-nodes (the launcher refuses it); use one")
+        if self.hostfile:
+            return
+        if self.num_nodes and self.num_nodes > 1:
+            raise UsageError(f"--num-nodes {self.num_nodes} needs --hostfile listing the machines")
+        if self.include and not self.include.startswith("localhost:"):
+            raise UsageError(f"--include {self.include!r}: without --hostfile only localhost:SLOTS can be named")
 
     def check_adapter(self) -> None:
         if self.lora and self.qlora:

@@ -111,8 +111,6 @@ def visible_gpus(options: TrainOptions) -> list[str]:
 def plan_ranks(options: TrainOptions, warnings: list[str], *, dry_run: bool) -> Ranks:
     """The ranks the launcher will start and the flags that select them; refuse more GPUs than there
     are (a warning in --dry-run, which may run on a login node without GPUs)."""
-    if options.include and (options.gpus or options.num_nodes):
-        raise UsageError("--include cannot be combined with --gpus or --num-nodes (the launcher refuses it); use one")
     if options.hostfile:
         path = Path(options.hostfile)
         selection = ("--hostfile", str(path))
@@ -120,10 +118,6 @@ def plan_ranks(options: TrainOptions, warnings: list[str], *, dry_run: bool) -> 
         selection += ("--num_nodes", str(options.num_nodes)) if options.num_nodes else ()
         selection += ("--num_gpus", str(options.gpus)) if options.gpus else ()
         return Ranks(select_ranks(read_hostfile(path), options, options.include or ""), selection)
-    if options.num_nodes and options.num_nodes > 1:
-        raise UsageError(f"--num-nodes {options.num_nodes} needs --hostfile listing the machines")
-    if options.include and not options.include.startswith("localhost:"):
-        raise UsageError(f"--include {options.include!r}: without --hostfile only localhost:SLOTS can be named")
     present = local_slots(options, warnings, dry_run=dry_run)
     if options.include:
         return Ranks(select_ranks({"localhost": present}, options, options.include), ("--include", options.include))

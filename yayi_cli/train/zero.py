@@ -56,23 +56,8 @@ def precision_sections(precision: str) -> dict[str, Any]:
     return {"bf16": {"enabled": enabled["bf16"]}, "fp16": fp16}
 
 
-def check_zero_options(options: TrainOptions) -> None:
-    """Combinations DeepSpeed cannot run, refused with the way out."""
-    if options.offload != "none" and options.zero == 0:
-        raise UsageError(f"--offload {options.offload} needs ZeRO stage 1, 2 or 3 (got --zero 0)")
-    if options.offload == "nvme" and options.zero != 3:
-        raise UsageError("--offload nvme needs --zero 3 (ZeRO-Infinity); use --offload cpu with stages 1-2")
-    if options.offload == "nvme" and not options.nvme_path:
-        raise UsageError("--offload nvme needs --nvme-path DIR on a fast local disk")
-    if options.nvme_path and options.offload != "nvme":
-        raise UsageError("--nvme-path only matters with --offload nvme (and --zero 3)")
-    if options.precision == "fp16" and options.cpu:
-        raise UsageError("--precision fp16 does not run on the CPU; use bf16 or fp32 with --cpu")
-
-
 def deepspeed_config(options: TrainOptions) -> dict[str, Any]:
-    """The ZeRO config for the chosen stage, offload and precision."""
-    check_zero_options(options)
+    """The ZeRO config for the chosen stage, offload and precision (TrainOptions refused what cannot run)."""
     return {
         "train_batch_size": AUTO,
         "train_micro_batch_size_per_gpu": AUTO,
