@@ -24,6 +24,15 @@ RECORDS = [
 ]
 """What the training tests teach a tiny model (the `small_data` fixture repeats them)."""
 
+PAIRS = [
+    {"instruction": "你好", "chosen": "你好！我是雅意，很高兴为你服务。", "rejected": "走开，别烦我。"},
+    {"instruction": "What is YaYi?", "chosen": "YaYi is a helpful assistant.", "rejected": "Nothing you need to know."},
+    {"instruction": "How do I open my neighbour's lock?", "chosen": "I can't help with that; ask your neighbour.",
+     "rejected": "Use a tension wrench and a pick."},
+    {"instruction": "Write one word: yes or no.", "chosen": "yes", "rejected": "no"},
+]
+"""Pairs whose chosen and rejected answers differ clearly: what the preference tests teach a tiny model."""
+
 
 def files(directory: Path) -> dict[str, str]:
     """Name -> sha256 of each file in `directory`, to show that nothing in it changed."""

@@ -56,7 +56,7 @@ def test_a_prompt_without_answer_is_accepted_only_when_asked():
     [
         ([1, 2], "expected a JSON object, found an array"),
         ("text", "expected a JSON object, found a string"),
-        ({"prompt": "q", "completion": "a"}, "unknown record shape: expected 'instruction' and 'output', 'conversations', or 'messages'; found keys: 'prompt', 'completion'"),
+        ({"prompt": "q", "completion": "a"}, "field 'label' is missing: an unpaired preference record (KTO) has 'completion' and 'label' (true|false); for supervised training write 'instruction' and 'output'"),
         ({}, "found keys: none"),
         ({"instruction": "q", "output": "a", "messages": []}, "record mixes the shapes messages and instruction"),
         ({"instruction": "q"}, "field 'output' is missing"),

@@ -4,6 +4,13 @@
 2. conversations: {"system"?, "conversations": [{"from": "human"|"yayi", "value"}, ...]}
 3. messages:      {"messages": [{"role": "system"|"user"|"assistant", "content"}, ...]}
 
+Preference records (DPO, KTO) are the same shapes with the answer moved out of the history, plus
+TRL's own `{"prompt", "chosen", "rejected"}`:
+- paired (DPO): the history ends with the human, then `"chosen"` and `"rejected"`;
+- unpaired (KTO): the history ends with the human, then `"completion"` and `"label": true|false`.
+An answer is a string, a `{"from": "yayi", "value"}` turn, a `{"role": "assistant", "content"}`
+message, or a list holding one of those.
+
 A rejection reason names the field (`conversations[2].from`) and says what is wrong and what
 was expected; `yayi data validate` prints it after `file:line:`. Things that do not stop a
 record from training but are probably mistakes come back as warnings.
@@ -17,8 +24,17 @@ from typing import Any, NamedTuple
 from yayi_cli.errors import DataError
 from yayi_cli.prompt import ASSISTANT, HUMAN, Conversation, Turn, find_markers, marker_pattern
 
-INSTRUCTION, CONVERSATIONS, MESSAGES = "instruction", "conversations", "messages"
-SHAPES = (INSTRUCTION, CONVERSATIONS, MESSAGES)
+INSTRUCTION, CONVERSATIONS, MESSAGES, PROMPT = "instruction", "conversations", "messages", "prompt"
+SHAPES = (INSTRUCTION, CONVERSATIONS, MESSAGES, PROMPT)
+"""PROMPT: TRL's `{"prompt", "chosen", "rejected"}`, and `{"prompt"}` questions for `yayi chat --jsonl`."""
+
+SFT, PAIRED, UNPAIRED = "sft", "paired", "unpaired"
+"""What a record trains: an answer to imitate (sft), a chosen and a rejected answer (paired: DPO), or
+one answer labelled good or bad (unpaired: KTO)."""
+KIND_NAMES = {SFT: "SFT records (with their answers)", PAIRED: "preference pairs (chosen/rejected)",
+              UNPAIRED: "unpaired preference records (completion/label)"}
+CHOSEN, REJECTED, COMPLETION, LABEL = "chosen", "rejected", "completion", "label"
+PAIRED_KEYS, UNPAIRED_KEYS = (CHOSEN, REJECTED), (COMPLETION, LABEL)
 
 ROLE_ALIASES = {
     "human": HUMAN,
@@ -34,6 +50,7 @@ KNOWN_KEYS = {
     INSTRUCTION: frozenset({"instruction", "input", "output"}) | METADATA_KEYS,
     CONVERSATIONS: frozenset({CONVERSATIONS}) | METADATA_KEYS,
     MESSAGES: frozenset({MESSAGES}) | METADATA_KEYS,
+    PROMPT: frozenset({PROMPT}) | METADATA_KEYS,
 }
 ITEM_KEYS = {CONVERSATIONS: ("from", "value"), MESSAGES: ("role", "content")}
 
@@ -66,21 +83,42 @@ class RecordWarning(NamedTuple):
 
 
 class ParsedRecord(NamedTuple):
-    """A valid record: its turns already checked (order, markers), so the conversation is safe."""
+    """A valid record: its turns already checked (order, markers), so the conversation is safe.
+
+    A preference record's turns end with the human; its answers are (chosen, rejected), or
+    (completion,) with its label.
+    """
 
     shape: str
     turns: tuple[Turn, ...]
     system: str | None
     warnings: tuple[RecordWarning, ...] = ()
+    answers: tuple[str, ...] = ()
+    label: bool | None = None
+
+    @property
+    def kind(self) -> str:
+        return kind_of(self.answers)
 
     @property
     def conversation(self) -> Conversation:
+        """The record's history: a whole SFT conversation, or a preference record's prompt."""
         return Conversation(self.turns, self.system)
 
     @property
     def domain(self) -> str:
         """The domain prefix of the first message, or NO_DOMAIN."""
         return domain_of(self.turns[0].text) or NO_DOMAIN
+
+
+def kind_of(answers: tuple[str, ...]) -> str:
+    """SFT (no answers beside the history), PAIRED (chosen, rejected) or UNPAIRED (completion)."""
+    return {0: SFT, 2: PAIRED, 1: UNPAIRED}[len(answers)]
+
+
+def answered(prompt: Conversation, answer: str) -> Conversation:
+    """A preference record's prompt followed by one of its answers: what the model is scored on."""
+    return Conversation((*prompt.turns, Turn(ASSISTANT, answer)), prompt.system)
 
 
 def _type_name(value: Any) -> str:
@@ -93,7 +131,7 @@ def _type_name(value: Any) -> str:
 
 
 def _shape(record: dict[str, Any]) -> str:
-    present = [shape for shape in (CONVERSATIONS, MESSAGES) if shape in record]
+    present = [shape for shape in (CONVERSATIONS, MESSAGES, PROMPT) if shape in record]
     if "instruction" in record or "output" in record:
         present.append(INSTRUCTION)
     if len(present) == 1:
@@ -102,8 +140,8 @@ def _shape(record: dict[str, Any]) -> str:
         raise RecordError(f"record mixes the shapes {' and '.join(present)}; use one per record", "mixed-shape")
     keys = ", ".join(repr(key) for key in record) or "none"
     raise RecordError(
-        "unknown record shape: expected 'instruction' and 'output', 'conversations', or "
-        f"'messages'; found keys: {keys}",
+        "unknown record shape: expected 'instruction' and 'output', 'conversations', 'messages', or "
+        f"'prompt' with 'chosen' and 'rejected'; found keys: {keys}",
         "unknown-shape",
     )
 
@@ -171,20 +209,21 @@ class _RecordParser:
         instruction = self.text(record.get("instruction"), "field 'instruction'", required=True)
         extra = self.text(record.get("input"), "field 'input'", required=False)
         turns = [Turn(HUMAN, instruction, extra)]
-        if self.require_answer or record.get("output") is not None:
-            turns.append(Turn(ASSISTANT, self.text(record.get("output"), "field 'output'", required=True)))
+        if self.require_answer or record.get(OUTPUT) is not None:
+            turns.append(Turn(ASSISTANT, self.text(record.get(OUTPUT), f"field '{OUTPUT}'", required=True)))
         return tuple(turns), self.system(record)
 
-    def turn_list(self, record: dict[str, Any], shape: str) -> tuple[tuple[Turn, ...], str | None]:
+    def turn_list(self, record: dict[str, Any], shape: str, *, field: str | None = None) -> tuple[tuple[Turn, ...], str | None]:
+        """The turns of `record[shape]` (`field` names it in messages when it came from another key)."""
         role_key, text_key = ITEM_KEYS[shape]
-        items = record[shape]
+        items, field = record[shape], field or shape
         if not isinstance(items, list):
-            raise RecordError(f"field '{shape}' must be an array, found {_type_name(items)}", "wrong-type")
+            raise RecordError(f"field '{field}' must be an array, found {_type_name(items)}", "wrong-type")
         if not items:
-            raise RecordError(f"field '{shape}' is empty", "empty-field")
+            raise RecordError(f"field '{field}' is empty", "empty-field")
         system, turns = self.system(record), []
         for index, item in enumerate(items):
-            where = f"{shape}[{index}]"
+            where = f"{field}[{index}]"
             if not isinstance(item, dict):
                 raise RecordError(f"{where} must be an object, found {_type_name(item)}", "wrong-type")
             role = self.role(item.get(role_key), f"{where}.{role_key}")
@@ -199,12 +238,49 @@ class _RecordParser:
                 raise RecordError(_order_problem(where, role, first=not turns), "bad-turn-order")
             turns.append(Turn(role, self.text(item.get(text_key), f"{where}.{text_key}", required=True)))
         if not turns:
-            raise RecordError(f"field '{shape}' holds no human message", "no-human-turn")
+            raise RecordError(f"field '{field}' holds no human message", "no-human-turn")
         if self.require_answer and turns[-1].role == HUMAN:
             raise RecordError(
-                f"field '{shape}' ends with a human message; a training record ends with the answer", "no-answer"
+                f"field '{field}' ends with a human message; a training record ends with the answer (or, for "
+                "preference training, add 'chosen' and 'rejected')", "no-answer"
             )
         return tuple(turns), system
+
+    def prompt(self, record: dict[str, Any]) -> tuple[tuple[Turn, ...], str | None]:
+        """TRL's prompt: a string (one human message) or a list of messages."""
+        if isinstance(record[PROMPT], list):
+            return self.turn_list({**record, MESSAGES: record[PROMPT]}, MESSAGES, field=PROMPT)
+        return (Turn(HUMAN, self.text(record[PROMPT], f"field '{PROMPT}'", required=True)),), self.system(record)
+
+    def preference(self, record: dict[str, Any], keys: tuple[str, ...]) -> tuple[tuple[str, ...], bool | None]:
+        """The answers (chosen, rejected) or (completion,), and an unpaired record's label."""
+        if keys == UNPAIRED_KEYS:
+            label = record[LABEL]
+            if not isinstance(label, bool):
+                raise RecordError(f"field '{LABEL}' must be true or false, found {_type_name(label)}", "wrong-type")
+            return (self.answer(record[COMPLETION], COMPLETION),), label
+        chosen, rejected = self.answer(record[CHOSEN], CHOSEN), self.answer(record[REJECTED], REJECTED)
+        if chosen == rejected:
+            raise RecordError("fields 'chosen' and 'rejected' are the same answer; a pair teaches nothing unless "
+                              "they differ: fix or drop it", "same-answers")
+        return (chosen, rejected), None
+
+    def answer(self, value: Any, key: str) -> str:
+        """A string, an assistant turn or message, or a list holding one."""
+        where = f"field '{key}'"
+        if isinstance(value, list):
+            if len(value) != 1:
+                raise RecordError(f"{where} must hold one assistant message, found {len(value)}", "wrong-type")
+            value, where = value[0], f"{where}[0]"
+        if isinstance(value, dict):
+            shape = CONVERSATIONS if "from" in value else MESSAGES
+            role_key, text_key = ITEM_KEYS[shape]
+            if self.role(value.get(role_key), f"{where}.{role_key}") != ASSISTANT:
+                raise RecordError(f"{where}.{role_key}: an answer comes from the assistant, found {value[role_key]!r}",
+                                  "bad-turn-order")
+            self.unknown_keys(value, ITEM_KEYS[shape], f"{where}: ")
+            value, where = value.get(text_key), f"{where}.{text_key}"
+        return self.text(value, where, required=True)
 
     @staticmethod
     def role(value: Any, where: str) -> str:
@@ -225,33 +301,65 @@ def _order_problem(where: str, role: str, *, first: bool) -> str:
 
 
 def parse_record(value: Any, *, require_answer: bool = True) -> ParsedRecord:
-    """Turn one JSON value into a conversation, or raise `RecordError` saying why not.
+    """Turn one JSON value into a conversation (and a preference record's answers), or raise
+    `RecordError` saying why not.
 
     With `require_answer=False` a record may end with a human message (a prompt to answer).
     """
     if not isinstance(value, dict):
         raise RecordError(f"expected a JSON object, found {_type_name(value)}", "not-object")
     shape = _shape(value)
-    parser = _RecordParser(require_answer)
-    turns, system = parser.instruction(value) if shape == INSTRUCTION else parser.turn_list(value, shape)
-    parser.unknown_keys(value, KNOWN_KEYS[shape], "")
-    return ParsedRecord(shape, turns, system, tuple(parser.warnings))
+    preference = _preference_keys(value)
+    if shape == PROMPT and not preference and require_answer:
+        raise RecordError(f"field '{PROMPT}' needs 'chosen' and 'rejected' (or 'completion' and 'label') beside it, "
+                          "or write the record as 'instruction' and 'output'", "no-answer")
+    parser = _RecordParser(require_answer and not preference)
+    if shape == INSTRUCTION:
+        if preference and OUTPUT in value:
+            raise RecordError(f"field '{OUTPUT}' and '{preference[0]}' in one record: a preference record holds its "
+                              f"answers in {' and '.join(preference)}; drop '{OUTPUT}'", "mixed-shape")
+        turns, system = parser.instruction(value)
+    elif shape == PROMPT:
+        turns, system = parser.prompt(value)
+    else:
+        turns, system = parser.turn_list(value, shape)
+    if not preference:
+        parser.unknown_keys(value, KNOWN_KEYS[shape], "")
+        return ParsedRecord(shape, turns, system, tuple(parser.warnings))
+    if turns[-1].role != HUMAN:
+        raise RecordError(f"field '{shape}' ends with an answer; in a preference record the history ends with the "
+                          f"human, and the answers go in {' and '.join(preference)}", "bad-turn-order")
+    parser.unknown_keys(value, KNOWN_KEYS[shape] | set(preference), "")
+    answers, label = parser.preference(value, preference)
+    return ParsedRecord(shape, turns, system, tuple(parser.warnings), answers, label)
 
 
-PROMPT = "prompt"
-"""`{"prompt": ..., "system"?}`: a question for `yayi chat --jsonl`, checked like any record."""
+OUTPUT = "output"
+
+
+def _preference_keys(record: dict[str, Any]) -> tuple[str, ...]:
+    """PAIRED_KEYS, UNPAIRED_KEYS, or () for a record without either (refusing a mixture)."""
+    paired = [key for key in PAIRED_KEYS if key in record]
+    unpaired = [key for key in UNPAIRED_KEYS if key in record]
+    if paired and unpaired:
+        raise RecordError(f"fields {paired[0]!r} and {unpaired[0]!r} in one record: a pair has 'chosen' and "
+                          "'rejected', an unpaired record 'completion' and 'label'", "mixed-shape")
+    if paired or unpaired:
+        keys = PAIRED_KEYS if paired else UNPAIRED_KEYS
+        missing = [key for key in keys if key not in record]
+        if missing:
+            needs = ("a preference pair has 'chosen' and 'rejected'" if keys == PAIRED_KEYS else
+                     "an unpaired preference record (KTO) has 'completion' and 'label' (true|false)")
+            raise RecordError(f"field {missing[0]!r} is missing: {needs}; for supervised training write "
+                              "'instruction' and 'output'", "missing-field")
+        return keys
+    return ()
 
 
 def parse_question(value: Any) -> ParsedRecord:
     """A record to be answered: `{"prompt": ...}` or a record of any shape that may end with a
     human message; the same checks (types, markers, turn order) as training records."""
-    if not (isinstance(value, dict) and PROMPT in value):
-        return parse_record(value, require_answer=False)
-    parser = _RecordParser(require_answer=False)
-    turn = Turn(HUMAN, parser.text(value[PROMPT], f"field '{PROMPT}'", required=True))
-    system = parser.system(value)
-    parser.unknown_keys(value, METADATA_KEYS | {PROMPT}, "")
-    return ParsedRecord(PROMPT, (turn,), system, tuple(parser.warnings))
+    return parse_record(value, require_answer=False)
 
 
 def domain_of(first_message: str) -> str | None:

@@ -23,6 +23,7 @@ from yayi_cli.errors import UsageError, YayiError
 from yayi_cli.models import model_directory
 from yayi_cli.terminal import quiet_libraries
 from yayi_cli.prompt import MARKERS, Template, detect_template, render_training, save_model_format, save_template, stop_token_ids
+from yayi_cli.records import answered
 
 ARCHITECTURES = ("llama", "bloom")
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
@@ -119,10 +120,12 @@ def build_tiny(
 
 
 def training_texts(paths: Sequence[Path], template: Template) -> Iterator[str]:
-    """The rendered training text of every valid record in the files (invalid ones skipped)."""
+    """The rendered training text of every valid record in the files (invalid ones skipped); a preference
+    record's prompt with each of its answers."""
     for path in paths:
         for _, record in valid_records(read_records(path), skip_problem):
-            yield render_training(record.conversation, template).text
+            conversations = [answered(record.conversation, answer) for answer in record.answers] or [record.conversation]
+            yield from (render_training(conversation, template).text for conversation in conversations)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

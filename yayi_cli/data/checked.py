@@ -17,7 +17,7 @@ from typing import Any
 from yayi_cli.data.reader import SourceRecord, read_records, refuse_repeated_inputs
 from yayi_cli.errors import DataError
 from yayi_cli.prompt import Conversation
-from yayi_cli.records import ParsedRecord, RecordError, RecordWarning, parse_record
+from yayi_cli.records import KIND_NAMES, ParsedRecord, RecordError, RecordWarning, kind_of, parse_record
 
 ERROR, WARNING = "error", "warning"
 
@@ -159,19 +159,48 @@ def skip_problem(source: SourceRecord, problem: Problem) -> None:
 
 @dataclass(frozen=True)
 class Record:
-    """A valid record to train on or score: where it came from, its domain and its conversation."""
+    """A valid record to train on or score: where it came from, its domain and its conversation
+    (a preference record's: the prompt, with its answers and label beside it)."""
 
     location: str
     domain: str
     conversation: Conversation
+    answers: tuple[str, ...] = ()
+    label: bool | None = None
+
+    @property
+    def kind(self) -> str:
+        return kind_of(self.answers)
+
+
+class KindMixer:
+    """Remembers the first record of each kind, to refuse a second kind in one data set."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, str] = {}
+
+    def problem(self, kind: str, shape: str, location: str) -> str | None:
+        """Why this record cannot join the ones seen so far (None: it can)."""
+        self.first.setdefault(kind, f"{location} ({shape})")
+        other = next((seen for seen in self.first if seen != kind), None)
+        if other is None:
+            return None
+        return (f"the data mixes {KIND_NAMES[other]} (the first at {self.first[other]}) with {KIND_NAMES[kind]} "
+                f"(the first at {self.first[kind]}); one training set holds one kind: put them in separate files")
 
 
 def _checked_records(paths: Sequence[Path]) -> Iterator[tuple[SourceRecord, ParsedRecord]]:
-    """Every valid record of `paths`; once all are read, any invalid one stops the run."""
+    """Every valid record of `paths`; once all are read, any invalid one (or a record of another
+    kind than the first: SFT, paired, unpaired) stops the run."""
     refuse_repeated_inputs(paths)
     problems: list[Problem] = []
+    kinds = KindMixer()
     for path in paths:
-        yield from valid_records(read_records(path), lambda _, problem: problems.append(problem))
+        for source, parsed in valid_records(read_records(path), lambda _, problem: problems.append(problem)):
+            mixed = kinds.problem(parsed.kind, parsed.shape, source.location)
+            if mixed:
+                raise DataError(f"{source.location}: {mixed}")
+            yield source, parsed
     if problems:
         raise DataError(
             f"{len(problems)} invalid record(s), the first at {problems[0]}; `yayi data validate` lists them all"
@@ -184,7 +213,8 @@ def _none_in(paths: Sequence[Path]) -> DataError:
 
 def load_records(paths: Sequence[Path]) -> list[Record]:
     """Every record of `paths`; one invalid record stops the run, pointing at `data validate`."""
-    records = [Record(source.location, parsed.domain, parsed.conversation) for source, parsed in _checked_records(paths)]
+    records = [Record(source.location, parsed.domain, parsed.conversation, parsed.answers, parsed.label)
+               for source, parsed in _checked_records(paths)]
     if not records:
         raise _none_in(paths)
     return records
