@@ -130,8 +130,9 @@ def peft_quietly() -> Iterator[None]:
         yield
 
 
-def attach_saved_adapter(model: Any, source: ModelSource, *, trust_remote_code: bool = False) -> Any:
-    """The loaded base with the adapter on top (PEFT), after making room for the tokens it was trained with."""
+def attach_saved_adapter(model: Any, source: ModelSource, *, trust_remote_code: bool = False, trainable: bool = False) -> Any:
+    """The loaded base with the adapter on top (PEFT), after making room for the tokens it was trained with;
+    `trainable`: to train on from its weights (the files stay as they are)."""
     deepspeed_logs_to_stderr()  # peft imports DeepSpeed when it is installed
     require_package("peft", f"{source.adapter} is a LoRA adapter; loading it", extra="lora")
     from peft import PeftModel
@@ -141,7 +142,7 @@ def attach_saved_adapter(model: Any, source: ModelSource, *, trust_remote_code: 
         fit_embeddings(model, len(tokenizer), mean_resizing=False)  # the adapter's token rows replace them
     try:
         with peft_quietly():
-            return PeftModel.from_pretrained(model, source.adapter)
+            return PeftModel.from_pretrained(model, source.adapter, is_trainable=trainable)
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         raise UsageError(f"cannot load the adapter {source.adapter} onto {source.base}: {first_line(error)}") from None
 

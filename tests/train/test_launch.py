@@ -224,7 +224,7 @@ def test_planning_leaves_the_options_it_is_given_as_they_were_and_the_plan_canno
     plan = plan_launch(chosen, dry_run=True)
     assert chosen == before
     assert (plan.gradient_accumulation_steps, plan.options.gradient_accumulation_steps) == (2, 2)
-    assert plan.method == "lora" and plan.options.lora_targets == list(DEFAULT_TARGETS["llama"])
+    assert plan.weights == "lora" and plan.options.lora_targets == list(DEFAULT_TARGETS["llama"])
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.precision = "fp16"
 

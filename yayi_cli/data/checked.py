@@ -220,9 +220,12 @@ def load_records(paths: Sequence[Path]) -> list[Record]:
     return records
 
 
-def count_records(paths: Sequence[Path]) -> int:
-    """How many records `paths` hold, checked as `load_records` checks them, without keeping them."""
-    count = sum(1 for _ in _checked_records(paths))
+def count_records(paths: Sequence[Path]) -> tuple[int, str]:
+    """How many records `paths` hold, checked as `load_records` checks them, without keeping them, and
+    their kind (SFT, PAIRED or UNPAIRED)."""
+    count, kind = 0, ""
+    for count, (_, parsed) in enumerate(_checked_records(paths), start=1):
+        kind = parsed.kind
     if not count:
         raise _none_in(paths)
-    return count
+    return count, kind

@@ -10,6 +10,7 @@ Everything is checked here, on the machine `yayi train` runs on, before anything
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from yayi_cli.errors import UsageError
@@ -118,6 +119,21 @@ def check_new_token_layers(model: Any, targets: list[str], new_tokens: int) -> N
         )
 
 
+def check_preference_output_layer(options: TrainOptions, adapter: str | None, new_tokens: int, model: Any) -> None:
+    """TRL's preference trainers score answers with the output layer's own weights, so nothing an adapter
+    adds to that layer (the markers' new rows) would train: such runs are refused, with the way out."""
+    from yayi_cli.model_files import read_model_json
+    from yayi_cli.models import ADAPTER_CONFIG_FILE
+
+    rows = (read_model_json(Path(adapter), ADAPTER_CONFIG_FILE) or {}).get("trainable_token_indices") if adapter else None
+    output = output_layer_name(model)
+    if new_tokens or (rows and not embeddings_tied(model) and any(_matches(output or "", name) for name in rows)):
+        raise UsageError(
+            f"--method {options.method} with --{options.adapter}: the YaYi markers are new to {options.model}'s model, and "
+            "their rows of the output layer would have to train through the adapter, which TRL's preference trainers "
+            "cannot do; merge the SFT adapter first (`yayi merge`), then train the preference adapter on the merged model")
+
+
 def count_trainable(model: Any, targets: list[str], r: int, new_tokens: int) -> int:
     """LoRA's A (r x in) and B (out x r) for each targeted linear module, plus the new tokens' rows."""
     lora = sum(r * (module.in_features + module.out_features) for name, module in linear_modules(model).items()
@@ -150,12 +166,17 @@ def plan_adapter(options: TrainOptions, *, stage: int, offload: str, gpus_per_no
     from yayi_cli.prompt import add_markers
     from yayi_cli.train.memory import MemoryEstimate, model_skeleton, model_states_bytes  # planning side only
 
+    from yayi_cli.models import resolve_model
+
     require_adapter_packages(options)
     check_adapter_stage(options, stage)
-    model = model_skeleton(options.model, trust_remote_code=options.trust_remote_code)
+    source = resolve_model(options.model)
+    model = model_skeleton(source.base, trust_remote_code=options.trust_remote_code)
     targets = resolve_targets(options.lora_targets, model)
     new_tokens = add_markers(load_tokenizer(options.model, trust_remote_code=options.trust_remote_code))
     check_new_token_layers(model, targets, new_tokens)
+    if options.method != "sft":
+        check_preference_output_layer(options, source.adapter, new_tokens, model)
     total = sum(parameter.numel() for parameter in model.parameters())
     trainable = count_trainable(model, targets, options.lora_r, new_tokens)
     bits = base_bits(options)
@@ -169,6 +190,8 @@ def plan_adapter(options: TrainOptions, *, stage: int, offload: str, gpus_per_no
     frozen = f"NF4 linear weights at 4.13 bits, the rest at {bits}" if options.qlora else f"{bits}-bit"
     covers = (f"frozen base ({frozen}) + adapter weights, gradients and Adam states by DeepSpeed's ZeRO-{max(stage, 2)} "
               "estimate for the trainable parameters; activations are extra")
+    if options.method != "sft":
+        covers += "; the reference is the base with the adapter disabled (no copy)"
     largest = max(sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules())
     memory = MemoryEstimate(total, largest, int(base) + gpu, cpu, trainable_parameters=trainable, covers=covers)
     return AdapterPlan(targets, new_tokens, memory)
@@ -181,24 +204,62 @@ def quantization_config(compute_dtype: Any) -> Any:
     return nf4_config(compute_dtype, double_quant=True)
 
 
-def attach_adapter(model: Any, options: TrainOptions, new_token_ids: list[int]) -> Any:
-    """Wrap the loaded base in a PEFT LoRA model: only the adapter (and the new tokens' rows) train.
-
-    With gradient checkpointing the frozen base's inputs must require grad, or no gradient reaches the
-    adapters through the recomputed blocks: PEFT's hook (prepare_model_for_kbit_training sets it for QLoRA).
-    """
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    from yayi_cli.models import peft_quietly
+def prepare_base(model: Any, options: TrainOptions) -> Any:
+    """The frozen base made ready for adapters: with gradient checkpointing its inputs must require grad,
+    or no gradient reaches the adapters through the recomputed blocks (PEFT's hook; for QLoRA,
+    prepare_model_for_kbit_training sets it)."""
+    from peft import prepare_model_for_kbit_training
 
     if options.qlora:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options.gradient_checkpointing)
-    elif options.gradient_checkpointing:
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=options.gradient_checkpointing)
+    if options.gradient_checkpointing:
         model.enable_input_require_grads()
+    return model
+
+
+def lora_config(model: Any, options: TrainOptions, new_token_ids: list[int]) -> Any:
+    """The adapter the options ask for, with the new tokens' rows trainable where the markers were added."""
+    from peft import LoraConfig
+
     tokens = {name: list(new_token_ids) for name in token_layers(model)} if new_token_ids else None
-    config = LoraConfig(
+    return LoraConfig(
         r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
         target_modules=list(options.lora_targets), trainable_token_indices=tokens, task_type="CAUSAL_LM",
     )
+
+
+def start_adapter(model: Any, options: TrainOptions, new_token_ids: list[int]) -> tuple[Any, Any]:
+    """(model, config): the base made ready for adapters and, when --model is an adapter, that adapter
+    loaded to train on (config None: training goes on from its weights, in a copy); else the base and
+    the new adapter's LoraConfig."""
+    from yayi_cli.models import attach_saved_adapter, resolve_model
+
+    model = prepare_base(model, options)
+    source = resolve_model(options.model)
+    if source.adapter:
+        return attach_saved_adapter(model, source, trust_remote_code=options.trust_remote_code, trainable=True), None
+    return model, lora_config(model, options, new_token_ids)
+
+
+def attach_adapter(model: Any, options: TrainOptions, new_token_ids: list[int]) -> Any:
+    """The loaded base with the adapter that trains: only it (and the new tokens' rows) train."""
+    from peft import get_peft_model
+
+    from yayi_cli.models import peft_quietly
+
+    model, config = start_adapter(model, options, new_token_ids)
+    if config is None:
+        return model
     with peft_quietly():
         return get_peft_model(model, config)
+
+
+def continued_settings(adapter: str) -> dict[str, Any]:
+    """The options an adapter --model was trained with (rank, scale, dropout, targets): training goes on with them."""
+    from yayi_cli.model_files import read_model_json
+    from yayi_cli.models import ADAPTER_CONFIG_FILE
+
+    config = read_model_json(Path(adapter), ADAPTER_CONFIG_FILE) or {}
+    targets = config.get("target_modules") or []
+    return {"lora_r": config.get("r", 8), "lora_alpha": config.get("lora_alpha", 8), "lora_dropout": config.get("lora_dropout", 0.0),
+            "lora_targets": [targets] if isinstance(targets, str) else sorted(targets)}

@@ -49,16 +49,25 @@ def _number(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+SHOWN_PREFERENCE = {"rewards/accuracies": "reward_acc", "rewards/margins": "margin", "kl": "kl"}
+"""The preference metrics each console line shows (metrics.jsonl holds them all), with their short names."""
+
+
+def preference_part(event: dict[str, Any], separator: str) -> str:
+    """` reward_acc=… margin=…` (or with spaces) when the event has them, else nothing."""
+    return "".join(f" {short}{separator}{event[name]:.3g}" for name, short in SHOWN_PREFERENCE.items() if name in event)
+
+
 def plain_line(event: dict[str, Any]) -> str | None:
     """One line for a log that is not a terminal, `step=… loss=… lr=… tok/s=…`."""
     kind = event["event"]
     if kind == "log":
         return (f"step={event['step']}/{event['max_steps']} epoch={_number(event['epoch'], '.2f')} "
-                f"loss={_number(event['loss'], '.4f')} lr={_number(event['learning_rate'], '.3g')} "
+                f"loss={_number(event['loss'], '.4f')}{preference_part(event, '=')} lr={_number(event['learning_rate'], '.3g')} "
                 f"grad_norm={_number(event['grad_norm'], '.3g')} tok/s={event['tokens_per_second']:.0f} "
                 f"answer_tok/s={event['answer_tokens_per_second']:.0f} elapsed={event['elapsed_s']:.0f}s")
     if kind == "eval":
-        return f"eval step={event['step']} eval_loss={_number(event['eval_loss'], '.4f')}"
+        return f"eval step={event['step']} eval_loss={_number(event['eval_loss'], '.4f')}{preference_part(event, '=')}"
     if kind == "checkpoint":
         return f"checkpoint step={event['step']} saved {event['path']}"
     return None
@@ -83,12 +92,13 @@ class LiveView:
         self.progress.update(self.task, completed=event["step"], total=event.get("max_steps") or None)
         if kind == "log":
             self.numbers = Text(
-                f"epoch {_number(event['epoch'], '.2f')}  loss {_number(event['loss'], '.4f')}  "
+                f"epoch {_number(event['epoch'], '.2f')}  loss {_number(event['loss'], '.4f')}{preference_part(event, ' ')}  "
                 f"lr {_number(event['learning_rate'], '.3g')}  grad norm {_number(event['grad_norm'], '.3g')}  "
                 f"tokens/s {event['tokens_per_second']:.0f} (answers {event['answer_tokens_per_second']:.0f})"
             )
         elif kind == "eval":
-            self.notes["eval"] = f"eval loss {_number(event['eval_loss'], '.4f')} at step {event['step']}"
+            self.notes["eval"] = (f"eval loss {_number(event['eval_loss'], '.4f')}{preference_part(event, ' ')} "
+                                  f"at step {event['step']}")
         elif kind == "checkpoint":
             self.notes["checkpoint"] = f"saved {event['path']}"
         lines = [self.numbers, *(Text(note, style="dim") for note in self.notes.values())]

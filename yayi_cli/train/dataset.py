@@ -86,7 +86,6 @@ def tokenize_examples(examples: Sequence[Record], prompt_tokenizer: PromptTokeni
 
     With `cache_file`, a second run with the same key reads the tokens back instead of tokenizing.
     """
-    import datasets
 
     def encode(batch: dict[str, list[int]]) -> dict[str, list[Any]]:
         encoded = prompt_tokenizer.encode_training_batch([examples[i].conversation for i in batch["index"]])
@@ -97,7 +96,15 @@ def tokenize_examples(examples: Sequence[Record], prompt_tokenizer: PromptTokeni
                 columns[name].append(value)
         return columns
 
-    indexes = datasets.Dataset.from_dict({"index": list(range(len(examples)))})
+    return map_cached(len(examples), encode, cache_file)
+
+
+def map_cached(count: int, encode: Any, cache_file: Path | None) -> Any:
+    """`encode` (a batch of {"index": [...]} -> columns) over record indexes 0..count-1, as a
+    `datasets.Dataset`; with `cache_file`, a second run with the same key reads the result back."""
+    import datasets
+
+    indexes = datasets.Dataset.from_dict({"index": list(range(count))})
     options: dict[str, Any] = {"batched": True, "batch_size": TOKENIZE_BATCH, "remove_columns": ["index"]}
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +141,10 @@ class _quiet_datasets_progress:
 def count_examples(tokenized: Any) -> ExampleCounts:
     statuses = tokenized["status"]
     lengths = tokenized["length"]
-    loss_tokens = sum(sum(label != IGNORE_INDEX for label in labels) for labels in tokenized["labels"])
+    if "answer_tokens" in tokenized.column_names:  # preference examples count their answers as they are made
+        loss_tokens = sum(tokenized["answer_tokens"])
+    else:
+        loss_tokens = sum(sum(label != IGNORE_INDEX for label in labels) for labels in tokenized["labels"])
     return ExampleCounts(
         records=len(statuses),
         kept=sum(status in (KEPT, TRUNCATED) for status in statuses),

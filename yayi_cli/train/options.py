@@ -23,6 +23,17 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 OVERLONG = ("truncate", "skip")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
+SFT, DPO, KTO = "sft", "dpo", "kto"
+METHODS = (SFT, DPO, KTO)
+PREFERENCE_METHODS = (DPO, KTO)
+DPO_LOSSES = ("sigmoid", "ipo", "hinge", "sigmoid_norm", "robust", "nca_pair", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop")
+"""TRL DPOTrainer's loss types that need no setting yayi does not offer (exo_pair needs label smoothing);
+sigmoid_norm is SimPO's length-normalised loss."""
+DEFAULT_BETA = 0.1
+PREFERENCE_OPTIONS = {"beta": (DPO, KTO), "dpo_loss": (DPO,), "sft_weight": (DPO,), "precompute_ref": (DPO, KTO)}
+"""Options that only some methods read, refused with the others so that nothing is silently ignored."""
+
 FULL_FINE_TUNE_LR = 5e-6
 ADAPTER_LR = 1e-4
 """LoRA trains a few new weights from zero, so it needs a learning rate about 20x a full fine-tune's."""
@@ -41,6 +52,9 @@ class TrainOptions(CommandOptions):
     COMMAND = "train"
     CONFIG_FILE = True
 
+    method: str = option("--method", default=SFT, choices=METHODS, help=(
+        "sft: imitate the answers; dpo: prefer chosen over rejected answers (pairs); kto: good and bad answers "
+        "(unpaired, labelled)."))
     data: list[str] = option("--data", "--data-path", "-d", default_factory=list, metavar="FILE", required=True,
                              help="Training data (repeat for several files).")
     model: str = option("--model", "--input-model", "-m", default="", metavar="DIR|HUB_ID", required=True,
@@ -128,6 +142,14 @@ class TrainOptions(CommandOptions):
     lora_alpha: int | None = option("--lora-alpha", default=None, above=0, metavar="ALPHA", default_text="2 x --lora-r",
                                     help="Adapter scale (the update is multiplied by alpha/r).")
     lora_dropout: float = option("--lora-dropout", default=0.05, metavar="P", help="Dropout on the adapter's input.")
+    beta: float | None = option("--beta", default=None, above=0, default_text=f"{DEFAULT_BETA:g} with --method dpo|kto",
+                                help="How far the model may move from the reference (higher: closer).")
+    dpo_loss: str = option("--dpo-loss", default="sigmoid", choices=DPO_LOSSES,
+                           help="TRL's DPO loss: sigmoid (DPO), ipo, hinge, sigmoid_norm (SimPO's), ...")
+    sft_weight: float = option("--sft-weight", default=0.0, at_least=0, metavar="W",
+                               help="Add W x the SFT loss on the chosen answer to the DPO loss.")
+    precompute_ref: bool = option("--precompute-ref", default=False, help=(
+        "Compute the reference log-probs once before training, so that no reference model is held during it."))
     lora_targets: list[str] = option(
         "--lora-targets", default_factory=list, metavar="NAME,...|all-linear",
         default_text="every linear projection of the attention and MLP blocks", help="Modules that get adapters.")
@@ -138,6 +160,8 @@ class TrainOptions(CommandOptions):
             self.lr = ADAPTER_LR if self.adapter else FULL_FINE_TUNE_LR
         if self.lora_alpha is None:
             self.lora_alpha = 2 * self.lora_r
+        if self.beta is None and self.method in PREFERENCE_METHODS:
+            self.beta = DEFAULT_BETA
         super().__post_init__()
 
     def check_values(self) -> None:
@@ -154,6 +178,7 @@ class TrainOptions(CommandOptions):
         self.check_zero()
         self.check_machines()
         self.check_adapter()
+        self.check_method()
 
     def check(self) -> None:
         """What the user asked, before planning; planning then resolves the accumulation from
@@ -200,6 +225,21 @@ class TrainOptions(CommandOptions):
             raise UsageError("give --lora or --qlora, not both (--qlora is LoRA on a 4-bit base)")
         if not 0 <= self.lora_dropout < 1:
             raise UsageError(f"--lora-dropout must be at least 0 and below 1, got {self.lora_dropout}")
+
+    def check_method(self) -> None:
+        """Options of another method are refused, and combinations the preference trainers cannot run."""
+        defaults = TrainOptions.__dataclass_fields__
+        for name, methods in PREFERENCE_OPTIONS.items():
+            value = getattr(self, name)
+            if value != defaults[name].default and self.method not in methods:
+                raise UsageError(f"--{name.replace('_', '-')} applies to --method {' and '.join(methods)}, not {self.method}")
+        if self.method == SFT:
+            return
+        if self.packing:
+            raise UsageError(f"--packing applies to --method sft; a {self.method} batch keeps each prompt with its answers")
+        if self.method == KTO and self.micro_batch_size < 2:
+            raise UsageError("--method kto needs --micro-batch-size 2 or more: its KL term scores each prompt with "
+                             "another record's answer from the same micro-batch")
 
     @property
     def adapter(self) -> str | None:

@@ -28,7 +28,8 @@ from yayi_cli.train.checkpoints import UNIVERSAL_LOADING, resolve_resume, univer
 from yayi_cli.train.environment import loopback_warning, node_environment
 from yayi_cli.train.files import DS_CONFIG_FILE, RUN_FILE, WORKER_MODULE
 from yayi_cli.train.memory import MemoryEstimate, count_saved_parameters, estimate_memory
-from yayi_cli.train.options import TrainOptions
+from yayi_cli.records import KIND_NAMES, PAIRED, SFT, UNPAIRED
+from yayi_cli.train.options import DPO, KTO, TrainOptions
 from yayi_cli.train.ranks import Ranks, count_local_gpus, plan_ranks
 from yayi_cli.train.runs import check_continuation
 from yayi_cli.train.zero import (
@@ -38,7 +39,7 @@ from yayi_cli.train.zero import (
 DEFAULT_MAX_LENGTH = 2048
 """Where examples are cut when neither --max-length nor the model says how long a context is."""
 FULL = "full"
-"""The method of a run that trains every weight; the others are named by TrainOptions.adapter."""
+"""The weights of a run that trains every one; the others are named by TrainOptions.adapter."""
 PACKAGES = ("yayi-cli", "torch", "transformers", "deepspeed", "datasets", "accelerate", "tokenizers", "peft", "bitsandbytes")
 
 
@@ -72,9 +73,9 @@ def resolve_max_length(options: TrainOptions, warnings: list[str]) -> int:
     A local model's is read from its files: loading its tokenizer would import transformers for it."""
     if options.max_length:
         return options.max_length
-    from yayi_cli.models import context_length, load_tokenizer, resolve_model_reference, saved_context_length
+    from yayi_cli.models import context_length, load_tokenizer, resolve_model, saved_context_length
 
-    reference = Path(resolve_model_reference(options.model))
+    reference = Path(resolve_model(options.model).base)
     if reference.is_dir():
         found = saved_context_length(reference)
     else:
@@ -83,6 +84,19 @@ def resolve_max_length(options: TrainOptions, warnings: list[str]) -> int:
         warnings.append(f"{options.model} declares no context length; examples are cut at {DEFAULT_MAX_LENGTH} "
                         "tokens (set --max-length to choose)")
     return found or DEFAULT_MAX_LENGTH
+
+
+def starting_adapter(options: TrainOptions) -> str | None:
+    """The adapter --model names, which a run with --lora/--qlora trains on from (in a copy), else None."""
+    from yayi_cli.models import resolve_model
+
+    source = resolve_model(options.model)
+    if source.adapter and not options.adapter:
+        raise UsageError(f"--model {options.model} is a LoRA adapter: add --lora (or --qlora) to train on from it (it "
+                         f"stays as it is), or make a full model first with `yayi merge {options.model} -o DIR`")
+    if source.adapter is None:
+        require_saved_tokenizer(source.base)
+    return source.adapter
 
 
 def check_output(options: TrainOptions) -> None:
@@ -100,17 +114,38 @@ def check_output(options: TrainOptions) -> None:
         )
 
 
-def check_data(paths: list[str], option: str, test_size: int | float | None = None) -> list[dict[str, Any]]:
-    """Every data file exists and is valid (the worker must never drop a record), there is data to
-    train on (and to hold out with --test-size); their sizes and hashes for run.json."""
+METHOD_RECORDS = {SFT: (SFT,), DPO: (PAIRED,), KTO: (UNPAIRED, PAIRED)}
+"""The kinds of records each method trains on (KTO takes each pair as a good and a bad answer)."""
+RECORD_FIX = {
+    (SFT, PAIRED): "train them with --method dpo (or kto)",
+    (SFT, UNPAIRED): "train them with --method kto",
+    (DPO, SFT): "--method dpo needs pairs: add 'chosen' and 'rejected' answers (see docs/train.md), or use --method sft",
+    (DPO, UNPAIRED): "--method dpo needs pairs of answers to one prompt; unpaired records train with --method kto",
+    (KTO, SFT): "--method kto needs answers labelled good or bad ('completion' and 'label'), or pairs; or use --method sft",
+}
+
+
+def check_kind(kind: str, method: str, option: str, warnings: list[str]) -> None:
+    if kind not in METHOD_RECORDS[method]:
+        raise UsageError(f"{option} holds {KIND_NAMES[kind]}: {RECORD_FIX[method, kind]}")
+    if method == KTO and kind == PAIRED:
+        warnings.append(f"--method kto: each pair of {option} trains as its chosen answer (good) and its rejected one (bad)")
+
+
+def check_data(paths: list[str], option: str, method: str, warnings: list[str],
+               test_size: int | float | None = None) -> list[dict[str, Any]]:
+    """Every data file exists and is valid (the worker must never drop a record), holds the records the
+    method trains on, and there is data to train on (and to hold out with --test-size); their sizes and
+    hashes for run.json."""
     from yayi_cli.data.checked import count_records
     from yayi_cli.sampling import allocate
 
     files = [Path(path) for path in paths]
     try:
-        records = count_records(files)
+        records, kind = count_records(files)
     except DataError as error:
         raise DataError(f"{option}: {error}") from None
+    check_kind(kind, method, option, warnings)
     if test_size is not None:
         allocate(test_size, {"": records})  # refuses a test size that leaves nothing to train on
     return [{"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_of(path)} for path in files]
@@ -147,7 +182,9 @@ class LaunchPlan:
 
     options: TrainOptions
     method: str
-    """FULL, or the adapter trained ("lora", "qlora"); later methods (preference training) add theirs."""
+    """What the run learns from: sft, dpo or kto (TrainOptions.method)."""
+    weights: str
+    """What trains: FULL, or the adapter ("lora", "qlora")."""
     ranks: Ranks
     gradient_accumulation_steps: int
     deepspeed_config: dict[str, Any]
@@ -216,14 +253,30 @@ def plan_method(options: TrainOptions, config: dict[str, Any], ranks: Ranks, *,
     layout = {"stage": stage_of(config), "offload": offload_of(config), "gpus_per_node": ranks.gpus_per_node,
               "num_nodes": ranks.num_nodes}
     if options.adapter:
-        from yayi_cli.train.adapters import plan_adapter
+        from yayi_cli.train.adapters import continued_settings, plan_adapter
 
+        if starting_adapter(options):
+            options = dataclasses.replace(options, **continued_settings(options.model))
         adapter = plan_adapter(options, **layout)
         return dataclasses.replace(options, lora_targets=adapter.targets), adapter.memory
     if dry_run:
-        return options, estimate_memory(options.model, trust_remote_code=options.trust_remote_code, **layout)
+        memory = estimate_memory(options.model, trust_remote_code=options.trust_remote_code, **layout)
+        return options, with_reference(memory, options, layout["stage"], ranks.world_size)
     # the full estimate would import transformers and DeepSpeed here for seconds, before the ranks do
     return options, count_saved_parameters(options.model)
+
+
+def with_reference(memory: MemoryEstimate, options: TrainOptions, stage: int, world_size: int) -> MemoryEstimate:
+    """A full-weight preference run also holds a frozen reference copy (16-bit, 32 on the CPU; split among
+    the ranks at ZeRO-3), unless --precompute-ref scores the reference once before training."""
+    if options.method == SFT or options.precompute_ref or memory.gpu_bytes_per_rank is None:
+        return memory
+    from yayi_cli.train.adapters import base_bits
+
+    reference = memory.parameters * base_bits(options) // 8 // (world_size if stage == 3 else 1)
+    return dataclasses.replace(memory, gpu_bytes_per_rank=memory.gpu_bytes_per_rank + reference,
+                               covers=memory.covers + f"; plus the frozen reference copy ({base_bits(options)}-bit"
+                               + (", split among the ranks)" if stage == 3 else ")"))
 
 
 def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
@@ -236,7 +289,9 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
     if options.force and not options.resume and output.is_dir() and any(output.iterdir()):
         warnings.append(f"--force: the contents of {output} will be moved to {output.name}.replaced-<time> beside it")
     require_package("deepspeed", "yayi train", extra="train")  # found, not imported: a local launch never needs it here
-    require_saved_tokenizer(options.model)
+    if starting_adapter(options):
+        warnings.append(f"--model {options.model} is an adapter: training goes on from its weights, with its own rank "
+                        "and targets, into --output (the adapter itself stays as it is)")
     ranks = plan_ranks(options, warnings, dry_run=dry_run)
     warnings += filter(None, [loopback_warning(options, ranks)])
     config = read_user_config(Path(options.deepspeed)) if options.deepspeed else deepspeed_config(options)
@@ -249,10 +304,10 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
     universal_from = universal_conversion(resume_from, ranks.world_size, config, options, warnings)
     if universal_from and not options.deepspeed:
         config |= UNIVERSAL_LOADING
-    data = check_data(options.data, "--data", options.test_size)
-    eval_data = check_data(options.eval_data, "--eval-data") if options.eval_data else []
+    data = check_data(options.data, "--data", options.method, warnings, options.test_size)
+    eval_data = check_data(options.eval_data, "--eval-data", options.method, warnings) if options.eval_data else []
     options, memory = plan_method(options, config, ranks, dry_run=dry_run)
-    plan = LaunchPlan(options=options, method=options.adapter or FULL, ranks=ranks, gradient_accumulation_steps=accumulation,
+    plan = LaunchPlan(options=options, method=options.method, weights=options.adapter or FULL, ranks=ranks, gradient_accumulation_steps=accumulation,
                       deepspeed_config=config, precision=precision, max_length=max_length, resume_from=resume_from,
                       universal_from=universal_from, data=data, eval_data=eval_data, memory=memory,
                       node_environment=node_environment(options) if ranks.num_nodes > 1 else None)

@@ -13,6 +13,7 @@ import io
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -76,19 +77,26 @@ def tag_output(rank: int) -> None:
         atexit.register(stream.close_line)
 
 
+def count_sft_tokens(feature: dict[str, Any]) -> tuple[int, int]:
+    """(tokens, answer tokens that carry loss) of one SFT example or packed row."""
+    return len(feature["input_ids"]), sum(label != IGNORE_INDEX for label in feature["labels"])
+
+
 class CountingCollator:
     """Wraps the collator and counts the tokens of every batch it builds on this rank: all of
-    them (padding aside) and the answer tokens that carry loss."""
+    them (padding aside) and the answer tokens that carry loss (`count` says which are which)."""
 
-    def __init__(self, collate: Any) -> None:
+    def __init__(self, collate: Any, count: Callable[[dict[str, Any]], tuple[int, int]] = count_sft_tokens) -> None:
         self.collate = collate
+        self.count = count
         self.tokens = 0
         self.answer_tokens = 0
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         for feature in features:
-            self.tokens += len(feature["input_ids"])
-            self.answer_tokens += sum(label != IGNORE_INDEX for label in feature["labels"])
+            tokens, answer_tokens = self.count(feature)
+            self.tokens += tokens
+            self.answer_tokens += answer_tokens
         return self.collate(features)
 
 
@@ -101,6 +109,16 @@ def flops_per_token(parameters: int, *, checkpointing: bool) -> int:
     """Training FLOPs per token: 2N forward + 4N backward, plus 2N more when activations are
     recomputed (gradient checkpointing). Attention's own FLOPs are left out."""
     return (8 if checkpointing else 6) * parameters
+
+
+PREFERENCE_METRICS = ("rewards/", "kl")
+"""What TRL's DPO and KTO trainers log about the preferences (rewards/chosen, .../margins, KTO's kl)."""
+
+
+def preference_metrics(logs: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The preference metrics among a log's values, named without `prefix` (an eval's `eval_`)."""
+    return {name.removeprefix(prefix): value for name, value in logs.items()
+            if name.startswith(prefix) and name.removeprefix(prefix).startswith(PREFERENCE_METRICS)}
 
 
 def make_reporter(counter: CountingCollator, output: Path, *, world_size: int, main_rank: bool) -> Any:
@@ -132,10 +150,11 @@ def make_reporter(counter: CountingCollator, output: Path, *, world_size: int, m
             common = {"step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch,
                       "elapsed_s": round(time.monotonic() - self.started, 3)}
             if "eval_loss" in logs:
-                self.emit({"event": "eval", **common, "eval_loss": logs["eval_loss"]})
+                self.emit({"event": "eval", **common, "eval_loss": logs["eval_loss"], **preference_metrics(logs, "eval_")})
             elif "loss" in logs:
                 self.emit({"event": "log", **common, **self._rates(), "loss": logs["loss"],
-                           "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")})
+                           "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
+                           **preference_metrics(logs)})
 
         def _rates(self) -> dict[str, float]:
             """Tokens per second since the last log, for all ranks: this rank's count x ranks."""

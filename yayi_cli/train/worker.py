@@ -18,7 +18,7 @@ from typing import Any
 from yayi_cli.errors import YayiError
 from yayi_cli.lifetime import end_when_unread
 from yayi_cli.train.files import DS_CONFIG_FILE, SUMMARY_FILE
-from yayi_cli.train.options import TrainOptions
+from yayi_cli.train.options import PREFERENCE_METHODS, TrainOptions
 from yayi_cli.train.progress import tag_output
 from yayi_cli.train.zero import AUTO
 
@@ -26,12 +26,18 @@ FINAL_STAGING = ".final-model"
 
 
 def training_arguments(run: dict[str, Any], options: TrainOptions, precision: str, has_eval: bool) -> Any:
+    """The Trainer's arguments (TRL's DPOConfig or KTOConfig, with their settings, for preference methods)."""
     from transformers import TrainingArguments
 
+    arguments_class, method_settings = TrainingArguments, {}
+    if options.method in PREFERENCE_METHODS:
+        from yayi_cli.train.preference import config_class, method_arguments
+
+        arguments_class, method_settings = config_class(options.method), method_arguments(options, run["max_length"])
     # transformers 5.2x renamed gradient_checkpointing; older 5.x releases know only the old name
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ \
         else "gradient_checkpointing"
-    return TrainingArguments(
+    return arguments_class(
         output_dir=options.output,
         deepspeed=str(Path(options.output) / DS_CONFIG_FILE),
         use_cpu=options.cpu,
@@ -60,6 +66,7 @@ def training_arguments(run: dict[str, Any], options: TrainOptions, precision: st
         ddp_timeout=options.dist_timeout,
         log_on_each_node=False,  # the libraries' info logs from the first rank only, not from each machine's first
         disable_tqdm=True,  # `yayi train` draws progress itself, from the events of train/progress.py
+        **method_settings,
     )
 
 
@@ -106,12 +113,17 @@ def tokenized_parts(run: dict[str, Any], options: TrainOptions, prompt_tokenizer
 
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     inputs = {"data": [item["sha256"] for item in run["data"]], "eval_data": [item["sha256"] for item in run["eval_data"]],
-              "test_size": options.test_size, "seed": options.seed}
+              "test_size": options.test_size, "seed": options.seed, "method": options.method}
     key = cache_key(prompt_tokenizer, inputs, max_length, options.overlong)
     cache_files = {name: cache_dir / f"{key}-{name}.arrow" for name in (("train", "eval") if evaluates(options) else ("train",))}
     if all(path.is_file() for path in cache_files.values()):
         return {name: read_cached(path) for name, path in cache_files.items()}
     records = dict(zip(("train", "eval"), training_records(options)))
+    if options.method in PREFERENCE_METHODS:
+        from yayi_cli.train.preference import tokenize_preferences
+
+        return {name: tokenize_preferences(records[name], prompt_tokenizer, method=options.method, max_length=max_length,
+                                           overlong=options.overlong, cache_file=path) for name, path in cache_files.items()}
     return {name: tokenize_examples(records[name], prompt_tokenizer, max_length=max_length, overlong=options.overlong,
                                     cache_file=path) for name, path in cache_files.items()}
 
@@ -132,7 +144,7 @@ def build_datasets(run: dict[str, Any], options: TrainOptions, prompt_tokenizer:
 def load_model_for_training(options: TrainOptions, tokenizer: Any, precision: str) -> Any:
     from transformers import AutoModelForCausalLM
 
-    from yayi_cli.models import fit_embeddings, resolve_model_reference, torch_dtype
+    from yayi_cli.models import fit_embeddings, resolve_model, torch_dtype
 
     dtype = torch_dtype(precision)
     quantized: dict[str, Any] = {}
@@ -142,7 +154,7 @@ def load_model_for_training(options: TrainOptions, tokenizer: Any, precision: st
         device = "cpu" if options.cpu else {"": int(os.environ.get("LOCAL_RANK", "0"))}
         quantized = {"quantization_config": quantization_config(dtype), "device_map": device}
     model = AutoModelForCausalLM.from_pretrained(
-        resolve_model_reference(options.model), dtype=dtype, trust_remote_code=options.trust_remote_code, **quantized
+        resolve_model(options.model).base, dtype=dtype, trust_remote_code=options.trust_remote_code, **quantized
     )
     fit_embeddings(model, len(tokenizer))  # markers added: room for them
     # No KV cache in training; without one, packed rows' position ids also confine attention to each example.
@@ -161,8 +173,8 @@ def save_final_model(trainer: Any, tokenizer: Any, template: Any, output: Path, 
     if adapter:
         # The adapter alone (ZeRO-3 is refused for adapters, so rank 0 holds all of it): LoRA weights and the
         # new tokens' rows, not the resized embedding matrices PEFT would add; the base stays as it was.
-        if trainer.is_world_process_zero():
-            trainer.model.save_pretrained(str(staging), save_embedding_layers=False)
+        if trainer.is_world_process_zero():  # the adapter that trained, not a preference run's frozen "ref" copy
+            trainer.model.save_pretrained(str(staging), save_embedding_layers=False, selected_adapters=["default"])
     else:
         trainer.save_model(str(staging))
     if trainer.is_world_process_zero():
@@ -173,14 +185,38 @@ def save_final_model(trainer: Any, tokenizer: Any, template: Any, output: Path, 
     trainer.accelerator.wait_for_everyone()
 
 
+def sft_trainer(options: TrainOptions, model: Any, args: Any, data: tuple[Any, Any], tokenizer: Any, *,
+                new_token_ids: list[int], max_length: int, callbacks: list[Any], log: Any) -> tuple[Any, Any]:
+    """The HF Trainer on the prompt core's examples (packed where the model takes packed rows), and its
+    token-counting collator."""
+    from transformers import Trainer
+
+    from yayi_cli.train.dataset import PackedExamples, PaddingCollator, supports_packing
+    from yayi_cli.train.progress import CountingCollator
+
+    train_set, eval_set = data
+    if options.adapter:
+        from yayi_cli.train.adapters import attach_adapter
+
+        model = attach_adapter(model, options, new_token_ids)
+    if options.packing and supports_packing(model.get_base_model() if options.adapter else model):
+        train_set = PackedExamples(train_set, max_length)
+        log(f"packing: {len(train_set)} rows of at most {max_length} tokens")
+    elif options.packing:
+        group_by_length(args)
+        log(f"packing: {model.config.model_type} models take no position ids, so batches are grouped by length instead")
+    counter = CountingCollator(PaddingCollator(tokenizer.pad_token_id))
+    return Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, data_collator=counter,
+                   processing_class=tokenizer, callbacks=callbacks), counter
+
+
 def train(run: dict[str, Any]) -> dict[str, Any]:
     import torch
-    from transformers import PrinterCallback, Trainer, set_seed
+    from transformers import PrinterCallback, set_seed
 
     from yayi_cli.loading import load_for_task
     from yayi_cli.models import best_precision
-    from yayi_cli.train.dataset import PackedExamples, PaddingCollator, supports_packing
-    from yayi_cli.train.progress import CountingCollator, make_reporter, throughput
+    from yayi_cli.train.progress import make_reporter, throughput
     from yayi_cli.train.runs import checkpoint_recorder
 
     options = TrainOptions(**run["options"])
@@ -191,7 +227,7 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
     loaded = load_for_task(options.model, template=options.template, trust_remote_code=options.trust_remote_code,
                            add_markers=True, model_weights=False)
     tokenizer, template = loaded.tokenizer, loaded.template
-    base_vocabulary = len(tokenizer) - loaded.added_markers
+    new_token_ids = list(range(len(tokenizer) - loaded.added_markers, len(tokenizer)))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # Before the model: ZeRO-3 partitions while loading, which needs the ranks joined and the config set.
@@ -207,24 +243,21 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
         train_set, eval_set, counts = build_datasets(run, options, loaded.prompt_tokenizer, max_length, log)
     set_seed(options.seed)  # new marker rows and adapter weights start from random values: the same ones every run
     model = load_model_for_training(options, tokenizer, precision)
-    if options.adapter:
-        from yayi_cli.train.adapters import attach_adapter
+    callbacks = [checkpoint_recorder(run, main_rank=main_rank)]
+    if options.method in PREFERENCE_METHODS:
+        from yayi_cli.train.preference import preference_trainer, reference_in_use
 
-        model = attach_adapter(model, options, list(range(base_vocabulary, len(tokenizer))))
-    trainable, total = model.get_nb_trainable_parameters() if options.adapter else (model.num_parameters(),) * 2
+        trainer, counter = preference_trainer(options, model, args, (train_set, eval_set), tokenizer, callbacks=callbacks,
+                                              load_reference=lambda: load_model_for_training(options, tokenizer, precision))
+        log(f"{options.method}: the reference is {reference_in_use(trainer)}")
+    else:
+        trainer, counter = sft_trainer(options, model, args, (train_set, eval_set), tokenizer, new_token_ids=new_token_ids,
+                                       max_length=max_length, callbacks=callbacks, log=log)
+    trainer.add_callback(make_reporter(counter, output, world_size=args.world_size, main_rank=main_rank))
+    trainable, total = trainer.model.get_nb_trainable_parameters() if options.adapter else (trainer.model.num_parameters(),) * 2
     log(f"{trainable} of {total} parameters train" + (f" ({options.adapter} on {', '.join(options.lora_targets)})"
                                                       if options.adapter else ""))
-    if options.packing and supports_packing(model.get_base_model() if options.adapter else model):
-        train_set = PackedExamples(train_set, max_length)
-        log(f"packing: {len(train_set)} rows of at most {max_length} tokens")
-    elif options.packing:
-        group_by_length(args)
-        log(f"packing: {model.config.model_type} models take no position ids, so batches are grouped by length instead")
     log(f"precision {precision}, {args.world_size} rank(s), global batch {run['global_batch_size']}")
-    counter = CountingCollator(PaddingCollator(tokenizer.pad_token_id))
-    reporter = make_reporter(counter, output, world_size=args.world_size, main_rank=main_rank)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, data_collator=counter,
-                      processing_class=tokenizer, callbacks=[reporter, checkpoint_recorder(run, main_rank=main_rank)])
     if not main_rank:
         trainer.remove_callback(PrinterCallback)  # each machine's first rank would print the same logs and summary
     result = trainer.train(resume_from_checkpoint=run["resume_from"])
@@ -237,9 +270,14 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
                        parameters=total, checkpointing=options.gradient_checkpointing,
                        device_name=torch.cuda.get_device_name() if on_gpu else None,
                        peak_memory_bytes=torch.cuda.max_memory_allocated() if on_gpu else None)
+    history = [entry for entry in trainer.state.log_history if "loss" in entry]
     summary = {"examples": counts, "metrics": metrics, "precision": precision, "max_length": max_length,
-               "adapter": options.adapter, "trainable_parameters": trainable, "parameters": total,
-               "throughput": speed, "loss_history": [entry for entry in trainer.state.log_history if "loss" in entry]}
+               "method": options.method, "adapter": options.adapter, "trainable_parameters": trainable, "parameters": total,
+               "throughput": speed, "loss_history": history}
+    if options.method in PREFERENCE_METHODS and history:
+        from yayi_cli.train.progress import preference_metrics
+
+        summary["preference"] = {"first": preference_metrics(history[0]), "last": preference_metrics(history[-1])}
     if main_rank:
         from yayi_cli.atomic import write_json_atomic
 

@@ -1,0 +1,138 @@
+"""The preference trainers as each rank builds them: TRL's DPOTrainer and KTOTrainer on the prompt core's ids.
+
+These run in this process on the CPU (no launcher), a few steps on a tiny model; the launcher runs are in
+test_preference_end_to_end.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import PAIRS, REPO
+from yayi_cli.data.checked import load_records
+from yayi_cli.prompt import TEMPLATES, PromptTokenizer
+from yayi_cli.records import answered
+from yayi_cli.train.dataset import count_examples, usable
+from yayi_cli.train.options import DPO, KTO, TrainOptions
+from yayi_cli.train.preference import method_arguments, preference_trainer, tokenize_preferences, unpaired
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    path.write_text("".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in PAIRS), encoding="utf-8")
+    return path
+
+
+def run_options(model: Path, output: Path, **chosen) -> TrainOptions:
+    return TrainOptions(**{"data": ["unused"], "model": str(model), "output": str(output), "method": DPO, **chosen})
+
+
+def build(options: TrainOptions, records, *, steps: int = 2, lr: float = 1e-2, loads: list | None = None):
+    """A trainer as the worker builds it (without DeepSpeed), and the tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from trl import DPOConfig, KTOConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(options.model)
+    prompts = PromptTokenizer(TEMPLATES["yayi"], tokenizer)
+    data = usable(tokenize_preferences(records, prompts, method=options.method, max_length=256, overlong="truncate",
+                                       cache_file=None))
+    config_class = DPOConfig if options.method == DPO else KTOConfig
+    args = config_class(output_dir=options.output, use_cpu=True, per_device_train_batch_size=len(data), max_steps=steps,
+                        learning_rate=lr, logging_steps=1, report_to="none", save_strategy="no", seed=0,
+                        disable_tqdm=True, gradient_checkpointing=False, **method_arguments(options, 256))
+    set_seed(0)
+    loads = [] if loads is None else loads
+
+    def load_reference():
+        loads.append(options.model)
+        return AutoModelForCausalLM.from_pretrained(options.model)
+
+    trainer, counter = preference_trainer(options, AutoModelForCausalLM.from_pretrained(options.model), args, (data, None),
+                                          tokenizer, callbacks=[], load_reference=load_reference)
+    return trainer, tokenizer
+
+
+def losses(trainer) -> list[float]:
+    trainer.train()
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_trl_trains_on_exactly_the_ids_the_prompt_core_renders(tiny_model_dirs, arch, pairs_file, tmp_path):
+    records = load_records([pairs_file])
+    trainer, tokenizer = build(run_options(tiny_model_dirs[arch], tmp_path), records)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(records))])
+    core = PromptTokenizer(TEMPLATES["yayi"], tokenizer)
+    rows = [row[mask.bool()].tolist() for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    completions = [row[mask.bool()].tolist() for row, mask in zip(batch["input_ids"], batch["completion_mask"])]
+    for index, record in enumerate(records):
+        for half, answer in enumerate(record.answers):  # chosen rows first, then the rejected ones
+            sft = core.encode_training(answered(record.conversation, answer))
+            assert rows[half * len(records) + index] == sft.input_ids
+            assert completions[half * len(records) + index] == [t for t, label in zip(sft.input_ids, sft.labels) if label >= 0]
+
+
+@pytest.mark.parametrize(("loss", "first"), [("sigmoid", math.log(2)), ("hinge", 1.0), ("ipo", None), ("sigmoid_norm", math.log(2))])
+def test_each_dpo_loss_starts_where_its_formula_says_and_trains(tiny_model_dirs, pairs_file, tmp_path, loss, first):
+    trainer, _ = build(run_options(tiny_model_dirs["llama"], tmp_path, dpo_loss=loss), load_records([pairs_file]), steps=3)
+    logged = losses(trainer)
+    if first is not None:  # policy == reference at the first step: no margin yet
+        assert logged[0] == pytest.approx(first, abs=1e-4)
+    assert all(math.isfinite(value) for value in logged) and logged[-1] < logged[0]
+
+
+def test_simpo_loss_and_the_sft_term_change_the_losses(tiny_model_dirs, pairs_file, tmp_path):
+    records = load_records([pairs_file])
+    plain = losses(build(run_options(tiny_model_dirs["llama"], tmp_path / "a"), records, steps=3)[0])
+    simpo = losses(build(run_options(tiny_model_dirs["llama"], tmp_path / "b", dpo_loss="sigmoid_norm"), records, steps=3)[0])
+    with_sft = losses(build(run_options(tiny_model_dirs["llama"], tmp_path / "c", sft_weight=1.0), records, steps=3)[0])
+    assert with_sft[0] > plain[0] + 0.1  # the chosen answers' token loss is added from the first step
+    assert abs(simpo[-1] - plain[-1]) > 1e-3
+
+
+@pytest.mark.parametrize(("chosen", "loads_reference"), [({}, True), ({"precompute_ref": True}, False), ({"lora": True}, False)])
+def test_only_a_full_run_without_precompute_loads_a_reference_copy(tiny_model_dirs, pairs_file, tmp_path, chosen,
+                                                                   loads_reference):
+    loads: list[str] = []
+    options = run_options(tiny_model_dirs["llama"], tmp_path, lora_targets=["q_proj", "v_proj"], **chosen)
+    trainer, _ = build(options, load_records([pairs_file]), loads=loads)
+    assert (len(loads) == 1) == loads_reference and (trainer.ref_model is not None) == loads_reference
+    if options.lora:  # the reference is the base with the adapter disabled: no second adapter either
+        assert list(trainer.model.peft_config) == ["default"]
+    assert losses(trainer)[0] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_kto_takes_pairs_as_a_good_and_a_bad_answer_and_logs_its_metrics(tiny_model_dirs, pairs_file, tmp_path):
+    records = load_records([pairs_file])
+    split = unpaired(records)
+    assert [(r.answers[0], r.label) for r in split[:2]] == [(records[0].answers[0], True), (records[0].answers[1], False)]
+    trainer, _ = build(run_options(tiny_model_dirs["llama"], tmp_path, method=KTO), records, steps=3)
+    losses(trainer)
+    logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
+    assert {"kl", "rewards/chosen", "rewards/rejected"} <= set(logged)
+
+
+def test_kto_reads_unpaired_feedback_as_it_is(tiny_model_dirs, tmp_path):
+    records = load_records([REPO / "examples" / "feedback.jsonl"])
+    assert unpaired(records) == records
+    trainer, _ = build(run_options(tiny_model_dirs["bloom"], tmp_path, method=KTO), records, steps=2)
+    assert all(math.isfinite(value) for value in losses(trainer))
+
+
+def test_long_records_are_cut_or_counted_as_leaving_no_answer(tiny_model_dirs, pairs_file):
+    from transformers import AutoTokenizer
+
+    prompts = PromptTokenizer(TEMPLATES["yayi"], AutoTokenizer.from_pretrained(tiny_model_dirs["llama"]))
+    records = load_records([pairs_file])
+    prompt_length = len(prompts.encode_inference(records[0].conversation))
+    tokenized = tokenize_preferences(records[:1], prompts, method=DPO, max_length=prompt_length + 2, overlong="truncate",
+                                     cache_file=None)
+    assert [len(ids) for ids in (tokenized[0]["chosen_ids"], tokenized[0]["rejected_ids"])] == [2, 2]
+    assert count_examples(tokenized).truncated == 1
+    nothing_left = tokenize_preferences(records[:1], prompts, method=DPO, max_length=prompt_length, overlong="truncate",
+                                        cache_file=None)
+    assert count_examples(nothing_left).skipped_no_answer == 1 and len(usable(nothing_left)) == 0
