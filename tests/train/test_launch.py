@@ -197,11 +197,11 @@ def test_invalid_data_is_refused_before_launch_pointing_at_validate(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "hi", "output": "ok"}\n{"instruction": "", "output": "x"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"--data: 1 invalid record\(s\), the first at .*bad.jsonl:2.*yayi data validate"):
-        check_data([str(bad)], "--data")
+        check_data([str(bad)], "--data", "sft", [])
     with pytest.raises(UsageError, match="no such file"):
-        check_data([str(tmp_path / "missing.jsonl")], "--data")
+        check_data([str(tmp_path / "missing.jsonl")], "--data", "sft", [])
     with pytest.raises(UsageError, match="is a directory"):
-        check_data([str(tmp_path)], "--data")
+        check_data([str(tmp_path)], "--data", "sft", [])
 
 
 def test_force_moves_the_previous_run_aside_instead_of_deleting_it(tmp_path, tiny_model_dirs):
@@ -291,10 +291,10 @@ def test_no_records_or_no_records_left_after_test_size_is_refused_before_launch(
     empty = tmp_path / "empty.jsonl"
     empty.write_text("", encoding="utf-8")
     with pytest.raises(DataError, match="no records"):
-        check_data([str(empty)], "--data")
+        check_data([str(empty)], "--data", "sft", [])
     records = len(load_records([SAMPLE_DATA]))
     with pytest.raises(UsageError, match=f"asks for {records} test records out of {records} usable ones"):
-        check_data([str(SAMPLE_DATA)], "--data", test_size=records)
+        check_data([str(SAMPLE_DATA)], "--data", "sft", [], test_size=records)
 
 
 def test_a_tilde_in_a_path_means_the_home_directory(monkeypatch, tmp_path):

@@ -24,15 +24,15 @@ MERGE_TOLERANCE = 1e-4
 W + s*B@A once versus W x and s*B(A x) apart differ only by rounding, about 1e-6 here)."""
 
 
-def base_without_markers(directory: Path, arch: str, sharpness: float = 1.0) -> Path:
-    """A tiny model whose tokenizer lacks the markers. `sharpness` scales the final norm's weights, and so
-    every logit, the way pretraining sharpens a model: with a random model's tiny logits, frozen under LoRA,
-    no token could ever become much likelier than the rest, so nothing could be learned to the letter."""
+def base_without_markers(directory: Path, arch: str, sharpness: float = 1.0, *, markers: bool = False) -> Path:
+    """A tiny model whose tokenizer lacks the markers (unless `markers`). `sharpness` scales the final norm's
+    weights, and so every logit, the way pretraining sharpens a model: with a random model's tiny logits, frozen
+    under LoRA, no token could ever become much likelier than the rest, so nothing could be learned to the letter."""
     import torch
     from transformers import AutoModelForCausalLM
 
     texts = list(training_texts([SAMPLE_DATA], TEMPLATES["yayi"]))
-    path = build_tiny(directory, texts, TinySpec(arch=arch, markers=False), TEMPLATES["yayi"])  # the short system prompt
+    path = build_tiny(directory, texts, TinySpec(arch=arch, markers=markers), TEMPLATES["yayi"])  # the short system prompt
     model = AutoModelForCausalLM.from_pretrained(path)
     final_norm = getattr(model.base_model, "norm", None) or model.base_model.ln_f
     with torch.no_grad():

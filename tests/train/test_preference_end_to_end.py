@@ -1,0 +1,142 @@
+"""`yayi train --method dpo|kto` for real: the deepspeed launcher, CPU ranks (gloo), TRL's trainers, tiny models.
+
+Each run teaches pairs whose chosen and rejected answers differ clearly (tests.helpers.PAIRS).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import PAIRS, REPO, files
+from tests.train.test_lora_end_to_end import base_without_markers, chat
+from tests.train.test_train_end_to_end import finished, yayi_train
+
+pytestmark = pytest.mark.slow
+
+LOG_2 = math.log(2)
+"""DPO's loss while policy and reference are the same model: -log sigmoid(0)."""
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    path.write_text("".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in PAIRS * 2), encoding="utf-8")
+    return path
+
+
+def events(output: Path, kind: str) -> list[dict]:
+    lines = (output / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [event for event in map(json.loads, lines) if event["event"] == kind]
+
+
+def test_dpo_on_two_ranks_starts_at_log_2_and_learns_to_prefer_the_chosen_answers(tiny_model_dirs, pairs, tmp_path):
+    output = tmp_path / "dpo"
+    console = finished(yayi_train("--method", "dpo", "--data", str(pairs), "--model", str(tiny_model_dirs["llama"]),
+                                  "-o", str(output), "--zero", "2", "--micro-batch-size", "2", "--max-steps", "30",
+                                  "--lr", "1e-3", "--logging-steps", "5", "--save-steps", "1000"))
+    logs = events(output, "log")
+    assert logs[0]["loss"] == pytest.approx(LOG_2, abs=1e-3) and logs[0]["rewards/accuracies"] == 0.0
+    for event in logs:  # the preference metrics at every logging step, on the console too
+        assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"} <= set(event)
+    assert "reward_acc=" in console and "margin=" in console
+    summary = json.loads((output / "train_summary.json").read_text(encoding="utf-8"))
+    assert summary["method"] == "dpo" and summary["preference"]["first"]["rewards/margins"] == 0.0
+    assert summary["preference"]["last"]["rewards/accuracies"] >= 0.9
+    assert "the reference is a frozen copy of the starting model" in (output / "train.log").read_text(encoding="utf-8")
+    assert json.loads((output / "run.json").read_text(encoding="utf-8"))["options"]["beta"] == 0.1
+
+
+def test_lora_dpo_with_an_sft_term_answers_with_the_chosen_text(pairs, tmp_path):
+    from safetensors import safe_open
+
+    base = base_without_markers(tmp_path / "base", "llama", sharpness=30, markers=True)
+    output = tmp_path / "adapter"
+    finished(yayi_train("--method", "dpo", "--sft-weight", "1", "--lora", "--lora-dropout", "0", "--data", str(pairs),
+                        "--model", str(base), "-o", str(output), "--micro-batch-size", "2", "--epochs", "40", "--lr", "1e-2",
+                        "--logging-steps", "10", "--save-steps", "1000"), timeout=1500)
+    with safe_open(output / "adapter_model.safetensors", "pt") as saved:
+        assert all("lora_" in name for name in saved.keys())  # only adapter weights trained and were saved
+    log = (output / "train.log").read_text(encoding="utf-8")
+    assert "the reference is the base with the adapter disabled (no copy)" in log
+    for pair in PAIRS[:2]:
+        assert chat(output, pair["instruction"]) == pair["chosen"]
+
+
+def test_precompute_ref_holds_no_reference_and_starts_at_log_2(tiny_model_dirs, pairs, tmp_path):
+    output = tmp_path / "precomputed"
+    finished(yayi_train("--method", "dpo", "--precompute-ref", "--data", str(pairs), "--model", str(tiny_model_dirs["bloom"]),
+                        "-o", str(output), "--micro-batch-size", "2", "--max-steps", "6", "--lr", "1e-3",
+                        "--logging-steps", "1", "--save-steps", "1000"))
+    logs = events(output, "log")
+    assert logs[0]["loss"] == pytest.approx(LOG_2, abs=1e-3) and logs[-1]["loss"] < logs[0]["loss"]
+    assert "computed once before training (no reference model held)" in (output / "train.log").read_text(encoding="utf-8")
+
+
+def test_kto_trains_on_unpaired_feedback_and_logs_its_kl_and_rewards(tiny_model_dirs, tmp_path):
+    feedback = tmp_path / "feedback.jsonl"
+    feedback.write_text((REPO / "examples" / "feedback.jsonl").read_text(encoding="utf-8") * 2, encoding="utf-8")
+    output = tmp_path / "kto"
+    finished(yayi_train("--method", "kto", "--data", str(feedback), "--model", str(tiny_model_dirs["llama"]), "-o", str(output),
+                        "--micro-batch-size", "2", "--max-steps", "4", "--logging-steps", "1", "--save-steps", "1000"))
+    logs = events(output, "log")
+    assert len(logs) == 4 and all({"kl", "rewards/chosen", "rewards/rejected"} <= set(event) for event in logs)
+    assert all(math.isfinite(event["loss"]) for event in logs)
+
+
+def test_dpo_from_an_sft_adapter_takes_it_as_the_reference_and_leaves_it_as_it_was(small_data, pairs, tmp_path):
+    base = base_without_markers(tmp_path / "base", "llama", sharpness=30, markers=True)
+    sft = tmp_path / "sft"
+    finished(yayi_train("--lora", "--data", str(small_data), "--model", str(base), "-o", str(sft), "--micro-batch-size", "2",
+                        "--max-steps", "10", "--lr", "1e-2", "--save-steps", "1000"))
+    before = files(sft)
+    output = tmp_path / "dpo"
+    finished(yayi_train("--method", "dpo", "--lora", "--data", str(pairs), "--model", str(sft), "-o", str(output),
+                        "--micro-batch-size", "2", "--max-steps", "4", "--lr", "1e-3", "--logging-steps", "1",
+                        "--save-steps", "1000"))
+    assert events(output, "log")[0]["loss"] == pytest.approx(LOG_2, abs=1e-3)  # the SFT model is the reference
+    assert files(sft) == before
+    assert "the reference is a frozen copy of the starting adapter" in (output / "train.log").read_text(encoding="utf-8")
+    adapter = json.loads((output / "adapter_config.json").read_text(encoding="utf-8"))
+    assert Path(adapter["base_model_name_or_path"]) == base and not (output / "ref").exists()
+    assert chat(output, PAIRS[0]["instruction"], "--max-new-tokens", "4")
+
+
+def test_the_logged_loss_is_the_dpo_formula_on_plain_transformers_log_probs(tiny_model_dirs, tmp_path):
+    """Step 2's loss, computed here from the checkpoint after step 1 (the policy) and the starting model
+    (the reference): mean over pairs of -log sigmoid(beta x ((pi_c - ref_c) - (pi_r - ref_r)))."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from yayi_cli.data.checked import load_records
+    from yayi_cli.preference import encode_preferences
+    from yayi_cli.prompt import TEMPLATES, PromptTokenizer
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in PAIRS), encoding="utf-8")
+    model, output = tiny_model_dirs["llama"], tmp_path / "run"
+    finished(yayi_train("--method", "dpo", "--beta", "0.5", "--gpus", "1", "--data", str(data), "--model", str(model),
+                        "-o", str(output), "--micro-batch-size", str(len(PAIRS)), "--max-steps", "2", "--lr", "1e-2",
+                        "--logging-steps", "1", "--save-steps", "1"))
+    encoded = encode_preferences(load_records([data]), PromptTokenizer(TEMPLATES["yayi"], AutoTokenizer.from_pretrained(model)))
+
+    def answer_log_probs(weights: Path) -> torch.Tensor:
+        lm = AutoModelForCausalLM.from_pretrained(weights).eval()
+        sums = []
+        with torch.no_grad():
+            for item in encoded:
+                for answer in item.answer_ids:
+                    ids = torch.tensor([item.prompt_ids + answer])
+                    log_probs = lm(ids).logits[0, :-1].log_softmax(-1)
+                    targets = ids[0, 1:]
+                    sums.append(log_probs[torch.arange(len(targets)), targets][-len(answer):].sum())
+        return torch.stack(sums).view(len(encoded), 2)
+
+    policy, reference = answer_log_probs(output / "checkpoint-1"), answer_log_probs(model)
+    margins = (policy[:, 0] - reference[:, 0]) - (policy[:, 1] - reference[:, 1])
+    expected = -torch.nn.functional.logsigmoid(0.5 * margins).mean().item()
+    logged = events(output, "log")[1]
+    assert logged["step"] == 2 and logged["loss"] == pytest.approx(expected, rel=1e-4)
