@@ -7,11 +7,13 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import REPO
 from yayi_cli.data.reader import LineChunk, chunk_records
 from yayi_cli.data.screen import MARKER_START, screen_lines
 from yayi_cli.data.tally import Tally
 from yayi_cli.prompt import MARKERS
 
+EXAMPLES = REPO / "examples"
 TRICKY_PIECES = [
     "【媒宣领域任务】", "【", "】", "数据", "a", " ", "\u3000", "\n", "\t", "\r", "\x00", "\x07", "\x7f", "\x85", "\u2028",
     ":", '":', '"', "\\", "<|", "<|End|>", "<|Human|>", "\ud800", "😀",
@@ -25,15 +27,22 @@ odd_value = st.one_of(st.none(), st.integers(), st.lists(text, max_size=2), st.d
 
 @st.composite
 def record(draw: st.DrawFn) -> dict:
-    """Mostly plain instruction records; now and then a wrong type, an unknown key or another shape."""
+    """Mostly plain instruction records; now and then a wrong type, an unknown key, another shape,
+    or a preference record (a pair, or a labelled completion, with or without the output)."""
     fields = {"instruction": draw(text), "output": draw(text)}
     for name in draw(st.sets(st.sampled_from(["input", "system", "id"]))):
         fields[name] = draw(text)
-    odd = draw(st.integers(0, 9))
+    odd = draw(st.integers(0, 11))
     if odd == 0:
         fields["output"] = draw(odd_value)
     elif odd == 1:
         fields[draw(st.sampled_from(["source", "conversations"]))] = draw(text)
+    elif odd == 2:
+        fields.update(chosen=draw(text), rejected=draw(st.one_of(text, st.just(fields["output"]))))
+    elif odd == 3:
+        fields.update(completion=draw(text), label=draw(st.one_of(st.booleans(), odd_value)))
+    if odd in (2, 3) and draw(st.booleans()):
+        del fields["output"]
     return fields
 
 
@@ -56,6 +65,7 @@ def json_lines(draw: st.DrawFn) -> bytes:
 def _state(tally: Tally) -> dict:
     return {
         "files": tally.files, "domains": +tally.domains, "counts": tally.counts, "problems": tally.problems,
+        "first_of_kind": tally.first_of_kind,
         "keys": (list(tally.prompt_keys), list(tally.answer_keys)),
         "lines": [(ordinal, ordinal + offset) for ordinal, offset in zip(tally.run_starts, tally.run_offsets)],
     }
@@ -88,6 +98,11 @@ def test_the_screen_takes_plain_records_and_leaves_the_rest_to_the_exact_checks(
     assert [record is not None for record in screened.records] == [True, True] + [False] * 6
     assert dict(screened.domains) == {"金融风控领域任务": 1, "": 1}
     assert screened.characters == len("【金融风控领域任务】问") + 1 + 1 + 1 + 1
+
+
+def test_preference_records_are_left_to_the_exact_checks() -> None:
+    lines = [line for name in ("preference.jsonl", "feedback.jsonl") for line in (EXAMPLES / name).read_bytes().splitlines()]
+    assert len(lines) == 9 and screen_lines(lines).records == [None] * 9
 
 
 def test_a_marker_anywhere_sends_every_record_of_the_lines_to_be_looked_at_alone() -> None:

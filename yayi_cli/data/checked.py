@@ -55,7 +55,16 @@ def check_record(source: SourceRecord) -> ParsedRecord | Problem:
 
 
 def content_keys(record: ParsedRecord) -> tuple[int, int]:
-    """64-bit hashes of everything before the last answer, and of that answer."""
+    """64-bit hashes of everything before the last answer, and of that answer.
+
+    A preference record's "prompt" is its history with its answers in either order, and its
+    "answer" is the verdict (which answer is chosen, or the label): several pairs or labelled
+    completions for one question are normal, while the same answers judged the other way are
+    worth a warning.
+    """
+    if record.answers:
+        return conversation_keys(record.system, (*record.turns, tuple(sorted(record.answers))),
+                                 (record.answers, record.label))
     *prompt, answer = record.turns
     return conversation_keys(record.system, tuple(prompt), answer)
 
@@ -168,6 +177,11 @@ class Record:
     answers: tuple[str, ...] = ()
     label: bool | None = None
 
+    @classmethod
+    def of(cls, source: SourceRecord, parsed: ParsedRecord) -> Record:
+        """What is kept of a checked record: enough to train on it and to say where it came from."""
+        return cls(source.location, parsed.domain, parsed.conversation, parsed.answers, parsed.label)
+
     @property
     def kind(self) -> str:
         return kind_of(self.answers)
@@ -213,8 +227,7 @@ def _none_in(paths: Sequence[Path]) -> DataError:
 
 def load_records(paths: Sequence[Path]) -> list[Record]:
     """Every record of `paths`; one invalid record stops the run, pointing at `data validate`."""
-    records = [Record(source.location, parsed.domain, parsed.conversation, parsed.answers, parsed.label)
-               for source, parsed in _checked_records(paths)]
+    records = [Record.of(source, parsed) for source, parsed in _checked_records(paths)]
     if not records:
         raise _none_in(paths)
     return records

@@ -7,7 +7,8 @@ keeps for each valid record its line, a pair of 64-bit content keys (for --dedup
 machine and any Python version computes alike. Writing copies each record's line, byte for byte,
 to train or test, without parsing it again: a chunk of lines that all go to train is copied
 whole. A `.json` file of one array is read (and checked) a second time instead, since its
-records span lines.
+records span lines. Preference records are split like any other (their domain is the one of
+their first human message), and like training, a split refuses two kinds of records in one set.
 """
 
 from __future__ import annotations
@@ -163,6 +164,9 @@ def split(options: SplitOptions) -> SplitReport:
             f"{survey.invalid_count} invalid record(s), the first at {first.path}:{first.line} ({first.message}); "
             "`yayi data validate` lists them all, or pass --skip-invalid to leave them out"
         )
+    mixed = survey.tally.mixed_kinds()  # no option leaves these out: each kind belongs in a data set of its own
+    if mixed:
+        raise DataError(f"{mixed[0].path}:{mixed[0].line}: {mixed[0].message}")
     counts = allocate(options.test_size, survey.sizes)
     to_test = select_test(survey, counts, options.seed)
     report = SplitReport(options.seed, options.test_size, stratify, options.dedupe, options.skip_invalid, survey, counts)

@@ -15,14 +15,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-from yayi_cli.data.checked import ERROR, WARNING, Problem, content_keys, valid_records
+from yayi_cli.data.checked import ERROR, WARNING, KindMixer, Problem, content_keys, valid_records
 from yayi_cli.data.reader import LineChunk, SourceRecord, line_record
 from yayi_cli.data.screen import ScreenedLines, plain_keys, screen_lines
 from yayi_cli.errors import DataError
-from yayi_cli.records import INSTRUCTION, SHAPES, ParsedRecord
+from yayi_cli.records import INSTRUCTION, KIND_NAMES, SFT, SHAPES, ParsedRecord, answered
 from yayi_cli.sampling import BLOCK
 
-DUPLICATE, CONFLICTING_ANSWER = "duplicate", "conflicting-answer"
+DUPLICATE, CONFLICTING_ANSWER, CONFLICTING_PREFERENCE = "duplicate", "conflicting-answer", "conflicting-preference"
+MIXED_KINDS = "mixed-kinds"
 
 
 @dataclass
@@ -35,14 +36,24 @@ class FileStats:
     turns: int = 0
     characters: int = 0
     shapes: Counter[str] = field(default_factory=Counter)
+    kinds: Counter[str] = field(default_factory=Counter)
+    """Valid records by what they train: sft, paired, unpaired (records.KIND_NAMES)."""
 
     def merge(self, other: FileStats) -> None:
         for name in ("records", "valid", "errors", "warnings", "turns", "characters"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.shapes.update(other.shapes)
+        self.kinds.update(other.kinds)
+
+    def count(self, row: str) -> int:
+        """A row of the records table: a count, a shape's or a kind's."""
+        if row in SHAPES:
+            return self.shapes[row]
+        return self.kinds[row] if row in KIND_NAMES else getattr(self, row)
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "shapes": {shape: self.shapes[shape] for shape in SHAPES}}
+        return {**asdict(self), "shapes": {shape: self.shapes[shape] for shape in SHAPES},
+                "kinds": {kind: self.kinds[kind] for kind in KIND_NAMES}}
 
 
 @dataclass
@@ -69,6 +80,8 @@ class Tally:
     domain_ids: array | None = None
     """With `keep_domains()`: each valid record's domain, an index into `domain_names`."""
     domain_names: list[str] = field(default_factory=list)
+    first_of_kind: dict[str, tuple[int, str]] = field(default_factory=dict)
+    """The ordinal and shape of the first valid record of each kind, to refuse mixed kinds."""
 
     def keep_domains(self) -> Tally:
         """Remember each record's domain too (`data split --stratify`), 4 bytes a record."""
@@ -137,18 +150,21 @@ class Tally:
         stats.records += 1
         if self.reserved:
             try:
-                record.conversation.refuse(self.reserved)
+                trained = [answered(record.conversation, answer) for answer in record.answers] or [record.conversation]
+                for conversation in trained:
+                    conversation.refuse(self.reserved)
             except DataError as error:
                 self.report(Problem(source.path, source.line, source.index, ERROR, "special-token", str(error)))
                 return False
         stats.valid += 1
         stats.shapes[record.shape] += 1
-        stats.turns += len(record.turns)
-        for turn in record.turns:
-            stats.characters += len(turn.text) + len(turn.input)
+        stats.kinds[record.kind] += 1
+        stats.turns += len(record.turns) + len(record.answers)
+        stats.characters += sum(len(turn.text) + len(turn.input) for turn in record.turns) + sum(map(len, record.answers))
         self.domains[record.domain] += 1
         for warning in record.warnings:
             self.report(Problem(source.path, source.line, source.index, WARNING, warning.code, warning.message))
+        self.first_of_kind.setdefault(record.kind, (len(self.prompt_keys), record.shape))
         prompt_key, answer_key = content_keys(record)
         self._add_line(len(self.prompt_keys), source.line)
         self.prompt_keys.append(prompt_key)
@@ -167,6 +183,7 @@ class Tally:
         for end in [at for at, record in enumerate(screened.records) if record is None] + [len(lines)]:
             if end > start:  # consecutive screened records: one run of lines
                 self._add_line(len(self.prompt_keys), chunk.first_line + start)
+                self.first_of_kind.setdefault(SFT, (len(self.prompt_keys), INSTRUCTION))
                 records = screened.records[start:end]
                 prompt_keys, answer_keys = plain_keys(records)
                 self.prompt_keys.extend(prompt_keys)
@@ -184,6 +201,7 @@ class Tally:
         stats = self.file(chunk.path)
         stats.records, stats.valid, stats.turns = stats.records + count, stats.valid + count, stats.turns + 2 * count
         stats.shapes[INSTRUCTION] += count
+        stats.kinds[SFT] += count
         stats.characters += screened.characters
         self.domains.update(screened.domains)
 
@@ -205,6 +223,8 @@ class Tally:
             for p in other.problems[:room]
         )
         base = len(self.prompt_keys)
+        for kind, (ordinal, shape) in other.first_of_kind.items():
+            self.first_of_kind.setdefault(kind, (base + ordinal, shape))
         for start, offset in zip(other.run_starts, other.run_offsets):
             self._add_line(base + start, start + offset + line_offset)
         self.prompt_keys.extend(other.prompt_keys)
@@ -212,17 +232,33 @@ class Tally:
         if self.domain_ids is not None:
             self._add_domains(other.domain_names[number] for number in other.domain_ids)
 
+    def mixed_kinds(self) -> list[Problem]:
+        """An error at the first record of each kind after the first one: a training set holds
+        SFT records, preference pairs or unpaired preference records, not two of them."""
+        starts, mixer, problems = list(self.first_ordinal.values()), KindMixer(), []
+        for kind, (ordinal, shape) in sorted(self.first_of_kind.items(), key=lambda item: item[1]):
+            path, line = self.locate(ordinal, starts)
+            message = mixer.problem(kind, shape, f"{path}:{line}")
+            if message is not None:
+                problems.append(Problem(path, line, None, ERROR, MIXED_KINDS, message))
+        return problems
+
     def report_duplicates(self) -> None:
-        """Warn about repeated records and about one prompt given different answers."""
+        """Warn about repeated records and about one prompt given different answers (in
+        preference data: the same answers judged the other way; see `checked.content_keys`)."""
         starts = list(self.first_ordinal.values())
+        preference = SFT not in self.first_of_kind
         for repeat in find_repeats(self.prompt_keys, self.answer_keys):
             path, line = self.locate(repeat.ordinal, starts)
             where = "{}:{}".format(*self.locate(repeat.earlier, starts))
+            code = repeat.kind
             if repeat.kind == DUPLICATE:
                 message = f"duplicate of the record at {where}"
+            elif preference:
+                code, message = CONFLICTING_PREFERENCE, f"same prompt and answers as the record at {where}, judged the other way"
             else:
                 message = f"same prompt as the record at {where}, with a different answer"
-            self.report(Problem(path, line, None, WARNING, repeat.kind, message))
+            self.report(Problem(path, line, None, WARNING, code, message))
 
 
 class Repeat(NamedTuple):

@@ -1,7 +1,8 @@
 """`yayi data validate`: every problem in instruction data, by file and line, in one streaming pass.
 
 The pass itself is `data.scan` (into a `data.tally.Tally`); this module adds the token lengths
-with --model, the report and its printing.
+with --model, the report and its printing. A preference record's length is its prompt and its
+longest answer, as the preference trainers see it (`preference.encode_preferences`).
 """
 
 from __future__ import annotations
@@ -9,26 +10,31 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from yayi_cli.data.checked import ERROR, WARNING, Problem
+from yayi_cli.data.checked import ERROR, WARNING, Problem, Record
 from yayi_cli.data.options import ValidateOptions
 from yayi_cli.data.reader import SourceRecord
 from yayi_cli.data.scan import tally_files
 from yayi_cli.data.tally import Tally
-from yayi_cli.prompt import IGNORE_INDEX, Conversation
-from yayi_cli.records import NO_DOMAIN, SHAPES, ParsedRecord
+from yayi_cli.preference import EncodedPreference, encode_preferences
+from yayi_cli.prompt import IGNORE_INDEX, Encoded
+from yayi_cli.records import KIND_NAMES, NO_DOMAIN, SHAPES, ParsedRecord
+
+TOKEN_COLUMNS = ("p50", "p90", "p99", "max", "max_length", "truncated", "no_answer_tokens")
 
 
 @dataclass
 class TokenStats:
-    """Token lengths through the prompt core, and the records longer than `max_length`."""
+    """Token lengths through the prompt core, the records longer than `max_length`, and among
+    them those that keep no answer token (their prompt alone fills `max_length`)."""
 
     model: str
     template: str
     max_length: int | None
     lengths: array = field(default_factory=lambda: array("I"))
     truncated: int = 0
+    no_answer_tokens: int = 0
 
     def to_json(self) -> dict[str, Any]:
         import numpy as np
@@ -41,7 +47,34 @@ class TokenStats:
         return {
             "model": self.model, "template": self.template, "max_length": self.max_length,
             "records": len(lengths), **percentiles, "truncated": self.truncated,
+            "no_answer_tokens": self.no_answer_tokens,
         }
+
+
+class Measured(NamedTuple):
+    """A record's length in tokens, its answer tokens, and how many of those `max_length` cuts off."""
+
+    length: int
+    answer_tokens: int
+    lost: int
+
+    @property
+    def keeps_no_answer(self) -> bool:
+        """Every answer token is cut off: the prompt alone fills `max_length`, the record trains nothing."""
+        return self.lost == self.answer_tokens
+
+
+def measure_sft(example: Encoded, limit: int | None) -> Measured:
+    """One sequence: the answers are its tokens with labels, the limit cuts its end."""
+    lost = sum(label != IGNORE_INDEX for label in example.labels[limit:]) if limit is not None else 0
+    return Measured(len(example.input_ids), example.num_loss_tokens, lost)
+
+
+def measure_preference(example: EncodedPreference, limit: int | None) -> Measured:
+    """Each answer follows the prompt in a sequence of its own, cut at `limit` on its own."""
+    prompt, answers = len(example.prompt_ids), [len(ids) for ids in example.answer_ids]
+    lost = sum(min(answer, max(prompt + answer - limit, 0)) for answer in answers) if limit is not None else 0
+    return Measured(prompt + max(answers), sum(answers), lost)
 
 
 class TokenCounter:
@@ -53,27 +86,44 @@ class TokenCounter:
         self.prompt_tokenizer = prompt_tokenizer
         self.stats = stats
         self.tally = tally
-        self.pending: list[tuple[SourceRecord, Conversation]] = []
+        self.pending: list[tuple[SourceRecord, ParsedRecord]] = []
 
     def add(self, source: SourceRecord, record: ParsedRecord) -> None:
-        self.pending.append((source, record.conversation))
+        self.pending.append((source, record))
         if len(self.pending) >= self.BATCH:
             self.flush()
 
-    def flush(self) -> None:
-        encoded = self.prompt_tokenizer.encode_training_batch([c for _, c in self.pending])
+    def measured(self) -> list[Measured]:
+        """The pending records measured, in order (one data set holds one kind; a mixed one is
+        measured too, each record the way its kind trains)."""
         limit = self.stats.max_length
-        for (source, _), example in zip(self.pending, encoded):
-            self.stats.lengths.append(len(example.input_ids))
-            if limit is not None and len(example.input_ids) > limit:
-                lost = sum(label != IGNORE_INDEX for label in example.labels[limit:])
+        sft = [record.conversation for _, record in self.pending if not record.answers]
+        preference = [Record.of(source, record) for source, record in self.pending if record.answers]
+        encoded_sft = iter(self.prompt_tokenizer.encode_training_batch(sft) if sft else [])
+        encoded_preference = iter(encode_preferences(preference, self.prompt_tokenizer) if preference else [])
+        return [measure_preference(next(encoded_preference), limit) if record.answers
+                else measure_sft(next(encoded_sft), limit) for _, record in self.pending]
+
+    def flush(self) -> None:
+        limit = self.stats.max_length
+        for (source, _), measured in zip(self.pending, self.measured()):
+            self.stats.lengths.append(measured.length)
+            if limit is not None and measured.length > limit:
                 self.stats.truncated += 1
-                self.tally.report(Problem(
-                    source.path, source.line, source.index, WARNING, "truncated",
-                    f"{len(example.input_ids)} tokens, more than --max-length {limit}: "
-                    f"{lost} of {example.num_loss_tokens} answer tokens would be lost",
-                ))
+                self.stats.no_answer_tokens += measured.keeps_no_answer
+                self.tally.report(truncation(source, measured, limit))
         self.pending = []
+
+
+def truncation(source: SourceRecord, measured: Measured, limit: int) -> Problem:
+    """The warning for a record longer than `limit`: the answer tokens it loses, or that it keeps none."""
+    if measured.keeps_no_answer:
+        return Problem(source.path, source.line, source.index, WARNING, "no-answer-tokens",
+                       f"{measured.length} tokens, and the prompt alone fills --max-length {limit}: none of the "
+                       f"{measured.answer_tokens} answer tokens is left, so the record trains nothing")
+    return Problem(source.path, source.line, source.index, WARNING, "truncated",
+                   f"{measured.length} tokens, more than --max-length {limit}: "
+                   f"{measured.lost} of {measured.answer_tokens} answer tokens would be lost")
 
 
 @dataclass
@@ -102,6 +152,7 @@ class ValidationReport:
         files = [self.tally.files[path].to_json() for path in self.tally.paths]
         totals = {name: sum(f[name] for f in files) for name in ("records", "valid", "errors", "warnings", "turns", "characters")}
         totals["shapes"] = {shape: sum(f["shapes"][shape] for f in files) for shape in SHAPES}
+        totals["kinds"] = {kind: sum(f["kinds"][kind] for f in files) for kind in KIND_NAMES}
         return {
             "ok": self.ok,
             "strict": self.strict,
@@ -130,6 +181,8 @@ def validate(options: ValidateOptions, *, progress: Callable[[int], None] = lamb
     for stats in tally.files.values():
         if stats.records == 0:  # a truncated download or the wrong file, most likely
             tally.report(Problem(stats.path, 1, None, WARNING, "empty-file", "the file holds no records"))
+    for problem in tally.mixed_kinds():
+        tally.report(problem)
     tally.report_duplicates()
     return ValidationReport(tally, options.strict, counter.stats if counter else None)
 
@@ -164,9 +217,8 @@ def print_report(report: ValidationReport, console: Any) -> None:
     files.add_column("")
     for column in stats:
         files.add_column(escape(column.path), justify="right", overflow="fold")
-    for row in ("records", "valid", "errors", "warnings", *SHAPES, "turns", "characters"):
-        values = [column.shapes[row] if row in SHAPES else getattr(column, row) for column in stats]
-        files.add_row(row, *(str(value) for value in values))
+    for row in ("records", "valid", "errors", "warnings", *SHAPES, *KIND_NAMES, "turns", "characters"):
+        files.add_row(row, *(str(column.count(row)) for column in stats))
     console.print(files)
 
     domains = report.tally.domains
@@ -184,9 +236,9 @@ def print_report(report: ValidationReport, console: Any) -> None:
     if report.tokens is not None:
         tokens = report.tokens.to_json()
         table = Table(title=f"Tokens ({escape(tokens['model'])}, template {tokens['template']})", title_justify="left")
-        for column in ("p50", "p90", "p99", "max", "max_length", "truncated"):
+        for column in TOKEN_COLUMNS:
             table.add_column(column, justify="right")
-        table.add_row(*(str(tokens[column]) for column in ("p50", "p90", "p99", "max", "max_length", "truncated")))
+        table.add_row(*(str(tokens[column]) for column in TOKEN_COLUMNS))
         console.print(table)
         if tokens["max_length"] is None:
             console.print("[yellow]the model's context length is unknown: pass --max-length to check truncation[/]")
