@@ -181,7 +181,7 @@ def train_command(
 def eval_command(ctx: typer.Context, options: EvalOptions, json_output: bool = JsonOption) -> None:
     """Measure a model on held-out data, with gates for CI.
 
-    Answer-only loss and perplexity (the masking training uses), per domain; with --generate, exact match, ROUGE-L and BLEU-4; with --task choice, accuracy per subject. Exits 1 when a --fail-if gate holds or --max-regression is exceeded.
+    Answer-only loss and perplexity (the masking training uses), per domain; with --generate, exact match, ROUGE-L and BLEU-4; with --task choice, accuracy per subject; with --task preference, how often chosen answers out-reward rejected ones against --reference. Exits 1 when a --fail-if gate holds or --max-regression is exceeded.
     """
     from yayi_cli.evaluate import evaluate, print_report
 

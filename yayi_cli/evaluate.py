@@ -5,7 +5,8 @@
 - with `generate`, greedy (or sampled) answers to each record's last question, scored against
   the reference by exact match and character-level ROUGE-L and BLEU-4;
 - `task="choice"`: multiple-choice accuracy (C-Eval / CMMLU CSV layout, or JSON lines) by
-  comparing the log-likelihood of each option letter as the answer.
+  comparing the log-likelihood of each option letter as the answer;
+- `task="preference"`: preference accuracy and reward margin on held-out pairs (preference_eval.py).
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ from yayi_cli.data.reader import open_data_file, read_records, sha256_of
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.options import EvalOptions
 from yayi_cli.inference import choice_scores, generate_answers, response_loss, split_last_answer
+from yayi_cli.loading import LoadedModel
+from yayi_cli.preference_eval import Comparison, check_task_fits, choose_comparison, score_preferences
 from yayi_cli.prompt import ASSISTANT, HUMAN, Conversation, PromptTokenizer, Turn
-from yayi_cli.records import NO_DOMAIN_LABEL
+from yayi_cli.records import NO_DOMAIN_LABEL, PAIRED_KEYS
 from yayi_cli.sampling import seeded_sample
 
 LOWER_IS_BETTER = frozenset({"loss", "perplexity"})
 METRIC_ALIASES = {"ppl": "perplexity", "em": "exact_match", "acc": "accuracy", "rouge": "rouge_l", "bleu": "bleu4"}
 MEASURED_WITH = {"loss": "--task lm", "perplexity": "--task lm", "exact_match": "--generate", "rouge_l": "--generate",
-                 "bleu4": "--generate", "accuracy": "--task choice"}
+                 "bleu4": "--generate", "accuracy": "--task choice", "pref_acc": "--task preference",
+                 "margin": "--task preference", "policy_pref_acc": "--task preference"}
 """Every metric `yayi eval` reports, with the option it needs (the order reports use)."""
 CHOICE_LETTERS = ("A", "B", "C", "D")
 
@@ -79,6 +83,8 @@ def _subject_of(path: Path) -> str:
 def _choice_item(row: dict[str, Any], location: str, subject: str) -> ChoiceItem:
     fields = {str(key).strip().lower(): value for key, value in row.items() if key is not None}
     missing = [name for name in ("question", "a", "b", "c", "d", "answer") if not str(fields.get(name) or "").strip()]
+    if missing and set(PAIRED_KEYS) <= fields.keys():
+        raise UsageError(f"{location}: a preference pair (chosen/rejected), not a choice item; score pairs with --task preference")
     if missing:
         raise DataError(f"{location}: missing {', '.join(missing)}; a choice item needs question, A, B, C, D and answer")
     answer = str(fields["answer"]).strip().upper()
@@ -183,8 +189,8 @@ def _known_metrics() -> str:
 
 def planned_metrics(options: EvalOptions) -> tuple[str, ...]:
     """The metrics a run with `options` will report, known before anything is loaded."""
-    if options.task == "choice":
-        wanted = {"--task choice"}
+    if options.task != "lm":
+        wanted = {f"--task {options.task}"}
     else:
         wanted = {"--task lm", "--generate"} if options.generate else {"--task lm"}
     return tuple(name for name, needs in MEASURED_WITH.items() if needs in wanted)
@@ -250,12 +256,15 @@ class EvalReport:
     groups: dict[str, dict[str, Any]]
     timings: dict[str, float]
     predictions: list[dict[str, Any]] = field(default_factory=list)
+    compared_with: dict[str, Any] = field(default_factory=dict)
+    """--task preference: the reference and beta, and where each came from."""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "model": self.options.model,
             "template": self.template,
             "task": self.options.task,
+            **self.compared_with,
             "data": [{"path": str(p), "sha256": sha256_of(p)} for p in self.options.data],
             "counts": self.counts,
             "metrics": self.metrics,
@@ -274,6 +283,8 @@ def run_eval(options: EvalOptions) -> EvalReport:
         inputs = seeded_sample(read_choice_items(options.data), options.max_samples, options.seed)
     else:
         inputs = seeded_sample(load_records(options.data), options.max_samples, options.seed)
+        check_task_fits(options.task, inputs)
+    comparison = choose_comparison(options) if options.task == "preference" else None
     loaded = load_for_task(
         options.model, base=options.base, template=options.template, trust_remote_code=options.trust_remote_code,
         device=options.device, dtype=options.dtype, load_in_8bit=options.load_in_8bit,
@@ -283,6 +294,8 @@ def run_eval(options: EvalOptions) -> EvalReport:
     if options.task == "choice":
         return _choice_report(options, name, model, prompt_tokenizer, inputs, timings)
     max_length = options.max_length or loaded.context_length()
+    if comparison is not None:
+        return _preference_report(options, loaded, inputs, comparison, timings, max_length)
     return _lm_report(options, name, model, prompt_tokenizer, inputs, timings, max_length)
 
 
@@ -329,6 +342,15 @@ def _choice_report(options: EvalOptions, template: str, model: Any, prompt_token
     report = EvalReport(options, template, {"items": len(items)}, {"accuracy": summary["accuracy"]}, summary["per_subject"], timings)
     report.predictions = [{"location": i.location, "answer": i.answer, "chosen": c} for i, c in zip(items, result.chosen)]
     return report
+
+
+def _preference_report(options: EvalOptions, loaded: LoadedModel, records: list[Record], comparison: Comparison,
+                       timings: dict[str, float], max_length: int | None) -> EvalReport:
+    started = time.perf_counter()
+    result = score_preferences(loaded, records, comparison, options, max_length)
+    timings["preference_s"] = time.perf_counter() - started
+    return EvalReport(options, loaded.template.name, result.counts(), result.metrics(), result.groups(), timings,
+                      result.predictions(), comparison.to_json())
 
 
 RUN_OPTIONS = ("task", "generate", "sample", "max_new_tokens", "batch_size", "max_samples", "max_length", "seed",
@@ -391,6 +413,10 @@ def print_report(outcome: EvalOutcome, console: Any) -> None:
             row += ["" if before is None else _number(before), change]
         table.add_row(*row)
     console.print(table)
+    if report.compared_with:
+        compared = report.compared_with
+        console.print(f"reference {escape(compared['reference'])} ({escape(compared['reference_from'])}), "
+                      f"beta {compared['beta']:g} ({escape(compared['beta_from'])})", highlight=False)
     if report.groups:
         kind = "subject" if report.options.task == "choice" else "domain"
         groups = Table(title=f"Per {kind}", title_justify="left")

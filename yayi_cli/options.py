@@ -194,8 +194,12 @@ class EvalOptions(CommandOptions):
 
     model: str = model_option()
     data: list[Path] = option("--data", "-d", metavar="FILE", required=True, help="Held-out data (repeat for several files).")
-    task: str = option("--task", default="lm", choices=("lm", "choice"), help=(
-        "lm: answer loss and generation; choice: multiple-choice accuracy (CSV question,A,B,C,D,answer or JSON lines)."))
+    task: str = option("--task", default="lm", choices=("lm", "choice", "preference"), help=(
+        "lm: answer loss and generation; choice: multiple-choice accuracy (CSV question,A,B,C,D,answer or JSON lines); "
+        "preference: how often held-out chosen answers out-reward rejected ones (DPO's implicit reward)."))
+    reference: str | None = option("--reference", default=None, metavar="DIR|HUB_ID", complete=complete_directories,
+                                   help="With --task preference: the model rewards are measured against [default: the "
+                                        "model it was trained from, in its run.json, else an adapter's base].")
     generate: bool = option("--generate", default=False,
                             help="Also generate each last answer and score it (exact match, ROUGE-L, BLEU-4).")
     sample: bool = option("--sample", default=False, help="Sample instead of greedy decoding with --generate.")
@@ -227,6 +231,10 @@ class EvalOptions(CommandOptions):
         super().check_values()
         if self.max_regression is not None and self.baseline is None:
             raise UsageError("--max-regression needs --baseline REPORT.json")
+        if self.reference is not None and self.task != "preference":
+            raise UsageError("--reference is for --task preference")
+        if self.generate and self.task == "preference":
+            raise UsageError("--generate answers SFT records' last question; --task preference scores the answers the pairs give")
 
 
 @dataclass
