@@ -10,10 +10,12 @@ import math
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from tests.helpers import PAIRS, REPO, files
 from tests.train.test_lora_end_to_end import base_without_markers, chat
 from tests.train.test_train_end_to_end import finished, yayi_train
+from yayi_cli.cli import app
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +50,19 @@ def test_dpo_on_two_ranks_starts_at_log_2_and_learns_to_prefer_the_chosen_answer
     assert summary["preference"]["last"]["rewards/accuracies"] >= 0.9
     assert "the reference is a frozen copy of the starting model" in (output / "train.log").read_text(encoding="utf-8")
     assert json.loads((output / "run.json").read_text(encoding="utf-8"))["options"]["beta"] == 0.1
+    # Held-out scoring agrees: against the model it started from (run.json's), the chosen answers now win.
+    before = evaluate(tiny_model_dirs["llama"], pairs, "--reference", str(tiny_model_dirs["llama"]))
+    after = evaluate(output, pairs)
+    assert before["pref_acc"] == 0.0 and before["margin"] == 0.0  # one model against itself prefers nothing
+    assert after["pref_acc"] >= 0.9 and after["margin"] > 0
+
+
+def evaluate(model: Path, data: Path, *extra: str) -> dict:
+    """`yayi eval --task preference --json`'s metrics."""
+    result = CliRunner().invoke(app, ["eval", "--task", "preference", "--model", str(model), "--data", str(data),
+                                      "--json", *extra])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["metrics"]
 
 
 def test_lora_dpo_with_an_sft_term_answers_with_the_chosen_text(pairs, tmp_path):
@@ -105,38 +120,50 @@ def test_dpo_from_an_sft_adapter_takes_it_as_the_reference_and_leaves_it_as_it_w
     assert chat(output, PAIRS[0]["instruction"], "--max-new-tokens", "4")
 
 
-def test_the_logged_loss_is_the_dpo_formula_on_plain_transformers_log_probs(tiny_model_dirs, tmp_path):
-    """Step 2's loss, computed here from the checkpoint after step 1 (the policy) and the starting model
-    (the reference): mean over pairs of -log sigmoid(beta x ((pi_c - ref_c) - (pi_r - ref_r)))."""
+def test_the_logged_losses_are_the_dpo_formula_on_plain_transformers_log_probs(tiny_model_dirs, tmp_path):
+    """Steps 1 and 2, computed here from plain transformers logits of the starting model (the reference, and
+    the policy at step 1) and of checkpoint-1 (the policy at step 2): the mean over pairs of
+    -log sigmoid(beta x ((pi_c - ref_c) - (pi_r - ref_r))), plus W x the mean negative log-prob of the
+    chosen answers' tokens (--sft-weight W)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from yayi_cli.data.checked import load_records
     from yayi_cli.preference import encode_preferences
-    from yayi_cli.prompt import TEMPLATES, PromptTokenizer
+    from yayi_cli.prompt import PromptTokenizer, resolve_template
 
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in PAIRS), encoding="utf-8")
-    model, output = tiny_model_dirs["llama"], tmp_path / "run"
-    finished(yayi_train("--method", "dpo", "--beta", "0.5", "--gpus", "1", "--data", str(data), "--model", str(model),
-                        "-o", str(output), "--micro-batch-size", str(len(PAIRS)), "--max-steps", "2", "--lr", "1e-2",
-                        "--logging-steps", "1", "--save-steps", "1"))
-    encoded = encode_preferences(load_records([data]), PromptTokenizer(TEMPLATES["yayi"], AutoTokenizer.from_pretrained(model)))
+    model, output, beta, weight = tiny_model_dirs["bloom"], tmp_path / "run", 0.5, 0.7
+    finished(yayi_train("--method", "dpo", "--beta", str(beta), "--sft-weight", str(weight), "--gpus", "1", "--data",
+                        str(data), "--model", str(model), "-o", str(output), "--micro-batch-size", str(len(PAIRS)),
+                        "--max-steps", "2", "--lr", "1e-2", "--logging-steps", "1", "--save-steps", "1"))
+    template = resolve_template(None, str(model))[0]  # the template saved with the model, as the run took it
+    encoded = encode_preferences(load_records([data]), PromptTokenizer(template, AutoTokenizer.from_pretrained(model)))
 
-    def answer_log_probs(weights: Path) -> torch.Tensor:
+    def answer_token_log_probs(weights: Path) -> list[list[torch.Tensor]]:
+        """Per pair: the log-prob of each token of the chosen answer, then of the rejected one."""
         lm = AutoModelForCausalLM.from_pretrained(weights).eval()
-        sums = []
+        pairs = []
         with torch.no_grad():
             for item in encoded:
+                pair = []
                 for answer in item.answer_ids:
                     ids = torch.tensor([item.prompt_ids + answer])
                     log_probs = lm(ids).logits[0, :-1].log_softmax(-1)
-                    targets = ids[0, 1:]
-                    sums.append(log_probs[torch.arange(len(targets)), targets][-len(answer):].sum())
-        return torch.stack(sums).view(len(encoded), 2)
+                    pair.append(log_probs[torch.arange(ids.shape[1] - 1), ids[0, 1:]][-len(answer):])
+                pairs.append(pair)
+        return pairs
 
-    policy, reference = answer_log_probs(output / "checkpoint-1"), answer_log_probs(model)
-    margins = (policy[:, 0] - reference[:, 0]) - (policy[:, 1] - reference[:, 1])
-    expected = -torch.nn.functional.logsigmoid(0.5 * margins).mean().item()
-    logged = events(output, "log")[1]
-    assert logged["step"] == 2 and logged["loss"] == pytest.approx(expected, rel=1e-4)
+    def loss(policy: list[list[torch.Tensor]], reference: list[list[torch.Tensor]]) -> float:
+        pi_c, pi_r = torch.tensor([[chosen.sum(), rejected.sum()] for chosen, rejected in policy]).T
+        ref_c, ref_r = torch.tensor([[chosen.sum(), rejected.sum()] for chosen, rejected in reference]).T
+        dpo = -torch.nn.functional.logsigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))).mean()
+        sft = -torch.cat([chosen for chosen, _ in policy]).mean()
+        return (dpo + weight * sft).item()
+
+    start = answer_token_log_probs(model)
+    logged = events(output, "log")
+    assert [event["step"] for event in logged] == [1, 2]
+    assert logged[0]["loss"] == pytest.approx(loss(start, start), rel=1e-4)  # log 2 + W x the SFT loss
+    assert logged[1]["loss"] == pytest.approx(loss(answer_token_log_probs(output / "checkpoint-1"), start), rel=1e-4)

@@ -44,7 +44,7 @@ def build(options: TrainOptions, records, *, steps: int = 2, lr: float = 1e-2, l
     config_class = DPOConfig if options.method == DPO else KTOConfig
     args = config_class(output_dir=options.output, use_cpu=True, per_device_train_batch_size=len(data), max_steps=steps,
                         learning_rate=lr, logging_steps=1, report_to="none", save_strategy="no", seed=0,
-                        disable_tqdm=True, gradient_checkpointing=False, **method_arguments(options, 256))
+                        disable_tqdm=True, gradient_checkpointing=False, bf16=False, **method_arguments(options, 256))
     set_seed(0)
     loads = [] if loads is None else loads
 
