@@ -81,14 +81,29 @@ def test_lora_dpo_with_an_sft_term_answers_with_the_chosen_text(pairs, tmp_path)
         assert chat(output, pair["instruction"]) == pair["chosen"]
 
 
-def test_precompute_ref_holds_no_reference_and_starts_at_log_2(tiny_model_dirs, pairs, tmp_path):
-    output = tmp_path / "precomputed"
-    finished(yayi_train("--method", "dpo", "--precompute-ref", "--data", str(pairs), "--model", str(tiny_model_dirs["bloom"]),
-                        "-o", str(output), "--micro-batch-size", "2", "--max-steps", "6", "--lr", "1e-3",
+def test_qlora_dpo_trains_an_adapter_on_a_4bit_base(tiny_model_dirs, pairs, tmp_path):
+    output = tmp_path / "qlora"
+    finished(yayi_train("--method", "dpo", "--qlora", "--gpus", "1", "--data", str(pairs), "--model",
+                        str(tiny_model_dirs["llama"]), "-o", str(output), "--micro-batch-size", "2", "--max-steps", "2",
                         "--logging-steps", "1", "--save-steps", "1000"))
-    logs = events(output, "log")
-    assert logs[0]["loss"] == pytest.approx(LOG_2, abs=1e-3) and logs[-1]["loss"] < logs[0]["loss"]
+    assert events(output, "log")[0]["loss"] == pytest.approx(LOG_2, abs=1e-3)
+    assert "the base with the adapter disabled (no copy)" in (output / "train.log").read_text(encoding="utf-8")
+    assert (output / "adapter_model.safetensors").is_file()
+
+
+def test_precompute_ref_at_zero_3_holds_no_reference_and_resumes(tiny_model_dirs, pairs, tmp_path):
+    output = tmp_path / "precomputed"
+    common = ["--method", "dpo", "--precompute-ref", "--zero", "3", "--data", str(pairs), "--model",
+              str(tiny_model_dirs["bloom"]), "-o", str(output), "--micro-batch-size", "2", "--lr", "1e-3",
+              "--logging-steps", "1", "--save-steps", "2"]
+    finished(yayi_train(*common, "--max-steps", "2"))
+    assert events(output, "log")[0]["loss"] == pytest.approx(LOG_2, abs=1e-3)
     assert "computed once before training (no reference model held)" in (output / "train.log").read_text(encoding="utf-8")
+    finished(yayi_train(*common, "--max-steps", "4", "--resume", "auto"))
+    run = json.loads((output / "run.json").read_text(encoding="utf-8"))
+    assert Path(run["resume_from"]).name == "checkpoint-2"
+    steps = [event["step"] for event in events(output, "log")]
+    assert steps == [1, 2, 3, 4] and (output / "model.safetensors").is_file()
 
 
 def test_kto_trains_on_unpaired_feedback_and_logs_its_kl_and_rewards(tiny_model_dirs, tmp_path):

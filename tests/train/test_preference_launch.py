@@ -110,3 +110,24 @@ def test_the_reference_copy_costs_its_weights_on_every_rank_or_a_share_at_zero_3
     assert with_reference(memory, options, stage, ranks).gpu_bytes_per_rank == 50_000 + per_rank
     precomputed = TrainOptions(data=["d"], model="m", output="o", method="dpo", precompute_ref=True)
     assert with_reference(memory, precomputed, stage, ranks) == memory
+
+
+def test_lora_preference_runs_on_a_model_without_the_markers_are_refused_with_the_way_out(without_markers, pairs, tmp_path):
+    result = train("--method", "dpo", "--lora", "--dry-run", "--data", str(pairs), "--model", str(without_markers),
+                   "-o", str(tmp_path / "out"))
+    one_error_line(result, 2, "the YaYi markers are new", "merge the SFT adapter first")
+
+
+def test_an_adapter_as_model_needs_lora_to_train_on_from_it(tiny_model_dirs, pairs, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = tmp_path / "adapter"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"])
+    get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(tiny_model_dirs["llama"]).save_pretrained(adapter)
+    common = ["--method", "dpo", "--dry-run", "--json", "--data", str(pairs), "--model", str(adapter), "-o", str(tmp_path / "o")]
+    one_error_line(train(*[arg for arg in common if arg != "--json"]), 2, "is a LoRA adapter: add --lora")
+    plan = json.loads(train(*common, "--lora").stdout)
+    assert plan["run"]["options"]["lora_r"] == 4 and plan["run"]["options"]["lora_targets"] == ["q_proj"]
+    assert any("training goes on from its weights" in warning for warning in plan["warnings"])

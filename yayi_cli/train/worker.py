@@ -8,6 +8,7 @@ tokenizer and template into OUTPUT itself, so `yayi chat --model OUTPUT` works d
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -119,13 +120,13 @@ def tokenized_parts(run: dict[str, Any], options: TrainOptions, prompt_tokenizer
     if all(path.is_file() for path in cache_files.values()):
         return {name: read_cached(path) for name, path in cache_files.items()}
     records = dict(zip(("train", "eval"), training_records(options)))
+    tokenize = tokenize_examples
     if options.method in PREFERENCE_METHODS:
         from yayi_cli.train.preference import tokenize_preferences
 
-        return {name: tokenize_preferences(records[name], prompt_tokenizer, method=options.method, max_length=max_length,
-                                           overlong=options.overlong, cache_file=path) for name, path in cache_files.items()}
-    return {name: tokenize_examples(records[name], prompt_tokenizer, max_length=max_length, overlong=options.overlong,
-                                    cache_file=path) for name, path in cache_files.items()}
+        tokenize = functools.partial(tokenize_preferences, method=options.method)
+    return {name: tokenize(records[name], prompt_tokenizer, max_length=max_length, overlong=options.overlong,
+                           cache_file=path) for name, path in cache_files.items()}
 
 
 def build_datasets(run: dict[str, Any], options: TrainOptions, prompt_tokenizer: Any, max_length: int,
