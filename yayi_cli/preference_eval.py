@@ -32,9 +32,8 @@ from yayi_cli.preference import EncodedPreference, encode_preferences
 from yayi_cli.prompt import IGNORE_INDEX, Encoded
 from yayi_cli.records import KIND_NAMES, NO_DOMAIN_LABEL, PAIRED, SFT
 from yayi_cli.train.files import RUN_FILE
+from yayi_cli.train.options import DEFAULT_BETA
 
-DEFAULT_BETA = 0.1
-"""DPO's beta when the policy's run.json names none (TRL's and `yayi train --beta`'s default)."""
 TASK_KINDS = {"lm": SFT, "preference": PAIRED}
 """The kind of record each record-reading task scores."""
 

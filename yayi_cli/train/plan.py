@@ -40,7 +40,8 @@ DEFAULT_MAX_LENGTH = 2048
 """Where examples are cut when neither --max-length nor the model says how long a context is."""
 FULL = "full"
 """The weights of a run that trains every one; the others are named by TrainOptions.adapter."""
-PACKAGES = ("yayi-cli", "torch", "transformers", "deepspeed", "datasets", "accelerate", "tokenizers", "peft", "bitsandbytes")
+PACKAGES = ("yayi-cli", "torch", "transformers", "deepspeed", "datasets", "accelerate", "tokenizers", "peft", "bitsandbytes",
+            "trl")
 
 
 def launcher_command(options: TrainOptions, ranks: Ranks, run_file: Path) -> list[str]:
@@ -289,6 +290,8 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
     if options.force and not options.resume and output.is_dir() and any(output.iterdir()):
         warnings.append(f"--force: the contents of {output} will be moved to {output.name}.replaced-<time> beside it")
     require_package("deepspeed", "yayi train", extra="train")  # found, not imported: a local launch never needs it here
+    if options.method != SFT:
+        require_package("trl", f"--method {options.method}", extra="train")
     if starting_adapter(options):
         warnings.append(f"--model {options.model} is an adapter: training goes on from its weights, with its own rank "
                         "and targets, into --output (the adapter itself stays as it is)")

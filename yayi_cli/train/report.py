@@ -11,6 +11,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from yayi_cli.train.files import DS_CONFIG_FILE, NODE_ENV_FILE
+from yayi_cli.train.options import DPO, SFT, TrainOptions
 from yayi_cli.train.plan import LaunchPlan
 from yayi_cli.train.zero import AUTO
 
@@ -38,6 +39,14 @@ def print_node_environment(plan: LaunchPlan, console: Any) -> None:
         console.print(f"  {escape(name)}={escape(value)}", highlight=False, soft_wrap=True)
 
 
+def method_summary(options: TrainOptions) -> str:
+    """`dpo: beta 0.1, loss sigmoid + 0.5 x sft, ...` for the plan's table."""
+    summary = f"{options.method}: beta {options.beta:g}"
+    if options.method == DPO:
+        summary += f", loss {options.dpo_loss}" + (f" + {options.sft_weight:g} x sft" if options.sft_weight else "")
+    return summary + (", reference log-probs computed before training" if options.precompute_ref else "")
+
+
 def print_plan(plan: LaunchPlan, console: Any, *, dry_run: bool) -> None:
     options, ranks = plan.options, plan.ranks
     table = Table(show_header=False, box=None, pad_edge=False)
@@ -56,6 +65,8 @@ def print_plan(plan: LaunchPlan, console: Any, *, dry_run: bool) -> None:
     table.add_row("precision", precision)
     table.add_row("max length", f"{plan.max_length} tokens")
     table.add_row("resume", escape(str(plan.resume_from)) if plan.resume_from else "no (starts from the model)")
+    if options.method != SFT:
+        table.add_row("method", method_summary(options))
     memory = plan.memory
     if options.adapter:
         table.add_row(options.adapter, f"r {options.lora_r}, alpha {options.lora_alpha}, dropout {options.lora_dropout}, "
@@ -67,8 +78,7 @@ def print_plan(plan: LaunchPlan, console: Any, *, dry_run: bool) -> None:
         table.add_row("memory", f"{counted}yayi train --dry-run estimates the memory per GPU")
     else:
         table.add_row("memory", f"{_count(memory.parameters)} parameters: about {_size(memory.gpu_bytes_per_rank)} per GPU "
-                      f"and {_size(memory.cpu_bytes_per_node)} of CPU memory per machine for model states "
-                      "(activations extra)")
+                      f"and {_size(memory.cpu_bytes_per_node)} of CPU memory per machine: {escape(memory.covers)}")
     console.print(table)
     for warning in plan.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
