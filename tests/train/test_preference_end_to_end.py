@@ -37,9 +37,11 @@ def events(output: Path, kind: str) -> list[dict]:
 
 def test_dpo_on_two_ranks_starts_at_log_2_and_learns_to_prefer_the_chosen_answers(tiny_model_dirs, pairs, tmp_path):
     output = tmp_path / "dpo"
+    shared_before = set(Path("/dev/shm").glob("deepspeed_*"))
     console = finished(yayi_train("--method", "dpo", "--data", str(pairs), "--model", str(tiny_model_dirs["llama"]),
                                   "-o", str(output), "--zero", "2", "--micro-batch-size", "2", "--max-steps", "30",
                                   "--lr", "1e-3", "--logging-steps", "5", "--save-steps", "1000"))
+    assert set(Path("/dev/shm").glob("deepspeed_*")) <= shared_before  # the ranks' 66 MB buffers went with them
     logs = events(output, "log")
     assert logs[0]["loss"] == pytest.approx(LOG_2, abs=1e-3) and logs[0]["rewards/accuracies"] == 0.0
     for event in logs:  # the preference metrics at every logging step, on the console too
@@ -106,12 +108,14 @@ def test_precompute_ref_at_zero_3_holds_no_reference_and_resumes(tiny_model_dirs
     assert steps == [1, 2, 3, 4] and (output / "model.safetensors").is_file()
 
 
-def test_kto_trains_on_unpaired_feedback_and_logs_its_kl_and_rewards(tiny_model_dirs, tmp_path):
+def test_kto_at_zero_3_trains_on_unpaired_feedback_and_logs_its_kl_and_rewards(tiny_model_dirs, tmp_path):
     feedback = tmp_path / "feedback.jsonl"
     feedback.write_text((REPO / "examples" / "feedback.jsonl").read_text(encoding="utf-8") * 2, encoding="utf-8")
     output = tmp_path / "kto"
-    finished(yayi_train("--method", "kto", "--data", str(feedback), "--model", str(tiny_model_dirs["llama"]), "-o", str(output),
-                        "--micro-batch-size", "2", "--max-steps", "4", "--logging-steps", "1", "--save-steps", "1000"))
+    finished(yayi_train("--method", "kto", "--zero", "3", "--data", str(feedback), "--model", str(tiny_model_dirs["llama"]),
+                        "-o", str(output), "--micro-batch-size", "2", "--max-steps", "4", "--logging-steps", "1",
+                        "--save-steps", "1000"))
+    assert "the reference is a frozen copy of the starting model" in (output / "train.log").read_text(encoding="utf-8")
     logs = events(output, "log")
     assert len(logs) == 4 and all({"kl", "rewards/chosen", "rewards/rejected"} <= set(event) for event in logs)
     assert all(math.isfinite(event["loss"]) for event in logs)

@@ -111,6 +111,11 @@ def test_kto_takes_pairs_as_a_good_and_a_bad_answer_and_logs_its_metrics(tiny_mo
     split = unpaired(records)
     assert [(r.answers[0], r.label) for r in split[:2]] == [(records[0].answers[0], True), (records[0].answers[1], False)]
     trainer, _ = build(run_options(tiny_model_dirs["llama"], tmp_path, method=KTO), records, steps=3)
+    examples = [trainer.train_dataset[i] for i in range(len(split))]
+    batch = trainer.data_collator(examples)
+    for index, example in enumerate(examples):  # KL: each prompt with the previous record's answer
+        shifted = example["prompt_ids"] + examples[index - 1]["completion_ids"]
+        assert batch["KL_input_ids"][index][batch["KL_attention_mask"][index].bool()].tolist() == shifted
     losses(trainer)
     logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
     assert {"kl", "rewards/chosen", "rewards/rejected"} <= set(logged)

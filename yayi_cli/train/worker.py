@@ -304,10 +304,23 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; the last complete checkpoint is usable with --resume auto", file=sys.stderr)
         return 130
     finally:
+        remove_shared_buffer()
         # Python's last garbage collection at exit walks every object torch, transformers and DeepSpeed
         # made, seconds per rank; frozen, they are left to the process's end (atexit handlers still run).
         gc.freeze()
     return 0
+
+
+SHARED_MEMORY = Path("/dev/shm")
+
+
+def remove_shared_buffer() -> None:
+    """DeepSpeed's CPU communication (ranks of one machine) maps a 66 MB buffer per rank from /dev/shm and never
+    removes it: every CPU run would leave its buffers in memory. Each rank removes its own as it ends; the
+    others opened it when they joined, and their mappings stay valid."""
+    name = "_".join(["deepspeed_allreduce_buffer", str(os.getuid()), *(os.environ.get(key, "") for key in
+                                                                        ("MASTER_ADDR", "MASTER_PORT", "RANK"))])
+    (SHARED_MEMORY / name).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
