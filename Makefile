@@ -62,6 +62,7 @@ bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/eval_batching.py --data short --records 512 --repeats 5
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/eval_batching.py --data yayi --records 512 --repeats 5
 	$(BIN)/python benchmarks/quantize_quality.py --steps 300
+	$(BIN)/python benchmarks/train_dpo.py
 
 completions: $(STAMP)
 	for shell in bash zsh fish; do \

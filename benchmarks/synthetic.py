@@ -1,11 +1,13 @@
-"""Generated instruction data for the benchmarks, in two shapes.
+"""Generated data for the benchmarks: instruction records in two shapes, and preference pairs.
 
 - `instruction_records`: short records (about 20 words of answer), the shape the first benchmarks used;
 - `yayi_like_records`: records shaped like YaYi's own data: Chinese text, about 730 bytes a record
   as UTF-8 JSON, the five domain prefixes (`【媒宣领域任务】` ...), half with an `input`, answer lengths
-  log-normal (many short, a few long) and 1% of the records exact copies of an earlier one.
+  log-normal (many short, a few long) and 1% of the records exact copies of an earlier one;
+- `preference_records`: `{"instruction", "chosen", "rejected"}` pairs for DPO, the two answers of a
+  pair in different words and of different lengths.
 
-Both are seeded: the same arguments give the same records on any machine.
+All are seeded: the same arguments give the same records on any machine.
 """
 
 from __future__ import annotations
@@ -29,9 +31,14 @@ def instruction_records(count: int, *, spread: float = 0.8, seed: int = 0) -> li
     records = []
     for _ in range(count):
         length = int(rng.lognormvariate(3.0, spread)) + 2
-        question = " ".join(rng.choice(WORDS) for _ in range(8))
-        records.append({"instruction": question, "output": " ".join(rng.choice(WORDS) for _ in range(length))})
+        question = _words(rng, 8)
+        records.append({"instruction": question, "output": _words(rng, length)})
     return records
+
+
+def _words(rng: random.Random, count: int) -> str:
+    """`count` words of the mixed Chinese/English list, space-separated."""
+    return " ".join(rng.choice(WORDS) for _ in range(count))
 
 
 def _chinese(rng: random.Random, characters: int) -> str:
@@ -58,6 +65,15 @@ def yayi_like_records(count: int, *, seed: int = 0, duplicates: float = 0.01) ->
         record["output"] = _chinese(rng, min(2000, int(rng.lognormvariate(4.8, 0.6))))
         records.append(record)
     return records
+
+
+def preference_records(count: int, *, spread: float = 0.8, seed: int = 0) -> list[dict[str, str]]:
+    """`{"instruction", "chosen", "rejected"}` pairs: the chosen answer in the mixed words of
+    `instruction_records` (median ~20 words), the rejected one in Chinese phrases (median ~40
+    characters), each length drawn on its own (log-normal), so no pair's answers are the same text."""
+    rng = random.Random(seed)
+    return [{"instruction": _words(rng, 8), "chosen": _words(rng, int(rng.lognormvariate(3.0, spread)) + 2),
+             "rejected": _chinese(rng, int(rng.lognormvariate(3.7, spread)) + 4)} for _ in range(count)]
 
 
 def write_jsonl(path: Path, records: list[dict[str, str]]) -> Path:

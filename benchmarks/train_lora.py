@@ -5,7 +5,7 @@ CPU) on the same Llama-shaped model built offline, the same data and the same st
 Peak memory is the largest resident set of any process of the run (the rank: model, gradients, optimizer
 states, activations, and the Python/torch/DeepSpeed runtime every run pays alike), read from the kernel's
 accounting of finished child processes; each run is measured from a fresh wrapper process so the two
-cannot mix. The plan's own estimate (`memory.gpu_gib_per_rank` of `--json`) is printed beside it.
+cannot mix. The plan's own estimate (`memory.gpu_gib_per_rank` of `--dry-run --json`) is printed beside it.
 
     .venv/bin/python benchmarks/train_lora.py [--hidden-size 512] [--layers 8] [--steps 6]
 """
@@ -31,25 +31,43 @@ MEASURE = "import resource, subprocess, sys; run = subprocess.run(sys.argv[1:], 
 """Runs the command, prints its stdout, then its status and the peak resident set (KiB) of its largest descendant."""
 
 
+def peak_rss_mib(command: list[str], env: dict[str, str]) -> float:
+    """The peak resident set (MiB) of `command`'s largest process, measured from a fresh wrapper
+    process so that no earlier run's peak can count; a failed run stops the benchmark."""
+    measured = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True, env=env)
+    status, peak_kib = map(int, measured.stdout.rstrip().rpartition("\n")[2].split())
+    if status:
+        raise SystemExit(f"{' '.join(command[2:])} failed ({status}):\n{measured.stderr[-3000:]}")
+    return peak_kib / 1024
+
+
+def estimate_mib(command: list[str], env: dict[str, str]) -> float:
+    """The plan's own estimate for a `yayi train` command (memory.gpu_gib_per_rank of `--dry-run
+    --json`, MiB): a real run shows only the parameter count."""
+    plan = subprocess.run([*command, "--dry-run", "--json"], capture_output=True, text=True, env=env, check=True)
+    return json.loads(plan.stdout)["memory"]["gpu_gib_per_rank"] * 1024
+
+
+def measure_run(command: list[str], output: Path) -> dict[str, float]:
+    """Peak RSS, the plan's estimate, parameters and losses of one `yayi train` run into `output`."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1")
+    estimate = estimate_mib(command, env)
+    peak = peak_rss_mib(command, env)
+    summary = json.loads((output / "train_summary.json").read_text(encoding="utf-8"))
+    losses = [entry["loss"] for entry in summary["loss_history"]]
+    return {"trainable": summary["trainable_parameters"], "parameters": summary["parameters"],
+            "peak_mib": peak, "estimate_mib": estimate, "first_loss": losses[0], "last_loss": losses[-1],
+            "seconds": summary["metrics"]["train_runtime"]}
+
+
 def train(model: Path, data: Path, output: Path, args: argparse.Namespace, lora: bool) -> dict[str, float]:
     command = [
         sys.executable, "-m", "yayi_cli", "train", "--cpu", "--gpus", "1", "--data", str(data), "--model", str(model),
         "-o", str(output), "--force", "--max-steps", str(args.steps), "--micro-batch-size", str(args.micro_batch_size),
-        "--max-length", str(args.max_length), "--save-steps", "100000", "--logging-steps", "1", "--json",
+        "--max-length", str(args.max_length), "--save-steps", "100000", "--logging-steps", "1",
         "--master-port", str(args.master_port),
     ] + (["--lora"] if lora else [])
-    env = dict(os.environ, PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1")
-    measured = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True, env=env)
-    document, _, last = measured.stdout.rstrip().rpartition("\n")
-    status, peak_kib = map(int, last.split())
-    if status:
-        raise SystemExit(f"yayi train {'--lora ' if lora else ''}failed ({status}):\n{measured.stderr[-3000:]}")
-    plan = json.loads(document)
-    summary = json.loads((output / "train_summary.json").read_text(encoding="utf-8"))
-    losses = [entry["loss"] for entry in summary["loss_history"]]
-    return {"trainable": summary["trainable_parameters"], "parameters": summary["parameters"],
-            "peak_mib": peak_kib / 1024, "estimate_mib": plan["memory"]["gpu_gib_per_rank"] * 1024,
-            "first_loss": losses[0], "last_loss": losses[-1], "seconds": summary["metrics"]["train_runtime"]}
+    return measure_run(command, output)
 
 
 def main() -> None:
