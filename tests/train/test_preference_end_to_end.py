@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import pytest
+from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from tests.helpers import PAIRS, REPO, files
@@ -101,6 +102,9 @@ def test_precompute_ref_at_zero_3_holds_no_reference_and_resumes(tiny_model_dirs
     finished(yayi_train(*common, "--max-steps", "2"))
     assert events(output, "log")[0]["loss"] == pytest.approx(LOG_2, abs=1e-3)
     assert "computed once before training (no reference model held)" in (output / "train.log").read_text(encoding="utf-8")
+    summary = json.loads((output / "train_summary.json").read_text(encoding="utf-8"))
+    saved = AutoModelForCausalLM.from_pretrained(output).num_parameters()
+    assert summary["parameters"] == summary["trainable_parameters"] == saved  # counted whole, not as ZeRO-3's placeholders
     finished(yayi_train(*common, "--max-steps", "4", "--resume", "auto"))
     run = json.loads((output / "run.json").read_text(encoding="utf-8"))
     assert Path(run["resume_from"]).name == "checkpoint-2"

@@ -41,7 +41,7 @@ def yayi_train(*args: str, stderr: int = subprocess.STDOUT, **popen) -> subproce
 
 def finished(process: subprocess.Popen, timeout: float = 600) -> str:
     output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, output[-3000:]
+    assert process.returncode == 0, output[-8000:]
     return output
 
 

@@ -8,13 +8,14 @@ tokenizer and template into OUTPUT itself, so `yayi chat --model OUTPUT` works d
 from __future__ import annotations
 
 import argparse
+import atexit
+import faulthandler
 import functools
-import gc
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from yayi_cli.errors import YayiError
 from yayi_cli.lifetime import end_when_unread
@@ -255,7 +256,7 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
         trainer, counter = sft_trainer(options, model, args, (train_set, eval_set), tokenizer, new_token_ids=new_token_ids,
                                        max_length=max_length, callbacks=callbacks, log=log)
     trainer.add_callback(make_reporter(counter, output, world_size=args.world_size, main_rank=main_rank))
-    trainable, total = trainer.model.get_nb_trainable_parameters() if options.adapter else (trainer.model.num_parameters(),) * 2
+    trainable, total = trainer.model.get_nb_trainable_parameters() if options.adapter else (parameter_count(trainer.model),) * 2
     log(f"{trainable} of {total} parameters train" + (f" ({options.adapter} on {', '.join(options.lora_targets)})"
                                                       if options.adapter else ""))
     log(f"precision {precision}, {args.world_size} rank(s), global batch {run['global_batch_size']}")
@@ -287,12 +288,19 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def parameter_count(model: torch.nn.Module) -> int:
+    """The model's size; ZeRO-3 leaves each parameter an empty placeholder on every rank and keeps its size
+    as `ds_numel`."""
+    return sum(getattr(parameter, "ds_numel", parameter.numel()) for parameter in model.parameters())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="yayi_cli.train.worker")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
     parser.add_argument("--run-config", type=Path, required=True)
     arguments = parser.parse_args(argv)
     end_when_unread()  # yayi reads this pipe: killed outright, it leaves no rank behind
+    faulthandler.enable()  # a crash in native code (torch, gloo, DeepSpeed's ops) says where, as a traceback would
     tag_output(int(os.environ.get("RANK", arguments.local_rank or 0)))
     run = json.loads(arguments.run_config.read_text(encoding="utf-8"))
     try:
@@ -305,10 +313,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         remove_shared_buffer()
-        # Python's last garbage collection at exit walks every object torch, transformers and DeepSpeed
-        # made, seconds per rank; frozen, they are left to the process's end (atexit handlers still run).
-        gc.freeze()
     return 0
+
+
+def exit_without_teardown(status: int) -> NoReturn:
+    """End a rank whose work is saved without the interpreter's teardown of torch, gloo and DeepSpeed:
+    it takes seconds per rank, and in CI it once ended a rank that had finished with a failing status
+    and no message, failing a run whose model was saved. atexit handlers run and output is flushed."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 SHARED_MEMORY = Path("/dev/shm")
@@ -324,4 +339,4 @@ def remove_shared_buffer() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())
