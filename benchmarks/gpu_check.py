@@ -3,6 +3,7 @@ bare-PyTorch baselines, and the table. Each sub-command writes one JSON result (
 prints nothing else of note; gpu_check.sh calls them and the landed CLI side by side.
 
     python3 benchmarks/gpu_check.py data OUT.jsonl --records 2000
+    python3 benchmarks/gpu_check.py pairs OUT.jsonl --text TEXT.jsonl --records 400 --tokens 1024
     python3 benchmarks/gpu_check.py model OUT_DIR --shape 1b --data OUT.jsonl
     python3 benchmarks/gpu_check.py bare-train MODEL --seq 2048 --batch 8 --steps 20 --result R.json
     python3 benchmarks/gpu_check.py bare-decode MODEL --tokens 128 --result R.json
@@ -57,6 +58,24 @@ def make_data(arguments) -> None:
         for i in range(arguments.records):
             record = {"instruction": f"【{DOMAINS[i % 5]}】{text(12)}", "output": text(int(rng.lognormvariate(4.0, 0.8)))}
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def make_pairs(arguments) -> None:
+    """Preference pairs whose answers run past `--tokens` (3 words each; the tokenizer trained on the
+    data merges about two words a token), so that with `--max-length` at that number every prompt +
+    answer fills the sequence; chosen and rejected differ. Beside them, `--text` gets the same pairs as
+    prompt/chosen/rejected text rendered by the prompt core, for the bare TRL script."""
+    from train_dpo import pair_texts  # benchmarks/ is this script's folder
+
+    from yayi_cli.prompt import TEMPLATES
+
+    rng = random.Random(0)
+    text = lambda n: "".join(rng.choice(WORDS) for _ in range(n))  # noqa: E731
+    records = [{"instruction": f"【{DOMAINS[i % 5]}】{text(12)}", "chosen": text(3 * arguments.tokens),
+                "rejected": text(3 * arguments.tokens)} for i in range(arguments.records)]
+    for path, rows in ((arguments.out, records), (arguments.text, pair_texts(records, TEMPLATES["yayi-llama2"]))):
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def make_model(arguments) -> None:
@@ -197,6 +216,14 @@ def table(arguments) -> None:
     for name in ("chat", "chat-compile"):
         rows.append((f"yayi {name.replace('-', ' --')} --jsonl", chat_rate(out, name), "tokens/s",
                      decode.get("tokens_per_second"), f"floor {floor:.1f} tokens/s" if floor else ""))
+    dpo, bare_dpo = read(out / "dpo" / "train_summary.json"), read(out / "bare-dpo.json")
+    losses = [round(entry["loss"], 4) for entry in dpo.get("loss_history", [])] or [None]
+    accuracy = dpo.get("preference", {}).get("last", {}).get("rewards/accuracies")
+    rows.append(("LoRA-DPO (ckpt, mb 1)", dpo.get("metrics", {}).get("train_samples_per_second"), "pairs/s",
+                 bare_dpo.get("metrics", {}).get("train_samples_per_second"),
+                 f"peak {dpo.get('throughput', {}).get('peak_gpu_memory_gib')} GiB vs bare {bare_dpo.get('peak_gib')} GiB, "
+                 f"{dpo.get('throughput', {}).get('train_tokens_per_second')} tokens/s, "
+                 f"loss {losses[0]} -> {losses[-1]}, last reward accuracy {accuracy}"))
     evaluation = read(out / "eval.json")
     records = evaluation.get("counts", {}).get("records")
     loss_s = evaluation.get("timings", {}).get("loss_s")
@@ -215,6 +242,11 @@ def main() -> None:
     data = commands.add_parser("data")
     data.add_argument("out")
     data.add_argument("--records", type=int, default=2000)
+    pairs = commands.add_parser("pairs")
+    pairs.add_argument("out")
+    pairs.add_argument("--records", type=int, default=400)
+    pairs.add_argument("--tokens", type=int, default=1024)
+    pairs.add_argument("--text", required=True, help="the same pairs as prompt/chosen/rejected text")
     model = commands.add_parser("model")
     model.add_argument("out")
     model.add_argument("--shape", choices=SHAPES, required=True)
@@ -234,7 +266,7 @@ def main() -> None:
     summary = commands.add_parser("table")
     summary.add_argument("out")
     arguments = parser.parse_args()
-    {"data": make_data, "model": make_model, "bare-train": bare_train, "bare-decode": bare_decode,
+    {"data": make_data, "pairs": make_pairs, "model": make_model, "bare-train": bare_train, "bare-decode": bare_decode,
      "bandwidth": bandwidth, "table": table}[arguments.command](arguments)
 
 

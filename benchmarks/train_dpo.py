@@ -38,7 +38,7 @@ from train_lora import measure_run
 from yayi_cli.data import DEFAULT_SEED
 from yayi_cli.models import load_tokenizer
 from yayi_cli.preference import encode_preferences
-from yayi_cli.prompt import PromptTokenizer, render_inference, render_training
+from yayi_cli.prompt import PromptTokenizer, Template, render_inference, render_training
 from yayi_cli.records import answered, parse_record
 from yayi_cli.tiny import TinySpec, build_tiny
 from yayi_cli.train.options import DPO
@@ -50,13 +50,13 @@ REFERENCES = {"LoRA-DPO (adapter disabled)": ["--lora"], "full DPO (reference co
               "full DPO --precompute-ref": ["--precompute-ref"]}
 
 
-def pair_texts(records: list[dict[str, str]]) -> list[dict[str, str]]:
+def pair_texts(records: list[dict[str, str]], template: Template = TEMPLATE) -> list[dict[str, str]]:
     """Each pair as prompt/chosen/rejected text rendered by yayi's prompt core: the prompt up to
     `<|YaYi|>:\\n`, each answer as the SFT format ends it (`\\n\\n<|End|>`)."""
     texts = []
     for parsed in map(parse_record, records):
-        prompt = render_inference(parsed.conversation, TEMPLATE)
-        chosen, rejected = (render_training(answered(parsed.conversation, answer), TEMPLATE).text[len(prompt):]
+        prompt = render_inference(parsed.conversation, template)
+        chosen, rejected = (render_training(answered(parsed.conversation, answer), template).text[len(prompt):]
                             for answer in parsed.answers)
         texts.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return texts
