@@ -128,7 +128,7 @@ if wants dpo; then
   # the same with a bare TRL + PEFT script, started by the same launcher with the ZeRO config yayi wrote
   bare_device=(--gpu) bare_env=()
   if [ "$mode" = "--cpu-smoke" ]; then bare_device=() bare_env=(DS_ACCELERATOR=cpu); fi
-  step bare-dpo $limit env "${bare_env[@]}" deepspeed --num_gpus 1 benchmarks/bare_dpo.py --model "$out/model-$big" \
+  step bare-dpo $limit env "${bare_env[@]}" "$py" -m deepspeed.launcher.runner --num_gpus 1 benchmarks/bare_dpo.py --model "$out/model-$big" \
     --pairs "$out/pairs-text.jsonl" --deepspeed "$out/dpo/ds_config.json" --output "$out/bare-dpo" --steps "$steps" \
     "${shared[@]}" --lora 16 --gradient-checkpointing "${bare_device[@]}" --result "$out/bare-dpo.json"
 fi

@@ -22,8 +22,11 @@ def test_every_step_of_the_gpu_check_runs_on_the_cpu_and_the_table_has_its_numbe
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     states = dict(line.split()[:2] for line in (out / "status.txt").read_text().splitlines())
     assert set(states.values()) == {"ok"}, states
-    assert {"train", "bare-train", "lora", "qlora", "quantize-8", "quantize-4", "chat", "eval"} <= set(states)
+    assert {"train", "bare-train", "lora", "qlora", "quantize-8", "quantize-4", "chat", "eval", "dpo", "bare-dpo"} <= set(states)
     table = result.stdout[result.stdout.index("step "):]
-    for row in ("train (ZeRO-2, packing)", "lora", "qlora", "quantize 8-bit", "quantize 4-bit", "yayi chat --jsonl", "eval"):
+    for row in ("train (ZeRO-2, packing)", "lora", "qlora", "quantize 8-bit", "quantize 4-bit", "yayi chat --jsonl", "eval",
+                "LoRA-DPO"):
         line = next(line for line in table.splitlines() if line.startswith(row))
         assert line[29:41].strip() not in ("-", ""), line  # a measured number, not a placeholder
+    dpo = next(line for line in table.splitlines() if line.startswith("LoRA-DPO"))
+    assert dpo[70:77].strip().endswith("x"), dpo  # against the bare TRL script's pairs/s
