@@ -13,10 +13,11 @@ import pytest
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from tests.helpers import PAIRS, REPO, files
+from tests.helpers import PAIRS, REPO, files, processes_mentioning
 from tests.train.test_lora_end_to_end import base_without_markers, chat
-from tests.train.test_train_end_to_end import finished, yayi_train
+from tests.train.test_train_end_to_end import ctrl_c_after_two_checkpoints, finished, yayi_train
 from yayi_cli.cli import app
+from yayi_cli.train.checkpoints import latest_complete_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -110,6 +111,28 @@ def test_precompute_ref_at_zero_3_holds_no_reference_and_resumes(tiny_model_dirs
     assert Path(run["resume_from"]).name == "checkpoint-2"
     steps = [event["step"] for event in events(output, "log")]
     assert steps == [1, 2, 3, 4] and (output / "model.safetensors").is_file()
+
+
+def test_dpo_scores_held_out_pairs_at_each_eval_stops_on_ctrl_c_and_resumes(tiny_model_dirs, pairs, tmp_path):
+    output = tmp_path / "dpo"
+    common = ["--method", "dpo", "--data", str(pairs), "--test-size", "2", "--model", str(tiny_model_dirs["llama"]),
+              "-o", str(output), "--micro-batch-size", "1", "--logging-steps", "1", "--save-steps", "2",
+              "--eval-steps", "2", "--save-total-limit", "2"]
+    process = yayi_train(*common, "--max-steps", "100000", start_new_session=True)
+    console = ctrl_c_after_two_checkpoints(process, output, timeout=300)
+    assert process.returncode == 130
+    assert "interrupted: all ranks stopped;" in console and "Traceback" not in console
+    assert processes_mentioning(str(output / "run.json")) == []
+    evals = events(output, "eval")
+    assert evals and all({"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"} <= set(event)
+                         for event in evals)  # the held-out pairs' preference metrics, named as the training ones
+    assert "eval step=2" in console and "reward_acc=" in console.split("eval step=2", 1)[1].splitlines()[0]
+
+    last = latest_complete_checkpoint(output, [])
+    finished(yayi_train(*common, "--resume", "auto", "--max-steps", str(int(last.name.split("-")[1]) + 2)))
+    assert json.loads((output / "run.json").read_text(encoding="utf-8"))["resume_from"] == str(last.resolve())
+    summary = json.loads((output / "train_summary.json").read_text(encoding="utf-8"))
+    assert "eval_rewards/accuracies" in summary["metrics"] and set(summary["preference"]) == {"first", "last"}
 
 
 def test_kto_at_zero_3_trains_on_unpaired_feedback_and_logs_its_kl_and_rewards(tiny_model_dirs, tmp_path):
