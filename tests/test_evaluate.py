@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from tests.helpers import SAMPLE_DATA
 from yayi_cli.cli import app
 from yayi_cli.data.checked import load_records
-from yayi_cli.evaluate import ChoiceItem, Gate, baseline_metrics, choice_accuracy, planned_metrics, regressions
+from yayi_cli.evaluate import ChoiceItem, choice_accuracy
+from yayi_cli.gates import Gate, baseline_metrics, planned_metrics, regressions
 from yayi_cli.inference import generate_answers, response_loss, split_last_answer
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.models import load_model, load_tokenizer

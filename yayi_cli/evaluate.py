@@ -6,14 +6,13 @@
   the reference by exact match and character-level ROUGE-L and BLEU-4;
 - `task="choice"`: multiple-choice accuracy (C-Eval / CMMLU CSV layout, or JSON lines) by
   comparing the log-likelihood of each option letter as the answer;
-- `task="preference"`: preference accuracy and reward margin on held-out pairs (preference_eval.py).
+- `task="preference"`: preference accuracy and reward margin on held-out pairs (preference_eval.py);
+- `benchmark="ceval"|"cmmlu"|"mmlu"`: the standard benchmarks from their files, as the harness asks (benchmark/).
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import math
 import re
 import time
 from collections import Counter, defaultdict
@@ -27,6 +26,7 @@ from yayi_cli.atomic import write_json_atomic, write_json_lines_atomic
 from yayi_cli.data.checked import Record, load_records
 from yayi_cli.data.reader import open_data_file, read_records, sha256_of
 from yayi_cli.errors import DataError, UsageError
+from yayi_cli.gates import baseline_metrics, check_gates, regressions
 from yayi_cli.options import EvalOptions
 from yayi_cli.inference import choice_scores, generate_answers, response_loss, split_last_answer
 from yayi_cli.loading import LoadedModel
@@ -35,12 +35,6 @@ from yayi_cli.prompt import ASSISTANT, HUMAN, Conversation, PromptTokenizer, Tur
 from yayi_cli.records import NO_DOMAIN_LABEL, PAIRED_KEYS
 from yayi_cli.sampling import seeded_sample
 
-LOWER_IS_BETTER = frozenset({"loss", "perplexity"})
-METRIC_ALIASES = {"ppl": "perplexity", "em": "exact_match", "acc": "accuracy", "rouge": "rouge_l", "bleu": "bleu4"}
-MEASURED_WITH = {"loss": "--task lm", "perplexity": "--task lm", "exact_match": "--generate", "rouge_l": "--generate",
-                 "bleu4": "--generate", "accuracy": "--task choice", "pref_acc": "--task preference",
-                 "margin": "--task preference", "policy_pref_acc": "--task preference"}
-"""Every metric `yayi eval` reports, with the option it needs (the order reports use)."""
 CHOICE_LETTERS = ("A", "B", "C", "D")
 
 
@@ -144,106 +138,6 @@ def choice_accuracy(model: Any, prompt_tokenizer: PromptTokenizer, items: Sequen
     return result
 
 
-# --- gates --------------------------------------------------------------------------------------
-
-
-_GATE = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
-
-
-@dataclass(frozen=True)
-class Gate:
-    """`metric op value`: the run fails when the comparison holds, as in `--fail-if "ppl>12.5"`."""
-
-    metric: str
-    op: str
-    value: float
-
-    @classmethod
-    def parse(cls, text: str) -> Gate:
-        match = _GATE.match(text.lower())
-        if match is None:
-            raise UsageError(f"--fail-if {text!r}: write METRIC OP NUMBER, for example \"ppl>12.5\" or \"rouge_l<0.3\"")
-        name, op, value = match.groups()
-        metric = METRIC_ALIASES.get(name, name)
-        if metric not in MEASURED_WITH:
-            raise UsageError(f"--fail-if {text!r}: unknown metric {name!r}; known: {_known_metrics()}")
-        try:
-            return cls(metric, op, float(value))
-        except ValueError:
-            raise UsageError(f"--fail-if {text!r}: {value!r} is not a number") from None
-
-    def fails(self, metrics_found: dict[str, float | None]) -> str | None:
-        """Why the gate fails, or None; an undefined (null) or missing metric fails every gate on it."""
-        actual = metrics_found.get(self.metric)
-        if actual is None:
-            return f"{self.metric} is undefined in this run, so the gate cannot pass"
-        holds = {"<": actual < self.value, ">": actual > self.value, "<=": actual <= self.value, ">=": actual >= self.value}[self.op]
-        return f"{self.metric} = {actual:.6g}, which is {self.op} {self.value:g}" if holds else None
-
-
-def _known_metrics() -> str:
-    """The names --fail-if takes, with their short aliases, for the line that refuses an unknown one."""
-    aliases = {metric: alias for alias, metric in METRIC_ALIASES.items()}
-    return ", ".join(f"{name} ({aliases[name]})" if name in aliases else name for name in MEASURED_WITH)
-
-
-def planned_metrics(options: EvalOptions) -> tuple[str, ...]:
-    """The metrics a run with `options` will report, known before anything is loaded."""
-    if options.task != "lm":
-        wanted = {f"--task {options.task}"}
-    else:
-        wanted = {"--task lm", "--generate"} if options.generate else {"--task lm"}
-    return tuple(name for name, needs in MEASURED_WITH.items() if needs in wanted)
-
-
-def check_gates(options: EvalOptions) -> list[Gate]:
-    """The --fail-if gates, refused before the model loads when the run cannot measure their metric."""
-    gates = [Gate.parse(text) for text in options.fail_if]
-    planned = planned_metrics(options)
-    for text, gate in zip(options.fail_if, gates):
-        if gate.metric not in planned:
-            raise UsageError(f"--fail-if {text!r}: this run does not measure {gate.metric} (it needs "
-                             f"{MEASURED_WITH[gate.metric]}); it measures {', '.join(planned)}")
-    return gates
-
-
-def baseline_metrics(path: Path) -> dict[str, float | None]:
-    """The metrics of a report that `yayi eval --output` wrote (null where undefined there)."""
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))["metrics"]
-        values = metrics.items()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise UsageError(f"{path}: not a yayi eval report ({error})") from None
-    for name, value in values:
-        if value is not None and (type(value) not in (int, float) or not math.isfinite(value)):
-            raise UsageError(f"{path}: metric {name!r} is {value!r}, not a finite number or null; not a yayi eval report")
-    return {name: None if value is None else float(value) for name, value in values}
-
-
-def regressions(current: dict[str, float | None], baseline: dict[str, float | None], max_percent: float) -> list[str]:
-    """Metrics more than `max_percent` worse than the baseline, in each metric's own direction;
-    a metric the baseline had and this run cannot compute, or did not measure, counts as a regression."""
-    failures = [f"{name} is in the baseline but not measured by this run (run with the options that made the baseline)"
-                for name in baseline if name not in current]
-    for name, value in current.items():
-        before = baseline.get(name)
-        if before is not None and value is None:
-            failures.append(f"{name} is undefined in this run (the baseline has {before:.6g})")
-            continue
-        if before is None:
-            continue
-        if before == 0:  # no percentage of zero: any rise of a lower-is-better metric is worse without bound
-            worse = math.inf if name in LOWER_IS_BETTER and value > 0 else 0.0
-        else:
-            change = (value - before) / abs(before) * 100
-            worse = change if name in LOWER_IS_BETTER else -change
-        if worse > max_percent:
-            failures.append(f"{name} = {value:.6g} is {worse:.2f}% worse than the baseline {before:.6g} (allowed {max_percent:g}%)")
-    return failures
-
-
 # --- the whole run ------------------------------------------------------------------------------
 
 
@@ -258,14 +152,19 @@ class EvalReport:
     predictions: list[dict[str, Any]] = field(default_factory=list)
     compared_with: dict[str, Any] = field(default_factory=dict)
     """--task preference: the reference and beta, and where each came from."""
+    benchmark: dict[str, Any] = field(default_factory=dict)
+    """--benchmark: the split, protocol, shots, categories and speed (benchmark/run.py)."""
+    data: list[dict[str, Any]] = field(default_factory=list)
+    """What was read, with its hash (by default each --data file's)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "model": self.options.model,
             "template": self.template,
-            "task": self.options.task,
+            "task": f"benchmark {self.options.benchmark}" if self.benchmark else self.options.task,
             **self.compared_with,
-            "data": [{"path": str(p), "sha256": sha256_of(p)} for p in self.options.data],
+            **({"benchmark": self.benchmark} if self.benchmark else {}),
+            "data": self.data or [{"path": str(p), "sha256": sha256_of(p)} for p in self.options.data],
             "counts": self.counts,
             "metrics": self.metrics,
             "groups": self.groups,
@@ -279,7 +178,11 @@ def run_eval(options: EvalOptions) -> EvalReport:
     from yayi_cli.loading import load_for_task
 
     started = time.perf_counter()
-    if options.task == "choice":
+    if options.benchmark is not None:
+        from yayi_cli.benchmark.plan import plan_benchmark
+
+        inputs = plan_benchmark(options)
+    elif options.task == "choice":
         inputs = seeded_sample(read_choice_items(options.data), options.max_samples, options.seed)
     else:
         inputs = seeded_sample(load_records(options.data), options.max_samples, options.seed)
@@ -291,6 +194,8 @@ def run_eval(options: EvalOptions) -> EvalReport:
     )
     timings = {"load_s": time.perf_counter() - started}
     name, model, prompt_tokenizer = loaded.template.name, loaded.model, loaded.prompt_tokenizer
+    if options.benchmark is not None:
+        return _benchmark_report(options, loaded, inputs, timings)
     if options.task == "choice":
         return _choice_report(options, name, model, prompt_tokenizer, inputs, timings)
     max_length = options.max_length or loaded.context_length()
@@ -344,6 +249,19 @@ def _choice_report(options: EvalOptions, template: str, model: Any, prompt_token
     return report
 
 
+def _benchmark_report(options: EvalOptions, loaded: LoadedModel, plan: Any, timings: dict[str, float]) -> EvalReport:
+    from yayi_cli.benchmark.run import timed_score
+
+    result, summary, found, timings["benchmark_s"] = timed_score(plan, loaded, batch_size=options.batch_size,
+                                                                 max_length=options.max_length)
+    counts = {"subjects": len(plan.subjects), "questions": len(result.predictions), "one_pass": result.counts.one_pass,
+              "per_choice": result.counts.per_choice, "truncated": result.counts.truncated}
+    groups = {s.subject: {"accuracy": s.accuracy, "questions": s.questions, "categories": ", ".join(s.categories)}
+              for s in result.scores}
+    return EvalReport(options, loaded.template.name, counts, found, groups, timings, result.predictions,
+                      benchmark=summary, data=[plan.data_entry()])
+
+
 def _preference_report(options: EvalOptions, loaded: LoadedModel, records: list[Record], comparison: Comparison,
                        timings: dict[str, float], max_length: int | None) -> EvalReport:
     started = time.perf_counter()
@@ -353,7 +271,7 @@ def _preference_report(options: EvalOptions, loaded: LoadedModel, records: list[
                       result.predictions(), comparison.to_json())
 
 
-RUN_OPTIONS = ("task", "generate", "sample", "max_new_tokens", "batch_size", "max_samples", "max_length", "seed",
+RUN_OPTIONS = ("task", "benchmark", "protocol", "split", "subjects", "shots", "generate", "sample", "max_new_tokens", "batch_size", "max_samples", "max_length", "seed",
                "device", "dtype", "load_in_8bit", "template", "trust_remote_code")
 """The options that decide the numbers, recorded in the report (not where it was written)."""
 
@@ -374,7 +292,7 @@ def evaluate(options: EvalOptions) -> EvalOutcome:
     """`yayi eval`: check the options and outputs first, run, apply the gates, write the report files."""
     options.check()
     gates = check_gates(options)
-    for path in (options.output, options.predictions):
+    for path in (options.output, options.predictions, options.submission):
         if path is not None and path.exists() and not options.force:
             raise UsageError(f"{path} already exists; use --force to replace it")
     baseline = baseline_metrics(options.baseline) if options.baseline is not None else None
@@ -387,6 +305,10 @@ def evaluate(options: EvalOptions) -> EvalOutcome:
         write_json_atomic(options.output, outcome.to_json())
     if options.predictions is not None:
         write_json_lines_atomic(options.predictions, report.predictions)
+    if options.submission is not None:
+        from yayi_cli.benchmark.report import submission
+
+        write_json_atomic(options.submission, submission(report.predictions))
     return outcome
 
 
@@ -412,13 +334,14 @@ def print_report(outcome: EvalOutcome, console: Any) -> None:
             change = "" if before is None or value is None else f"{value - before:+.4f}"
             row += ["" if before is None else _number(before), change]
         table.add_row(*row)
-    console.print(table)
+    if not report.benchmark or baseline is not None:  # a benchmark's numbers are in its category table
+        console.print(table)
     if report.compared_with:
         compared = report.compared_with
         console.print(f"reference {escape(compared['reference'])} ({escape(compared['reference_from'])}), "
                       f"beta {compared['beta']:g} ({escape(compared['beta_from'])})", highlight=False)
     if report.groups:
-        kind = "subject" if report.options.task == "choice" else "domain"
+        kind = "subject" if report.options.task == "choice" or report.benchmark else "domain"
         groups = Table(title=f"Per {kind}", title_justify="left")
         columns = list(next(iter(report.groups.values())))
         groups.add_column(kind)
@@ -428,5 +351,9 @@ def print_report(outcome: EvalOutcome, console: Any) -> None:
             groups.add_row(escape(name), *(_number(values[c]) if values[c] is None or isinstance(values[c], float)
                                            else str(values[c]) for c in columns))
         console.print(groups)
+    if report.benchmark:
+        from yayi_cli.benchmark.report import print_benchmark
+
+        print_benchmark(report, console)
     counts = ", ".join(f"{value} {name.replace('_', ' ')}" for name, value in report.counts.items())
     console.print(f"[dim]{counts}; " + ", ".join(f"{k} {v:.1f}" for k, v in report.timings.items()) + "[/]", highlight=False)

@@ -193,10 +193,24 @@ class EvalOptions(CommandOptions):
     CONFIG_FILE = True
 
     model: str = model_option()
-    data: list[Path] = option("--data", "-d", metavar="FILE", required=True, help="Held-out data (repeat for several files).")
+    data: list[Path] = option("--data", "-d", metavar="FILE", required=True, help="Held-out data (repeat for several files); with --benchmark, its folder or zip.")
     task: str = option("--task", default="lm", choices=("lm", "choice", "preference"), help=(
         "lm: answer loss and generation; choice: multiple-choice accuracy (CSV question,A,B,C,D,answer or JSON lines); "
         "preference: how often held-out chosen answers out-reward rejected ones (DPO's implicit reward)."))
+    benchmark: str | None = option("--benchmark", default=None, choices=("ceval", "cmmlu", "mmlu"), help=(
+        "Run a standard benchmark from its files as downloaded: --data is its folder or zip; accuracy per subject, "
+        "category and overall."))
+    protocol: str | None = option("--protocol", default=None, choices=("harness", "chat"), help=(
+        "With --benchmark: harness asks as lm-evaluation-harness does (its prompts, its numbers); chat puts the "
+        "same text in one turn of the model's template [default: harness]."))
+    split: str | None = option("--split", default=None, choices=("val", "test"), help=(
+        "With --benchmark: the split to score [default: the harness's: val for C-Eval, test for CMMLU and MMLU]."))
+    subjects: str | None = option("--subjects", default=None, metavar="A,B,...",
+                                  help="With --benchmark: only these subjects (comma-separated file names).")
+    shots: int | None = option("--shots", default=None, at_least=0, metavar="K",
+                               help="With --benchmark: examples before each question, the first K of dev [default: 5].")
+    submission: Path | None = option("--submission", default=None, metavar="FILE.json", help=(
+        "With --benchmark ceval --split test: write the predictions in the file C-Eval's site takes."))
     reference: str | None = option("--reference", default=None, metavar="DIR|HUB_ID", complete=complete_directories,
                                    help="With --task preference: the model rewards are measured against [default: the "
                                         "model it was trained from, in its run.json, else an adapter's base].")
@@ -235,6 +249,15 @@ class EvalOptions(CommandOptions):
             raise UsageError("--reference is for --task preference")
         if self.generate and self.task == "preference":
             raise UsageError("--generate answers SFT records' last question; --task preference scores the answers the pairs give")
+        if self.benchmark is None:
+            given = [flag for flag, value in (("--protocol", self.protocol), ("--split", self.split), ("--subjects", self.subjects),
+                                              ("--shots", self.shots), ("--submission", self.submission)) if value is not None]
+            if given:
+                raise UsageError(f"{given[0]} is for --benchmark ceval|cmmlu|mmlu")
+            return
+        from yayi_cli.benchmark.plan import check_benchmark_options
+
+        check_benchmark_options(self)
 
 
 @dataclass
