@@ -55,6 +55,9 @@ def harness_results(model: Path, benchmark: str, data: Path, subjects: list[str]
     """subject -> each question's context, four log-likelihoods and accuracy (0 or 1), in file order, from
     the harness itself."""
     os.environ["HF_DATASETS_OFFLINE"] = "1"
+    import datasets.config
+
+    datasets.config.HF_HUB_OFFLINE = True  # the variable is read when datasets is first imported, maybe earlier
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
