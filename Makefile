@@ -14,19 +14,21 @@ BIN := $(VENV)/bin
 UV := $(BIN)/uv
 STAMP := $(VENV)/.installed-dev
 DEMO := .demo
-EXTRAS := dev,quant,train,serve
+EXTRAS := dev,quant,train,serve,export
 
 .PHONY: test test-fast demo bench completions lock lock-check clean
 
 # torch through pip (uv does not look at the local build); everything else through uv (about 2x faster
 # here, docs/BENCHMARKS.md). DeepSpeed ships only a source archive that imports torch to build: it is
-# built without isolation, else a multi-GB CUDA torch lands in its build environment.
+# built without isolation, else a multi-GB CUDA torch lands in its build environment. llama-cpp-python
+# (the tests' real llama.cpp) compiles from source, about 7 minutes once; uv caches the wheel, built
+# for any x86-64 CPU rather than this one's instruction set.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt uv
 	$(BIN)/pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(UV) pip install -q --python $(BIN)/python -c constraints.txt setuptools
-	DS_BUILD_OPS=0 $(UV) pip install -q --python $(BIN)/python -c constraints.txt \
+	DS_BUILD_OPS=0 CMAKE_ARGS="-DGGML_NATIVE=OFF" $(UV) pip install -q --python $(BIN)/python -c constraints.txt \
 	  --no-build-isolation-package deepspeed -e '.[$(EXTRAS)]'
 	touch $@
 

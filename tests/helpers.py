@@ -121,3 +121,25 @@ def split_into(output: Path, *paths: Path, **options: object) -> object:
     from yayi_cli.data.split import split
 
     return split(SplitOptions(files=list(paths), output=output, **options))
+
+
+def memorize(directory: Path, system: str, question: str, answer: str, steps: int = 80) -> None:
+    """Train the tiny model on one exchange until greedy decoding answers it and stops at <|End|>."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from yayi_cli.prompt import ASSISTANT, HUMAN, Conversation, PromptTokenizer, Turn, resolve_template
+
+    template, _ = resolve_template(None, str(directory))
+    encoded = PromptTokenizer(template, AutoTokenizer.from_pretrained(directory)).encode_training(
+        Conversation((Turn(HUMAN, question), Turn(ASSISTANT, answer)), system)
+    )
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ids, labels = torch.tensor([encoded.input_ids]), torch.tensor([encoded.labels])
+    torch.manual_seed(0)
+    for _ in range(steps):
+        model(input_ids=ids, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(directory)

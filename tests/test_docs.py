@@ -35,6 +35,8 @@ PAGES = {
     "merge": "docs/merge.md",
     "serve": "docs/serve.md",
     "template install": "docs/template.md",
+    "export gguf": "docs/export.md",
+    "export ollama": "docs/export.md",
 }
 # Code blocks in these languages hold command lines: every line, or in `console` only those after `$ `.
 SHELL_LANGUAGES = {"sh", "bash", "shell", "zsh", "fish"}

@@ -92,6 +92,16 @@ def test_quantize_on_a_full_disk(small_disk, tiny_model_dirs):
     assert leftovers(small_disk) == []
 
 
+@pytest.mark.parametrize("command", ["gguf", "ollama"])
+def test_export_on_a_full_disk_leaves_nothing_behind(small_disk, tiny_model_dirs, command):
+    (small_disk / "previous.txt").write_text("kept\n")
+    out = small_disk / ("model.gguf" if command == "gguf" else "ollama")
+    result = yayi("export", command, "--model", str(tiny_model_dirs["llama"]), "-o", str(out), "--type", "f32")
+    assert_one_line_error(result, out)
+    assert leftovers(small_disk) == []
+    assert (small_disk / "previous.txt").read_text() == "kept\n"
+
+
 def test_building_a_tiny_model_on_a_full_disk(small_disk):
     out = small_disk / "tiny"
     result = subprocess.run([sys.executable, "-m", "yayi_cli.tiny", str(out), "--data", str(SAMPLE_DATA)],

@@ -215,3 +215,19 @@ def test_quantize_checks_free_memory_against_the_merged_model_not_the_adapter_fi
     monkeypatch.setattr(os, "sysconf", lambda name: free[name] if name in free else real_sysconf(name))
     one_error(["quantize", "--model", str(adapter), "-o", str(tmp_path / "int8")], f"quantizing {adapter} needs about")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_adapter_exports_to_gguf_as_its_merge_with_nothing_written_beside_it(adapter, tmp_path):
+    import gguf
+
+    before = sorted(p.name for p in adapter.iterdir())
+    assert CliRunner().invoke(app, ["merge", str(adapter), "-o", str(tmp_path / "merged")]).exit_code == 0
+    for source, name in ((adapter, "adapter.gguf"), (tmp_path / "merged", "merged.gguf")):
+        result = CliRunner().invoke(app, ["export", "gguf", "-m", str(source), "-o", str(tmp_path / "out" / name), "--type", "f32"])
+        assert result.exit_code == 0, result.output
+    from_adapter, from_merged = (gguf.GGUFReader(tmp_path / "out" / name) for name in ("adapter.gguf", "merged.gguf"))
+    assert [t.name for t in from_adapter.tensors] == [t.name for t in from_merged.tensors]
+    for ours, theirs in zip(from_adapter.tensors, from_merged.tensors):
+        assert (ours.data == theirs.data).all(), ours.name
+    assert sorted(p.name for p in adapter.iterdir()) == before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["adapter.gguf", "merged.gguf"]

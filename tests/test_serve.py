@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers import OutputReader, alive, files, strip_format, wait_until
+from tests.helpers import OutputReader, alive, files, memorize, strip_format, wait_until
 from yayi_cli.cli import app
 from yayi_cli.errors import UsageError
-from yayi_cli.prompt import ASSISTANT, HUMAN, TEMPLATES, Conversation, PromptTokenizer, Turn, resolve_template
+from yayi_cli.prompt import TEMPLATES
 from yayi_cli.serve import curl_line, engine_command, require_engine
 
 SEPARATOR = TEMPLATES["yayi-llama2"].separator
@@ -75,32 +75,12 @@ def test_missing_models_and_models_without_markers_are_refused(tmp_path, without
 # --- a real server --------------------------------------------------------------------------------
 
 
-def memorize(directory: Path, steps: int = 80) -> None:
-    """Train the tiny model on one exchange until greedy decoding answers it and stops at <|End|>."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    template, _ = resolve_template(None, str(directory))
-    encoded = PromptTokenizer(template, AutoTokenizer.from_pretrained(directory)).encode_training(
-        Conversation((Turn(HUMAN, QUESTION), Turn(ASSISTANT, ANSWER)), SYSTEM)
-    )
-    model = AutoModelForCausalLM.from_pretrained(directory)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    ids, labels = torch.tensor([encoded.input_ids]), torch.tensor([encoded.labels])
-    torch.manual_seed(0)
-    for _ in range(steps):
-        model(input_ids=ids, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.save_pretrained(directory)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tiny_model_dirs, tmp_path_factory) -> Path:
     """A tiny Llama that knows one answer, saved like a downloaded model (no chat template, EOS only),
     so serving it goes through the staged copy."""
     directory = Path(shutil.copytree(tiny_model_dirs["llama"], tmp_path_factory.mktemp("serve") / "tiny-yayi"))
-    memorize(directory)
+    memorize(directory, SYSTEM, QUESTION, ANSWER)
     return strip_format(directory)
 
 

@@ -130,6 +130,35 @@ def atomic_directory(path: Path, *, replace: bool = False) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def atomic_path(path: Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`, for a writer that opens the file itself (the gguf package's);
+    it becomes `path` only if the block succeeds, and is removed otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; it cannot be replaced by a file")
+    if path.exists() and not replace:
+        raise UsageError(f"{path} already exists; use --force to replace it")
+    _make_parent(path)
+    try:
+        descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise UsageError(f"{path}: cannot write here ({error.strerror or error})") from None
+    os.close(descriptor)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, _default_mode(directory=False))
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+        _fsync_path(path.parent)
+    except OSError as error:
+        raise _write_failed([path], error) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def _own_directory(paths: Sequence[Path]) -> Path | None:
     """The directory of several outputs when it can be swapped whole: it holds nothing but them
     (or does not exist yet) and is neither a mount point nor the working directory."""

@@ -17,6 +17,7 @@ import typer
 
 from yayi_cli import __version__
 from yayi_cli.data.options import PreviewOptions, SplitOptions, ValidateOptions
+from yayi_cli.export.options import GgufOptions, OllamaOptions
 from yayi_cli.options import ChatOptions, EvalOptions, MergeOptions, QuantizeOptions, ServeOptions, TemplateInstallOptions
 from yayi_cli.train.options import TrainOptions
 from yayi_cli.typer_options import EXIT_CODES, command, say_on_stderr
@@ -42,6 +43,11 @@ template_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(template_app, name="template")
+export_app = typer.Typer(
+    help="Write a model as one GGUF file for llama.cpp, Ollama and LM Studio, with the YaYi format and stops.",
+    epilog=EXIT_CODES, no_args_is_help=True,
+)
+app.add_typer(export_app, name="export")
 
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout instead of text.")
 
@@ -227,6 +233,30 @@ def merge_command(ctx: typer.Context, options: MergeOptions, json_output: bool =
     from yayi_cli.merge import merge, print_report
 
     report = merge(options)
+    output_of(ctx).finish(json_output, report.to_json, functools.partial(print_report, report))
+
+
+@command(export_app, "gguf", GgufOptions)
+def export_gguf_command(ctx: typer.Context, options: GgufOptions, json_output: bool = JsonOption) -> None:
+    """Write a BLOOM or Llama model (or an adapter, merged on the fly) as one GGUF file for llama.cpp.
+
+    The file carries the tokenizer with the markers as control tokens, <|End|> as end of turn and the YaYi chat template, so llama.cpp, Ollama and LM Studio prompt and stop as yayi chat does. All or nothing: FILE appears complete or not at all.
+    """
+    from yayi_cli.export.command import export_gguf, print_report
+
+    report = export_gguf(options)
+    output_of(ctx).finish(json_output, report.to_json, functools.partial(print_report, report))
+
+
+@command(export_app, "ollama", OllamaOptions)
+def export_ollama_command(ctx: typer.Context, options: OllamaOptions, json_output: bool = JsonOption) -> None:
+    """Write DIR with model.gguf and a Modelfile (the YaYi template, default system text and stops) for Ollama.
+
+    Then run the `ollama create NAME -f DIR/Modelfile` line it prints. All or nothing: DIR appears complete or not at all.
+    """
+    from yayi_cli.export.command import export_ollama, print_report
+
+    report = export_ollama(options)
     output_of(ctx).finish(json_output, report.to_json, functools.partial(print_report, report))
 
 

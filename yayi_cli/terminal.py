@@ -73,7 +73,7 @@ def quiet_libraries() -> None:
     deepspeed_logger = logging.getLogger("DeepSpeed")  # the logger DeepSpeed configures on import
     if _DROP_ACCELERATOR_NOTICE not in deepspeed_logger.filters:
         deepspeed_logger.addFilter(_DROP_ACCELERATOR_NOTICE)
-    for name in ("accelerate", "bitsandbytes", "peft", "datasets"):
+    for name in ("accelerate", "bitsandbytes", "peft", "datasets", "llama-cpp-python", "gguf"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=rf"({'|'.join(LIBRARIES)})(\.|$)")
 
