@@ -63,7 +63,7 @@ def run(model: Path, name: str, data: Path, tmp_path: Path, **options):
 # --- the harness's numbers ----------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.reference
 @pytest.mark.parametrize("name", list(SUBJECTS))
 @pytest.mark.parametrize("arch", ["llama", "bloom"])
 def test_harness_protocol_predicts_what_lm_evaluation_harness_predicts_per_question(
@@ -88,7 +88,7 @@ def test_harness_protocol_predicts_what_lm_evaluation_harness_predicts_per_quest
     assert outcome.report.metrics[f"{name}.acc"] == sum(acc for s in subjects for _, _, acc in reference[s]) / len(lines)
 
 
-@pytest.mark.slow
+@pytest.mark.reference
 def test_cut_contexts_are_cut_on_the_left_as_the_harness_cuts_them(benchmark_dirs, benchmark_models, tmp_path):
     subjects = list(SUBJECTS["cmmlu"])
     model = benchmark_models["llama"]

@@ -9,42 +9,20 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers import SAMPLE_DATA
+from tests.helpers import SAMPLE_DATA, load_for_scoring, plain_transformers_loss
 from yayi_cli.cli import app
 from yayi_cli.data.checked import load_records
 from yayi_cli.evaluate import ChoiceItem, choice_accuracy
 from yayi_cli.gates import Gate, baseline_metrics, planned_metrics, regressions
 from yayi_cli.inference import generate_answers, response_loss, split_last_answer
 from yayi_cli.errors import DataError, UsageError
-from yayi_cli.models import load_model, load_tokenizer
 from yayi_cli.options import EvalOptions
-from yayi_cli.prompt import PromptTokenizer, resolve_template
 
 runner = CliRunner()
 MULTI_TURN = [
     {"conversations": [{"from": "human", "value": "你好"}, {"from": "yayi", "value": "你好！"}, {"from": "human", "value": "你是谁？"}, {"from": "yayi", "value": "我是雅意。"}]},
     {"messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
 ]
-
-
-def load(directory):
-    tokenizer = load_tokenizer(str(directory))
-    prompt_tokenizer = PromptTokenizer(resolve_template(None, str(directory))[0], tokenizer)
-    return load_model(str(directory), device="cpu"), prompt_tokenizer
-
-
-def plain_transformers_loss(model, prompt_tokenizer, conversations):
-    """Token-weighted mean of HF's own per-example loss, one example at a time, no padding."""
-    import torch
-
-    total, tokens = 0.0, 0
-    for conversation in conversations:
-        encoded = prompt_tokenizer.encode_training(conversation)
-        count = sum(label != -100 for label in encoded.labels[1:])
-        with torch.no_grad():
-            loss = model(input_ids=torch.tensor([encoded.input_ids]), labels=torch.tensor([encoded.labels])).loss
-        total, tokens = total + loss.item() * count, tokens + count
-    return total / tokens
 
 
 @pytest.fixture
@@ -55,7 +33,7 @@ def multi_turn_file(tmp_path):
 
 
 def test_reported_loss_equals_plain_transformers_on_the_same_masks(tiny_model_dirs, arch, multi_turn_file):
-    model, prompt_tokenizer = load(tiny_model_dirs[arch])
+    model, prompt_tokenizer = load_for_scoring(tiny_model_dirs[arch])
     examples = load_records([SAMPLE_DATA, multi_turn_file])
     expected = plain_transformers_loss(model, prompt_tokenizer, [e.conversation for e in examples])
     for batch_size in (1, 8):
@@ -67,7 +45,7 @@ def test_reported_loss_equals_plain_transformers_on_the_same_masks(tiny_model_di
 
 
 def test_losses_per_domain_add_up_to_the_whole(tiny_model_dirs):
-    model, prompt_tokenizer = load(tiny_model_dirs["bloom"])
+    model, prompt_tokenizer = load_for_scoring(tiny_model_dirs["bloom"])
     records = load_records([SAMPLE_DATA])
     result = response_loss(model, prompt_tokenizer, records, batch_size=4)
     assert set(result.groups) == {record.domain for record in records}  # the five YaYi domains and "no domain"
@@ -105,7 +83,7 @@ def overfit(source_dir, target_dir, conversations, max_steps=600):
     import torch
 
     shutil.copytree(source_dir, target_dir)
-    model, prompt_tokenizer = load(target_dir)
+    model, prompt_tokenizer = load_for_scoring(target_dir)
     batch = prompt_tokenizer.encode_training_batch(conversations)
     torch.manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -128,7 +106,7 @@ def overfit(source_dir, target_dir, conversations, max_steps=600):
 def test_generation_through_the_prompt_core_reproduces_learned_answers(tiny_model_dirs, multi_turn_file, tmp_path):
     examples = load_records([multi_turn_file])
     trained = overfit(tiny_model_dirs["llama"], tmp_path / "trained", [e.conversation for e in examples])
-    model, prompt_tokenizer = load(trained)
+    model, prompt_tokenizer = load_for_scoring(trained)
     questions, references = zip(*(split_last_answer(e.conversation) for e in examples))
     for batch_size in (1, 2):  # left padding must not change the answers
         answers = generate_answers(model, prompt_tokenizer, questions, batch_size=batch_size, max_new_tokens=20)
@@ -142,7 +120,7 @@ def test_choice_accuracy_on_items_whose_answers_the_model_learned(tiny_model_dir
         ChoiceItem("t:3", "geo", "中国的首都是？", ("上海", "广州", "深圳", "北京"), "D"),
     ]
     trained = overfit(tiny_model_dirs["llama"], tmp_path / "trained", [i.conversation(i.answer) for i in items])
-    model, prompt_tokenizer = load(trained)
+    model, prompt_tokenizer = load_for_scoring(trained)
     result = choice_accuracy(model, prompt_tokenizer, items, batch_size=5)
     assert result.chosen == ["B", "A", "D"]
     assert result.to_json() == {"accuracy": 1.0, "per_subject": {"geo": {"accuracy": 1.0, "items": 1}, "math": {"accuracy": 1.0, "items": 2}}}

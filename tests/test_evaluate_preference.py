@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers import PAIRS, REPO, SAMPLE_DATA
-from tests.test_evaluate import load
+from tests.helpers import PAIRS, REPO, SAMPLE_DATA, load_for_scoring, make_random_lora
 from yayi_cli.cli import app
 from yayi_cli.data.checked import load_records
 from yayi_cli.preference import encode_preferences
-from yayi_cli.prompt import TEMPLATES, save_template
+from yayi_cli.prompt import TEMPLATES
 from yayi_cli.records import answered
 from yayi_cli.tiny import TinySpec, build_tiny, training_texts
 
@@ -50,13 +49,6 @@ def one_error_line(result, code: int) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
-    path.write_text("".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in PAIRS), encoding="utf-8")
-    return path
-
-
 def plain_logprob(model, prompt_ids: list[int], answer_ids: list[int]) -> float:
     """log p(answer | prompt) = sum over the answer's positions t of log_softmax(logits[t - 1])[ids[t]]:
     one unpadded sequence through plain transformers."""
@@ -70,7 +62,7 @@ def plain_logprob(model, prompt_ids: list[int], answer_ids: list[int]) -> float:
 
 def plain_scores(directory, path: Path) -> list[tuple[tuple[float, int], tuple[float, int]]]:
     """(summed log-prob, tokens) of each pair's chosen and rejected answer, computed by plain transformers."""
-    model, prompt_tokenizer = load(directory)
+    model, prompt_tokenizer = load_for_scoring(directory)
     records = load_records([path])
     return [tuple((plain_logprob(model, pair.prompt_ids, answer), len(answer)) for answer in pair.answer_ids)
             for pair in encode_preferences(records, prompt_tokenizer)]
@@ -82,7 +74,7 @@ def prefers_chosen(tiny_model_dirs, pairs_file, tmp_path_factory) -> Path:
     import torch
 
     directory = shutil.copytree(tiny_model_dirs["llama"], tmp_path_factory.mktemp("policy") / "prefers-chosen")
-    model, prompt_tokenizer = load(directory)
+    model, prompt_tokenizer = load_for_scoring(directory)
     records = load_records([pairs_file])
     batch = prompt_tokenizer.encode_training_batch([answered(r.conversation, r.answers[0]) for r in records])
     torch.manual_seed(0)
@@ -128,7 +120,6 @@ def test_each_answers_logprob_is_plain_transformers_on_the_training_ids(tiny_mod
     assert [row["location"] for row in rows] == [f"{pairs_file}:{line}" for line in range(1, len(PAIRS) + 1)]
 
 
-@pytest.mark.slow
 def test_a_model_taught_the_chosen_answers_wins_every_pair_and_the_gates_see_it(prefers_chosen, tiny_model_dirs, tmp_path, pairs_file):
     original = str(tiny_model_dirs["llama"])
     written, saved = tmp_path / "pairs.jsonl", tmp_path / "report.json"
@@ -160,7 +151,6 @@ def test_a_model_taught_the_chosen_answers_wins_every_pair_and_the_gates_see_it(
 # --- the reference ----------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_the_default_reference_and_beta_come_from_the_run_that_trained_the_model(prefers_chosen, tiny_model_dirs, tmp_path, pairs_file):
     original = str(tiny_model_dirs["llama"])
     trained = shutil.copytree(prefers_chosen, tmp_path / "dpo-output")
@@ -177,22 +167,7 @@ def test_the_default_reference_and_beta_come_from_the_run_that_trained_the_model
 
 @pytest.fixture(scope="module")
 def random_lora(tiny_model_dirs, tmp_path_factory) -> Path:
-    """A LoRA adapter on the tiny Llama whose weights are random (PEFT's init_lora_weights=False), so it
-    changes the model, saved as yayi train saves one (tokenizer and template beside it)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from yayi_cli.models import peft_quietly
-
-    base = tiny_model_dirs["llama"]
-    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", init_lora_weights=False)
-    with peft_quietly():
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), config)
-    directory = tmp_path_factory.mktemp("lora") / "adapter"
-    model.save_pretrained(directory)
-    AutoTokenizer.from_pretrained(base).save_pretrained(directory)
-    save_template(directory, TEMPLATES["yayi-llama2"])
-    return directory
+    return make_random_lora(tiny_model_dirs["llama"], tmp_path_factory.mktemp("lora") / "adapter", TEMPLATES["yayi-llama2"])
 
 
 def count_loads(monkeypatch) -> list[str]:

@@ -10,27 +10,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from tests.helpers import REPO, memorize
-from yayi_cli.cli import app
+from tests.helpers import ANSWER, QUESTION, SYSTEM, REPO, memorize, yayi
 from yayi_cli.export.command import export_gguf
 from yayi_cli.export.ollama import go_template
 from yayi_cli.export.options import GgufOptions
 from yayi_cli.prompt import (ASSISTANT, END_MARKER, HUMAN, MARKERS, TEMPLATES, Conversation, Turn, chat_template,
                              prompt_prefix, render_inference, reserved_tokens)
 
-SYSTEM, QUESTION, ANSWER = "你是雅意。", "你好", "你好！我是雅意。"
 PROMPTS = ["<|Human|>:\n你好 hello world\n\n<|YaYi|>:\n", "Beijing Wenge 雅意 123 !?"]
 F32_TOLERANCE = 1e-5
 F16_TOLERANCE = 1e-2
 """f16 rounds each weight by up to 2^-11 of itself; on these tiny models the logits move by about 3e-4."""
-
-
-def yayi(*args: str):
-    result = CliRunner().invoke(app, list(args))
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def one_error_line(result, *fragments: str) -> None:
@@ -191,6 +182,7 @@ CONVERSATIONS = {
 }
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("case", CONVERSATIONS)
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_go_renders_the_ollama_template_exactly_as_the_core(go_render, case, name):
@@ -200,6 +192,7 @@ def test_go_renders_the_ollama_template_exactly_as_the_core(go_render, case, nam
     assert go_render(go_template(template), conversation.system, messages) == render_inference(conversation, template)
 
 
+@pytest.mark.system
 def test_ollama_export_writes_the_gguf_and_a_modelfile_with_the_stops(tiny_model_dirs, tmp_path, go_render):
     result = yayi("export", "ollama", "-m", str(tiny_model_dirs["bloom"]), "-o", str(tmp_path / "YaYi Tiny"), "--type", "q8_0")
     assert result.exit_code == 0, result.output

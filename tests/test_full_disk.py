@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import SAMPLE_DATA
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers import SAMPLE_DATA
+from tests.helpers import SAMPLE_DATA, plain_transformers_loss, yayi
 from yayi_cli.cli import app
 from yayi_cli.errors import UsageError
 from yayi_cli.models import ADAPTER_CONFIG_FILE, resolve_model, resolve_model_reference
@@ -90,13 +90,27 @@ def test_an_adapter_directory_resolves_to_its_base_or_the_one_given(adapter, orp
 
 
 def test_chat_eval_and_validate_take_the_adapter_directory(adapter, orphan):
-    result = CliRunner().invoke(app, ["chat", "--model", str(adapter), "--prompt", "你好", "--greedy", "--max-new-tokens", "4"])
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    from yayi_cli.data.checked import load_records
+    from yayi_cli.prompt import PromptTokenizer
+
+    result = yayi("chat", "--model", str(adapter), "--prompt", "你好", "--greedy", "--max-new-tokens", "4")
     assert result.exit_code == 0, result.output
     base = ["--base", str(adapter.parent / "base")]
-    result = CliRunner().invoke(app, ["eval", "--model", str(orphan), *base, "--data", str(SAMPLE_DATA), "--json"])
+    result = yayi("eval", "--model", str(orphan), *base, "--data", str(SAMPLE_DATA), "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["template"] == "yayi-llama2"  # the adapter's own template
-    result = CliRunner().invoke(app, ["data", "validate", str(SAMPLE_DATA), "--model", str(orphan), "--json"])
+    report = json.loads(result.stdout)
+    assert report["template"] == "yayi-llama2"  # the adapter's own template
+    # The loss is the adapter's, as PEFT itself computes it on the same ids: not the base's.
+    prompts = PromptTokenizer(TEMPLATES["yayi-llama2"], AutoTokenizer.from_pretrained(adapter))
+    conversations = [record.conversation for record in load_records([SAMPLE_DATA])]
+    with_adapter = AutoPeftModelForCausalLM.from_pretrained(adapter).eval()
+    assert report["metrics"]["loss"] == pytest.approx(plain_transformers_loss(with_adapter, prompts, conversations), abs=1e-4)
+    with with_adapter.disable_adapter():
+        assert report["metrics"]["loss"] != pytest.approx(plain_transformers_loss(with_adapter, prompts, conversations), abs=1e-2)
+    result = yayi("data", "validate", str(SAMPLE_DATA), "--model", str(orphan), "--json")
     assert result.exit_code == 0, result.output  # the tokenizer travels with the adapter: no base needed
     assert json.loads(result.stdout)["tokens"]["records"] > 0
 
@@ -170,6 +184,7 @@ def saved_tensor_dtypes(directory: Path) -> set[str]:
         return {str(weights.get_slice(name).get_dtype()) for name in weights.keys()}
 
 
+@pytest.mark.launch
 @pytest.mark.parametrize("dtype, short, stored, where", [("bfloat16", "bf16", "BF16", "hub"), ("float16", "fp16", "F16", "local")])
 def test_merge_keeps_the_16_bit_dtype_of_a_base_named_by_hub_id_or_directory(adapter, tmp_path, dtype, short, stored, where):
     base = sixteen_bit_base(adapter, tmp_path / "base16", dtype)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jinja2.exceptions import TemplateError
 
-from tests.test_prompt_properties import conversations, templates, tokenizer_settings
+from tests.strategies import conversations, templates, tokenizer_settings
 from yayi_cli.prompt import (
     ASSISTANT,
     HUMAN,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.strategies import answer_text, clean_text, conversations, templates, tokenizer_settings
 from yayi_cli.prompt import (
     ASSISTANT,
     HUMAN,
@@ -21,25 +22,6 @@ from yayi_cli.prompt import (
     render_training,
 )
 from yayi_cli.records import RecordError, parse_record
-
-# Any text, including '<', '|', newlines and CJK, as long as it holds no marker.
-any_text = st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from("<|>:\n 你好【】"), max_size=40)
-clean_text = any_text.filter(lambda text: not find_markers(text))
-# Answers that start with whitespace may share a token with the header before them: see the
-# `data validate` warning about leading whitespace. Everything else tokenizes cleanly.
-answer_text = clean_text.filter(lambda text: text[:1].strip() != "")
-systems = st.none() | clean_text
-templates = st.sampled_from(sorted(TEMPLATES))
-tokenizer_settings = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-@st.composite
-def conversations(draw, answers=clean_text) -> Conversation:
-    turns = []
-    for _ in range(draw(st.integers(1, 4))):
-        turns.append(Turn(HUMAN, draw(clean_text), input=draw(st.just("") | clean_text)))
-        turns.append(Turn(ASSISTANT, draw(answers)))
-    return Conversation(tuple(turns), draw(systems))
 
 
 @given(conversations(), templates)

@@ -105,6 +105,7 @@ def test_cli_json_report_and_usage_errors(tiny_model_dirs, tmp_path):
     assert bad_bits.exit_code == 2
 
 
+@pytest.mark.launch
 def test_json_on_stdout_stays_clean_when_deepspeed_is_installed(tiny_model_dirs, tmp_path):
     """accelerate imports DeepSpeed for int8 loading, and DeepSpeed logs to stdout unless told otherwise."""
     import os

@@ -13,29 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from tests.helpers import OutputReader, alive, files, memorize, strip_format, wait_until
-from yayi_cli.cli import app
+from tests.helpers import ANSWER, QUESTION, SYSTEM, OutputReader, alive, files, free_port, memorize, start, strip_format, tree, wait_until, yayi
 from yayi_cli.errors import UsageError
 from yayi_cli.prompt import TEMPLATES
 from yayi_cli.serve import curl_line, engine_command, require_engine
 
 SEPARATOR = TEMPLATES["yayi-llama2"].separator
-SYSTEM, QUESTION, ANSWER = "你是雅意。", "你好", "你好！我是雅意。"
 MAX_TOKENS = 16
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def yayi(*args: str):
-    result = CliRunner().invoke(app, list(args))
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 # --- without a server -------------------------------------------------------------------------
@@ -85,15 +70,8 @@ def model_dir(tiny_model_dirs, tmp_path_factory) -> Path:
 
 
 def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
+    """Every live process below `pid`."""
+    return tree(pid)[1:]
 
 
 def port_is_free(port: int) -> bool:
@@ -120,10 +98,8 @@ def start_serving(model_dir: Path, port: int, log: Path, **popen) -> tuple[subpr
     """`yayi serve` on `port` (its stderr, the engine's output with it, into `log`); returns once it has
     printed its curl line, the engine answering by then, with the lines it printed."""
     with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "yayi_cli", "serve", "--model", str(model_dir), "--port", str(port)],
-            stdout=subprocess.PIPE, stderr=stderr, text=True, **popen,
-        )
+        process = start([sys.executable, "-m", "yayi_cli", "serve", "--model", str(model_dir), "--port", str(port)],
+                        stdout=subprocess.PIPE, stderr=stderr, text=True, **popen)
     reader = OutputReader(process.stdout)
     try:
         reader.wait_for(lambda line: line.startswith("curl"), timeout=180)
@@ -181,14 +157,14 @@ def same_answer(served: str, answer: dict) -> bool:
     return served.removesuffix(SEPARATOR) == answer["answer"]
 
 
-@pytest.mark.slow
+@pytest.mark.launch
 def test_it_prints_the_url_and_a_ready_curl_line(server):
     base = server["base"]
     assert server["lines"][-2] == f"serving tiny-yayi at {base}/v1 (OpenAI-compatible; Ctrl-C stops it)"
     assert server["lines"][-1] == curl_line(base, "tiny-yayi")
 
 
-@pytest.mark.slow
+@pytest.mark.launch
 @pytest.mark.parametrize("case", list(REQUESTS))
 def test_completions_equal_yayi_chat_streaming_or_not(client, chat_answers, case):
     answer = chat_answers[case]
@@ -203,7 +179,7 @@ def test_completions_equal_yayi_chat_streaming_or_not(client, chat_answers, case
     assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == choice.message.content
 
 
-@pytest.mark.slow
+@pytest.mark.launch
 def test_generation_stops_at_the_end_marker_which_never_shows(client, chat_answers):
     assert chat_answers["memorized"]["stop_reason"] == "end"
     response = client.chat.completions.create(model="tiny-yayi", messages=REQUESTS["memorized"], max_tokens=50, temperature=0)
@@ -212,13 +188,13 @@ def test_generation_stops_at_the_end_marker_which_never_shows(client, chat_answe
     assert response.usage.completion_tokens < 50
 
 
-@pytest.mark.slow
+@pytest.mark.launch
 def test_max_tokens_cuts_the_answer(client):
     response = client.chat.completions.create(model="tiny-yayi", messages=REQUESTS["memorized"], max_tokens=3, temperature=0)
     assert response.choices[0].finish_reason == "length" and response.usage.completion_tokens == 3
 
 
-@pytest.mark.slow
+@pytest.mark.launch
 def test_a_marker_inside_a_message_is_refused_and_the_server_carries_on(client, server):
     """The chat template refuses it, so it never reaches the model. transformers serve has no hook to make
     that refusal a 4xx: a 500 with no reason, the connection closed (docs/serve.md says so), so each request
@@ -235,7 +211,7 @@ def test_a_marker_inside_a_message_is_refused_and_the_server_carries_on(client, 
     assert client.chat.completions.create(model="tiny-yayi", messages=REQUESTS["memorized"], max_tokens=2).choices
 
 
-@pytest.mark.slow
+@pytest.mark.launch
 def test_models_and_health(client, server):
     import urllib.request
 
@@ -244,11 +220,11 @@ def test_models_and_health(client, server):
         assert json.load(response) == {"status": "ok"}
 
 
-@pytest.mark.slow
+@pytest.mark.launch
 def test_killing_yayi_outright_takes_the_engine_with_it(model_dir, engine_installed, tmp_path):
     """SIGKILL gives yayi no chance to stop the engine: the kernel does, and the port is free again."""
     port = free_port()
-    process, _ = start_serving(model_dir, port, tmp_path / "stderr.txt", start_new_session=True)
+    process, _ = start_serving(model_dir, port, tmp_path / "stderr.txt")
     engine = children(process.pid)
     assert engine and all(alive(pid) for pid in engine) and not port_is_free(port)
     process.kill()

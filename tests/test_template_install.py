@@ -7,10 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from tests.helpers import files, strip_format
-from yayi_cli.cli import app
+from tests.helpers import files, strip_format, yayi
 from yayi_cli.errors import UsageError
 from yayi_cli.options import TemplateInstallOptions
 from yayi_cli.prompt import MARKERS, TEMPLATES, chat_template, prompt_prefix, reserved_tokens, stop_token_ids
@@ -18,12 +16,6 @@ from yayi_cli.prompt import MARKERS, TEMPLATES, chat_template, prompt_prefix, re
 
 def backups(directory: Path) -> list[Path]:
     return sorted(directory.parent.glob(f"{directory.name}.yayi-backup-*"))
-
-
-def yayi(*args: str):
-    result = CliRunner().invoke(app, list(args))
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 @pytest.fixture

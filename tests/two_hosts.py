@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.helpers import start
+
 
 class Unavailable(Exception):
     """This machine cannot make the two hosts (the message says why)."""
@@ -89,9 +91,8 @@ class TwoHosts:
 
     def yayi_train(self, *args: str, cwd: Path) -> subprocess.Popen:
         """`yayi train --cpu` started on the first host, with its own process group (as a shell gives it)."""
-        return subprocess.Popen(self.command(sys.executable, "-m", "yayi_cli", "train", "--cpu", *args),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
-                                env=self.environment(), start_new_session=True)
+        return start(self.command(sys.executable, "-m", "yayi_cli", "train", "--cpu", *args), stdout=subprocess.PIPE,
+                     stderr=subprocess.STDOUT, text=True, cwd=cwd, env=self.environment())
 
     def environment(self) -> dict[str, str]:
         path = f"{self.folder / 'bin'}{os.pathsep}{os.environ['PATH']}"

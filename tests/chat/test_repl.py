@@ -134,7 +134,7 @@ def command(child, line: str, expect: str | None = None) -> None:
     child.expect(PROMPT)
 
 
-@pytest.mark.slow
+@pytest.mark.launch
 def test_a_terminal_session_from_start_to_ctrl_d(tiny_model_dirs, tmp_path):
     history, saved = tmp_path / "state" / "chat_history", tmp_path / "chat.jsonl"
     child = spawn(tiny_model_dirs["llama"], history, "--max-new-tokens", "16", "--seed", "1")

@@ -229,7 +229,7 @@ def test_answer_uses_the_conversations_system_else_the_sessions_else_the_templat
     assert TEMPLATES["yayi"].system in prompts[2]
 
 
-@pytest.mark.slow
+@pytest.mark.system  # torch.compile builds C++ kernels with the machine's compiler: about 20 s here
 def test_compile_gives_the_same_greedy_tokens_as_the_default_path(tiny_model_dirs):
     settings = GenerationSettings(do_sample=False, max_new_tokens=32)
     plain = open_session(ChatOptions(str(tiny_model_dirs["llama"]), settings=settings))

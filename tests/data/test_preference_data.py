@@ -7,8 +7,7 @@ from collections import Counter
 
 from typer.testing import CliRunner
 
-from tests.helpers import PAIRS, REPO, SAMPLE_DATA, split_into
-from yayi_cli.cli import app
+from tests.helpers import PAIRS, REPO, SAMPLE_DATA, split_into, yayi
 from yayi_cli.data import scan
 from yayi_cli.data.checked import load_records
 from yayi_cli.data.options import ValidateOptions
@@ -26,10 +25,6 @@ COMPLETIONS = [{"instruction": "q", "completion": "a", "label": True}, {"instruc
 def write_jsonl(path, records):
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     return path
-
-
-def yayi(*arguments):
-    return runner.invoke(app, list(arguments), prog_name="yayi")
 
 
 def problems(report):

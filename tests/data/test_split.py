@@ -9,13 +9,12 @@ import math
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers import SAMPLE_DATA, split_into
+from tests.helpers import SAMPLE_DATA, split_into, start
 from yayi_cli import atomic
 from yayi_cli.cli import app
 from yayi_cli.data import split as split_module
@@ -146,7 +145,7 @@ def test_a_failure_mid_write_leaves_no_output_and_no_temp_file(tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []  # not even the output directory it would have made
 
 
-def big_data(path, records=300_000):
+def numbered_data(path, records):
     with open(path, "w", encoding="utf-8") as handle:
         for i in range(records):
             handle.write(json.dumps({"instruction": f"问题 {i}", "output": f"回答 {i}"}, ensure_ascii=False) + "\n")
@@ -158,26 +157,34 @@ def previous_output(out):
     (out / "train.jsonl").write_text("previous train\n")
 
 
-def wait_for(condition, timeout=120.0):
-    """Poll until `condition()` holds; fail the test if it never does."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the awaited event never happened"
-        time.sleep(0.01)
+STOP_WHILE_WRITING = """
+import sys, time
+from yayi_cli.cli import main
+from yayi_cli.data import split
+
+copy_lines = split._copy_lines
+
+def copy_then_wait(path, numbers, to_test, train, test, digest=None):
+    copy_lines(path, numbers, to_test, train, test, digest)
+    train.flush()
+    print("staged", flush=True)  # the outputs are half written: the test kills the process now
+    time.sleep(600)
+
+split._copy_lines = copy_then_wait
+sys.argv = ["yayi", *sys.argv[1:]]
+main()
+"""
 
 
-@pytest.mark.slow
 def test_a_split_killed_while_writing_leaves_the_previous_outputs_whole(tmp_path):
-    data, out = big_data(tmp_path / "big.jsonl"), tmp_path / "out"
+    data, out = numbered_data(tmp_path / "data.jsonl", records=50), tmp_path / "out"
     previous_output(out)
-    command = [sys.executable, "-m", "yayi_cli", "data", "split", str(data), "--test-size", "100", "-o", str(out), "--force"]
-    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
-    staged = lambda: [f for f in tmp_path.glob(".out.*.tmp/train.jsonl") if f.stat().st_size > 0]  # noqa: E731
-    wait_for(lambda: staged() or process.poll() is not None)
-    assert process.poll() is None and staged(), "split finished before any output was staged: nothing was tested"
-    process.send_signal(signal.SIGKILL)
+    command = [sys.executable, "-c", STOP_WHILE_WRITING, "data", "split", str(data), "--test-size", "5", "-o", str(out), "--force"]
+    process = start(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "staged\n", process.communicate()[1]
+    assert [f for f in tmp_path.glob(".out.*.tmp/train.jsonl") if f.stat().st_size > 0], "nothing staged: nothing tested"
+    process.kill()
     process.wait()
-    assert process.returncode == -signal.SIGKILL
     assert sorted(p.name for p in out.iterdir()) == ["train.jsonl"]
     assert (out / "train.jsonl").read_text() == "previous train\n"
 
@@ -202,7 +209,7 @@ main()
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new-directory", "replacing-outputs"])
 def test_a_split_killed_between_renames_shows_all_new_outputs_or_the_old_ones(tmp_path, existing):
-    data, out = big_data(tmp_path / "data.jsonl", records=50), tmp_path / "out"
+    data, out = numbered_data(tmp_path / "data.jsonl", records=50), tmp_path / "out"
     if existing:
         previous_output(out)
     command = [sys.executable, "-c", DIE_AFTER_FIRST_RENAME, "data", "split", str(data), "--test-size", "5", "-o", str(out), "--force"]

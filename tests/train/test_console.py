@@ -4,20 +4,14 @@ the first rank's progress, and after a failure the failing rank's last lines."""
 from __future__ import annotations
 
 import json
-import re
-import subprocess
 
 import pytest
 from rich.console import Console
 
-from tests.train.test_train_end_to_end import yayi_train
+from tests.helpers import LIBRARY_LINE
 from yayi_cli.train.console import LAUNCHER, RunConsole, plain_line, split_line
 from yayi_cli.train.progress import EVENT_TAG, TaggedStream, rank_tag
 
-LIBRARY_LINE = re.compile(
-    r"^\[\d{4}-\d\d-\d\d [\d:,]+\] \[(DEBUG|INFO|WARNING)\]"  # DeepSpeed's logger
-    r"|Warning: |warnings\.warn\(|^\{'(loss|train_runtime)'|it/s\]|Loading weights"  # warnings, Trainer dicts, bars
-)
 LOG_EVENT = {"event": "log", "step": 4, "max_steps": 10, "epoch": 0.5, "elapsed_s": 3.0, "loss": 1.23456,
              "learning_rate": 2e-5, "grad_norm": 0.5, "tokens_per_second": 1234.5, "answer_tokens_per_second": 321.0}
 
@@ -83,29 +77,26 @@ def test_a_failure_shows_the_failing_ranks_last_lines_and_the_log(tmp_path):
     assert f"the full output of every rank is in {tmp_path / 'train.log'}" in shown
 
 
-@pytest.mark.slow
-def test_a_real_run_keeps_library_output_off_the_console_and_in_the_log(tiny_model_dirs, small_data, tmp_path):  # noqa: F811
-    output = tmp_path / "run"
-    process = yayi_train("--data", str(small_data), "--model", str(tiny_model_dirs["bloom"]), "-o", str(output),
-                         "--max-steps", "4", "--logging-steps", "1", "--test-size", "2", "--eval-steps", "2",
-                         "--save-steps", "2", "--json", stderr=subprocess.PIPE)
-    stdout, stderr = process.communicate(timeout=900)
-    assert process.returncode == 0, stderr[-3000:]
-    document = json.loads(stdout, parse_constant=lambda constant: pytest.fail(f"{constant} in --json"))
+@pytest.mark.launch
+def test_a_real_run_keeps_library_output_off_the_console_and_in_the_log(finished_run):
+    document = json.loads(finished_run.stdout, parse_constant=lambda constant: pytest.fail(f"{constant} in --json"))
     assert document["status"] == 0 and document["summary"]["throughput"]["train_tokens_per_second"] > 0
-    noise = [line for line in stderr.splitlines() if LIBRARY_LINE.search(line)]
+    stderr = finished_run.stderr.splitlines()
+    noise = [line for line in stderr if LIBRARY_LINE.search(line)]
     assert noise == [], noise
-    steps = [line for line in stderr.splitlines() if line.startswith("step=")]
-    assert [line.split()[0] for line in steps] == [f"step={n}/4" for n in range(1, 5)]
-    assert any(line.startswith("eval step=2 eval_loss=") for line in stderr.splitlines())
-    log = (output / "train.log").read_text(encoding="utf-8")
+    steps, logged = finished_run.steps, [1, *range(finished_run.logging_steps, finished_run.steps + 1, finished_run.logging_steps)]
+    assert [line.split()[0] for line in stderr if line.startswith("step=")] == [f"step={n}/{steps}" for n in logged]
+    evaluated = list(range(finished_run.eval_steps, steps + 1, finished_run.eval_steps))
+    assert sorted({int(line.split()[1].removeprefix("step=")) for line in stderr if line.startswith("eval step=")}) == evaluated
+    assert all(" eval_loss=" in line for line in stderr if line.startswith("eval step="))
+    log = (finished_run.output / "train.log").read_text(encoding="utf-8")
     for source in ("launcher| ", " rank 0| ", " rank 1| "):
         assert source in log
     assert LIBRARY_LINE.search(log)  # what the console left out is in the log
-    events = [json.loads(line) for line in (output / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert [e["step"] for e in events if e["event"] == "log"] == [1, 2, 3, 4]
+    events = [json.loads(line) for line in (finished_run.output / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [e["step"] for e in events if e["event"] == "log"] == logged
     assert all(e["loss"] > 0 and e["tokens_per_second"] > 0 for e in events if e["event"] == "log")
-    assert {e["step"] for e in events if e["event"] == "eval"} >= {2, 4}
+    assert sorted({e["step"] for e in events if e["event"] == "eval"}) == evaluated
 
 
 def test_a_line_every_rank_prints_is_shown_once_and_logged_for_each(tmp_path):

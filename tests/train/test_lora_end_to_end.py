@@ -6,45 +6,17 @@ command that takes the adapter: plain peft + transformers, `yayi chat`, `yayi me
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from tests.helpers import RECORDS, SAMPLE_DATA
-from tests.train.test_train_end_to_end import finished, yayi_train
-from yayi_cli.cli import app
-from yayi_cli.prompt import MARKERS, TEMPLATES
-from yayi_cli.tiny import TinySpec, build_tiny, training_texts
+from tests.helpers import RECORDS, base_without_markers, chat, finished, yayi, yayi_train
+from yayi_cli.prompt import MARKERS
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.launch
 
 MERGE_TOLERANCE = 1e-4
 """Largest logit difference allowed between base + adapter and the merged model (fp32 on the CPU:
 W + s*B@A once versus W x and s*B(A x) apart differ only by rounding, about 1e-6 here)."""
-
-
-def base_without_markers(directory: Path, arch: str, sharpness: float = 1.0, *, markers: bool = False) -> Path:
-    """A tiny model whose tokenizer lacks the markers (unless `markers`). `sharpness` scales the final norm's
-    weights, and so every logit, the way pretraining sharpens a model: with a random model's tiny logits, frozen
-    under LoRA, no token could ever become much likelier than the rest, so nothing could be learned to the letter."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    texts = list(training_texts([SAMPLE_DATA], TEMPLATES["yayi"]))
-    path = build_tiny(directory, texts, TinySpec(arch=arch, markers=markers), TEMPLATES["yayi"])  # the short system prompt
-    model = AutoModelForCausalLM.from_pretrained(path)
-    final_norm = getattr(model.base_model, "norm", None) or model.base_model.ln_f
-    with torch.no_grad():
-        final_norm.weight.mul_(sharpness)
-    model.save_pretrained(path)
-    return path
-
-
-def chat(model: Path, question: str, *extra: str) -> str:
-    result = CliRunner().invoke(app, ["chat", "--model", str(model), "--prompt", question, "--greedy", *extra])
-    assert result.exit_code == 0, result.output
-    return result.stdout.removesuffix("\n")
 
 
 def test_lora_trains_only_the_adapter_and_the_new_marker_rows_and_every_command_loads_it(small_data, tmp_path):
@@ -57,7 +29,7 @@ def test_lora_trains_only_the_adapter_and_the_new_marker_rows_and_every_command_
     output = tmp_path / "adapter"
     finished(yayi_train("--lora", "--data", str(small_data), "--model", str(base), "-o", str(output),
                         "--micro-batch-size", "2", "--epochs", "40", "--lr", "1e-2", "--lora-dropout", "0", "--max-length", "512",
-                        "--logging-steps", "5", "--save-steps", "1000", "--packing"), timeout=1500)
+                        "--logging-steps", "5", "--save-steps", "1000", "--packing"))
     summary = json.loads((output / "train_summary.json").read_text(encoding="utf-8"))
     losses = [entry["loss"] for entry in summary["loss_history"]]
     assert summary["adapter"] == "lora" and losses[-1] < losses[0] / 10, losses
@@ -86,13 +58,13 @@ def test_lora_trains_only_the_adapter_and_the_new_marker_rows_and_every_command_
     # yayi chat takes the adapter directory, answers a training question to the letter and stops at <|End|>.
     question, answer = RECORDS[0]["instruction"], RECORDS[0]["output"]
     assert chat(output, question) == answer
-    result = CliRunner().invoke(app, ["chat", "--model", str(output), "--jsonl", "--greedy"],
-                                input=json.dumps({"prompt": question}, ensure_ascii=False) + "\n")
+    result = yayi("chat", "--model", str(output), "--jsonl", "--greedy",
+                  input=json.dumps({"prompt": question}, ensure_ascii=False) + "\n")
     assert json.loads(result.stdout)["stop_reason"] == "end"
 
     # yayi merge: a plain model with the adapter's logits, which answers the same.
     merged = tmp_path / "merged"
-    result = CliRunner().invoke(app, ["merge", str(output), "-o", str(merged)])
+    result = yayi("merge", str(output), "-o", str(merged))
     assert result.exit_code == 0, result.output
     assert not (merged / "adapter_config.json").exists()
     from yayi_cli.models import load_model
@@ -111,8 +83,8 @@ def test_qlora_trains_a_4bit_base_on_the_cpu_resumes_and_merges_into_the_16bit_b
     common = ["--qlora", "--data", str(small_data), "--model", str(base), "-o", str(output), "--micro-batch-size", "2",
               "--logging-steps", "1", "--save-steps", "2", "--gradient-checkpointing", "--packing"]
     finished(yayi_train(*common, "--max-steps", "2"))
-    refused = yayi_train(*common, "--max-steps", "4", "--resume", "auto", "--seed", "7")
-    assert refused.wait(timeout=300) == 2 and "seed 515 -> 7" in refused.stdout.read()
+    refused = finished(yayi_train(*common, "--max-steps", "4", "--resume", "auto", "--seed", "7"), status=2)
+    assert "seed 515 -> 7" in refused
     log = finished(yayi_train(*common, "--max-steps", "4", "--resume", "auto"))
     assert "qlora on query_key_value, dense, dense_h_to_4h, dense_4h_to_h" in log
     run = json.loads((output / "run.json").read_text(encoding="utf-8"))
@@ -123,7 +95,7 @@ def test_qlora_trains_a_4bit_base_on_the_cpu_resumes_and_merges_into_the_16bit_b
     assert sorted(path.name for path in (output / "runs").iterdir()) == ["run-1.json", "run-2.json"]  # none refused
     summary = json.loads((output / "train_summary.json").read_text(encoding="utf-8"))
     assert summary["adapter"] == "qlora" and summary["loss_history"][-1]["step"] == 4
-    result = CliRunner().invoke(app, ["merge", str(output), "-o", str(tmp_path / "merged"), "--json"])
+    result = yayi("merge", str(output), "-o", str(tmp_path / "merged"), "--json")
     assert result.exit_code == 0, result.output
     assert "merged into the 16-bit base" in json.loads(result.stdout)["notes"][0]
     # yayi chat loads the trained adapter on the 16-bit base, as merge does: the merged model's logits and answer.

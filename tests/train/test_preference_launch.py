@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers import PAIRS, REPO, SAMPLE_DATA
+from tests.helpers import PAIRS, REPO, SAMPLE_DATA, write_jsonl
 from yayi_cli.cli import app
 from yayi_cli.errors import UsageError
 from yayi_cli.train.options import TrainOptions
@@ -26,13 +25,6 @@ def one_error_line(result, code: int, *fragments: str) -> None:
         assert fragment in lines[0]
 
 
-@pytest.fixture
-def pairs(tmp_path) -> Path:
-    path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in PAIRS), encoding="utf-8")
-    return path
-
-
 def test_dpo_on_sft_records_says_what_dpo_needs(tiny_model_dirs, tmp_path):
     output = tmp_path / "out"
     result = train("--method", "dpo", "--data", str(SAMPLE_DATA), "--model", str(tiny_model_dirs["llama"]), "-o", str(output))
@@ -40,8 +32,8 @@ def test_dpo_on_sft_records_says_what_dpo_needs(tiny_model_dirs, tmp_path):
     assert not output.exists()
 
 
-def test_sft_on_preference_pairs_points_to_dpo(tiny_model_dirs, pairs, tmp_path):
-    result = train("--data", str(pairs), "--model", str(tiny_model_dirs["llama"]), "-o", str(tmp_path / "out"))
+def test_sft_on_preference_pairs_points_to_dpo(tiny_model_dirs, pairs_file, tmp_path):
+    result = train("--data", str(pairs_file), "--model", str(tiny_model_dirs["llama"]), "-o", str(tmp_path / "out"))
     one_error_line(result, 2, "preference pairs", "--method dpo")
 
 
@@ -52,23 +44,22 @@ def test_dpo_on_unpaired_feedback_points_to_kto(tiny_model_dirs, tmp_path):
 
 
 @pytest.mark.parametrize("beta", ["0", "-0.1"])
-def test_beta_must_be_above_zero(tiny_model_dirs, pairs, tmp_path, beta):
-    result = train("--method", "dpo", "--beta", beta, "--data", str(pairs), "--model", str(tiny_model_dirs["llama"]),
+def test_beta_must_be_above_zero(tiny_model_dirs, pairs_file, tmp_path, beta):
+    result = train("--method", "dpo", "--beta", beta, "--data", str(pairs_file), "--model", str(tiny_model_dirs["llama"]),
                    "-o", str(tmp_path / "out"))
     one_error_line(result, 2, "--beta must be above 0")
 
 
-def test_a_preference_file_with_one_bad_line_is_invalid_data_and_nothing_is_written(tiny_model_dirs, pairs, tmp_path):
-    with pairs.open("a", encoding="utf-8") as data:
-        data.write(json.dumps({"instruction": "q", "chosen": "same", "rejected": "same"}) + "\n")
+def test_a_preference_file_with_one_bad_line_is_invalid_data_and_nothing_is_written(tiny_model_dirs, tmp_path):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [*PAIRS, {"instruction": "q", "chosen": "same", "rejected": "same"}])
     output = tmp_path / "out"
     result = train("--method", "dpo", "--data", str(pairs), "--model", str(tiny_model_dirs["llama"]), "-o", str(output))
     one_error_line(result, 1, f"{pairs}:{len(PAIRS) + 1}", "same answer", "yayi data validate")
     assert not output.exists()
 
 
-def test_kto_takes_pairs_as_good_and_bad_answers_and_says_so(tiny_model_dirs, pairs, tmp_path):
-    result = train("--method", "kto", "--dry-run", "--json", "--data", str(pairs), "--model", str(tiny_model_dirs["llama"]),
+def test_kto_takes_pairs_as_good_and_bad_answers_and_says_so(tiny_model_dirs, pairs_file, tmp_path):
+    result = train("--method", "kto", "--dry-run", "--json", "--data", str(pairs_file), "--model", str(tiny_model_dirs["llama"]),
                    "-o", str(tmp_path / "out"))
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
@@ -88,8 +79,8 @@ def test_options_of_another_method_or_combinations_trl_cannot_run_are_refused(ch
         TrainOptions(data=["d.jsonl"], model="m", output="out", **chosen)
 
 
-def test_a_dry_run_shows_the_method_settings_and_the_reference_in_the_memory(tiny_model_dirs, pairs, tmp_path):
-    common = ["--dry-run", "--json", "--data", str(pairs), "--model", str(tiny_model_dirs["llama"]), "-o", str(tmp_path / "o")]
+def test_a_dry_run_shows_the_method_settings_and_the_reference_in_the_memory(tiny_model_dirs, pairs_file, tmp_path):
+    common = ["--dry-run", "--json", "--data", str(pairs_file), "--model", str(tiny_model_dirs["llama"]), "-o", str(tmp_path / "o")]
     dpo = json.loads(train("--method", "dpo", "--dpo-loss", "sigmoid_norm", "--sft-weight", "0.5", *common).stdout)
     assert dpo["run"]["options"] | {"method": "dpo", "dpo_loss": "sigmoid_norm", "sft_weight": 0.5} == dpo["run"]["options"]
     assert "frozen reference copy (32-bit)" in dpo["memory"]["covers"]
@@ -112,13 +103,13 @@ def test_the_reference_copy_costs_its_weights_on_every_rank_or_a_share_at_zero_3
     assert with_reference(memory, precomputed, stage, ranks) == memory
 
 
-def test_lora_preference_runs_on_a_model_without_the_markers_are_refused_with_the_way_out(without_markers, pairs, tmp_path):
-    result = train("--method", "dpo", "--lora", "--dry-run", "--data", str(pairs), "--model", str(without_markers),
+def test_lora_preference_runs_on_a_model_without_the_markers_are_refused_with_the_way_out(without_markers, pairs_file, tmp_path):
+    result = train("--method", "dpo", "--lora", "--dry-run", "--data", str(pairs_file), "--model", str(without_markers),
                    "-o", str(tmp_path / "out"))
     one_error_line(result, 2, "the YaYi markers are new", "merge the SFT adapter first")
 
 
-def test_an_adapter_as_model_needs_lora_to_train_on_from_it(tiny_model_dirs, pairs, tmp_path):
+def test_an_adapter_as_model_needs_lora_to_train_on_from_it(tiny_model_dirs, pairs_file, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -126,7 +117,7 @@ def test_an_adapter_as_model_needs_lora_to_train_on_from_it(tiny_model_dirs, pai
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"])
     get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(adapter)
     AutoTokenizer.from_pretrained(tiny_model_dirs["llama"]).save_pretrained(adapter)
-    common = ["--method", "dpo", "--dry-run", "--json", "--data", str(pairs), "--model", str(adapter), "-o", str(tmp_path / "o")]
+    common = ["--method", "dpo", "--dry-run", "--json", "--data", str(pairs_file), "--model", str(adapter), "-o", str(tmp_path / "o")]
     one_error_line(train(*[arg for arg in common if arg != "--json"]), 2, "is a LoRA adapter: add --lora")
     plan = json.loads(train(*common, "--lora").stdout)
     assert plan["run"]["options"]["lora_r"] == 4 and plan["run"]["options"]["lora_targets"] == ["q_proj"]

@@ -6,26 +6,21 @@ test_preference_end_to_end.py.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import PAIRS, REPO
+from tests.helpers import REPO
 from yayi_cli.data.checked import load_records
 from yayi_cli.prompt import TEMPLATES, PromptTokenizer
 from yayi_cli.records import answered
 from yayi_cli.train.dataset import count_examples, usable
 from yayi_cli.train.options import DPO, KTO, TrainOptions
-from yayi_cli.train.preference import method_arguments, preference_trainer, tokenize_preferences, unpaired
-
-
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
-    path.write_text("".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in PAIRS), encoding="utf-8")
-    return path
+from yayi_cli.train.preference import (
+    method_arguments, preference_trainer, reference_in_use, tokenize_preferences, unpaired,
+)
+from yayi_cli.train.worker import load_model_for_training
 
 
 def run_options(model: Path, output: Path, **chosen) -> TrainOptions:
@@ -52,8 +47,9 @@ def build(options: TrainOptions, records, *, steps: int = 2, lr: float = 1e-2, l
         loads.append(options.model)
         return AutoModelForCausalLM.from_pretrained(options.model)
 
-    trainer, counter = preference_trainer(options, AutoModelForCausalLM.from_pretrained(options.model), args, (data, None),
-                                          tokenizer, callbacks=[], load_reference=load_reference)
+    model = load_model_for_training(options, tokenizer, "fp32")  # as a rank loads it: 4-bit with --qlora
+    trainer, counter = preference_trainer(options, model, args, (data, None), tokenizer, callbacks=[],
+                                          load_reference=load_reference)
     return trainer, tokenizer
 
 
@@ -94,6 +90,59 @@ def test_simpo_loss_and_the_sft_term_change_the_losses(tiny_model_dirs, pairs_fi
     assert abs(simpo[-1] - plain[-1]) > 1e-3
 
 
+def test_the_logged_losses_are_the_dpo_formula_on_plain_transformers_log_probs(tiny_model_dirs, pairs_file, tmp_path):
+    """Steps 1 and 2, computed here from plain transformers logits of the starting model (the reference, and the
+    policy at step 1) and of the policy after step 1: the mean over pairs of
+    -log sigmoid(beta x ((pi_c - ref_c) - (pi_r - ref_r))), plus W x the mean negative log-prob of the chosen
+    answers' tokens (--sft-weight W)."""
+    import torch
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    from yayi_cli.preference import encode_preferences
+
+    model, beta, weight = tiny_model_dirs["bloom"], 0.5, 0.7
+    records = load_records([pairs_file])
+    trainer, tokenizer = build(run_options(model, tmp_path, beta=beta, sft_weight=weight), records, steps=2)
+    after_first_step = []
+
+    class KeepTheFirstStep(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 1:
+                after_first_step.append({name: value.detach().clone() for name, value in model.state_dict().items()})
+
+    trainer.add_callback(KeepTheFirstStep())
+    logged = losses(trainer)
+    encoded = encode_preferences(records, PromptTokenizer(TEMPLATES["yayi"], tokenizer))
+
+    def answer_token_log_probs(weights: dict | None) -> list[list[torch.Tensor]]:
+        """Per pair: the log-prob of each token of the chosen answer, then of the rejected one."""
+        lm = AutoModelForCausalLM.from_pretrained(model).eval()
+        if weights is not None:
+            lm.load_state_dict(weights)
+        pairs = []
+        with torch.no_grad():
+            for item in encoded:
+                pair = []
+                for answer in item.answer_ids:
+                    ids = torch.tensor([item.prompt_ids + answer])
+                    log_probs = lm(ids).logits[0, :-1].log_softmax(-1)
+                    pair.append(log_probs[torch.arange(ids.shape[1] - 1), ids[0, 1:]][-len(answer):])
+                pairs.append(pair)
+        return pairs
+
+    def loss(policy: list[list[torch.Tensor]], reference: list[list[torch.Tensor]]) -> float:
+        pi_c, pi_r = torch.tensor([[chosen.sum(), rejected.sum()] for chosen, rejected in policy]).T
+        ref_c, ref_r = torch.tensor([[chosen.sum(), rejected.sum()] for chosen, rejected in reference]).T
+        dpo = -torch.nn.functional.logsigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))).mean()
+        sft = -torch.cat([chosen for chosen, _ in policy]).mean()
+        return (dpo + weight * sft).item()
+
+    start = answer_token_log_probs(None)
+    assert len(logged) == 2 and len(after_first_step) == 1
+    assert logged[0] == pytest.approx(loss(start, start), rel=1e-4)  # log 2 + W x the SFT loss
+    assert logged[1] == pytest.approx(loss(answer_token_log_probs(after_first_step[0]), start), rel=1e-4)
+
+
 @pytest.mark.parametrize(("chosen", "loads_reference"), [({}, True), ({"precompute_ref": True}, False), ({"lora": True}, False)])
 def test_only_a_full_run_without_precompute_loads_a_reference_copy(tiny_model_dirs, pairs_file, tmp_path, chosen,
                                                                    loads_reference):
@@ -104,6 +153,17 @@ def test_only_a_full_run_without_precompute_loads_a_reference_copy(tiny_model_di
     if options.lora:  # the reference is the base with the adapter disabled: no second adapter either
         assert list(trainer.model.peft_config) == ["default"]
     assert losses(trainer)[0] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_qlora_dpo_trains_an_adapter_on_a_4bit_base_whose_reference_is_the_base_without_it(tiny_model_dirs, pairs_file,
+                                                                                           tmp_path):
+    loads: list[str] = []
+    options = run_options(tiny_model_dirs["llama"], tmp_path, qlora=True, cpu=True, lora_targets=["q_proj", "v_proj"])
+    trainer, _ = build(options, load_records([pairs_file]), loads=loads)
+    assert any(type(module).__name__ == "Linear4bit" for module in trainer.model.modules())
+    assert loads == [] and reference_in_use(trainer) == "the base with the adapter disabled (no copy)"
+    logged = losses(trainer)
+    assert logged[0] == pytest.approx(math.log(2), abs=1e-4) and all(math.isfinite(value) for value in logged)
 
 
 def test_kto_takes_pairs_as_a_good_and_a_bad_answer_and_logs_its_metrics(tiny_model_dirs, pairs_file, tmp_path):

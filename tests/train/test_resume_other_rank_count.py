@@ -4,13 +4,14 @@ and training continues from the same step with the optimizer's state (2 ranks ->
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.train.test_train_end_to_end import finished, yayi_train
+from tests.helpers import finished, yayi_train
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.launch
 
 
 def adam_steps(checkpoint: Path) -> set[int]:
@@ -24,18 +25,21 @@ def adam_steps(checkpoint: Path) -> set[int]:
     return steps
 
 
-def test_a_run_continues_on_one_rank_then_on_two_with_its_optimizer_state(tiny_model_dirs, small_data, tmp_path):  # noqa: F811
-    output = tmp_path / "run"
-    common = ["--data", str(small_data), "--model", str(tiny_model_dirs["llama"]), "-o", str(output),
-              "--micro-batch-size", "1", "--save-steps", "2", "--logging-steps", "1", "--zero", "2"]
-    finished(yayi_train(*common, "--max-steps", "2"))
-    for ranks, step in (("1", 4), ("2", 6)):
-        text = finished(yayi_train(*common, "--gpus", ranks, "--resume", "auto", "--max-steps", str(step)))
+def test_a_run_continues_on_one_rank_then_on_two_with_its_optimizer_state(finished_run, tmp_path):
+    """The shared 2-rank run (checkpoints every 40 steps, 120 in all), copied, goes on to step 160 on one rank, then
+    to step 200 on two."""
+    output = Path(shutil.copytree(finished_run.output, tmp_path / "run"))
+    previous = finished_run.steps
+    for ranks, step in (("1", 160), ("2", 200)):
+        text = finished(yayi_train(*finished_run.arguments, "-o", str(output), "--gpus", ranks, "--resume", "auto",
+                                   "--max-steps", str(step)))
         assert "it will be converted to a DeepSpeed universal checkpoint" in " ".join(text.split())
         run = json.loads((output / "run.json").read_text(encoding="utf-8"))
         assert run["world_size"] == int(ranks) and run["resume_converted_from_world_size"] == 3 - int(ranks)
-        assert run["resume_from"] == str(output / f"checkpoint-{step - 2}")
+        assert run["resume_from"] == str(output / f"checkpoint-{previous}")
         state = json.loads((output / f"checkpoint-{step}" / "trainer_state.json").read_text(encoding="utf-8"))
         assert state["global_step"] == step
-        assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == list(range(1, step + 1))
-        assert adam_steps(output / f"checkpoint-{step}") == {step}  # a fresh optimizer would count only 2
+        logged = [entry["step"] for entry in state["log_history"] if "loss" in entry]
+        assert logged[0] == 1 and logged == sorted(set(logged)) and previous < logged[-1] <= step  # one history, continued
+        assert adam_steps(output / f"checkpoint-{step}") == {step}  # a fresh optimizer would count only the new steps
+        previous = step

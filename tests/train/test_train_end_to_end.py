@@ -7,49 +7,24 @@ cached under ~/.cache/torch_extensions); each run after that takes some 30 secon
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import RECORDS, OutputReader, processes_mentioning, wait_until
-from yayi_cli.data.checked import load_records
+from tests.helpers import (
+    LAUNCH_SECONDS, RECORDS, OutputReader, ctrl_c_after_two_checkpoints, finished, processes_mentioning, wait_until, yayi_train,
+)
 from yayi_cli.inference import generate_answers
 from yayi_cli.models import load_model, load_tokenizer
-from yayi_cli.prompt import Conversation, PromptTokenizer, resolve_template
+from yayi_cli.prompt import HUMAN, Conversation, PromptTokenizer, Turn, resolve_template
 from yayi_cli.template_install import format_problems
 from yayi_cli.train.checkpoints import latest_complete_checkpoint
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.launch
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def yayi_train(*args: str, stderr: int = subprocess.STDOUT, **popen) -> subprocess.Popen:
-    """`yayi train` on 2 CPU ranks, meeting on a free port (other runs on the machine may hold the default)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    command = [sys.executable, "-m", "yayi_cli", "train", "--cpu", "--gpus", "2", "--master-port", str(free_port()), *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, **popen)
-
-
-def finished(process: subprocess.Popen, timeout: float = 600) -> str:
-    output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, output[-8000:]
-    return output
-
-
-def test_two_ranks_with_zero2_learn_the_data_and_save_a_model_that_answers(tiny_model_dirs, small_data, tmp_path):
-    output = tmp_path / "run"
-    finished(yayi_train("--data", str(small_data), "--model", str(tiny_model_dirs["llama"]), "-o", str(output),
-                        "--zero", "2", "--micro-batch-size", "2", "--epochs", "60", "--lr", "1e-2",
-                        "--logging-steps", "5", "--save-steps", "1000"))
+def test_two_ranks_with_zero2_learn_the_data_and_save_a_model_that_answers(finished_run):
+    output = finished_run.output
     summary = json.loads((output / "train_summary.json").read_text(encoding="utf-8"))
     losses = [entry["loss"] for entry in summary["loss_history"]]
     assert losses[-1] < losses[0] / 10
@@ -66,40 +41,16 @@ def test_two_ranks_with_zero2_learn_the_data_and_save_a_model_that_answers(tiny_
     assert source == "saved with the model"
     prompts = PromptTokenizer(template, load_tokenizer(str(output)))
     assert format_problems(output, prompts.tokenizer, template) == []  # apply_chat_template gives the core's text
-    questions = [Conversation(e.conversation.turns[:1]) for e in load_records([small_data])[:2]]
+    questions = [Conversation((Turn(HUMAN, record["instruction"]),)) for record in RECORDS]
     assert generate_answers(model, prompts, questions, max_new_tokens=40) == [r["output"] for r in RECORDS]
-
-
-def test_zero3_saves_the_whole_model_not_placeholders(tiny_model_dirs, small_data, tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    output = tmp_path / "run"
-    finished(yayi_train("--data", str(small_data), "--model", str(tiny_model_dirs["bloom"]), "-o", str(output),
-                        "--zero", "3", "--micro-batch-size", "2", "--max-steps", "2", "--save-steps", "1000"))
-    original = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["bloom"])
-    saved = AutoModelForCausalLM.from_pretrained(output)
-    assert saved.num_parameters() == original.num_parameters()
-    for (name, before), (_, after) in zip(original.state_dict().items(), saved.state_dict().items()):
-        assert after.shape == before.shape, name
-
-
-def ctrl_c_after_two_checkpoints(process: subprocess.Popen, output: Path, *, timeout: float) -> str:
-    """Wait until the run has saved two complete checkpoints, then press Ctrl-C; returns its output."""
-    reader = OutputReader(process.stdout)
-    wait_until(lambda: latest_complete_checkpoint(output, []) is not None and len(list(output.glob("checkpoint-*"))) >= 2,
-               timeout, lambda: f"two checkpoints (exit {process.poll()}):\n{reader.text()[-3000:]}")
-    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
-    process.wait(timeout=120)
-    assert reader.ended.wait(timeout=30), "the run's output stayed open after it ended"
-    return reader.text()
 
 
 def test_ctrl_c_stops_every_rank_and_the_run_resumes_from_its_last_checkpoint(tiny_model_dirs, small_data, tmp_path):
     output = tmp_path / "run"
     common = ["--data", str(small_data), "--model", str(tiny_model_dirs["llama"]), "-o", str(output),
               "--micro-batch-size", "1", "--save-steps", "2", "--save-total-limit", "2"]
-    process = yayi_train(*common, "--max-steps", "100000", start_new_session=True)
-    output_text = ctrl_c_after_two_checkpoints(process, output, timeout=300)
+    process = yayi_train(*common, "--max-steps", "100000")
+    output_text = ctrl_c_after_two_checkpoints(process, output)
     assert process.returncode == 130
     assert "interrupted: all ranks stopped;" in output_text and "Traceback" not in output_text
     assert processes_mentioning(str(output / "run.json")) == []
@@ -127,7 +78,7 @@ def ranks_of(output: Path) -> set[int]:
 def first_step(process: subprocess.Popen, output: Path) -> OutputReader:
     """Wait until both ranks have trained a step (the first rank logs step 1 whatever --logging-steps says)."""
     reader = OutputReader(process.stdout)
-    reader.wait_for(lambda line: line.startswith("step=1/"), timeout=300)
+    reader.wait_for(lambda line: line.startswith("step=1/"), timeout=LAUNCH_SECONDS)
     assert len(ranks_of(output)) == 2
     return reader
 
@@ -136,7 +87,7 @@ def test_killing_yayi_outright_leaves_no_rank_running(tiny_model_dirs, small_dat
     """SIGKILL gives yayi no chance to stop anything: the launcher and the ranks end on their own."""
     output = tmp_path / "run"
     process = yayi_train("--data", str(small_data), "--model", str(tiny_model_dirs["llama"]), "-o", str(output),
-                         *QUIET, "--logging-steps", "100000", start_new_session=True)
+                         *QUIET, "--logging-steps", "100000")
     first_step(process, output)
     process.kill()
     process.wait()
@@ -151,7 +102,7 @@ def test_an_error_in_yayi_while_the_ranks_run_is_one_error_line_and_stops_every_
 
     output = tmp_path / "run"
     process = yayi_train("--data", str(small_data), "--model", str(tiny_model_dirs["llama"]), "-o", str(output),
-                         *QUIET, "--logging-steps", "1", start_new_session=True)
+                         *QUIET, "--logging-steps", "1")
     reader = first_step(process, output)
     log = output / "train.log"
     _, hard = resource.prlimit(process.pid, resource.RLIMIT_FSIZE)
