@@ -17,6 +17,8 @@ DEMO := .demo
 EXTRAS := dev,quant,train,serve,export
 
 TIERS := launch or system or reference
+WHEELS ?= $(HOME)/.cache/yayi/wheels
+LLAMA_CPP := $(shell sed -n 's/^llama-cpp-python==//p' constraints.txt)
 DEEPSPEED_OPS := $(VENV)/.deepspeed-ops
 
 .PHONY: test test-fast demo bench completions lock lock-check clean
@@ -24,21 +26,23 @@ DEEPSPEED_OPS := $(VENV)/.deepspeed-ops
 # torch through pip (uv does not look at the local build); everything else through uv (about 2x faster
 # here, docs/BENCHMARKS.md). DeepSpeed ships only a source archive that imports torch to build: it is
 # built without isolation, else a multi-GB CUDA torch lands in its build environment. llama-cpp-python
-# (the tests' real llama.cpp) compiles from source, about 7 minutes once; uv caches the wheel, built
-# for any x86-64 CPU rather than this one's instruction set.
+# (the tests' real llama.cpp) ships only a source archive too, which compiles for about 7 minutes: it is
+# built once per machine into $(WHEELS), for any x86-64 CPU rather than this one's instruction set, and
+# every later .venv installs that wheel in seconds (uv's own cache rebuilt it for each new .venv here).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt uv
 	$(BIN)/pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(UV) pip install -q --python $(BIN)/python -c constraints.txt setuptools
-	DS_BUILD_OPS=0 CMAKE_ARGS="-DGGML_NATIVE=OFF" $(UV) pip install -q --python $(BIN)/python -c constraints.txt \
+	ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP)-*.whl >/dev/null 2>&1 \
+	  || CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip wheel -q --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP)
+	DS_BUILD_OPS=0 $(UV) pip install -q --python $(BIN)/python -c constraints.txt --find-links $(WHEELS) \
 	  --no-build-isolation-package deepspeed -e '.[$(EXTRAS)]'
 	touch $@
 
 # DeepSpeed's CPU ranks JIT-build a shared-memory communication op on first use (about 2 minutes on 2
 # cores); built here, once per machine, into ~/.cache/torch_extensions (where every later run loads it
-# from), it never costs a test its time limit. The llama-cpp-python wheel is built once per machine the
-# same way: uv keeps the built wheel in its cache (~/.cache/uv) and a new .venv installs it in seconds.
+# from), it never costs a test its time limit.
 $(DEEPSPEED_OPS): $(STAMP)
 	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null
 	touch $@

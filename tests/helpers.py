@@ -195,6 +195,15 @@ def yayi(*arguments: str, **invoke):
     return result
 
 
+def one_error_line(result, code: int, *fragments: str) -> str:
+    """The single `error:` line a command printed when it refused with exit `code`, holding every fragment."""
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert all(fragment in lines[0] for fragment in fragments), lines[0]
+    return lines[0]
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now (other runs on the machine may hold the default ones)."""
     with socket.socket() as probe:

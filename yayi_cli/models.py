@@ -53,6 +53,25 @@ def require_saved_tokenizer(model: str) -> None:
                          "save the model's tokenizer beside it")
 
 
+SENTENCEPIECE_MODEL = "tokenizer.model"
+
+
+def check_sentencepiece_model(path: Path) -> None:
+    """A SentencePiece tokenizer.model (Llama 2 checkpoints ship one) must parse before transformers reads it:
+    without protobuf, transformers falls back to a tiktoken reader and says so, and a damaged file can load as a
+    cut-down vocabulary that tokenizes silently wrong."""
+    try:
+        import google.protobuf  # noqa: F401 - transformers converts tokenizer.model with it
+        import sentencepiece
+    except ImportError as error:
+        raise UsageError(f"reading {path} needs {error.name.split('.')[0]}: pip install protobuf sentencepiece") from None
+    try:
+        sentencepiece.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as error:
+        raise UsageError(f"{path}: not a SentencePiece model that can be read ({first_line(error)}); the file is "
+                         "damaged or cut short: copy or download it again") from None
+
+
 def _check_config(directory: Path) -> None:
     """config.json must be a JSON object naming its architecture, or transformers fails with a traceback
     (or, without a model_type, guesses)."""
@@ -183,6 +202,8 @@ def model_directory(path: Path, *, replace: bool = False) -> Iterator[Path]:
 def load_tokenizer(model: str, *, trust_remote_code: bool = False, base: str | None = None) -> Any:
     """The model's tokenizer via `AutoTokenizer`; remote code only when the user asks."""
     reference = resolve_model(model, base, check_base=False).tokenizer
+    if (Path(reference) / SENTENCEPIECE_MODEL).is_file():
+        check_sentencepiece_model(Path(reference) / SENTENCEPIECE_MODEL)
     from transformers import AutoTokenizer
 
     try:

@@ -1,11 +1,13 @@
 """Tiny BLOOM- and Llama-shaped models built offline, for tests and the demo.
 
-A byte-level BPE tokenizer is trained on the spot from the given texts and carries the YaYi
-markers as special tokens; the model has a few hundred thousand random parameters. Both are
-saved in Hugging Face format with the template file, so every `from_pretrained` path in yayi
+A tokenizer is trained on the spot from the given texts and carries the YaYi markers as special
+tokens: a byte-level BPE (as yayi-7b's BLOOM tokenizer is), or for Llama a SentencePiece BPE with
+byte fallback laid out as the Llama 2 checkpoints ship (tokenizer.model, the markers in
+added_tokens.json, no tokenizer.json). The model has a few hundred thousand random parameters. Both
+are saved in Hugging Face format with the template file, so every `from_pretrained` path in yayi
 loads them exactly as it loads a real YaYi checkpoint.
 
-    python -m yayi_cli.tiny OUT_DIR --arch llama --data examples/sample.jsonl
+    python -m yayi_cli.tiny OUT_DIR --arch llama --data examples/sample.jsonl [--tokenizer sentencepiece]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from yayi_cli.prompt import MARKERS, Template, detect_template, render_training,
 from yayi_cli.records import answered
 
 ARCHITECTURES = ("llama", "bloom")
+TOKENIZERS = ("bpe", "sentencepiece")
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
 
 
@@ -42,6 +45,8 @@ class TinySpec:
     seed: int = 0
     markers: bool = True
     """False: a tokenizer without the YaYi markers, like a base model's (training then adds them)."""
+    tokenizer: str = "bpe"
+    """"sentencepiece": a Llama 2 style tokenizer.model (Llama only)."""
 
 
 def train_tokenizer(texts: Iterable[str], *, vocab_size: int, prepend_bos: bool, max_length: int,
@@ -68,6 +73,39 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int, prepend_bos: bool,
         tokenizer_object=backend, unk_token=UNK, bos_token=BOS, eos_token=EOS, pad_token=PAD,
         model_max_length=max_length,
     )
+
+
+def write_sentencepiece(directory: Path, texts: Iterable[str], *, vocab_size: int, max_length: int,
+                        markers: bool = True) -> None:
+    """A SentencePiece BPE with byte fallback (unk, bos, eos = 0, 1, 2), saved as mid-2023 Llama 2 checkpoints
+    are: tokenizer.model, a tokenizer_config.json naming LlamaTokenizer, `<pad>` and the markers in
+    added_tokens.json after the base vocabulary, and no tokenizer.json."""
+    import io
+    import json
+
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(texts)), model_writer=model, model_type="bpe", vocab_size=vocab_size,
+        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, split_digits=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+        hard_vocab_limit=False, minloglevel=2,
+    )
+    (directory / "tokenizer.model").write_bytes(model.getvalue())
+    size = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
+    extra = [PAD, *(MARKERS if markers else ())]
+    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": UNK, "pad_token": PAD}
+    if markers:
+        special["additional_special_tokens"] = list(MARKERS)
+    files = {
+        "added_tokens.json": {token: size + index for index, token in enumerate(extra)},
+        "special_tokens_map.json": special,
+        "tokenizer_config.json": {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
+                                  "legacy": True, "model_max_length": max_length, **special},
+    }
+    for name, content in files.items():
+        (directory / name).write_text(json.dumps(content, ensure_ascii=False, indent=2), encoding="utf-8")
 
 
 def build_model(tokenizer: Any, spec: TinySpec) -> Any:
@@ -103,6 +141,11 @@ def build_tiny(
     out_dir = Path(out_dir)
     if out_dir.exists() and not replace:
         raise UsageError(f"{out_dir}: already exists; use --force to replace it")
+    if spec.tokenizer not in TOKENIZERS or (spec.tokenizer == "sentencepiece" and spec.arch != "llama"):
+        raise UsageError(f"a tiny {spec.arch} takes a {' or '.join(TOKENIZERS[:1 + (spec.arch == 'llama')])} tokenizer, "
+                         f"not {spec.tokenizer!r}")
+    if spec.tokenizer == "sentencepiece":
+        return _build_sentencepiece_tiny(out_dir, texts, spec, template, replace=replace)
     tokenizer = train_tokenizer(
         texts, vocab_size=spec.vocab_size, prepend_bos=spec.arch == "llama", max_length=spec.max_positions,
         markers=spec.markers,
@@ -116,6 +159,20 @@ def build_tiny(
         else:  # a base model's tokenizer: no chat format to save with it
             tokenizer.save_pretrained(tmp)
             save_template(tmp, template)
+    return out_dir
+
+
+def _build_sentencepiece_tiny(out_dir: Path, texts: Iterable[str], spec: TinySpec, template: Template | None, *,
+                              replace: bool) -> Path:
+    """The tokenizer files written as the checkpoint ships them (not as transformers would save them again)."""
+    from transformers import AutoTokenizer
+
+    with model_directory(out_dir, replace=replace) as tmp:
+        write_sentencepiece(tmp, texts, vocab_size=spec.vocab_size, max_length=spec.max_positions, markers=spec.markers)
+        tokenizer = AutoTokenizer.from_pretrained(tmp)
+        model = build_model(tokenizer, spec)
+        model.save_pretrained(tmp)
+        save_template(tmp, template or detect_template("", {"model_type": spec.arch}))
     return out_dir
 
 
@@ -134,10 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--arch", choices=ARCHITECTURES, default="llama")
     parser.add_argument("--data", type=Path, nargs="+", required=True, help="records to train the tokenizer on")
+    parser.add_argument("--tokenizer", choices=TOKENIZERS, default="bpe",
+                        help="bpe: byte-level BPE (as BLOOM's); sentencepiece: tokenizer.model as Llama 2 checkpoints ship")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
     args = parser.parse_args(argv)
-    spec = TinySpec(arch=args.arch, seed=args.seed)
+    spec = TinySpec(arch=args.arch, seed=args.seed, tokenizer=args.tokenizer)
     template = detect_template("", {"model_type": spec.arch})
     try:
         texts = list(training_texts(args.data, template))

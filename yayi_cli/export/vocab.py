@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from yayi_cli.errors import UsageError
-from yayi_cli.packages import require_package
+from yayi_cli.models import SENTENCEPIECE_MODEL, check_sentencepiece_model
 from yayi_cli.prompt import END_MARKER, Template, chat_template, marker_token_ids, prompt_prefix, reserved_tokens
 
 GPT2_REGEX = {"type": "ByteLevel", "use_regex": True}
@@ -82,13 +82,24 @@ def _base_vocab(directory: Path, tokenizer_json: dict[str, Any]) -> tuple[str, s
     model = tokenizer_json.get("model", {})
     if model.get("type") == "BPE" and not model.get("byte_fallback") and (tokenizer_json.get("decoder") or {}).get("type") == "ByteLevel":
         return "gpt2", pre_tokenizer_name(tokenizer_json, directory), BpeVocab(directory)
-    if (directory / "tokenizer.model").is_file():
-        require_package("sentencepiece", "exporting a SentencePiece tokenizer (tokenizer.model)", extra="export")
+    if (directory / SENTENCEPIECE_MODEL).is_file():
+        check_sentencepiece_model(directory / SENTENCEPIECE_MODEL)
         return "llama", "default", SentencePieceVocab(directory)
     if model.get("type") == "BPE" and model.get("byte_fallback"):
         return "llama", "default", LlamaHfVocab(directory)
     raise UsageError(f"{directory}: its tokenizer is neither a byte-level BPE (tokenizer.json) nor SentencePiece "
                      "(tokenizer.model); llama.cpp's tokenizers cannot reproduce it")
+
+
+def _added_beyond(base: Any, tokenizer: Any) -> list[tuple[bytes, float, int]]:
+    """The tokenizer's tokens past what the gguf package's reader found. Its SentencePiece reader takes added
+    tokens from added_tokens.json alone, which transformers 5 no longer writes (a fine-tune's tokenizer keeps
+    the markers in tokenizer_config.json), or which may list only some of them."""
+    import gguf
+
+    found = sum(1 for _ in base.all_tokens())
+    return [(tokenizer.convert_ids_to_tokens(token_id).encode("utf-8"), -1000.0, gguf.TokenType.USER_DEFINED)
+            for token_id in range(found, len(tokenizer))]
 
 
 def read_vocab(directory: Path, tokenizer: Any, template: Template, rows: int) -> GgufVocab:
@@ -98,7 +109,7 @@ def read_vocab(directory: Path, tokenizer: Any, template: Template, rows: int) -
     tokenizer_json = _tokenizer_json(directory)
     markers = marker_token_ids(tokenizer)  # refuses a tokenizer without the YaYi markers, in one line
     kind, pre, base = _base_vocab(directory, tokenizer_json)
-    entries = list(base.all_tokens())
+    entries = list(base.all_tokens()) + _added_beyond(base, tokenizer)
     if len(entries) > rows:
         raise UsageError(f"{directory}: the tokenizer has {len(entries)} tokens but the model only {rows} embeddings")
     tokens = [text if isinstance(text, bytes) else text.encode("utf-8") for text, _, _ in entries]
