@@ -480,6 +480,24 @@ def test_changed_data_is_named_by_its_hashes(tmp_path, tiny_model_dirs):
     assert f"data sha256 {before[:12]} -> {sha256_of(data)[:12]};" in error_lines(refused)[0]
 
 
+@pytest.mark.parametrize(("first", "flags", "listed"), [
+    ({"method": "dpo"}, ["--method", "kto"], "method dpo -> kto"),
+    ({"method": "dpo"}, ["--method", "dpo", "--beta", "0.5"], "beta 0.1 -> 0.5"),
+    ({"method": "dpo"}, ["--method", "dpo", "--dpo-loss", "ipo"], "dpo-loss sigmoid -> ipo"),
+    ({"method": "dpo"}, ["--method", "dpo", "--sft-weight", "1"], "sft-weight 0.0 -> 1.0"),
+])
+def test_resume_auto_refuses_another_method_or_objective_in_one_line(tmp_path, tiny_model_dirs, pairs_file, first, flags,
+                                                                       listed):
+    output, model = tmp_path / "out", tiny_model_dirs["llama"]
+    launched(output, model, data=[str(pairs_file)], **first)
+    write_checkpoint(output, 2)
+    refused = resume(output, model, *flags, data=pairs_file)
+    assert refused.exit_code == 2 and refused.stdout == ""
+    assert error_lines(refused) == [f"error: --resume auto: this run differs from the one it continues (checkpoint-2): "
+                                    f"{listed}; use --force to continue anyway, or a new --output to start a new run"]
+    assert resume(output, model, "--method", "dpo", data=pairs_file).exit_code == 0  # the same method goes on
+
+
 def test_steps_logging_saving_and_the_number_of_ranks_may_change_on_resume(tmp_path, tiny_model_dirs):
     output, model = tmp_path / "out", tiny_model_dirs["llama"]
     launched(output, model, max_steps=2, gpus=2)

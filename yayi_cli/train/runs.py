@@ -15,7 +15,7 @@ from typing import Any
 from yayi_cli.atomic import write_json_atomic
 from yayi_cli.errors import UsageError
 from yayi_cli.train.files import RUN_FILE, RUN_RECORD, RUNS_DIR, checkpoint_name
-from yayi_cli.train.options import TrainOptions
+from yayi_cli.train.options import PREFERENCE_OPTIONS, SFT, TrainOptions
 
 SHOWN_HASH = 12
 """Hex digits of a data hash shown in a message."""
@@ -42,8 +42,9 @@ def checkpoint_record(checkpoint: Path) -> dict[str, Any] | None:
 
 
 def stream_settings(record: dict[str, Any]) -> dict[str, Any]:
-    """What decides which examples a run sees, in which order, and the model they train: what a resumed
-    run must keep. Steps, epochs, logging, saving, batch layout and the number of ranks may change."""
+    """What decides which examples a run sees, in which order, the model they train and what it is trained
+    towards (the method and its objective's settings): what a resumed run must keep. Steps, epochs, logging,
+    saving, batch layout and the number of ranks may change."""
     options = record["options"]
     adapter = TrainOptions(**options).adapter
     settings = {
@@ -55,6 +56,10 @@ def stream_settings(record: dict[str, Any]) -> dict[str, Any]:
     }
     if adapter:
         settings |= {name.replace("_", "-"): options[name] for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_targets")}
+    method = options.get("method", SFT)  # records from before --method trained with SFT
+    settings["method"] = method
+    settings |= {name.replace("_", "-"): options[name] for name, methods in PREFERENCE_OPTIONS.items()
+                 if method in methods and name != "precompute_ref"}  # the objective; how the reference is held may change
     return settings
 
 
