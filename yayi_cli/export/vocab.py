@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from yayi_cli.errors import UsageError
-from yayi_cli.models import SENTENCEPIECE_MODEL, check_sentencepiece_model
+from yayi_cli.models import SENTENCEPIECE_MODEL
 from yayi_cli.prompt import END_MARKER, Template, chat_template, marker_token_ids, prompt_prefix, reserved_tokens
 
 GPT2_REGEX = {"type": "ByteLevel", "use_regex": True}
@@ -82,8 +82,7 @@ def _base_vocab(directory: Path, tokenizer_json: dict[str, Any]) -> tuple[str, s
     model = tokenizer_json.get("model", {})
     if model.get("type") == "BPE" and not model.get("byte_fallback") and (tokenizer_json.get("decoder") or {}).get("type") == "ByteLevel":
         return "gpt2", pre_tokenizer_name(tokenizer_json, directory), BpeVocab(directory)
-    if (directory / SENTENCEPIECE_MODEL).is_file():
-        check_sentencepiece_model(directory / SENTENCEPIECE_MODEL)
+    if (directory / SENTENCEPIECE_MODEL).is_file():  # load_tokenizer has checked that it parses
         return "llama", "default", SentencePieceVocab(directory)
     if model.get("type") == "BPE" and model.get("byte_fallback"):
         return "llama", "default", LlamaHfVocab(directory)
