@@ -184,7 +184,10 @@ def read(path: Path) -> dict:
 
 
 def chat_rate(out: Path, name: str) -> float | None:
-    """Decode tokens/s of a `yayi chat --jsonl` run: tokens and seconds beyond a 1-token run of the same prompts."""
+    """Decode tokens/s of a `yayi chat --jsonl` run: tokens and seconds beyond a 1-token run of the same prompts.
+
+    The seconds are the chat's own (each answer's `generate`), so process start and model loading, which vary
+    more from run to run than a short decode takes, are not in them."""
     long, short = read(out / f"{name}.json"), read(out / f"{name}-1.json")
     if not long or not short or long["seconds"] <= short["seconds"]:
         return None

@@ -58,17 +58,14 @@ step() {  # step NAME SECONDS COMMAND...: run it with a limit, log it, record ho
   [ "$state" = ok ] || tail -5 "$out/$name.log"
 }
 
-chat_run() {  # chat_run NAME NEW_TOKENS [FLAGS...]: a --jsonl batch, its tokens and seconds as JSON
+chat_run() {  # chat_run NAME NEW_TOKENS [FLAGS...]: a --jsonl batch, its tokens and generate's own seconds as JSON
   local name=$1 new=$2
   shift 2
-  local started ended
-  started=$(date +%s.%N)
   for i in 1 2 3 4; do echo "{\"prompt\": \"【媒宣领域任务】请写一段关于城市治理的评论，第${i}段。\"}"; done \
     | "$py" -m yayi_cli chat --model "$out/model-$big" --jsonl --greedy --max-new-tokens "$new" \
       --repetition-penalty 1.0 --max-context-tokens 1024 "$@" > "$out/$name.jsonl" || return 1
-  ended=$(date +%s.%N)
-  "$py" -c "import json,sys; rows=[json.loads(l) for l in open(sys.argv[1])]; print(json.dumps({'tokens': sum(r.get('completion_tokens', 0) for r in rows), 'seconds': float(sys.argv[3]) - float(sys.argv[2])}))" \
-    "$out/$name.jsonl" "$started" "$ended" > "$out/$name.json"
+  "$py" -c "import json,sys; rows=[json.loads(l) for l in open(sys.argv[1])]; print(json.dumps({'tokens': sum(r['completion_tokens'] for r in rows), 'seconds': sum(r['seconds'] for r in rows)}))" \
+    "$out/$name.jsonl" > "$out/$name.json"
 }
 
 export -f chat_run

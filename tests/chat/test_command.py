@@ -65,11 +65,12 @@ def test_jsonl_answers_each_line_and_reports_bad_lines_in_place(tiny_model_dirs)
     assert [row["line"] for row in rows] == [1, 3, 4, 5, 6]
     answered = [row for row in rows if "error" not in row]
     assert [set(row) for row in answered] == [
-        {"line", "id", "answer", "prompt_tokens", "completion_tokens", "stop_reason"},
-        {"line", "answer", "prompt_tokens", "completion_tokens", "stop_reason"},
-        {"line", "answer", "prompt_tokens", "completion_tokens", "stop_reason"},
+        {"line", "id", "answer", "prompt_tokens", "completion_tokens", "stop_reason", "seconds"},
+        {"line", "answer", "prompt_tokens", "completion_tokens", "stop_reason", "seconds"},
+        {"line", "answer", "prompt_tokens", "completion_tokens", "stop_reason", "seconds"},
     ]
     assert all(0 < row["completion_tokens"] <= 12 and row["stop_reason"] in ("end", "length") for row in answered)
+    assert all(row["seconds"] > 0 for row in answered)
     assert rows[1]["error"].startswith("invalid JSON") and "'<|End|>'" in rows[4]["error"]
 
 

@@ -51,7 +51,7 @@ class Reply:
     def to_json(self) -> dict[str, Any]:
         return {
             "answer": self.text, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.new_tokens,
-            "stop_reason": self.stop_reason,
+            "stop_reason": self.stop_reason, "seconds": round(self.seconds, 4),
         }
 
 
