@@ -29,7 +29,10 @@ def test_spans_hold_exactly_each_answer_and_its_end_marker(conversation, templat
     template = TEMPLATES[template_name]
     rendered = render_training(conversation, template)
     answers = [turn.text for turn in conversation.turns if turn.role == ASSISTANT]
-    assert [rendered.text[s:e] for s, e in rendered.spans] == [a + "\n\n<|End|>" for a in answers]
+    if template.strip_at_markers:  # the whitespace before <|End|> goes, the answer's own trailing whitespace with it
+        assert [rendered.text[s:e] for s, e in rendered.spans] == [a.rstrip() + "<|End|>" for a in answers]
+    else:
+        assert [rendered.text[s:e] for s, e in rendered.spans] == [a + "\n\n<|End|>" for a in answers]
     assert all(e1 <= s2 for (_, e1), (s2, _) in zip(rendered.spans, rendered.spans[1:]))
     assert rendered.spans[-1][1] == len(rendered.text)
 
@@ -39,8 +42,18 @@ def test_every_inference_prompt_is_a_prefix_of_the_training_text(conversation, t
     template = TEMPLATES[template_name]
     rendered = render_training(conversation, template)
     for k, (start, _) in enumerate(rendered.spans):
+        if template.strip_at_markers and not conversation.turns[2 * k + 1].text.strip():
+            continue  # an empty answer's <|End|> takes the header's newline with it: "<|YaYi|>:<|End|>"
         asking = Conversation(conversation.turns[: 2 * k + 1], conversation.system)
         assert render_inference(asking, template) == rendered.text[:start]
+
+
+@given(conversations(), templates)
+def test_a_template_that_strips_at_markers_leaves_no_whitespace_beside_one(conversation, template_name):
+    template = TEMPLATES[template_name]
+    text = render_training(conversation, template).text
+    beside = [text[max(at - 1, 0)] + text[at + len(marker):at + len(marker) + 1] for at, marker in find_markers(text)]
+    assert any(side.isspace() for pair in beside for side in pair) != template.strip_at_markers
 
 
 @st.composite

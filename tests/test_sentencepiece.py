@@ -27,6 +27,8 @@ def layouts(tmp_path_factory) -> dict[str, Path]:
     saved_again = _saved_again(shipped, root / "saved-again")
     pad_only = Path(shutil.copytree(shipped, root / "pad-only"))
     (pad_only / "added_tokens.json").write_text(json.dumps({"<pad>": _base_size(shipped)}), encoding="utf-8")
+    for directory in (shipped, saved_again, pad_only):  # the published repositories hold no yayi_template.json
+        (directory / "yayi_template.json").unlink(missing_ok=True)
     return dict(zip(LAYOUTS, (shipped, saved_again, pad_only)))
 
 
@@ -43,8 +45,7 @@ def _saved_again(shipped: Path, directory: Path) -> Path:
 
     AutoModelForCausalLM.from_pretrained(shipped).save_pretrained(directory)
     AutoTokenizer.from_pretrained(shipped).save_pretrained(directory)
-    for name in ("tokenizer.model", "yayi_template.json"):
-        shutil.copy(shipped / name, directory / name)
+    shutil.copy(shipped / "tokenizer.model", directory / "tokenizer.model")
     (directory / "added_tokens.json").unlink(missing_ok=True)
     return directory
 
@@ -115,3 +116,124 @@ def test_without_protobuf_the_error_names_what_to_install(layouts, monkeypatch):
     monkeypatch.setitem(sys.modules, "google.protobuf", None)
     one_error_line(yayi("data", "preview", str(SAMPLE_DATA), "--model", str(layouts["as shipped"])), 2, "needs google",
                    "pip install protobuf")
+
+
+# --- the token ids the published Llama 2 YaYi models were trained on ------------------------------------------------
+
+CONVERSATIONS = [
+    ("把下面这句话改写得更适合在政务微博上发布。\n明天起地铁二号线延长运营到晚上十一点半。", "好消息！地铁2号线延长至23:30。"),
+    ("Translate: good morning  ", "早上好\n"),
+    ("第一行\n\n第二行 (two lines)", "  indented answer, then a blank line\n\n"),
+]
+"""Questions and answers with whitespace where the rules matter: before a marker, inside, at an answer's start."""
+
+
+def upstream_text(question: str, answer: str | None = None) -> str:
+    """One exchange in the upstream training format, written out here rather than taken from yayi's templates."""
+    prompt = f"<|System|>:\n{TEMPLATES['yayi-llama2'].system}\n\n<|Human|>:\n{question}\n\n<|YaYi|>:\n"
+    return prompt if answer is None else f"{prompt}{answer}\n\n<|End|>"
+
+
+def reference_ids(directory: Path, text: str) -> list[int]:
+    """What transformers 4.28's slow LlamaTokenizer gave for `text` (docs/formats.md, "Tokens, not just text"): <s>;
+    the text split at the markers; the whitespace on both sides of each marker stripped; every other piece through
+    SentencePiece, which puts its dummy prefix on each; each marker its id after <pad> in added_tokens.json."""
+    import re
+
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
+    marker_ids = {marker: _base_size(directory) + 1 + index for index, marker in enumerate(MARKERS)}
+    pieces = re.split("(" + "|".join(map(re.escape, MARKERS)) + ")", text)
+    for index, piece in enumerate(pieces):
+        if piece in marker_ids:
+            pieces[index - 1] = pieces[index - 1].rstrip()
+            if index + 1 < len(pieces):
+                pieces[index + 1] = pieces[index + 1].lstrip()
+    ids = [processor.bos_id()]
+    for piece in filter(None, pieces):
+        ids += [marker_ids[piece]] if piece in marker_ids else processor.encode(piece)
+    return ids
+
+
+def _conversation(question: str, answer: str | None = None):
+    from yayi_cli.prompt import ASSISTANT, HUMAN, Conversation, Turn
+
+    return Conversation((Turn(HUMAN, question),) + (() if answer is None else (Turn(ASSISTANT, answer),)))
+
+
+def test_the_reference_rules_differ_from_tokenizing_the_text_in_one_piece(layouts):
+    """The reference is not what a plain SentencePiece pass over the whole text gives, so the tests below can fail."""
+    import sentencepiece
+
+    shipped = layouts["as shipped"]
+    text = upstream_text(*CONVERSATIONS[0])
+    assert 1 + sum(len(sentencepiece.SentencePieceProcessor(model_file=str(shipped / "tokenizer.model")).encode(part))
+                   for part in text.split("<|")) != len(reference_ids(shipped, text))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_train_preview_chat_and_eval_give_the_reference_ids(layouts, layout):
+    from yayi_cli.loading import load_for_task
+
+    for add_markers in (True, False):  # the training view (train, data preview) and the one that runs a model
+        loaded = load_for_task(str(layouts[layout]), model_weights=False, add_markers=add_markers)
+        assert loaded.template.name == "yayi-llama2"
+        for question, answer in CONVERSATIONS:
+            encoded = loaded.prompt_tokenizer.encode_training(_conversation(question, answer))
+            assert encoded.input_ids == reference_ids(layouts[layout], upstream_text(question, answer))
+            trained = [label for label in encoded.labels if label != -100]
+            assert trained == encoded.input_ids[-len(trained):]  # the answer's tokens and <|End|>, at the end
+            assert loaded.tokenizer.decode(trained).strip() == answer.strip() + "<|End|>"  # (decode drops a leading ▁)
+            prompt = loaded.prompt_tokenizer.encode_inference(_conversation(question))
+            assert prompt == reference_ids(layouts[layout], upstream_text(question))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_data_preview_counts_the_reference_tokens(layouts, layout, tmp_path):
+    from tests.helpers import write_jsonl
+
+    data = write_jsonl(tmp_path / "data.jsonl", [{"instruction": q, "output": a} for q, a in CONVERSATIONS])
+    result = yayi("data", "preview", str(data), "--model", str(layouts[layout]), "-n", "3", "--json")
+    assert result.exit_code == 0, result.output
+    counts = [record["num_tokens"] for record in json.loads(result.stdout)["records"]]
+    assert counts == [len(reference_ids(layouts[layout], upstream_text(q, a))) for q, a in CONVERSATIONS]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_an_engine_reading_the_served_files_gives_the_reference_ids(layouts, layout):
+    """What `yayi serve` hands transformers serve or vLLM: they load the tokenizer themselves and tokenize the
+    chat template's text."""
+    from transformers import AutoTokenizer
+
+    from yayi_cli.options import ServeOptions
+    from yayi_cli.serve import served_model
+
+    with served_model(ServeOptions(model=str(layouts[layout])), lambda line: None) as (run, name):
+        engine = AutoTokenizer.from_pretrained(run / name)
+        for question, _ in CONVERSATIONS:
+            ids = engine.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                             tokenize=True, return_dict=True)["input_ids"]
+            assert list(ids) == reference_ids(layouts[layout], upstream_text(question))
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_llama_cpp_reads_the_exported_file_into_the_reference_ids(layouts, layout, tmp_path):
+    """Real llama.cpp on the GGUF: the prompt yayi renders, and the one the file's own chat template renders."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is in the dev extras")
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from yayi_cli.prompt import render_inference, resolve_template
+
+    output = tmp_path / "model.gguf"
+    assert yayi("export", "gguf", "--model", str(layouts[layout]), "-o", str(output)).exit_code == 0
+    model = llama_cpp.Llama(str(output), vocab_only=True, verbose=False)
+    assert model.metadata["tokenizer.ggml.add_bos_token"] == "true"
+    template, _ = resolve_template(None, str(layouts[layout]))
+    formatter = Jinja2ChatFormatter(model.metadata["tokenizer.chat_template"], eos_token="</s>", bos_token="<s>")
+    for question, _ in CONVERSATIONS:
+        expected = reference_ids(layouts[layout], upstream_text(question))
+        assert model.tokenize(render_inference(_conversation(question), template).encode(), add_bos=True, special=True) == expected
+        rendered = formatter(messages=[{"role": "user", "content": question}]).prompt
+        assert model.tokenize(rendered.encode(), add_bos=False, special=True) == expected

@@ -199,15 +199,34 @@ def model_directory(path: Path, *, replace: bool = False) -> Iterator[Path]:
                          "nothing was changed") from None
 
 
+LEGACY_SENTENCEPIECE_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast")
+
+
+def sentencepiece_options(reference: str) -> dict[str, Any]:
+    """`legacy=True` for a Llama SentencePiece tokenizer whose config predates the option (transformers < 4.31, as
+    the published Llama 2 YaYi checkpoints): those releases put the `▁` dummy prefix on the text after every special
+    token, and transformers 5 would read such a config as `legacy=False` and leave it out. A config that sets
+    `legacy` is followed as it is."""
+    config = model_json(reference, "tokenizer_config.json")
+    if "legacy" in config or config.get("tokenizer_class") not in LEGACY_SENTENCEPIECE_CLASSES:
+        return {}
+    return {"legacy": True}
+
+
 def load_tokenizer(model: str, *, trust_remote_code: bool = False, base: str | None = None) -> Any:
     """The model's tokenizer via `AutoTokenizer`; remote code only when the user asks."""
-    reference = resolve_model(model, base, check_base=False).tokenizer
+    return tokenizer_files(resolve_model(model, base, check_base=False).tokenizer, model, trust_remote_code=trust_remote_code)
+
+
+def tokenizer_files(reference: str, model: str, *, trust_remote_code: bool = False) -> Any:
+    """The tokenizer saved at `reference` (a directory or hub id; `model` names it in errors), with nothing else of a
+    model needed beside it."""
     if (Path(reference) / SENTENCEPIECE_MODEL).is_file():
         check_sentencepiece_model(Path(reference) / SENTENCEPIECE_MODEL)
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(reference, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(reference, trust_remote_code=trust_remote_code, **sentencepiece_options(reference))
     except loading_errors() as error:
         raise UsageError(f"cannot load a tokenizer from {model!r}: {first_line(error)}") from None
 

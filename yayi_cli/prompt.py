@@ -4,7 +4,8 @@ Training text of one exchange (byte for byte the upstream YaYi training format):
 
     <|System|>:\\n{system}\\n\\n<|Human|>:\\n{instruction}\\n\\n<|YaYi|>:\\n{response}\\n\\n<|End|>
 
-Later exchanges follow after another separator. The inference prompt is everything up to and
+Later exchanges follow after another separator (yayi-llama2 drops the whitespace beside every marker,
+as the tokenizer that trained those models did). The inference prompt is everything up to and
 including the last `<|YaYi|>:\\n`. Separators and headers live in a `Template` (data), so a
 variant format is a new `Template`, not new code.
 
@@ -70,16 +71,21 @@ class Template:
     end: str = END_MARKER
     separator: str = "\n\n"
     input_separator: str = "\n"
+    strip_at_markers: bool = False
+    """Drop the whitespace on both sides of every marker, as the slow tokenizers of transformers before 4.34 did
+    with special tokens added as strings: the text a model trained through them actually saw (docs/formats.md,
+    "Tokens, not just text")."""
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Template:
         """Build from saved data; unknown keys are ignored so newer files still load."""
         fields = {key: value for key, value in data.items() if key in cls.__dataclass_fields__}
-        if not all(isinstance(value, str) for value in fields.values()):
-            raise UsageError("a saved template holds only strings")
+        if not all(isinstance(value, bool if cls.__dataclass_fields__[key].type == "bool" else str)
+                   for key, value in fields.items()):
+            raise UsageError("a saved template holds strings, and true or false for strip_at_markers")
         try:
             return cls(**fields)
         except TypeError:
@@ -102,8 +108,9 @@ YAYI_LLAMA2_SYSTEM = (
 
 TEMPLATES: dict[str, Template] = {
     "yayi": Template(name="yayi", system=YAYI_SYSTEM),
-    "yayi-llama2": Template(name="yayi-llama2", system=YAYI_LLAMA2_SYSTEM),
+    "yayi-llama2": Template(name="yayi-llama2", system=YAYI_LLAMA2_SYSTEM, separator="", strip_at_markers=True),
 }
+"""yayi-llama2 renders what the published Llama 2 YaYi models were trained on: no whitespace next to a marker."""
 DEFAULT_TEMPLATE = "yayi"
 
 
@@ -230,6 +237,25 @@ def render_segments(conversation: Conversation, template: Template) -> list[Segm
     return pieces
 
 
+def strip_at_markers(rendered: RenderedText) -> RenderedText:
+    """`rendered` without the whitespace on either side of each marker; the spans move with the text."""
+    cuts: list[tuple[int, int]] = []
+    text = rendered.text
+    for match in marker_pattern().finditer(text):
+        before, after = match.start(), match.end()
+        while before > 0 and text[before - 1].isspace():
+            before -= 1
+        while after < len(text) and text[after].isspace():
+            after += 1
+        cuts += [cut for cut in ((before, match.start()), (match.end(), after)) if cut[0] < cut[1] and cut not in cuts]
+
+    def moved(position: int) -> int:
+        return position - sum(min(end, position) - start for start, end in cuts if start < position)
+
+    kept = "".join(text[start:end] for start, end in zip([0] + [end for _, end in cuts], [start for start, _ in cuts] + [len(text)]))
+    return RenderedText(kept, tuple((moved(start), moved(end)) for start, end in rendered.spans))
+
+
 def render_training(conversation: Conversation, template: Template) -> RenderedText:
     """Full text of a finished conversation and the spans of every assistant answer."""
     if not conversation.ends_with_answer:
@@ -239,14 +265,16 @@ def render_training(conversation: Conversation, template: Template) -> RenderedT
         if piece.trained:
             spans.append((len(text), len(text) + len(piece.text)))
         text += piece.text
-    return RenderedText(text, tuple(spans))
+    rendered = RenderedText(text, tuple(spans))
+    return strip_at_markers(rendered) if template.strip_at_markers else rendered
 
 
 def render_inference(conversation: Conversation, template: Template) -> str:
     """The prompt that asks the model for the next answer: it ends with the assistant header."""
     if not conversation.turns or conversation.ends_with_answer:
         raise PromptFormatError("an inference conversation must end with a human message")
-    return "".join(piece.text for piece in render_segments(conversation, template))
+    text = "".join(piece.text for piece in render_segments(conversation, template))
+    return strip_at_markers(RenderedText(text, ())).text if template.strip_at_markers else text
 
 
 # --- tokenizers -------------------------------------------------------------------------------
@@ -446,7 +474,7 @@ def chat_template(template: Template, prefix: str = "", reserved: frozenset[str]
     """
     q = _jinja_string
     markers = ", ".join(q(marker) for marker in sorted(reserved | MARKER_SET))
-    return "".join((
+    checks = "".join((
         "{%- if messages and messages[0]['role'] == 'system' -%}",
         "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}",
         "{%- else -%}",
@@ -464,6 +492,8 @@ def chat_template(template: Template, prefix: str = "", reserved: frozenset[str]
         "{%- if add_generation_prompt and (not turns or turns[-1]['role'] != 'user') -%}",
         "{{- raise_exception('the last message must be from the user') -}}",
         "{%- endif -%}\n",
+    ))
+    rendering = "".join((
         f"{{{{- {q(prefix + template.system_header)} + system -}}}}\n",
         "{%- for message in turns -%}{%- if message['role'] == 'user' -%}",
         f"{{{{- {q(template.separator + template.human_header)} + message['content'] + {q(template.separator)} -}}}}",
@@ -471,6 +501,23 @@ def chat_template(template: Template, prefix: str = "", reserved: frozenset[str]
         f"{{{{- {q(template.assistant_header)} + message['content'] + {q(template.separator + template.end)} -}}}}",
         "{%- endif -%}{%- endfor -%}\n",
         f"{{%- if add_generation_prompt -%}}{{{{- {q(template.assistant_header)} -}}}}{{%- endif -%}}\n",
+    ))
+    return checks + (_stripped_at_markers(rendering) if template.strip_at_markers else rendering)
+
+
+def _stripped_at_markers(rendering: str) -> str:
+    """Jinja that renders `rendering` into a variable, then drops the whitespace next to each marker in it, as
+    `strip_at_markers` does: split at the marker, strip the pieces' facing ends, join."""
+    markers = ", ".join(_jinja_string(marker) for marker in MARKERS)
+    return "".join((
+        "{%- set rendered -%}\n", rendering, "{%- endset -%}\n",
+        "{%- set state = namespace(text=rendered) -%}\n",
+        f"{{%- for marker in [{markers}] -%}}{{%- set joined = namespace(text='') -%}}",
+        "{%- for piece in state.text.split(marker) -%}",
+        "{%- set piece = piece if loop.first else piece.lstrip() -%}",
+        "{%- set joined.text = joined.text + (piece if loop.last else piece.rstrip() + marker) -%}",
+        "{%- endfor -%}{%- set state.text = joined.text -%}{%- endfor -%}\n",
+        "{{- state.text -}}\n",
     ))
 
 
@@ -499,6 +546,7 @@ def save_model_format(directory: Path, tokenizer: Any, template: Template) -> No
     directory = Path(directory)
     tokenizer.chat_template = chat_template(template, prompt_prefix(tokenizer), reserved_tokens(tokenizer))
     tokenizer.save_pretrained(str(directory))
+    record_legacy(directory, tokenizer)
     save_template(directory, template)
     path = directory / GENERATION_CONFIG_FILE
     config = read_model_json(directory, GENERATION_CONFIG_FILE) or {}
@@ -509,6 +557,17 @@ def save_model_format(directory: Path, tokenizer: Any, template: Template) -> No
     if config.get("pad_token_id") is None and tokenizer.pad_token_id is not None:
         config["pad_token_id"] = tokenizer.pad_token_id
     write_text_atomic(path, json.dumps(config, indent=2) + "\n")
+
+
+def record_legacy(directory: Path, tokenizer: Any) -> None:
+    """Write the tokenizer's `legacy` setting into its saved config, which transformers 5 leaves out: without it,
+    a Llama SentencePiece tokenizer read again (by yayi, transformers serve or vLLM) could put the `▁` after the
+    markers differently from the way this one did."""
+    legacy = getattr(tokenizer, "legacy", None)
+    config = read_model_json(directory, "tokenizer_config.json")
+    if isinstance(legacy, bool) and config is not None and config.get("legacy") != legacy:
+        config["legacy"] = legacy
+        write_text_atomic(Path(directory) / "tokenizer_config.json", json.dumps(config, ensure_ascii=False, indent=2) + "\n")
 
 
 # --- choosing the template --------------------------------------------------------------------

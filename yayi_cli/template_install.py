@@ -97,6 +97,10 @@ def format_problems(directory: Path, tokenizer: Any, template: Template) -> list
         problems.insert(0, f"the tokenizer lacks the markers {' '.join(missing)}")
     if missing or not set(stop_token_ids(tokenizer)) <= eos:
         problems.append(f"{GENERATION_CONFIG_FILE} does not stop at {END_MARKER}, <|Human|> and EOS")
+    legacy = getattr(tokenizer, "legacy", None)
+    if isinstance(legacy, bool) and model_json(directory, "tokenizer_config.json").get("legacy") != legacy:
+        problems.append(f'tokenizer_config.json does not say "legacy": {str(legacy).lower()}, so other engines would '
+                        "tokenize the text after each marker differently")
     if model_json(directory, TEMPLATE_FILE) != template.to_dict():
         problems.append(f"{TEMPLATE_FILE} is missing or names another template")
     return problems

@@ -22,7 +22,7 @@ from typing import Any
 from yayi_cli.data.checked import skip_problem, valid_records
 from yayi_cli.data.reader import read_records
 from yayi_cli.errors import UsageError, YayiError
-from yayi_cli.models import model_directory
+from yayi_cli.models import model_directory, tokenizer_files
 from yayi_cli.terminal import quiet_libraries
 from yayi_cli.prompt import MARKERS, Template, detect_template, render_training, save_model_format, save_template, stop_token_ids
 from yayi_cli.records import answered
@@ -102,7 +102,7 @@ def write_sentencepiece(directory: Path, texts: Iterable[str], *, vocab_size: in
         "added_tokens.json": {token: size + index for index, token in enumerate(extra)},
         "special_tokens_map.json": special,
         "tokenizer_config.json": {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
-                                  "legacy": True, "model_max_length": max_length, **special},
+                                  "model_max_length": max_length, **special},
     }
     for name, content in files.items():
         (directory / name).write_text(json.dumps(content, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -164,12 +164,11 @@ def build_tiny(
 
 def _build_sentencepiece_tiny(out_dir: Path, texts: Iterable[str], spec: TinySpec, template: Template | None, *,
                               replace: bool) -> Path:
-    """The tokenizer files written as the checkpoint ships them (not as transformers would save them again)."""
-    from transformers import AutoTokenizer
-
+    """The tokenizer files written as the checkpoint ships them (not as transformers would save them again): a
+    tokenizer_config.json from before transformers 4.31, without `legacy`."""
     with model_directory(out_dir, replace=replace) as tmp:
         write_sentencepiece(tmp, texts, vocab_size=spec.vocab_size, max_length=spec.max_positions, markers=spec.markers)
-        tokenizer = AutoTokenizer.from_pretrained(tmp)
+        tokenizer = tokenizer_files(str(tmp), str(out_dir))
         model = build_model(tokenizer, spec)
         model.save_pretrained(tmp)
         save_template(tmp, template or detect_template("", {"model_type": spec.arch}))

@@ -2,7 +2,8 @@
 and the stops.
 
 The TEMPLATE is built from the same `Template` fields the core renders with, each piece as a Go string
-literal, so Ollama's text/template produces byte for byte what `prompt.render_inference` does.
+literal, so Ollama's text/template produces byte for byte what `prompt.render_inference` does, except that under
+`strip_at_markers` (yayi-llama2) a message that ends in whitespace keeps it: Go templates have no function to strip it.
 """
 
 from __future__ import annotations
@@ -22,16 +23,25 @@ def _go(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+def _then(header: str, text: str, template: Template) -> str:
+    """`header` and then `text` (a Go value). Under `strip_at_markers` an empty text leaves the header without its
+    trailing whitespace, as the core does; Go templates cannot strip the whitespace a message itself ends with."""
+    full = f"{{{{ {_go(header)} }}}}{{{{ {text} }}}}"
+    if not template.strip_at_markers or header == header.rstrip():
+        return full
+    return f"{{{{ if {text} }}}}{full}{{{{ else }}}}{{{{ {_go(header.rstrip())} }}}}{{{{ end }}}}"
+
+
 def go_template(template: Template) -> str:
     """System, then each user and assistant message, then the assistant header when the user spoke last."""
     return "".join((
-        f"{{{{ {_go(template.system_header)} }}}}{{{{ .System }}}}",
+        _then(template.system_header, ".System", template),
         '{{- $last := "" }}',
         "{{- range .Messages }}",
         '{{- if eq .Role "user" }}',
-        f"{{{{ {_go(template.separator + template.human_header)} }}}}{{{{ .Content }}}}{{{{ {_go(template.separator)} }}}}",
+        _then(template.separator + template.human_header, ".Content", template), f"{{{{ {_go(template.separator)} }}}}",
         '{{- else if eq .Role "assistant" }}',
-        f"{{{{ {_go(template.assistant_header)} }}}}{{{{ .Content }}}}{{{{ {_go(template.separator + template.end)} }}}}",
+        _then(template.assistant_header, ".Content", template), f"{{{{ {_go(template.separator + template.end)} }}}}",
         "{{- end }}",
         '{{- if ne .Role "system" }}{{ $last = .Role }}{{ end }}',
         "{{- end }}",

@@ -42,6 +42,9 @@ class GgufVocab:
     types: list[int]
     special: Any
     """The gguf package's SpecialVocab: merges, special ids, add-BOS, chat template."""
+    add_space_prefix: bool | None = None
+    """For SentencePiece: whether llama.cpp puts the `▁` dummy prefix on the text after each special token, as a
+    `legacy` Llama tokenizer does (the published Llama 2 YaYi models); None for byte-level BPE."""
 
 
 def _tokenizer_json(directory: Path) -> dict[str, Any]:
@@ -131,7 +134,8 @@ def read_vocab(directory: Path, tokenizer: Any, template: Template, rows: int) -
     prefix = prompt_prefix(tokenizer)
     special.add_special_token = {"bos": bool(prefix), "eos": False}
     special.chat_template = chat_template(template, prefix, reserved_tokens(tokenizer))
-    return GgufVocab(kind, pre, tokens, scores, types, special)
+    space_prefix = getattr(tokenizer, "legacy", True) is not False if kind == "llama" else None
+    return GgufVocab(kind, pre, tokens, scores, types, special, space_prefix)
 
 
 def add_vocab(writer: Any, vocab: GgufVocab, template: Template) -> None:
@@ -143,5 +147,7 @@ def add_vocab(writer: Any, vocab: GgufVocab, template: Template) -> None:
     writer.add_token_scores(vocab.scores)
     writer.add_token_types(vocab.types)
     vocab.special.add_to_gguf(writer, quiet=True)
+    if vocab.add_space_prefix is not None:
+        writer.add_add_space_prefix(vocab.add_space_prefix)
     writer.add_string(TEMPLATE_NAME_KEY, template.name)
     writer.add_string(TEMPLATE_SYSTEM_KEY, template.system)
