@@ -10,7 +10,7 @@ It reports tokens per character of each, for each tiny layout, and then the effe
 (SentencePiece, as shipped) is trained with plain PyTorch on the first 15 records under one rule and scored on the
 answers of the last 5 under each rule.
 
-    .venv/bin/python benchmarks/llama2_tokens.py [--steps 300] [--seed 0]
+    .venv/bin/python benchmarks/llama2_tokens.py [--steps 150] [--lr 1e-3] [--seed 0]
 """
 
 from __future__ import annotations
@@ -52,12 +52,12 @@ def encode(directory: Path, rule: str, conversation) -> tuple[list[int], list[in
 
 
 def tokens_per_character(directory: Path, rule: str) -> float:
-    template = TEMPLATES["yayi-llama2"] if rule == "reference" else BEFORE
-    pairs = [(len(encode(directory, rule, c)[0]), len(render_training(c, template).text)) for c in conversations()]
+    """Tokens per character of the upstream text (the same characters for both rules)."""
+    pairs = [(len(encode(directory, rule, c)[0]), len(render_training(c, BEFORE).text)) for c in conversations()]
     return sum(tokens for tokens, _ in pairs) / sum(characters for _, characters in pairs)
 
 
-def train_and_score(directory: Path, train_rule: str, steps: int, seed: int) -> dict[str, float]:
+def train_and_score(directory: Path, train_rule: str, steps: int, seed: int, lr: float) -> dict[str, float]:
     """Held-out answer loss under each rule, of the model trained under `train_rule`."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -66,7 +66,7 @@ def train_and_score(directory: Path, train_rule: str, steps: int, seed: int) -> 
     model = AutoModelForCausalLM.from_pretrained(directory)
     records = conversations()
     train = [encode(directory, train_rule, c) for c in records[:15]]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
     for step in range(steps):
         ids, labels = train[step % len(train)]
@@ -86,8 +86,9 @@ def train_and_score(directory: Path, train_rule: str, steps: int, seed: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         texts = list(training_texts([SAMPLE], TEMPLATES["yayi"]))
@@ -99,12 +100,22 @@ def main() -> None:
         AutoModelForCausalLM.from_pretrained(shipped).save_pretrained(saved_again)
         AutoTokenizer.from_pretrained(shipped).save_pretrained(saved_again)
         shutil.copy(shipped / "tokenizer.model", saved_again / "tokenizer.model")
-        print(f"machine: {platform.processor() or platform.machine()}, {args.steps} steps, seed {args.seed}")
+        print(f"machine: {platform.machine()}, {args.steps} steps, lr {args.lr}, seed {args.seed}")
         for name, directory in (("as shipped", shipped), ("saved again", saved_again)):
             rates = {rule: round(tokens_per_character(directory, rule), 4) for rule in ("reference", "before")}
-            print(json.dumps({"layout": name, "tokens_per_character": rates}))
+            differing = sum(encode(directory, "reference", c)[0] != encode(directory, "before", c)[0] for c in conversations())
+            print(json.dumps({"layout": name, "tokens_per_character": rates,
+                              "records_whose_ids_differ": f"{differing} of {len(conversations())}"}))
+        bloom = build_tiny(Path(tmp) / "bloom", texts, TinySpec(arch="bloom"))
+        from yayi_cli.models import load_tokenizer
+        from yayi_cli.prompt import PromptTokenizer
+
+        prompts = PromptTokenizer(TEMPLATES["yayi"], load_tokenizer(str(bloom)))
+        pairs = [(len(prompts.encode_training(c).input_ids), len(render_training(c, TEMPLATES["yayi"]).text)) for c in conversations()]
+        print(json.dumps({"layout": "BLOOM byte-level BPE (one rule: the rendered text, no BOS)",
+                          "tokens_per_character": round(sum(t for t, _ in pairs) / sum(c for _, c in pairs), 4)}))
         for train_rule in ("reference", "before"):
-            scores = train_and_score(shipped, train_rule, args.steps, args.seed)
+            scores = train_and_score(shipped, train_rule, args.steps, args.seed, args.lr)
             print(json.dumps({"trained_with": train_rule, "held_out_answer_loss": {k: round(v, 4) for k, v in scores.items()}}))
 
 
