@@ -255,12 +255,13 @@ def memorize(directory: Path, system: str, question: str, answer: str, steps: in
     rate falls linearly to 0, so the last steps settle in the minimum: at a constant 1e-2 the loss spikes now and
     then, and whether the last step lands on a spike would depend on the machine's arithmetic."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    from yayi_cli.models import load_tokenizer
     from yayi_cli.prompt import ASSISTANT, HUMAN, Conversation, PromptTokenizer, Turn, resolve_template
 
     template, _ = resolve_template(None, str(directory))
-    encoded = PromptTokenizer(template, AutoTokenizer.from_pretrained(directory)).encode_training(
+    encoded = PromptTokenizer(template, load_tokenizer(str(directory))).encode_training(
         Conversation((Turn(HUMAN, question), Turn(ASSISTANT, answer)), system)
     )
     model = AutoModelForCausalLM.from_pretrained(directory)

@@ -156,10 +156,10 @@ def reference_ids(directory: Path, text: str) -> list[int]:
     return ids
 
 
-def _conversation(question: str, answer: str | None = None):
+def _conversation(question: str, answer: str | None = None, system: str | None = None):
     from yayi_cli.prompt import ASSISTANT, HUMAN, Conversation, Turn
 
-    return Conversation((Turn(HUMAN, question),) + (() if answer is None else (Turn(ASSISTANT, answer),)))
+    return Conversation((Turn(HUMAN, question),) + (() if answer is None else (Turn(ASSISTANT, answer),)), system)
 
 
 def test_the_reference_rules_differ_from_tokenizing_the_text_in_one_piece(layouts):
@@ -237,3 +237,21 @@ def test_llama_cpp_reads_the_exported_file_into_the_reference_ids(layouts, layou
         assert model.tokenize(render_inference(_conversation(question), template).encode(), add_bos=True, special=True) == expected
         rendered = formatter(messages=[{"role": "user", "content": question}]).prompt
         assert model.tokenize(rendered.encode(), add_bos=False, special=True) == expected
+
+
+@pytest.mark.reference
+def test_llama_cpp_answers_the_shipped_layout_as_yayi_chat_does_and_stops_at_the_end_marker(layouts, tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is in the dev extras")
+    from tests.helpers import ANSWER, QUESTION, SYSTEM, memorize
+    from yayi_cli.prompt import render_inference, resolve_template
+
+    model = Path(shutil.copytree(layouts["as shipped"], tmp_path / "model"))
+    memorize(model, SYSTEM, QUESTION, ANSWER)
+    chat = yayi("chat", "-m", str(model), "--greedy", "--system", SYSTEM, "--prompt", QUESTION)
+    assert chat.exit_code == 0 and chat.stdout.strip() == ANSWER, chat.output
+    assert yayi("export", "gguf", "--model", str(model), "-o", str(tmp_path / "model.gguf")).exit_code == 0
+    template, _ = resolve_template(None, str(model))
+    prompt = render_inference(_conversation(QUESTION, system=SYSTEM), template)
+    completion = llama_cpp.Llama(str(tmp_path / "model.gguf"), n_ctx=1024, verbose=False, seed=0).create_completion(
+        prompt, max_tokens=48, temperature=0.0)["choices"][0]
+    assert completion["finish_reason"] == "stop" and completion["text"].strip() == ANSWER
