@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import SAMPLE_DATA
+from yayi_cli.errors import UsageError
 from yayi_cli.cli import app
 
 
@@ -79,3 +81,62 @@ def test_one_nf4_builder_with_double_quantization_as_a_choice():
     assert (qlora.bnb_4bit_use_double_quant, checkpoint.bnb_4bit_use_double_quant) == (True, False)
     assert (qlora.llm_int8_skip_modules, checkpoint.llm_int8_skip_modules) == (None, [])
     assert qlora.bnb_4bit_quant_type == checkpoint.bnb_4bit_quant_type == "nf4"
+
+
+def _hub_repository(monkeypatch, files: list[str], cache: Path) -> list[str]:
+    """A stand-in for the hub's snapshot_download over a repository holding `files`: each call copies the files its
+    allow_patterns match into one snapshot folder, as the real one fills the cache. Returns the names fetched."""
+    import fnmatch
+
+    import huggingface_hub
+
+    fetched: list[str] = []
+
+    def snapshot_download(repo_id, allow_patterns=None, **_):
+        for name in files:
+            if allow_patterns is None or any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
+                if not (cache / name).exists():
+                    (cache / name).write_text(name)
+                    fetched.append(name)
+        return str(cache)
+
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return fetched
+
+
+COMMON = ["config.json", "generation_config.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+          "added_tokens.json", "README.md", "modeling_custom.py"]
+
+
+def test_a_hub_model_is_downloaded_with_safetensors_alone_where_it_ships_both(monkeypatch, tmp_path):
+    from yayi_cli.model_files import download_snapshot
+
+    weights = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
+               "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin", "pytorch_model.bin.index.json"]
+    fetched = _hub_repository(monkeypatch, COMMON + weights, tmp_path / "snapshot")
+    assert download_snapshot("wenge-research/yayi-13b-llama2") == tmp_path / "snapshot"
+    assert not any(name.endswith(".bin") for name in fetched)
+    assert {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "tokenizer.model"} <= set(fetched)
+    assert "modeling_custom.py" not in fetched and "README.md" not in fetched  # code only with --trust-remote-code
+
+
+def test_a_hub_model_without_safetensors_is_downloaded_with_its_bin_files(monkeypatch, tmp_path):
+    from yayi_cli.model_files import download_snapshot
+
+    fetched = _hub_repository(monkeypatch, COMMON + ["pytorch_model.bin"], tmp_path / "snapshot")
+    download_snapshot("wenge-research/yayi-7b", remote_code=True)
+    assert {"pytorch_model.bin", "config.json", "modeling_custom.py"} <= set(fetched)
+
+
+def test_a_hub_model_that_cannot_be_downloaded_is_one_error_line(monkeypatch):
+    import huggingface_hub
+
+    from yayi_cli.model_files import download_snapshot
+
+    def offline(repo_id, **_):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files\nand more")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(UsageError, match=r"^cannot download org/name: We couldn't connect .* the files$"):
+        download_snapshot("org/name")

@@ -33,6 +33,26 @@ def model_file(reference: str | Path, name: str) -> Path | None:
     return Path(found) if found else None
 
 
+SNAPSHOT_FILES = ("*.json", "*.model", "*.txt", "*.tiktoken")
+"""Configs and tokenizer files: what a local copy of a hub model needs beside its weights."""
+
+
+def download_snapshot(repo: str, *, remote_code: bool = False) -> Path:
+    """A hub model's local snapshot, with one format of weights: safetensors, and `.bin` only where the repository
+    has no safetensors (loaders read safetensors first; a 13B repository that ships both would cost tens of GB
+    more). Files already in the cache are not fetched again; offline, the cache is all there is."""
+    from huggingface_hub import snapshot_download
+
+    common = [*SNAPSHOT_FILES, *(["*.py"] if remote_code else [])]
+    try:
+        path = Path(snapshot_download(repo, allow_patterns=[*common, "*.safetensors"]))
+        if not any(path.glob("*.safetensors")):
+            path = Path(snapshot_download(repo, allow_patterns=[*common, "*.bin"]))
+    except Exception as error:  # noqa: BLE001 - offline, unknown repo, no access: huggingface_hub raises many kinds
+        raise UsageError(f"cannot download {repo}: {first_line(error)}") from None
+    return path
+
+
 def read_model_json(reference: str | Path, name: str = CONFIG_FILE) -> dict[str, Any] | None:
     """One of a model's JSON files (config.json by default) as a dict; None when it has none.
 

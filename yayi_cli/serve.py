@@ -71,13 +71,14 @@ def engine_command(engine: str, name: str, host: str, port: int, trust_remote_co
 def served_model(options: ServeOptions, note: Callable[[str], None]) -> Iterator[tuple[Path, str]]:
     """A run folder holding the model under its own name (the id clients send): a link to the user's
     directory when it has the YaYi format, else a staged folder with the format added."""
+    from yayi_cli.model_files import download_snapshot
     from yayi_cli.models import load_tokenizer, resolve_model_reference
     from yayi_cli.prompt import GENERATION_CONFIG_FILE, MARKERS, resolve_template, save_model_format
     from yayi_cli.template_install import format_problems
 
     reference = resolve_model_reference(options.model)
     local = Path(reference).is_dir()
-    directory = (Path(reference) if local else _download(reference)).resolve()
+    directory = (Path(reference) if local else download_snapshot(reference, remote_code=options.trust_remote_code)).resolve()
     name = directory.name if local else reference.rsplit("/", 1)[-1]  # a hub snapshot's folder is a commit hash
     template, _ = resolve_template(options.template, str(directory))
     tokenizer = load_tokenizer(str(directory), trust_remote_code=options.trust_remote_code)
@@ -102,18 +103,6 @@ def served_model(options: ServeOptions, note: Callable[[str], None]) -> Iterator
                 if not (served / path.name).exists():
                     (served / path.name).symlink_to(path)
         yield Path(run), name
-
-
-def _download(repo: str) -> Path:
-    """A hub model's local snapshot (the engine would download it anyway): staging needs its files."""
-    from huggingface_hub import snapshot_download
-
-    from yayi_cli.errors import first_line
-
-    try:
-        return Path(snapshot_download(repo))
-    except Exception as error:  # noqa: BLE001 - network, auth, missing repo: one line each
-        raise UsageError(f"cannot download {repo}: {first_line(error)}") from None
 
 
 def _health(base: str) -> bool:

@@ -7,6 +7,7 @@ test_preference_end_to_end.py.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from yayi_cli.data.checked import load_records
 from yayi_cli.prompt import TEMPLATES, PromptTokenizer
 from yayi_cli.records import answered
 from yayi_cli.train.dataset import count_examples, usable
+from yayi_cli.errors import UsageError
 from yayi_cli.train.options import DPO, KTO, TrainOptions
 from yayi_cli.train.preference import (
     method_arguments, preference_trainer, reference_in_use, tokenize_preferences, unpaired,
@@ -171,14 +173,43 @@ def test_kto_takes_pairs_as_a_good_and_a_bad_answer_and_logs_its_metrics(tiny_mo
     split = unpaired(records)
     assert [(r.answers[0], r.label) for r in split[:2]] == [(records[0].answers[0], True), (records[0].answers[1], False)]
     trainer, _ = build(run_options(tiny_model_dirs["llama"], tmp_path, method=KTO), records, steps=3)
-    examples = [trainer.train_dataset[i] for i in range(len(split))]
-    batch = trainer.data_collator(examples)
-    for index, example in enumerate(examples):  # KL: each prompt with the previous record's answer
-        shifted = example["prompt_ids"] + examples[index - 1]["completion_ids"]
-        assert batch["KL_input_ids"][index][batch["KL_attention_mask"][index].bool()].tolist() == shifted
     losses(trainer)
     logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
     assert {"kl", "rewards/chosen", "rewards/rejected"} <= set(logged)
+
+
+def test_kto_takes_every_kl_sample_from_another_prompt_and_shuffles_each_epoch(tiny_model_dirs, pairs_file, tmp_path):
+    records = load_records([pairs_file])
+    trainer, _ = build(run_options(tiny_model_dirs["llama"], tmp_path, method=KTO), records, steps=3)
+    loader = trainer.get_train_dataloader()  # one batch holds every row (build's batch size)
+    orders = []
+    for epoch in (0, 1):  # as the Trainer starts each epoch
+        loader.set_epoch(epoch)
+        (batch,) = list(loader)
+        rows = [row[mask.bool()].tolist() for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
+        kl_rows = [row[mask.bool()].tolist() for row, mask in zip(batch["KL_input_ids"], batch["KL_attention_mask"])]
+        answers_by_prompt: dict[tuple, set] = {}
+        for example in trainer.train_dataset:
+            answers_by_prompt.setdefault(tuple(example["prompt_ids"]), set()).add(tuple(example["completion_ids"]))
+        for row, kl_row in zip(rows, kl_rows):
+            prompt = next(p for p in answers_by_prompt if tuple(row[:len(p)]) == p and tuple(row[len(p):]) in answers_by_prompt[p])
+            assert tuple(kl_row[:len(prompt)]) == prompt  # the row's own prompt ...
+            kl_answer = tuple(kl_row[len(prompt):])
+            assert kl_answer not in answers_by_prompt[prompt]  # ... with an answer it was never given
+            assert any(kl_answer in answers for other, answers in answers_by_prompt.items() if other != prompt)
+        orders.append(rows)
+    assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1])
+
+
+def test_kl_partners_never_pair_a_prompt_with_its_own_answers():
+    from yayi_cli.train.preference import kl_partners
+
+    for prompts in (["a", "a", "b", "b", "c", "c"], ["a", "b", "a", "c", "b", "d", "d"], ["a"] * 5 + ["b"]):
+        partners = kl_partners(prompts, seed=3)
+        assert all(prompts[partner] != prompt for prompt, partner in zip(prompts, partners)), prompts
+    assert sorted(kl_partners(["a", "a", "b", "b", "c", "c"], seed=3)) == list(range(6))  # each answer serves once
+    with pytest.raises(UsageError, match="every answer in the eval data is to one prompt"):
+        kl_partners(["a", "a"], seed=0, what="the eval data")
 
 
 def test_kto_reads_unpaired_feedback_as_it_is(tiny_model_dirs, tmp_path):
@@ -201,3 +232,33 @@ def test_long_records_are_cut_or_counted_as_leaving_no_answer(tiny_model_dirs, p
     nothing_left = tokenize_preferences(records[:1], prompts, method=DPO, max_length=prompt_length, overlong="truncate",
                                         cache_file=None)
     assert count_examples(nothing_left).skipped_no_answer == 1 and len(usable(nothing_left)) == 0
+
+
+@pytest.fixture(scope="module")
+def trl():
+    """TRL itself (importing its trainers takes seconds)."""
+    import trl
+
+    from trl import DPOConfig, DPOTrainer, KTOTrainer  # noqa: F401 - imported here, not in the tests' time
+
+    return trl
+
+
+def test_the_trl_methods_yayi_overrides_still_take_what_it_expects(trl):
+    """yayi replaces `_prepare_dataset` (TRL would tokenize the texts itself) and KTO's `_get_train_sampler`; a TRL
+    release that renames them or changes their arguments would silently bypass the replacement."""
+    import inspect
+
+    DPOTrainer, KTOTrainer = trl.DPOTrainer, trl.KTOTrainer
+    for trainer in (DPOTrainer, KTOTrainer):
+        assert list(inspect.signature(trainer._prepare_dataset).parameters) == [
+            "self", "dataset", "processing_class", "args", "dataset_name"], trainer
+    assert list(inspect.signature(KTOTrainer._get_train_sampler).parameters) == ["self", "train_dataset"]
+
+
+def test_every_dpo_loss_yayi_offers_is_one_dpoconfig_documents(trl):
+    from yayi_cli.train.options import DPO_LOSSES
+
+    documented = set(re.findall(r"`'(\w+)'`", trl.DPOConfig.__dataclass_fields__["loss_type"].metadata["help"]))
+    assert set(DPO_LOSSES) <= documented
+    assert documented - set(DPO_LOSSES) == {"exo_pair", "sft"}  # exo_pair needs label smoothing; sft is --sft-weight

@@ -13,6 +13,7 @@ from typing import Any
 
 from yayi_cli.errors import UsageError
 from yayi_cli.export.options import LLAMA_CPP_TYPES, GgufOptions, OllamaOptions
+from yayi_cli.model_files import download_snapshot
 from yayi_cli.models import ModelSource, resolve_model
 from yayi_cli.packages import require_package
 
@@ -55,14 +56,7 @@ def _refuse_unexportable(source: ModelSource, model: str) -> dict[str, Any]:
 
 def _local(reference: str) -> Path:
     """A hub id's files in the local cache (downloaded when missing); a directory as it is."""
-    if Path(reference).is_dir():
-        return Path(reference)
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(reference, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.model", "*.txt"]))
-    except Exception as error:  # offline, unknown repo, no access: huggingface_hub raises many kinds
-        raise UsageError(f"{reference}: cannot get the model's files ({str(error).splitlines()[0]})") from None
+    return Path(reference) if Path(reference).is_dir() else download_snapshot(reference)
 
 
 @contextlib.contextmanager

@@ -8,11 +8,13 @@ counted, as SFT examples are. The losses, the reference model and the metrics ar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
 from yayi_cli.data.checked import Record
+from yayi_cli.errors import UsageError
 from yayi_cli.prompt import PromptTokenizer
 from yayi_cli.records import UNPAIRED
 from yayi_cli.train.dataset import KEPT, NO_ANSWER, TOO_LONG, TRUNCATED, map_cached
@@ -27,6 +29,34 @@ def unpaired(records: Sequence[Record]) -> list[Record]:
         return list(records)
     return [Record(record.location, record.domain, record.conversation, (answer,), label)
             for record in records for answer, label in zip(record.answers, (True, False))]
+
+
+def kl_partners(prompts: Sequence[Hashable], seed: int, what: str = "the training data") -> list[int]:
+    """For each KTO row, the row whose answer is its KL sample: always an answer to another prompt.
+
+    KTO estimates KL(policy || reference) from prompts paired with answers they were not given. The rows are laid
+    out prompt by prompt, in an order shuffled with `seed`, and each takes the answer as many places on as the
+    largest prompt has answers, so every answer serves once and never beside its own prompt. Where one prompt holds
+    more than half of the answers, its leftover rows take a random answer to another prompt."""
+    groups: dict[Hashable, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        groups.setdefault(prompt, []).append(index)
+    if len(groups) < 2:
+        raise UsageError(f"KTO estimates its KL term from answers to other prompts, and every answer in {what} is to "
+                         "one prompt; add answers to other prompts")
+    generator = random.Random(seed)
+    order = list(groups.values())
+    generator.shuffle(order)
+    laid = [index for group in order for index in group]
+    shift = max(map(len, order))
+    group_of = {index: number for number, group in enumerate(order) for index in group}
+    partners = [0] * len(laid)
+    for position, index in enumerate(laid):
+        partner = laid[(position + shift) % len(laid)]
+        while group_of[partner] == group_of[index]:
+            partner = generator.choice(laid)
+        partners[index] = partner
+    return partners
 
 
 def fit_preference(prompt: list[int], answers: tuple[list[int], ...], max_length: int,
@@ -84,8 +114,8 @@ def method_arguments(options: TrainOptions, max_length: int) -> dict[str, Any]:
         if options.sft_weight:
             losses, weights = [*losses, "sft"], [*weights, options.sft_weight]
         settings |= {"loss_type": losses, "loss_weights": weights}
-    else:
-        settings["train_sampling_strategy"] = "sequential"  # KTO's KL pairs each prompt with a neighbour's answer
+    else:  # TRL asks for it (its KL pairs are neighbours in fixed batches); yayi's KTO sampler shuffles regardless
+        settings["train_sampling_strategy"] = "sequential"
     return settings
 
 
@@ -110,14 +140,20 @@ def trainer_class(method: str) -> Any:
         create_model_card = CoreTokenizedDPO.create_model_card
 
         def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
-            """KTO estimates its KL term from each prompt with the previous record's answer in the micro-batch."""
+            """Each row's KL sample is an answer to another prompt (`kl_partners`), fixed once, so it does not
+            depend on which rows share a batch (TRL rotates answers within a batch of neighbours, and a pair's two
+            rows are neighbours)."""
             if not self.calculate_KL:
                 return dataset
+            partners = kl_partners([tuple(ids) for ids in dataset["prompt_ids"]], args.seed, f"the {dataset_name} data")
+            answers = dataset["completion_ids"]
+            return dataset.add_column("KL_completion_ids", [answers[partner] for partner in partners])
 
-            def shift_answers(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-                return {"KL_completion_ids": batch["completion_ids"][-1:] + batch["completion_ids"][:-1]}
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            """A new order each epoch, from the run's seed, as the Trainer gives SFT and DPO."""
+            from torch.utils.data import RandomSampler
 
-            return dataset.map(shift_answers, batched=True, batch_size=args.per_device_train_batch_size)
+            return RandomSampler(self.train_dataset if train_dataset is None else train_dataset)
 
     return {DPO: CoreTokenizedDPO, KTO: CoreTokenizedKTO}[method]
 
