@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import SAMPLE_DATA, free_port, one_error_line, yayi
 from yayi_cli.errors import UsageError
 from yayi_cli.loading import load_for_task
 from yayi_cli.models import ADAPTER_CONFIG_FILE, ModelSource
@@ -97,3 +98,14 @@ def test_the_model_is_loaded_at_the_device_and_precision_asked(tiny_model_dirs, 
     parameter = next(loaded.model.parameters())
     assert (str(parameter.dtype), parameter.device.type) == (f"torch.{expected}", "cpu")
     assert not loaded.model.training
+
+
+@pytest.mark.parametrize("command", [
+    ["chat", "--prompt", "你好"], ["eval", "--data", str(SAMPLE_DATA)], ["export", "gguf", "-o", "{tmp}/out.gguf"],
+    ["serve", "--port", "{port}"], ["quantize", "--bits", "8", "-o", "{tmp}/int8"],
+])
+def test_every_command_that_runs_a_model_refuses_one_without_the_markers_in_the_same_line(without_markers, tmp_path, command):
+    """They all load through load_for_task, so a model without the markers gets the same one line everywhere."""
+    result = yayi(*[part.format(tmp=tmp_path, port=free_port()) for part in command], "--model", str(without_markers))
+    one_error_line(result, 2, "the tokenizer has no single token for '<|System|>'", "yayi template install")
+    assert list(tmp_path.iterdir()) == [without_markers]  # nothing written beside the model

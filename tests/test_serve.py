@@ -54,7 +54,7 @@ def test_missing_models_and_models_without_markers_are_refused(tmp_path, without
     missing = yayi("serve", "--model", str(tmp_path / "nope"), "--port", str(free_port()))
     assert missing.exit_code == 2 and "no such model directory" in missing.stderr
     plain = yayi("serve", "--model", str(without_markers), "--port", str(free_port()))
-    assert plain.exit_code == 2 and "lacks the YaYi markers" in plain.stderr and "template install" in plain.stderr
+    assert plain.exit_code == 2 and "no single token for '<|System|>'" in plain.stderr and "template install" in plain.stderr
 
 
 # --- a real server --------------------------------------------------------------------------------

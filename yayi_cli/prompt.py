@@ -308,8 +308,9 @@ def marker_token_ids(tokenizer: Any) -> dict[str, int]:
             marker, add_special_tokens=False
         ) != [token_id]:
             raise MissingMarkersError(
-                f"the tokenizer has no single token for {marker!r}; it was not prepared for the "
-                "YaYi format (yayi train adds the markers; for a base model use yayi train first)"
+                f"the tokenizer has no single token for {marker!r}; it was not prepared for the YaYi format: "
+                "fine-tune it with yayi train, which adds the markers, or add them with `yayi template install DIR` "
+                "(their embeddings start untrained)"
             )
         ids[marker] = token_id
     return ids

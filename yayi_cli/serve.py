@@ -71,22 +71,19 @@ def engine_command(engine: str, name: str, host: str, port: int, trust_remote_co
 def served_model(options: ServeOptions, note: Callable[[str], None]) -> Iterator[tuple[Path, str]]:
     """A run folder holding the model under its own name (the id clients send): a link to the user's
     directory when it has the YaYi format, else a staged folder with the format added."""
+    from yayi_cli.loading import load_for_task
     from yayi_cli.model_files import download_snapshot
-    from yayi_cli.models import load_tokenizer, resolve_model_reference
-    from yayi_cli.prompt import GENERATION_CONFIG_FILE, MARKERS, resolve_template, save_model_format
+    from yayi_cli.models import resolve_model_reference
+    from yayi_cli.prompt import GENERATION_CONFIG_FILE, save_model_format
     from yayi_cli.template_install import format_problems
 
     reference = resolve_model_reference(options.model)
     local = Path(reference).is_dir()
     directory = (Path(reference) if local else download_snapshot(reference, remote_code=options.trust_remote_code)).resolve()
     name = directory.name if local else reference.rsplit("/", 1)[-1]  # a hub snapshot's folder is a commit hash
-    template, _ = resolve_template(options.template, str(directory))
-    tokenizer = load_tokenizer(str(directory), trust_remote_code=options.trust_remote_code)
-    if any(marker not in tokenizer.get_vocab() for marker in MARKERS):
-        raise UsageError(
-            f"{options.model}: the tokenizer lacks the YaYi markers; fine-tune it with yayi train, or add them "
-            f"with `yayi template install {options.model}` (their embeddings start untrained)"
-        )
+    loaded = load_for_task(str(directory), template=options.template, trust_remote_code=options.trust_remote_code,
+                           model_weights=False)  # refuses a tokenizer without the markers, as every command does
+    template, tokenizer = loaded.template, loaded.tokenizer
     problems = format_problems(directory, tokenizer, template)
     with tempfile.TemporaryDirectory(prefix="yayi-serve-") as run:
         served = Path(run) / name

@@ -80,14 +80,14 @@ def write_model_file(directory: Path, path: Path, file_type: str, name: str) -> 
     from yayi_cli.export.layouts import layout_for
     from yayi_cli.export.vocab import read_vocab
     from yayi_cli.model_files import model_json
-    from yayi_cli.models import context_length, load_tokenizer, saved_precision
-    from yayi_cli.prompt import resolve_template
+    from yayi_cli.loading import load_for_task
+    from yayi_cli.models import context_length, saved_precision
     from yayi_cli.terminal import byte_progress
 
     config = model_json(directory)
     layout = layout_for(config, str(directory))
-    template, _ = resolve_template(None, str(directory))
-    tokenizer = load_tokenizer(str(directory))
+    loaded = load_for_task(str(directory), model_weights=False)  # refuses a tokenizer without the markers
+    template, tokenizer = loaded.template, loaded.tokenizer
     written_type = file_type
     if file_type in LLAMA_CPP_TYPES:  # llama.cpp quantizes from a lossless-enough 16-bit file
         written_type = "bf16" if saved_precision(directory) == "bf16" else "f16"
