@@ -172,6 +172,19 @@ def test_chat_protocol_asks_in_one_human_turn_and_scores_the_first_answer_token(
     assert answered.input_ids[len(request.context)] == request.choices[1][0]
 
 
+def test_answer_protocol_scores_the_letter_as_the_whole_trained_answer(benchmark_dirs, benchmark_models):
+    loaded = load_for_task(str(benchmark_models["llama"]), device="cpu")
+    plan = plan_benchmark(EvalOptions(model="-", data=[benchmark_dirs["cmmlu"]], benchmark="cmmlu", shots=1))
+    subject = plan.subjects[0]
+    request = build_requests("answer", subject.questions[:1], subject.shots, CMMLU, loaded.prompt_tokenizer)[0]
+    conversation = Conversation((Turn(HUMAN, harness_text(subject.questions[0], subject.shots, CMMLU)),))
+    assert request.context == loaded.prompt_tokenizer.encode_inference(conversation)
+    for letter, choice in zip("ABCD", request.choices):  # the ids that carry loss when training on that answer
+        answered = loaded.prompt_tokenizer.encode_training(Conversation((*conversation.turns, Turn("assistant", letter))))
+        assert request.context + choice == answered.input_ids
+        assert choice == [label for label in answered.labels if label != -100]
+
+
 # --- the report ---------------------------------------------------------------------------------
 
 

@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 from tests.helpers import SAMPLE_DATA, load_for_scoring, plain_transformers_loss
 from yayi_cli.cli import app
 from yayi_cli.data.checked import load_records
-from yayi_cli.evaluate import ChoiceItem, choice_accuracy
 from yayi_cli.gates import Gate, baseline_metrics, planned_metrics, regressions
 from yayi_cli.inference import generate_answers, response_loss, split_last_answer
 from yayi_cli.errors import DataError, UsageError
@@ -113,17 +112,56 @@ def test_generation_through_the_prompt_core_reproduces_learned_answers(tiny_mode
         assert answers == list(references) == ["我是雅意。", "4"]
 
 
-def test_choice_accuracy_on_items_whose_answers_the_model_learned(tiny_model_dirs, tmp_path):
-    items = [
-        ChoiceItem("t:1", "math", "1+1=?", ("1", "2", "3", "4"), "B"),
-        ChoiceItem("t:2", "math", "2+2=?", ("4", "5", "6", "7"), "A"),
-        ChoiceItem("t:3", "geo", "中国的首都是？", ("上海", "广州", "深圳", "北京"), "D"),
-    ]
-    trained = overfit(tiny_model_dirs["llama"], tmp_path / "trained", [i.conversation(i.answer) for i in items])
-    model, prompt_tokenizer = load_for_scoring(trained)
-    result = choice_accuracy(model, prompt_tokenizer, items, batch_size=5)
-    assert result.chosen == ["B", "A", "D"]
-    assert result.to_json() == {"accuracy": 1.0, "per_subject": {"geo": {"accuracy": 1.0, "items": 1}, "math": {"accuracy": 1.0, "items": 2}}}
+CHOICE_ROWS = [("math", "1+1=?", ("1", "2", "3", "4"), "B"), ("math", "2+2=?", ("4", "5", "6", "7"), "A"),
+               ("geo", "中国的首都是？", ("上海", "广州", "深圳", "北京"), "D")]
+
+
+def choice_file(path):
+    """CHOICE_ROWS as --task choice reads them: JSON lines with a subject."""
+    rows = [{"subject": subject, "question": question, **dict(zip("ABCD", options)), "answer": answer}
+            for subject, question, options, answer in CHOICE_ROWS]
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def asked(question: str, options, answer: str):
+    """A question as --task choice asks it, answered: the question, the options, 答案：, then the letter."""
+    from yayi_cli.prompt import ASSISTANT, HUMAN, Conversation, Turn
+
+    text = question + "".join(f"\n{letter}. {option}" for letter, option in zip("ABCD", options)) + "\n答案："
+    return Conversation((Turn(HUMAN, text), Turn(ASSISTANT, answer)))
+
+
+def test_every_protocol_picks_the_letters_the_model_learned(tiny_model_dirs, tmp_path):
+    trained = overfit(tiny_model_dirs["llama"], tmp_path / "trained", [asked(q, o, a) for _, q, o, a in CHOICE_ROWS])
+    data = choice_file(tmp_path / "choice.jsonl")
+    for protocol in ("answer", "chat"):  # the letter as the whole answer, and as its first token
+        predictions = tmp_path / f"{protocol}.jsonl"
+        result = cli("--model", str(trained), "--data", str(data), "--task", "choice", "--protocol", protocol,
+                     "--predictions", str(predictions), "--json")
+        assert result.exit_code == 0, result.output
+        document = json.loads(result.stdout)
+        assert document["metrics"] == {"accuracy": 1.0}
+        assert document["groups"] == {"geo": {"accuracy": 1.0, "items": 1}, "math": {"accuracy": 1.0, "items": 2}}
+        lines = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]
+        assert [line["prediction"] for line in lines] == ["B", "A", "D"] and all(line["correct"] for line in lines)
+
+
+def test_the_answer_protocol_scores_each_letter_as_the_answer_loss_does(tiny_model_dirs, arch, tmp_path):
+    """Choice scoring (the benchmarks' scorer) and `yayi eval`'s answer loss are two paths to one number."""
+    from yayi_cli.benchmark.files import read_choice_files
+    from yayi_cli.evaluate import choice_scores
+    from yayi_cli.loading import load_for_task
+    from yayi_cli.data.checked import Record
+
+    loaded = load_for_task(str(tiny_model_dirs[arch]), device="cpu")
+    lines = choice_scores(loaded, read_choice_files([choice_file(tmp_path / "choice.jsonl")]), "answer", batch_size=4,
+                          max_length=None)
+    for line, (_, question, options, _) in zip(lines, CHOICE_ROWS):
+        for letter, loglikelihood in zip("ABCD", line["loglikelihoods"]):
+            record = Record("t:1", "", asked(question, options, letter), (), None)
+            loss = response_loss(loaded.model, loaded.prompt_tokenizer, [record], batch_size=1).overall
+            assert loglikelihood == pytest.approx(-loss.nll, rel=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -256,6 +294,7 @@ def test_cli_generate_writes_predictions_and_choice_reads_ceval_csv(tiny_model_d
     assert choice.exit_code == 0, choice.output
     document = json.loads(choice.stdout)
     assert list(document["groups"]) == ["computer_network"] and document["counts"] == {"items": 2}
+    assert document["options"]["protocol"] == "answer"  # the default, named in the report
     assert tuple(document["metrics"]) == planned_metrics(EvalOptions(model, [csv_file], task="choice")) == ("accuracy",)
     bad = tmp_path / "bad.csv"
     bad.write_text("question,A,B,C,D,answer\nq,1,2,3,4,E\n", encoding="utf-8")

@@ -12,30 +12,29 @@
 
 from __future__ import annotations
 
-import csv
-import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from yayi_cli import metrics
 from yayi_cli.atomic import write_json_atomic, write_json_lines_atomic
 from yayi_cli.data.checked import Record, load_records
-from yayi_cli.data.reader import open_data_file, read_records, sha256_of
+from yayi_cli.data.reader import sha256_of
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.gates import baseline_metrics, check_gates, regressions
 from yayi_cli.options import EvalOptions
-from yayi_cli.inference import choice_scores, generate_answers, response_loss, split_last_answer
+from yayi_cli.benchmark.files import Question, read_choice_files
+from yayi_cli.inference import generate_answers, pad_id, response_loss, split_last_answer
 from yayi_cli.loading import LoadedModel
 from yayi_cli.preference_eval import Comparison, check_task_fits, choose_comparison, score_preferences
-from yayi_cli.prompt import ASSISTANT, HUMAN, Conversation, PromptTokenizer, Turn
-from yayi_cli.records import NO_DOMAIN_LABEL, PAIRED_KEYS
+from yayi_cli.prompt import PromptTokenizer
+from yayi_cli.records import NO_DOMAIN_LABEL
 from yayi_cli.sampling import seeded_sample
 
-CHOICE_LETTERS = ("A", "B", "C", "D")
+DEFAULT_CHOICE_PROTOCOL = "answer"
+"""--task choice's protocol unless --protocol names another: the letter as the whole trained answer."""
 
 
 @dataclass
@@ -56,86 +55,20 @@ class GenerationResult:
 # --- multiple choice ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ChoiceItem:
-    location: str
-    subject: str
-    question: str
-    options: tuple[str, ...]
-    answer: str
+def choice_scores(loaded: LoadedModel, questions: Sequence[Question], protocol: str, *, batch_size: int,
+                  max_length: int | None) -> list[dict[str, Any]]:
+    """Each question's prediction line (its letters' log-likelihoods, the letter chosen), asked each on its own by
+    `protocol` and scored by the benchmarks' scorer."""
+    from yayi_cli.benchmark.protocols import build_requests
+    from yayi_cli.benchmark.report import prediction_line
+    from yayi_cli.benchmark.run import harness_max_length
+    from yayi_cli.benchmark.scoring import score_requests
+    from yayi_cli.benchmark.subjects import LOOSE_FILES
 
-    def conversation(self, letter: str) -> Conversation:
-        lines = [self.question] + [f"{key}. {text}" for key, text in zip(CHOICE_LETTERS, self.options)]
-        return Conversation((Turn(HUMAN, "\n".join(lines) + "\n答案："), Turn(ASSISTANT, letter)))
-
-
-def _subject_of(path: Path) -> str:
-    """C-Eval names files `<subject>_val.csv`; CMMLU `<subject>.csv`."""
-    return re.sub(r"_(val|dev|test)$", "", path.stem)
-
-
-def _choice_item(row: dict[str, Any], location: str, subject: str) -> ChoiceItem:
-    fields = {str(key).strip().lower(): value for key, value in row.items() if key is not None}
-    missing = [name for name in ("question", "a", "b", "c", "d", "answer") if not str(fields.get(name) or "").strip()]
-    if missing and set(PAIRED_KEYS) <= fields.keys():
-        raise UsageError(f"{location}: a preference pair (chosen/rejected), not a choice item; score pairs with --task preference")
-    if missing:
-        raise DataError(f"{location}: missing {', '.join(missing)}; a choice item needs question, A, B, C, D and answer")
-    answer = str(fields["answer"]).strip().upper()
-    if answer not in CHOICE_LETTERS:
-        raise DataError(f"{location}: answer {fields['answer']!r} is not one of A, B, C, D")
-    options = tuple(str(fields[letter.lower()]) for letter in CHOICE_LETTERS)
-    return ChoiceItem(location, str(fields.get("subject") or subject), str(fields["question"]), options, answer)
-
-
-def read_choice_items(paths: Sequence[Path]) -> list[ChoiceItem]:
-    """Items from C-Eval/CMMLU-style CSV files (question, A, B, C, D, answer) or JSON lines."""
-    items = []
-    for path in paths:
-        subject = _subject_of(Path(path))
-        if Path(path).suffix.lower() == ".csv":
-            open_data_file(path).close()  # one clear error for a missing file or a directory
-            try:
-                with open(path, encoding="utf-8-sig", newline="") as handle:
-                    reader = csv.DictReader(handle)
-                    items.extend(_choice_item(row, f"{path}:{reader.line_num}", subject) for row in reader)
-            except UnicodeDecodeError:
-                raise DataError(f"{path}: not UTF-8 text; save the CSV as UTF-8") from None
-            continue
-        for source in read_records(path):
-            if source.error is not None or not isinstance(source.value, dict):
-                raise DataError(f"{source.location}: {source.error or 'expected a JSON object'}")
-            items.append(_choice_item(source.value, source.location, subject))
-    if not items:
-        raise DataError("no choice items in " + ", ".join(str(p) for p in paths))
-    return items
-
-
-@dataclass
-class ChoiceResult:
-    correct: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    total: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    chosen: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "accuracy": sum(self.correct.values()) / max(sum(self.total.values()), 1),
-            "per_subject": {s: {"accuracy": self.correct[s] / self.total[s], "items": self.total[s]} for s in sorted(self.total)},
-        }
-
-
-def choice_accuracy(model: Any, prompt_tokenizer: PromptTokenizer, items: Sequence[ChoiceItem], *, batch_size: int = 8) -> ChoiceResult:
-    """Pick, for each item, the letter whose answer the model finds most likely."""
-    conversations = [item.conversation(letter) for item in items for letter in CHOICE_LETTERS]
-    scores = choice_scores(model, prompt_tokenizer, conversations, batch_size=batch_size)
-    result = ChoiceResult()
-    for number, item in enumerate(items):
-        options = scores[number * 4 : number * 4 + 4]
-        letter = CHOICE_LETTERS[options.index(min(options))]
-        result.chosen.append(letter)
-        result.total[item.subject] += 1
-        result.correct[item.subject] += letter == item.answer
-    return result
+    requests = build_requests(protocol, questions, [], LOOSE_FILES, loaded.prompt_tokenizer)
+    scores, _ = score_requests(loaded.model, requests, batch_size=batch_size, max_length=max_length or harness_max_length(loaded),
+                               padding=pad_id(loaded.tokenizer))
+    return [prediction_line(question, values) for question, values in zip(questions, scores)]
 
 
 # --- the whole run ------------------------------------------------------------------------------
@@ -183,7 +116,8 @@ def run_eval(options: EvalOptions) -> EvalReport:
 
         inputs = plan_benchmark(options)
     elif options.task == "choice":
-        inputs = seeded_sample(read_choice_items(options.data), options.max_samples, options.seed)
+        options = replace(options, protocol=options.protocol or DEFAULT_CHOICE_PROTOCOL)
+        inputs = seeded_sample(read_choice_files(options.data), options.max_samples, options.seed)
     else:
         inputs = seeded_sample(load_records(options.data), options.max_samples, options.seed)
         check_task_fits(options.task, inputs)
@@ -197,7 +131,7 @@ def run_eval(options: EvalOptions) -> EvalReport:
     if options.benchmark is not None:
         return _benchmark_report(options, loaded, inputs, timings)
     if options.task == "choice":
-        return _choice_report(options, name, model, prompt_tokenizer, inputs, timings)
+        return _choice_report(options, loaded, inputs, timings)
     max_length = options.max_length or loaded.context_length()
     if comparison is not None:
         return _preference_report(options, loaded, inputs, comparison, timings, max_length)
@@ -239,13 +173,18 @@ def _lm_report(
     return report
 
 
-def _choice_report(options: EvalOptions, template: str, model: Any, prompt_tokenizer: PromptTokenizer, items: list[ChoiceItem], timings: dict[str, float]) -> EvalReport:
+def _choice_report(options: EvalOptions, loaded: LoadedModel, questions: list[Question], timings: dict[str, float]) -> EvalReport:
     started = time.perf_counter()
-    result = choice_accuracy(model, prompt_tokenizer, items, batch_size=options.batch_size)
+    lines = choice_scores(loaded, questions, options.protocol, batch_size=options.batch_size,
+                          max_length=options.max_length)
     timings["choice_s"] = time.perf_counter() - started
-    summary = result.to_json()
-    report = EvalReport(options, template, {"items": len(items)}, {"accuracy": summary["accuracy"]}, summary["per_subject"], timings)
-    report.predictions = [{"location": i.location, "answer": i.answer, "chosen": c} for i, c in zip(items, result.chosen)]
+    by_subject: dict[str, list[bool]] = defaultdict(list)
+    for line in lines:
+        by_subject[line["subject"]].append(line["correct"])
+    groups = {subject: {"accuracy": sum(marks) / len(marks), "items": len(marks)} for subject, marks in sorted(by_subject.items())}
+    accuracy = sum(line["correct"] for line in lines) / len(lines)
+    report = EvalReport(options, loaded.template.name, {"items": len(lines)}, {"accuracy": accuracy}, groups, timings)
+    report.predictions = lines
     return report
 
 

@@ -116,14 +116,6 @@ def batched_nll(model: Any, encoded: Sequence[Encoded], padding: int, batch_size
     return results
 
 
-def choice_scores(
-    model: Any, prompt_tokenizer: PromptTokenizer, conversations: Sequence[Conversation], *, batch_size: int = 8,
-) -> list[float]:
-    """The summed answer NLL of each conversation: how unlikely the model finds its answer."""
-    encoded = prompt_tokenizer.encode_training_batch(conversations)
-    return [nll for nll, _ in batched_nll(model, encoded, pad_id(prompt_tokenizer.tokenizer), batch_size)]
-
-
 # --- generation ---------------------------------------------------------------------------------
 
 

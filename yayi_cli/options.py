@@ -20,6 +20,9 @@ from yayi_cli.models import DTYPES
 from yayi_cli.option_table import CommandOptions, complete_directories, group, option
 from yayi_cli.prompt import TEMPLATES
 
+CHOICE_PROTOCOLS = ("harness", "chat", "answer")
+"""The ways a multiple-choice question is put to the model (benchmark/protocols.py builds each)."""
+
 
 def _flag(text: str) -> bool:
     lowered = text.lower()
@@ -200,9 +203,11 @@ class EvalOptions(CommandOptions):
     benchmark: str | None = option("--benchmark", default=None, choices=("ceval", "cmmlu", "mmlu"), help=(
         "Run a standard benchmark from its files as downloaded: --data is its folder or zip; accuracy per subject, "
         "category and overall."))
-    protocol: str | None = option("--protocol", default=None, choices=("harness", "chat"), help=(
-        "With --benchmark: harness asks as lm-evaluation-harness does (its prompts, its numbers); chat puts the "
-        "same text in one turn of the model's template [default: harness]."))
+    protocol: str | None = option("--protocol", default=None, choices=CHOICE_PROTOCOLS, help=(
+        "How a multiple-choice question is asked (--benchmark, --task choice): harness as lm-evaluation-harness does; "
+        "chat puts the same text in one turn of the model's template and scores the letter as the answer's first "
+        "token; answer scores the letter as the whole answer, <|End|> included [default: harness with --benchmark, "
+        "answer with --task choice]."))
     split: str | None = option("--split", default=None, choices=("val", "test"), help=(
         "With --benchmark: the split to score [default: the harness's: val for C-Eval, test for CMMLU and MMLU]."))
     subjects: str | None = option("--subjects", default=None, metavar="A,B,...",
@@ -249,8 +254,10 @@ class EvalOptions(CommandOptions):
             raise UsageError("--reference is for --task preference")
         if self.generate and self.task == "preference":
             raise UsageError("--generate answers SFT records' last question; --task preference scores the answers the pairs give")
+        if self.protocol is not None and self.benchmark is None and self.task != "choice":
+            raise UsageError("--protocol is for multiple choice: --task choice or --benchmark ceval|cmmlu|mmlu")
         if self.benchmark is None:
-            given = [flag for flag, value in (("--protocol", self.protocol), ("--split", self.split), ("--subjects", self.subjects),
+            given = [flag for flag, value in (("--split", self.split), ("--subjects", self.subjects),
                                               ("--shots", self.shots), ("--submission", self.submission)) if value is not None]
             if given:
                 raise UsageError(f"{given[0]} is for --benchmark ceval|cmmlu|mmlu")

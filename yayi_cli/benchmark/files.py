@@ -1,4 +1,5 @@
-"""Reading a benchmark's files as they are downloaded: a directory, or the zip/tar archive itself.
+"""Reading multiple-choice questions: a benchmark's files as they are downloaded (a directory, or the zip/tar
+archive itself), and the loose files `yayi eval --task choice` takes. Both become `Question`s, checked the same way.
 
 The split folders (dev, val, test) may sit at the top or under one folder (MMLU's data.tar unpacks into
 data/). Every cell is read as text, exactly as written: no number parsing, no NaN for empty cells.
@@ -9,14 +10,18 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from yayi_cli.benchmark.subjects import Benchmark
+from yayi_cli.data.reader import open_data_file, read_records
 from yayi_cli.errors import DataError, UsageError
+from yayi_cli.records import PAIRED_KEYS
 
 LETTERS = ("A", "B", "C", "D")
 SPLITS = ("dev", "val", "test")
@@ -125,11 +130,9 @@ def read_questions(files: BenchmarkFiles, split: str, subject: str, benchmark: B
         where = f"{location}:{reader.line_num}"
         if len(row) < width or (benchmark.header is None and len(row) != width):
             raise UsageError(f"{where}: {len(row)} fields; {benchmark.title} rows are {_layout(benchmark)}; is --benchmark right?")
-        answer = None if withheld else row[columns["answer"]].strip().upper()
         if benchmark.header is None and number == 0 and row[0].strip().lower() == "question":
             raise UsageError(f"{where}: a header row; {benchmark.title} files have none (rows are {_layout(benchmark)})")
-        if answer is not None and answer not in LETTERS:
-            raise DataError(f"{where}: answer {row[columns['answer']]!r} is not one of A, B, C, D")
+        answer = None if withheld else checked_answer(row[columns["answer"]], where)
         options = (row[columns["A"]], row[columns["B"]], row[columns["C"]], row[columns["D"]])
         question_id = row[columns["id"]].strip() if "id" in columns else str(number)
         questions.append(Question(subject, split, question_id, where, row[columns["question"]], options, answer))
@@ -159,3 +162,57 @@ def _columns(reader: Iterator[list[str]], location: str, split: str, benchmark: 
     roles = {name: header.index(name) for name in benchmark.header if name in header}
     return {"question" if name.lower() == "question" else "answer" if name.lower() == "answer" else name: index
             for name, index in roles.items()}
+
+
+def checked_answer(cell: Any, where: str) -> str:
+    """An answer cell as its letter (any case, spaces around ignored); anything else is refused."""
+    answer = str(cell).strip().upper()
+    if answer not in LETTERS:
+        raise DataError(f"{where}: answer {cell!r} is not one of A, B, C, D")
+    return answer
+
+
+CHOICE_KEYS = ("question", "a", "b", "c", "d", "answer")
+
+
+def _subject_of(path: Path) -> str:
+    """C-Eval and MMLU name files `<subject>_<split>.csv`; CMMLU `<subject>.csv`."""
+    return re.sub(r"_(val|dev|test)$", "", path.stem)
+
+
+def _loose_question(row: dict[Any, Any], where: str, subject: str, number: int) -> Question:
+    fields = {str(key).strip().lower(): value for key, value in row.items() if key is not None}
+    missing = [name for name in CHOICE_KEYS if not str(fields.get(name) or "").strip()]
+    if missing and set(PAIRED_KEYS) <= fields.keys():
+        raise UsageError(f"{where}: a preference pair (chosen/rejected), not a choice item; score pairs with --task preference")
+    if missing:
+        raise DataError(f"{where}: missing {', '.join(missing)}; a choice item needs question, A, B, C, D and answer")
+    options = tuple(str(fields[letter.lower()]) for letter in LETTERS)
+    return Question(str(fields.get("subject") or subject), "", str(fields.get("id") or number), where,
+                    str(fields["question"]), options, checked_answer(fields["answer"], where))  # type: ignore[arg-type]
+
+
+def read_choice_files(paths: Sequence[Path]) -> list[Question]:
+    """`--task choice`'s files: CSV with a header naming question, A-D and answer (any case; other columns, such as
+    C-Eval's id and explanation, ignored), or JSON lines with those keys and optionally subject. The subject is the
+    file name without `_val`/`_dev`/`_test`."""
+    questions: list[Question] = []
+    for path in map(Path, paths):
+        subject = _subject_of(path)
+        if path.suffix.lower() != ".csv":
+            for number, source in enumerate(read_records(path)):
+                if source.error is not None or not isinstance(source.value, dict):
+                    raise DataError(f"{source.location}: {source.error or 'expected a JSON object'}")
+                questions.append(_loose_question(source.value, source.location, subject, number))
+            continue
+        open_data_file(path).close()  # one clear error for a missing file or a directory
+        try:
+            with open(path, encoding="utf-8-sig", newline="") as handle:
+                reader = csv.DictReader(handle)
+                questions += [_loose_question(row, f"{path}:{reader.line_num}", subject, number)
+                              for number, row in enumerate(reader)]
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not UTF-8 text; save the CSV as UTF-8") from None
+    if not questions:
+        raise DataError("no choice items in " + ", ".join(str(p) for p in paths))
+    return questions

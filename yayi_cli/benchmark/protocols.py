@@ -5,6 +5,8 @@
   harness does: the context alone, and each choice as what the whole text adds after the context.
 - `chat`: the same text as one human turn of the model's template, the answer letter as the first
   thing the assistant says (how chat models are scored by LLaMA-Factory).
+- `answer`: the same turn, each choice the whole answer the model would be trained on: the letter, then
+  the template's close (`\n\n<|End|>`, or `<|End|>` for yayi-llama2), so the model must also end there.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ from typing import Any
 
 from yayi_cli.benchmark.files import LETTERS, Question
 from yayi_cli.benchmark.subjects import Benchmark
-from yayi_cli.prompt import HUMAN, Conversation, PromptTokenizer, Turn, render_inference
+from yayi_cli.prompt import ASSISTANT, HUMAN, Conversation, PromptTokenizer, Turn, render_inference, render_training
 
-PROTOCOLS = ("harness", "chat")
 
 
 @dataclass(frozen=True)
@@ -63,5 +64,11 @@ def build_requests(protocol: str, questions: Sequence[Question], shots: Sequence
             continue
         conversation = Conversation((Turn(HUMAN, text),))
         conversation.refuse(prompt_tokenizer.reserved)
-        requests.append(_split_choices(tokenizer, render_inference(conversation, prompt_tokenizer.template), LETTERS))
+        context = render_inference(conversation, prompt_tokenizer.template)
+        if protocol == "chat":
+            requests.append(_split_choices(tokenizer, context, LETTERS))
+            continue
+        answers = [render_training(Conversation((*conversation.turns, Turn(ASSISTANT, letter))), prompt_tokenizer.template).text
+                   for letter in LETTERS]
+        requests.append(_split_choices(tokenizer, context, [answer[len(context):] for answer in answers]))
     return requests

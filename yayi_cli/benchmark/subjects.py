@@ -188,3 +188,10 @@ BENCHMARKS = {benchmark.name: benchmark for benchmark in (CEVAL, CMMLU, MMLU)}
 def category_key(name: str) -> str:
     """A category as a metric name: "Social Science" -> "social_science"."""
     return name.lower().replace(" ", "_")
+
+LOOSE_FILES = Benchmark(
+    name="choice", title="multiple-choice", splits=(), default_split="", header=None, names={}, categories={},
+    description_format="", answer_prompt="答案：", subject_suffix=False,
+)
+"""How `yayi eval --task choice` asks the questions of its own files: each alone (no description, no examples),
+the options, then "答案：" as C-Eval and CMMLU do."""
