@@ -14,7 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tests.helpers import LIBRARY_LINE, NOT_AT_STARTUP, SAMPLE_DATA, yayi
+from tests.helpers import LIBRARY_LINE, NOT_AT_STARTUP, SAMPLE_DATA, one_error_line, yayi
 from yayi_cli import __version__
 from yayi_cli.cli import app
 from yayi_cli.data.options import PreviewOptions, SplitOptions, ValidateOptions
@@ -231,11 +231,11 @@ def test_no_metavar_has_a_python_name_in_it():
     assert len(metavars) > 30 and [f"{where}: {metavar}" for where, metavar in metavars.items() if re.search("[a-z][A-Z]", metavar)] == []
 
 
-@pytest.mark.parametrize(("typed", "shown"), [("0", 1), ("-5", 1), (str(10**30), "all")])
-def test_a_record_count_beyond_its_bounds_is_moved_to_the_bound(typed, shown):
-    """`-n` is clamped, not refused: 0 shows the fewest (one record), a huge number every record."""
-    result = yayi("data", "preview", "-n", typed, str(SAMPLE_DATA), "--json")
+def test_a_record_count_too_large_shows_every_record_and_one_below_1_is_refused():
+    """`-n` is clamped above (a huge number means every record) and refused below 1 (0 or -5 means nothing sensible)."""
+    result = yayi("data", "preview", "-n", str(10**30), str(SAMPLE_DATA), "--json")
     assert result.exit_code == 0, result.output
-    records = json.loads(result.stdout)["records"]
     expected = sum(1 for line in SAMPLE_DATA.read_text(encoding="utf-8").splitlines() if line.strip())
-    assert len(records) == (expected if shown == "all" else shown)
+    assert len(json.loads(result.stdout)["records"]) == expected
+    for typed in ("0", "-5"):
+        one_error_line(yayi("data", "preview", "-n", typed, str(SAMPLE_DATA)), 2, f"--num-records must be at least 1, got {typed}")

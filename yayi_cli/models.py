@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import logging
 import re
@@ -38,7 +39,32 @@ def resolve_model_reference(model: str) -> str:
     first_part = model.split("/", 1)[0]
     if model.startswith(("/", ".", "~")) or model.count("/") > 1 or (first_part != model and Path(first_part).is_dir()):
         raise UsageError(f"{model}: no such model directory")
+    check_hub_model(model)
     return model
+
+
+@functools.lru_cache(maxsize=None)
+def check_hub_model(repo: str) -> None:
+    """A name that is no local directory must be a hub model: found in the cache, or asked of the hub once (no
+    retries), so a mistyped path is one line at once, not a minute of download retries ending in a hub error."""
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    if isinstance(huggingface_hub.try_to_load_from_cache(repo, CONFIG_FILE), str):
+        return
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise UsageError(f"{repo}: no such local directory, and HF_HUB_OFFLINE is set while the Hugging Face cache "
+                         "has no model of that name")
+    try:
+        huggingface_hub.model_info(repo, timeout=15)
+    except RepositoryNotFoundError:
+        raise UsageError(f"{repo}: no such local directory, and no model of that name on the Hugging Face hub "
+                         "(or it is private: log in with `hf auth login`)") from None
+    except huggingface_hub.errors.HfHubHTTPError:
+        return  # there, but gated or refused to this user: loading says what the hub says
+    except Exception as error:  # noqa: BLE001 - no network, DNS, proxy, timeout: the hub cannot be asked
+        raise UsageError(f"{repo}: no such local directory, and the Hugging Face hub cannot be reached "
+                         f"to look for a model of that name ({first_line(error)})") from None
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt")

@@ -40,7 +40,7 @@ class Flag:
     required: bool = False
     argument: bool = False
     clamp: bool = False
-    """A typed number beyond at_least/at_most is moved to the bound instead of refused."""
+    """A typed number above at_most is moved to it instead of refused (below at_least is refused as ever)."""
     default_text: str | None = None
     """What `[default: ...]` says when the field's default is decided elsewhere (None: the default itself)."""
 

@@ -52,6 +52,8 @@ PROBES = (
 
 def local_model_dir(model: str) -> Path:
     """A saved model's local directory; hub ids are refused, since their files are not the user's to change."""
+    if not Path(model).expanduser().is_dir():  # not looked up on the hub: its files are not the user's to change
+        raise UsageError(f"{model}: no such model directory (give a local directory; download hub models first)")
     path = Path(resolve_model_reference(model))
     if not path.is_dir():
         raise UsageError(f"{model}: no such model directory (give a local directory; download hub models first)")

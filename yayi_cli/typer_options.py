@@ -41,9 +41,8 @@ def number_parser(flag: Flag, kind: type) -> Callable[[str], float]:
             raise typer.BadParameter(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
         if not math.isfinite(value):
             raise typer.BadParameter(f"{text!r} is not a finite number")
-        if flag.clamp:  # a count typed too large or too small means "all" or "the fewest"
-            value = min(value, kind(flag.at_most)) if flag.at_most is not None else value
-            value = max(value, kind(flag.at_least)) if flag.at_least is not None else value
+        if flag.clamp and flag.at_most is not None:  # a count typed too large means "all"; too small is refused
+            value = min(value, kind(flag.at_most))
         return value
 
     parse.__name__ = "int" if kind is int else "number"  # Typer shows it as the metavar: <int>, <number>

@@ -192,8 +192,19 @@ def test_lines_ending_in_a_lone_cr_are_named_with_the_way_to_convert_them(tmp_pa
     assert result.exit_code == 1 and f"{data}:1: error: lines end with a lone CR (classic Mac)" in result.output
 
 
-def test_binary_with_nul_bytes_is_not_taken_for_utf16(tmp_path):
+@pytest.mark.parametrize("head", [b"\x00" * 64, b"\x7fELF" + bytes(range(256)) * 4 + b"\r" * 40])
+def test_binary_data_is_named_as_binary_not_as_utf16_or_lone_cr_lines(tmp_path, head):
     data = tmp_path / "d.jsonl"
-    data.write_bytes(b"\x00" * 64)
+    data.write_bytes(head)
     problems = validate(ValidateOptions([data])).tally.problems
-    assert [p.code for p in problems] == ["invalid-json"]
+    assert [p.message for p in problems] == ["the file is binary, not text (it holds NUL bytes); give a .jsonl or .json data file"]
+
+
+@pytest.mark.parametrize("command", [["data", "validate"], ["data", "preview"]])
+def test_compressed_data_is_named_with_the_way_to_unpack_it(tmp_path, command):
+    import gzip
+
+    data = tmp_path / "d.jsonl.gz"
+    data.write_bytes(gzip.compress((RECORD_TEXT + "\n").encode()))
+    result = runner.invoke(app, [*command, str(data)])
+    assert result.exit_code in (1, 2) and "the file is gzip-compressed" in result.output and f"gunzip -k {data}" in result.output

@@ -155,12 +155,23 @@ class ForeignText(DataError):
         self.path, self.reason = str(path), reason
 
 
+COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip -k"), b"BZh": ("bzip2", "bunzip2 -k"), b"\xfd7zXZ\x00": ("xz", "unxz -k"),
+              b"\x28\xb5\x2f\xfd": ("zstd", "unzstd"), b"PK\x03\x04": ("zip", "unzip")}
+"""Magic bytes of compressed files, and the command that unpacks each."""
+
+
 def refuse_foreign_text(path: Path, head: bytes) -> None:
-    """UTF-16 text, or lines ending in a lone CR, would show as every line invalid (or one huge
-    line): say what the file is and how to convert it instead."""
+    """Compressed or binary files, UTF-16 text, or lines ending in a lone CR, would show as every line invalid (or
+    one huge line): say what the file is and what to do instead."""
+    for magic, (kind, command) in COMPRESSED.items():
+        if head.startswith(magic):
+            raise ForeignText(path, f"the file is {kind}-compressed; yayi reads plain JSON lines: unpack it first, "
+                              f"e.g. `{command} {path}`")
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or _alternating_nuls(head[:512]):
         raise ForeignText(path, "the file is UTF-16 text; yayi reads UTF-8: convert it, e.g. "
                           f"`iconv -f UTF-16 -t UTF-8 {path} > {Path(path).stem}.utf8{Path(path).suffix}`")
+    if b"\x00" in head[:4096]:  # no UTF-8 text holds NUL bytes
+        raise ForeignText(path, "the file is binary, not text (it holds NUL bytes); give a .jsonl or .json data file")
     if b"\n" not in head and head.count(b"\r") > 1:
         raise ForeignText(path, "lines end with a lone CR (classic Mac); convert them, e.g. "
                           f"`tr '\\r' '\\n' < {path} > {Path(path).stem}.lf{Path(path).suffix}`")

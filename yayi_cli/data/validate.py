@@ -167,6 +167,11 @@ class ValidationReport:
         }
 
 
+def counted(number: int, noun: str) -> str:
+    """`1 error`, `2 errors`."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def validate(options: ValidateOptions, *, progress: Callable[[int], None] = lambda size: None) -> ValidationReport:
     """Check every record of `options.files`; with a model, also token lengths and truncation.
 
@@ -178,9 +183,11 @@ def validate(options: ValidateOptions, *, progress: Callable[[int], None] = lamb
     tally_files(options.files, tally, workers=options.workers, progress=progress, each_valid=counter.add if counter else None)
     if counter is not None and counter.pending:
         counter.flush()
+    none_at_all = not any(stats.records for stats in tally.files.values())  # train and eval refuse that
     for stats in tally.files.values():
         if stats.records == 0:  # a truncated download or the wrong file, most likely
-            tally.report(Problem(stats.path, 1, None, WARNING, "empty-file", "the file holds no records"))
+            tally.report(Problem(stats.path, 1, None, ERROR if none_at_all else WARNING, "empty-file",
+                                 "the file holds no records" + ("; train and eval need at least one" if none_at_all else "")))
     for problem in tally.mixed_kinds():
         tally.report(problem)
     tally.report_duplicates()
@@ -246,6 +253,6 @@ def print_report(report: ValidationReport, console: Any) -> None:
     verdict = "[green]valid[/]" if report.ok else "[red]invalid[/]"
     under = " (--strict: warnings count as errors)" if report.strict and report.warnings else ""
     console.print(
-        f"{report.records} records in {len(report.tally.files)} file(s): {report.errors} errors, "
-        f"{report.warnings} warnings{under}: {verdict}", highlight=False,
+        f"{counted(report.records, 'record')} in {counted(len(report.tally.files), 'file')}: "
+        f"{counted(report.errors, 'error')}, {counted(report.warnings, 'warning')}{under}: {verdict}", highlight=False,
     )

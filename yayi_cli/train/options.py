@@ -72,7 +72,8 @@ class TrainOptions(CommandOptions):
                            help="Longer examples are cut or left out, and counted.")
     packing: bool = option("--packing", default=False, help="Pack several examples into each row.")
     epochs: float = option("--epochs", "--num-train-epochs", default=2.0, help="Passes over the data.")
-    max_steps: int = option("--max-steps", default=-1, help="Stop after N optimizer steps (overrides --epochs).")
+    max_steps: int = option("--max-steps", default=-1, help="Stop after N optimizer steps (overrides --epochs; -1: train --epochs).",
+                            default_text="-1, off")
     micro_batch_size: int = option("--micro-batch-size", "--per-device-train-batch-size", default=8, at_least=1,
                                    metavar="N", help="Examples (or packed rows) per rank per step.")
     eval_batch_size: int = option("--eval-batch-size", "--per-device-eval-batch-size", default=8, at_least=1,
@@ -167,7 +168,9 @@ class TrainOptions(CommandOptions):
     def check_values(self) -> None:
         """The table's checks, then the relations between options."""
         super().check_values()
-        if self.max_steps <= 0 and self.epochs <= 0:
+        if self.max_steps != -1 and self.max_steps < 1:
+            raise UsageError(f"--max-steps must be at least 1, got {self.max_steps} (leave it out to train --epochs)")
+        if self.max_steps == -1 and self.epochs <= 0:
             raise UsageError(f"--epochs must be above 0, got {self.epochs}")
         if self.network_interface is not None and not INTERFACE_NAME.match(self.network_interface):
             raise UsageError(f"--network-interface {self.network_interface!r}: give an interface name such as eth0 "

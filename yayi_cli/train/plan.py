@@ -284,8 +284,8 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
     """Check everything and resolve the run; writes nothing, and leaves `options` as they were."""
     warnings: list[str] = []
     options = absolute_paths(options)
+    refuse_output_over(Path(options.output), options.model, "--model")  # first: neither flag below could help
     check_output(options)
-    refuse_output_over(Path(options.output), options.model, "--model")
     output = Path(options.output)
     if options.force and not options.resume and output.is_dir() and any(output.iterdir()):
         warnings.append(f"--force: the contents of {output} will be moved to {output.name}.replaced-<time> beside it")

@@ -99,11 +99,17 @@ def check_continuation(checkpoint: Path | None, manifest: dict[str, Any], option
 
 
 def checkpoint_recorder(run: dict[str, Any], *, main_rank: bool) -> Any:
-    """A `TrainerCallback` that puts this launch's record into every checkpoint it saves (built here so
-    that transformers is imported only inside the worker)."""
+    """A `TrainerCallback` that puts this launch's record into every checkpoint it saves, and holds a resumed run to
+    this launch's logging, eval and save steps (built here so that transformers is imported only inside the
+    worker)."""
     from transformers import TrainerCallback
 
     class CheckpointRecorder(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            """A resumed run logs, evaluates and saves at the steps this launch asks for: the Trainer would keep the
+            ones in the checkpoint's state and only warn in train.log."""
+            state.compute_steps(args, state.max_steps)
+
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if main_rank:
                 write_json_atomic(Path(args.output_dir) / checkpoint_name(state.global_step) / RUN_FILE, run)
