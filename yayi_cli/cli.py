@@ -20,13 +20,14 @@ from yayi_cli.data.options import PreviewOptions, SplitOptions, ValidateOptions
 from yayi_cli.export.options import GgufOptions, OllamaOptions
 from yayi_cli.options import ChatOptions, EvalOptions, MergeOptions, QuantizeOptions, ServeOptions, TemplateInstallOptions
 from yayi_cli.train.options import TrainOptions
-from yayi_cli.typer_options import EXIT_CODES, command, say_on_stderr
+from yayi_cli.typer_options import EXIT_CODES, YayiGroup, command, say_on_stderr
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 app = typer.Typer(
     name="yayi",
+    cls=YayiGroup,
     help="Check, fine-tune, chat with, quantize and evaluate YaYi language models.",
     epilog=EXIT_CODES,
     no_args_is_help=True,

@@ -397,7 +397,7 @@ class PromptTokenizer:
         stops = set(stop_token_ids(self.tokenizer))
         end = next((k for k, token in enumerate(generated) if token in stops), len(generated))
         text = self.tokenizer.decode(generated[:end], skip_special_tokens=True)
-        return text.removesuffix(self.template.separator)
+        return text.removesuffix(self.template.separator).rstrip(INCOMPLETE)
 
     def encode_inference(self, conversation: Conversation) -> list[int]:
         conversation.refuse(self.reserved)
@@ -406,6 +406,10 @@ class PromptTokenizer:
     def answer_stream(self) -> AnswerStream:
         """An incremental `decode_answer`, for printing an answer while it is generated."""
         return AnswerStream(self.tokenizer, frozenset(stop_token_ids(self.tokenizer)), self.template.separator)
+
+
+INCOMPLETE = "\ufffd"
+"""What decoding shows for a character whose bytes were cut off (generation stopped inside it): left out of answers."""
 
 
 class AnswerStream:
@@ -449,7 +453,7 @@ class AnswerStream:
         rest = self._held + self._decode(self._prefix)[len(self._decode(self._prefix, self._read)):]
         self._held = ""
         self._prefix = self._read = len(self._ids)
-        return rest.removesuffix(self._separator)
+        return rest.removesuffix(self._separator).rstrip(INCOMPLETE)
 
 
 # --- the format outside yayi: a Hugging Face chat template and stop ids -----------------------

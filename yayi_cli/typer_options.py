@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import typer
+from typer._click import Context
+from typer._click.exceptions import ClickException, UsageError  # typer vendors Click: these are the ones it raises
+from typer.core import TyperGroup
 from typer.models import ArgumentInfo
 
 from yayi_cli.errors import YayiError
@@ -139,3 +142,38 @@ def command(app: typer.Typer, name: str, kind: Any) -> Callable[[Callable[..., A
         return app.command(name, epilog=EXIT_CODES)(reports_errors(run))
 
     return register
+
+
+class OneLineUsageError(ClickException):
+    """A usage error Click found (an unknown option, a value outside its choices), shown as yayi shows its own:
+    one `error:` line that says where to read more, instead of Click's usage block."""
+
+    exit_code = 2
+
+    def __init__(self, error: UsageError) -> None:
+        super().__init__(error.format_message())
+        self.command_path = error.ctx.command_path if error.ctx is not None else "yayi"
+
+    def show(self, file: Any = None) -> None:
+        typer.echo(f"error: {self.message.rstrip('.')}; see {self.command_path} --help", err=True)
+
+
+class YayiGroup(TyperGroup):
+    """The top-level group: Click's usage errors, in any sub-command, become `OneLineUsageError`s."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except UsageError as error:
+            raise _one_line(error) from None
+
+    def invoke(self, ctx: Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as error:
+            raise _one_line(error) from None
+
+
+def _one_line(error: UsageError) -> ClickException:
+    """`error` as one line, except "no arguments: here is the help", which Click shows as the help itself."""
+    return error if type(error).__name__ == "NoArgsIsHelpError" else OneLineUsageError(error)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from yayi_cli.atomic import json_line
-from yayi_cli.chat.session import ChatSession
+from yayi_cli.chat.session import EMPTY_ANSWER_NOTE, ChatSession
 from yayi_cli.errors import UsageError, YayiError
 from yayi_cli.data.reader import TOO_DEEP
 from yayi_cli.prompt import Conversation, PromptFormatError
@@ -24,11 +25,13 @@ def answer_text(session: ChatSession, message: str, out: TextIO) -> None:
         out.flush()
 
     try:
-        session.reply(message, on_text=write)
+        reply = session.reply(message, on_text=write)
     except PromptFormatError as error:  # the message is the user's input here, not a data file
         raise UsageError(str(error)) from None
     out.write("\n")
     out.flush()
+    if reply.ended_empty:  # on stderr: stdout holds the answer alone
+        print(f"note: {EMPTY_ANSWER_NOTE}", file=sys.stderr)
 
 
 def question_of(value: Any) -> Conversation:

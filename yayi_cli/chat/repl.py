@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 from rich.markup import escape
 
 from yayi_cli.atomic import write_text_atomic
-from yayi_cli.chat.session import ChatSession, Reply
+from yayi_cli.chat.session import EMPTY_ANSWER_NOTE, ChatSession, Reply
 from yayi_cli.errors import UsageError, YayiError
 
 PROMPT, CONTINUATION = ">>> ", "... "
@@ -129,6 +129,8 @@ class Repl:
             self.note("(stopped: this exchange is not kept; up-arrow brings the message back)")
         elif reply.stop_reason == "length":
             self.note(f"(cut at {reply.new_tokens} new tokens: /set max_new_tokens=N for longer answers)")
+        elif reply.ended_empty:
+            self.note(f"({EMPTY_ANSWER_NOTE})")
         if reply.notice:
             self.note(reply.notice)
         self.console.file.write("\n")

@@ -45,6 +45,11 @@ class Reply:
     """Set on the first reply whose prompt had to leave out old exchanges."""
 
     @property
+    def ended_empty(self) -> bool:
+        """The model ended its answer before saying anything (a model trained only briefly often does)."""
+        return self.stop_reason == "end" and not self.text.strip()
+
+    @property
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.seconds if self.seconds else 0.0
 
@@ -53,6 +58,10 @@ class Reply:
             "answer": self.text, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.new_tokens,
             "stop_reason": self.stop_reason, "seconds": round(self.seconds, 4),
         }
+
+
+EMPTY_ANSWER_NOTE = ("the answer is empty: the model ended it at once, as a model trained only briefly often does; "
+                     "yayi eval shows how much it has learned")
 
 
 class _Streamer:

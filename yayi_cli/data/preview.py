@@ -256,9 +256,11 @@ def _print_tokens(tokens: TokenView | None, console: Console) -> None:
     if tokens is None:
         return
     share = tokens.num_loss_tokens / max(tokens.num_tokens, 1)
+    joined = len(tokens.loss_pieces) < tokens.num_loss_tokens
+    shown = f", shown as {len(tokens.loss_pieces)} pieces (byte tokens of one character joined)" if joined else ""
     console.print(
         f"[dim]{tokens.num_tokens} tokens, {tokens.num_loss_tokens} with loss "
-        f"({share:.0%}):[/] " + "[dim]|[/]".join(_escape(p) for p in tokens.loss_pieces),
+        f"({share:.0%}){shown}:[/] " + "[dim]|[/]".join(_escape(p) for p in tokens.loss_pieces),
         highlight=False, soft_wrap=True,
     )
 

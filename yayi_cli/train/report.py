@@ -68,16 +68,17 @@ def print_plan(plan: LaunchPlan, console: Any, *, dry_run: bool) -> None:
     if options.method != SFT:
         table.add_row("method", method_summary(options))
     memory = plan.memory
+    per_rank = "per CPU rank" if options.cpu else "per GPU"
     if options.adapter:
         table.add_row(options.adapter, f"r {options.lora_r}, alpha {options.lora_alpha}, dropout {options.lora_dropout}, "
                       f"on {escape(', '.join(options.lora_targets))}; {_count(memory.trainable_parameters)} of "
                       f"{_count(memory.parameters)} parameters train")
-        table.add_row("memory", f"about {_size(memory.gpu_bytes_per_rank)} per GPU: {escape(memory.covers)}")
+        table.add_row("memory", f"about {_size(memory.gpu_bytes_per_rank)} {per_rank}: {escape(memory.covers)}")
     elif memory is None or memory.gpu_bytes_per_rank is None:
         counted = f"{_count(memory.parameters)} parameters; " if memory else ""
-        table.add_row("memory", f"{counted}yayi train --dry-run estimates the memory per GPU")
+        table.add_row("memory", f"{counted}yayi train --dry-run estimates the memory {per_rank}")
     else:
-        table.add_row("memory", f"{_count(memory.parameters)} parameters: about {_size(memory.gpu_bytes_per_rank)} per GPU "
+        table.add_row("memory", f"{_count(memory.parameters)} parameters: about {_size(memory.gpu_bytes_per_rank)} {per_rank} "
                       f"and {_size(memory.cpu_bytes_per_node)} of CPU memory per machine: {escape(memory.covers)}")
     console.print(table)
     for warning in plan.warnings:

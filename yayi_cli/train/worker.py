@@ -265,7 +265,7 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
     result = trainer.train(resume_from_checkpoint=run["resume_from"])
     metrics = dict(result.metrics)
     if eval_set is not None:
-        metrics |= trainer.evaluate()
+        metrics |= evaluation_at_last_step(trainer) or trainer.evaluate()
     save_final_model(trainer, tokenizer, template, output, adapter=bool(options.adapter))
     on_gpu = torch.cuda.is_available() and not options.cpu
     speed = throughput(counter, metrics.get("train_runtime", 0.0), world_size=args.world_size,
@@ -286,6 +286,13 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
         write_json_atomic(output / SUMMARY_FILE, summary)
         log(f"saved the {'adapter' if options.adapter else 'model'} to {output}; try: yayi chat --model {output}")
     return summary
+
+
+def evaluation_at_last_step(trainer: Any) -> dict[str, float]:
+    """The eval metrics of the evaluation the Trainer ran at the last step, if it ran one there: evaluating again
+    would cost a pass over the eval data and print the same line twice."""
+    found = [entry for entry in trainer.state.log_history if "eval_loss" in entry and entry.get("step") == trainer.state.global_step]
+    return {key: value for key, value in found[-1].items() if key.startswith("eval_")} if found else {}
 
 
 def parameter_count(model: Any) -> int:
