@@ -65,3 +65,12 @@ def test_an_output_that_is_or_holds_an_input_is_refused(tmp_path):
             refuse_output_over(output, str(model), "--model")
     refuse_output_over(tmp_path / "models" / "m-int8", str(model), "--model")  # a sibling is fine
     refuse_output_over(model, "wenge-research/yayi-7b", "--model")  # a hub id is not on this disk
+
+
+def test_every_command_refuses_an_existing_output_through_one_check():
+    """`refuse_existing` is the one place that says "already exists; use --force": no command words it its own way."""
+    from tests.helpers import REPO
+
+    sayers = [path.relative_to(REPO).as_posix() for path in (REPO / "yayi_cli").rglob("*.py")
+              if "already exists" in path.read_text(encoding="utf-8")]
+    assert sayers == ["yayi_cli/atomic.py"]

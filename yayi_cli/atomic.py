@@ -32,6 +32,12 @@ def refuse_output_over(output: Path, source: str | Path, flag: str) -> None:
         raise UsageError(f"--output {output} would replace {flag} {source} (it is read from there); write into a new directory")
 
 
+def refuse_existing(path: Path, force: bool) -> None:
+    """The one check of every output a command writes: one that exists needs --force."""
+    if Path(path).exists() and not force:
+        raise UsageError(f"{path} already exists; use --force to replace it")
+
+
 def _make_parent(path: Path) -> None:
     """Create the directory `path` goes in, or say in one line why it cannot be."""
     try:
@@ -137,8 +143,7 @@ def atomic_path(path: Path, *, replace: bool = False) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{path} is a directory; it cannot be replaced by a file")
-    if path.exists() and not replace:
-        raise UsageError(f"{path} already exists; use --force to replace it")
+    refuse_existing(path, replace)
     _make_parent(path)
     try:
         descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from yayi_cli import metrics
-from yayi_cli.atomic import write_json_atomic, write_json_lines_atomic
+from yayi_cli.atomic import refuse_existing, write_json_atomic, write_json_lines_atomic
 from yayi_cli.data.checked import Record, load_records
 from yayi_cli.data.reader import sha256_of
-from yayi_cli.errors import DataError, UsageError
+from yayi_cli.errors import DataError
 from yayi_cli.gates import baseline_metrics, check_gates, regressions
 from yayi_cli.options import EvalOptions
 from yayi_cli.benchmark.files import Question, read_choice_files
@@ -232,8 +232,8 @@ def evaluate(options: EvalOptions) -> EvalOutcome:
     options.check()
     gates = check_gates(options)
     for path in (options.output, options.predictions, options.submission):
-        if path is not None and path.exists() and not options.force:
-            raise UsageError(f"{path} already exists; use --force to replace it")
+        if path is not None:
+            refuse_existing(path, options.force)
     baseline = baseline_metrics(options.baseline) if options.baseline is not None else None
     report = run_eval(options)
     failures = [failure for gate in gates if (failure := gate.fails(report.metrics))]

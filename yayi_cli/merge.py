@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from yayi_cli.atomic import refuse_output_over
+from yayi_cli.atomic import refuse_existing, refuse_output_over
 from yayi_cli.errors import UsageError
 from yayi_cli.model_files import model_json
 from yayi_cli.models import ADAPTER_CONFIG_FILE, ModelSource, model_directory, resolve_model
@@ -79,8 +79,7 @@ def merge(options: MergeOptions) -> MergeReport:
     source = resolve_adapter(options)  # refused before anything is written
     refuse_output_over(output, options.adapter, "the adapter")
     refuse_output_over(output, source.base, "its base")
-    if output.exists() and not options.force:
-        raise UsageError(f"{output} already exists; use --force to replace it")
+    refuse_existing(output, options.force)
     with model_directory(output, replace=options.force) as tmp:
         return write_merged(options, tmp)
 

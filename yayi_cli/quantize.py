@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from yayi_cli.atomic import refuse_output_over
+from yayi_cli.atomic import refuse_existing, refuse_output_over
 from yayi_cli.errors import DataError, UsageError
 from yayi_cli.options import QuantizeOptions
 from yayi_cli.sampling import seeded_sample
@@ -171,8 +171,7 @@ def quantize(options: QuantizeOptions, reference: str | None = None) -> Quantize
     source = resolve_model(options.model, options.base)
     for path, flag in ((options.model, "--model"), (source.base, "its base")):
         refuse_output_over(options.output, path, flag)
-    if options.output.exists() and not options.force:
-        raise UsageError(f"{options.output} already exists; use --force to replace it")
+    refuse_existing(options.output, options.force)
     require_package("bitsandbytes", "quantizing", extra="quant")
     if reference is None and source.adapter:
         from yayi_cli.merge import merged_adapter

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from yayi_cli.atomic import refuse_existing
 from yayi_cli.data.checked import skip_problem, valid_records
 from yayi_cli.data.reader import read_records
 from yayi_cli.errors import UsageError, YayiError
@@ -139,8 +140,7 @@ def build_tiny(
 ) -> Path:
     """Train the tokenizer, build the model and save both (all or nothing) into `out_dir`."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not replace:
-        raise UsageError(f"{out_dir}: already exists; use --force to replace it")
+    refuse_existing(out_dir, replace)
     if spec.tokenizer not in TOKENIZERS or (spec.tokenizer == "sentencepiece" and spec.arch != "llama"):
         raise UsageError(f"a tiny {spec.arch} takes a {' or '.join(TOKENIZERS[:1 + (spec.arch == 'llama')])} tokenizer, "
                          f"not {spec.tokenizer!r}")

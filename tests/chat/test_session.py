@@ -124,6 +124,28 @@ def test_an_answer_cut_by_the_budget_says_so(scripted_session):
     assert (reply.stop_reason, reply.new_tokens) == ("length", 5)
 
 
+def test_an_answer_cut_inside_a_character_leaves_out_its_partial_bytes(scripted_session, tokenizer):
+    first = len(tokenizer.encode("好", add_special_tokens=False))
+    assert len(tokenizer.encode("龘", add_special_tokens=False)) > 1  # a rare character: several byte tokens
+    session = scripted_session("好龘", settings=GenerationSettings(max_new_tokens=first + 1))  # stops inside 龘
+    pieces: list[str] = []
+    reply = session.reply("写两个字", on_text=pieces.append)
+    assert reply.stop_reason == "length" and reply.text == "".join(pieces) == "好"
+
+
+def test_an_answer_the_model_ends_at_once_comes_with_a_note_on_stderr(scripted_session, capsys):
+    import io
+
+    from yayi_cli.chat.batch import answer_text
+    from yayi_cli.chat.session import EMPTY_ANSWER_NOTE
+
+    session, out = scripted_session("\n\n" + END_MARKER), io.StringIO()
+    capsys.readouterr()  # what loading the model printed
+    answer_text(session, "你好", out)
+    assert out.getvalue() == "\n"  # stdout holds the (empty) answer alone
+    assert capsys.readouterr().err == f"note: {EMPTY_ANSWER_NOTE}\n"
+
+
 def test_the_stop_event_ends_the_answer_at_the_next_token_and_the_exchange_is_not_kept(scripted_session):
     session = scripted_session("很长的回答 " * 50)
     stop = threading.Event()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from yayi_cli import __version__
-from yayi_cli.atomic import atomic_files
+from yayi_cli.atomic import atomic_files, refuse_existing
 from yayi_cli.data.checked import ERROR, skip_problem, valid_records
 from yayi_cli.data.options import SplitOptions
 from yayi_cli.data.reader import LINES, BackgroundDigest, file_layout, line_chunks, read_records, refuse_repeated_inputs, sha256_of
@@ -145,8 +145,7 @@ def _output_paths(out_dir: Path, inputs: Sequence[Path], force: bool) -> list[Pa
     for output in outputs:
         if output.resolve() in resolved_inputs:
             raise UsageError(f"{output} is one of the inputs; choose another output directory")
-        if output.exists() and not force:
-            raise UsageError(f"{output} already exists; use --force to replace it")
+        refuse_existing(output, force)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir}: exists and is not a directory")
     return outputs

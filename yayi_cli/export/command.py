@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from yayi_cli.atomic import refuse_existing
 from yayi_cli.errors import UsageError
 from yayi_cli.export.options import LLAMA_CPP_TYPES, GgufOptions, OllamaOptions
 from yayi_cli.model_files import download_snapshot
@@ -129,8 +130,7 @@ def export_gguf(options: GgufOptions) -> ExportReport:
 
     _prepare(options)
     output = Path(options.output)
-    if output.exists() and not options.force:
-        raise UsageError(f"{output} already exists; use --force to replace it")
+    refuse_existing(output, options.force)
     started = time.perf_counter()
     with model_on_disk(options, near=output) as directory, atomic_path(output, replace=options.force) as tmp:
         arch, template, tensors = write_model_file(directory, tmp, options.type, output.stem)
@@ -149,8 +149,7 @@ def export_ollama(options: OllamaOptions) -> ExportReport:
     source = resolve_model(options.model, options.base)
     for path, flag in ((options.model, "--model"), (source.base, "its base")):
         refuse_output_over(output, path, flag)
-    if output.exists() and not options.force:
-        raise UsageError(f"{output} already exists; use --force to replace it")
+    refuse_existing(output, options.force)
     started = time.perf_counter()
     with model_on_disk(options, near=output) as directory, atomic_directory(output, replace=options.force) as tmp:
         arch, template, tensors = write_model_file(directory, tmp / GGUF_NAME, options.type, output.name)
