@@ -15,19 +15,31 @@ PROGRESS_MIN_BYTES = 8 << 20
 
 
 @contextlib.contextmanager
-def byte_progress(description: str, total_bytes: int) -> Iterator[Callable[[int], None]]:
-    """Yield `advance(n_bytes)`; a transient bar on stderr only when stderr is a terminal."""
+def progress_bar(description: str, total: int, *, in_bytes: bool = False, shown_from: int = 0
+                 ) -> Iterator[Callable[..., None]]:
+    """Yield `advance(amount, description=None)`: the one progress bar of every command, transient, on stderr, and
+    only when stderr is a terminal and the work is at least `shown_from` (bytes, or counted items) big."""
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
-    if not console.is_terminal or total_bytes < PROGRESS_MIN_BYTES:
-        yield lambda n_bytes: None
+    if not console.is_terminal or total < shown_from:
+        yield lambda amount, description=None: None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(description, total=total_bytes)
-        yield lambda n_bytes: progress.advance(task, n_bytes)
+    count = DownloadColumn() if in_bytes else MofNCompleteColumn()
+    with Progress(TextColumn("{task.description}"), BarColumn(), count, TimeRemainingColumn(), console=console,
+                  transient=True) as progress:
+        task = progress.add_task(description, total=total)
+
+        def advance(amount: int, description: str | None = None) -> None:
+            progress.update(task, advance=amount, **({"description": description} if description else {}))
+
+        yield advance
+
+
+def byte_progress(description: str, total_bytes: int) -> contextlib.AbstractContextManager[Callable[..., None]]:
+    """`progress_bar` counting bytes, shown for inputs big enough for a bar to help."""
+    return progress_bar(description, total_bytes, in_bytes=True, shown_from=PROGRESS_MIN_BYTES)
 
 
 def deepspeed_logs_to_stderr() -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +13,7 @@ from yayi_cli.benchmark.scoring import ScoringCounts, score_requests
 from yayi_cli.inference import pad_id
 from yayi_cli.loading import LoadedModel
 from yayi_cli.prompt import PromptFormatError
+from yayi_cli.terminal import progress_bar
 
 HARNESS_MAX_LENGTH = 2048
 """lm-evaluation-harness's length for a model whose config and tokenizer name none (BLOOM's ALiBi)."""
@@ -38,30 +37,14 @@ class BenchmarkResult:
     counts: ScoringCounts = field(default_factory=ScoringCounts)
 
 
-@contextlib.contextmanager
-def subject_progress(total: int) -> Iterator[Callable[[str, int], None]]:
-    """Yield `advance(subject, questions)`; a transient bar on stderr only when stderr is a terminal."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        yield lambda subject, questions: None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("questions", total=total)
-        yield lambda subject, questions: progress.update(task, advance=questions, description=subject)
-
-
 def score_benchmark(plan: BenchmarkPlan, loaded: LoadedModel, *, batch_size: int, max_length: int | None) -> BenchmarkResult:
     """Every question's choice log-likelihoods and the subjects' accuracies."""
     length = max_length or harness_max_length(loaded)
     padding = pad_id(loaded.tokenizer)
     result = BenchmarkResult()
-    with subject_progress(sum(len(p.questions) for p in plan.subjects)) as advance:
+    with progress_bar("questions", sum(len(p.questions) for p in plan.subjects)) as advance:
         for subject in plan.subjects:
-            advance(subject.subject, 0)
+            advance(0, subject.subject)
             try:
                 requests = build_requests(plan.protocol, subject.questions, subject.shots, plan.benchmark, loaded.prompt_tokenizer)
             except PromptFormatError as error:
@@ -73,7 +56,7 @@ def score_benchmark(plan: BenchmarkPlan, loaded: LoadedModel, *, batch_size: int
             if not plan.answers_withheld:
                 result.scores.append(SubjectScore(subject.subject, subject.categories, sum(line["correct"] for line in lines),
                                                   len(lines)))
-            advance(subject.subject, len(lines))
+            advance(len(lines), subject.subject)
     return result
 
 
