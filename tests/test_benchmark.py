@@ -161,26 +161,28 @@ def test_choices_of_several_tokens_are_scored_one_pass_each(benchmark_models):
     assert scores == [pytest.approx(full_pass_loglikelihoods(loaded.model, r), abs=1e-4) for r in requests]
 
 
-def test_chat_protocol_asks_in_one_human_turn_and_scores_the_first_answer_token(benchmark_dirs, benchmark_models):
+def first_cmmlu_question(protocol: str, benchmark_dirs, benchmark_models, shots: int):
+    """The first CMMLU question asked of the tiny Llama by `protocol`: the prompt core, its request, and the
+    conversation that asks it."""
     loaded = load_for_task(str(benchmark_models["llama"]), device="cpu")
-    plan = plan_benchmark(EvalOptions(model="-", data=[benchmark_dirs["cmmlu"]], benchmark="cmmlu", shots=2))
-    subject = plan.subjects[0]
-    request = build_requests("chat", subject.questions[:1], subject.shots, CMMLU, loaded.prompt_tokenizer)[0]
+    subject = plan_benchmark(EvalOptions(model="-", data=[benchmark_dirs["cmmlu"]], benchmark="cmmlu", shots=shots)).subjects[0]
+    request = build_requests(protocol, subject.questions[:1], subject.shots, CMMLU, loaded.prompt_tokenizer)[0]
     conversation = Conversation((Turn(HUMAN, harness_text(subject.questions[0], subject.shots, CMMLU)),))
-    assert request.context == loaded.prompt_tokenizer.encode_inference(conversation)
-    answered = loaded.prompt_tokenizer.encode_training(Conversation((*conversation.turns, Turn("assistant", "B"))))
+    return loaded.prompt_tokenizer, request, conversation
+
+
+def test_chat_protocol_asks_in_one_human_turn_and_scores_the_first_answer_token(benchmark_dirs, benchmark_models):
+    prompts, request, conversation = first_cmmlu_question("chat", benchmark_dirs, benchmark_models, shots=2)
+    assert request.context == prompts.encode_inference(conversation)
+    answered = prompts.encode_training(Conversation((*conversation.turns, Turn("assistant", "B"))))
     assert answered.input_ids[len(request.context)] == request.choices[1][0]
 
 
 def test_answer_protocol_scores_the_letter_as_the_whole_trained_answer(benchmark_dirs, benchmark_models):
-    loaded = load_for_task(str(benchmark_models["llama"]), device="cpu")
-    plan = plan_benchmark(EvalOptions(model="-", data=[benchmark_dirs["cmmlu"]], benchmark="cmmlu", shots=1))
-    subject = plan.subjects[0]
-    request = build_requests("answer", subject.questions[:1], subject.shots, CMMLU, loaded.prompt_tokenizer)[0]
-    conversation = Conversation((Turn(HUMAN, harness_text(subject.questions[0], subject.shots, CMMLU)),))
-    assert request.context == loaded.prompt_tokenizer.encode_inference(conversation)
+    prompts, request, conversation = first_cmmlu_question("answer", benchmark_dirs, benchmark_models, shots=1)
+    assert request.context == prompts.encode_inference(conversation)
     for letter, choice in zip("ABCD", request.choices):  # the ids that carry loss when training on that answer
-        answered = loaded.prompt_tokenizer.encode_training(Conversation((*conversation.turns, Turn("assistant", letter))))
+        answered = prompts.encode_training(Conversation((*conversation.turns, Turn("assistant", letter))))
         assert request.context + choice == answered.input_ids
         assert choice == [label for label in answered.labels if label != -100]
 
