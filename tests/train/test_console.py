@@ -4,6 +4,7 @@ the first rank's progress, and after a failure the failing rank's last lines."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from rich.console import Console
@@ -84,6 +85,8 @@ def test_a_real_run_keeps_library_output_off_the_console_and_in_the_log(finished
     stderr = finished_run.stderr.splitlines()
     noise = [line for line in stderr if LIBRARY_LINE.search(line)]
     assert noise == [], noise
+    cores_each = max(1, len(os.sched_getaffinity(0)) // 2)  # the 2 CPU ranks share this machine's cores
+    assert f"[yayi] precision fp32, 2 rank(s) of {cores_each} thread(s), global batch 4" in stderr
     steps, logged = finished_run.steps, [1, *range(finished_run.logging_steps, finished_run.steps + 1, finished_run.logging_steps)]
     assert [line.split()[0] for line in stderr if line.startswith("step=")] == [f"step={n}/{steps}" for n in logged]
     evaluated = list(range(finished_run.eval_steps, steps + 1, finished_run.eval_steps))

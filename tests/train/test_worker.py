@@ -15,7 +15,7 @@ from yayi_cli.data.reader import sha256_of
 from yayi_cli.errors import UsageError
 from yayi_cli.prompt import TEMPLATES, PromptTokenizer, add_markers
 from yayi_cli.train.options import TrainOptions
-from yayi_cli.train.worker import build_datasets, training_records
+from yayi_cli.train.worker import build_datasets, share_cores, training_records
 
 
 LAUNCHER_SIDE = ("yayi_cli.train.plan", "yayi_cli.train.ranks", "yayi_cli.train.checkpoints",
@@ -76,3 +76,28 @@ def test_a_cache_hit_reads_no_data_file_and_other_data_is_tokenized_anew(tokeniz
     edited = {"data": [{"path": str(data), "sha256": "another hash: the file was changed"}], "eval_data": []}
     with pytest.raises(UsageError, match="no such file"):  # a miss: the data is read again
         build_datasets(edited, options, prompts, 512, log=print)
+
+
+@pytest.fixture
+def torch_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    yield torch
+    torch.set_num_threads(before)
+
+
+def test_cpu_ranks_on_one_machine_split_its_cores_between_them(torch_threads, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setenv("LOCAL_SIZE", "2")
+    assert share_cores(torch_threads) == 4 == torch_threads.get_num_threads()
+    monkeypatch.setenv("LOCAL_SIZE", "16")  # more ranks than cores: one thread each, never none
+    assert share_cores(torch_threads) == 1
+
+
+def test_omp_num_threads_set_by_the_user_is_left_as_it_is(torch_threads, monkeypatch):
+    torch_threads.set_num_threads(3)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setenv("LOCAL_SIZE", "2")
+    assert share_cores(torch_threads) == 3
