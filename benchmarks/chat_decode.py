@@ -19,11 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from yayi_cli.chat.options import ChatOptions
 from yayi_cli.chat.session import compile_decoding, open_session
-from yayi_cli.options import ChatOptions
-from yayi_cli.data.reader import read_records
-from yayi_cli.prompt import HUMAN, TEMPLATES, Conversation, Turn, render_training
-from yayi_cli.records import parse_record
+from yayi_cli.core.prompt import HUMAN, TEMPLATES, Conversation, Turn, render_training
+from yayi_cli.core.reader import read_records
+from yayi_cli.core.records import parse_record
+
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.jsonl"
 QUESTION = Conversation((Turn(HUMAN, "请写一篇关于城市图书驿站的新闻稿。"),))
@@ -70,7 +71,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the tiny Llama (4 layers)")
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
-    from yayi_cli.tiny import TinySpec, build_tiny
+    from yayi_cli.models.tiny import TinySpec, build_tiny
 
     texts = [render_training(parse_record(s.value).conversation, TEMPLATES["yayi"]).text for s in read_records(SAMPLE)]
     with tempfile.TemporaryDirectory() as tmp:

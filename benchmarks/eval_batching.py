@@ -5,7 +5,7 @@ the two shapes, `--data short` and `--data yayi`). Three ways, alternating (A B 
 median and the best of the repeats reported for each:
 - plain loop: one record at a time, `model(input_ids, labels=labels).loss`, as evaluation
   scripts usually do it (the baseline);
-- `yayi_cli.evaluate.response_loss` (what `yayi eval` runs) with batch size 1;
+- `yayi_cli.eval.command.response_loss` (what `yayi eval` runs) with batch size 1;
 - the same with batch size 16.
 What batching gains depends on the token lengths (printed): the longer the records, the more a
 forward pass of one record already keeps the cores busy, and the less batching adds.
@@ -25,10 +25,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shapes import SHAPES, TEMPLATE, VOCABULARY, alternate, generated, parsed, summary, tiny_model, token_counts
-from yayi_cli.data.checked import Record
-from yayi_cli.inference import response_loss
-from yayi_cli.models import load_model, load_tokenizer
-from yayi_cli.prompt import IGNORE_INDEX, PromptTokenizer
+
+from yayi_cli.core.prompt import IGNORE_INDEX, PromptTokenizer
+from yayi_cli.core.records import Record
+from yayi_cli.models.inference import response_loss
+from yayi_cli.models.tokenizers import load_tokenizer
+from yayi_cli.models.weights import load_model
 
 
 def plain_loop(model, prompt_tokenizer: PromptTokenizer, examples: list[Record]) -> float:

@@ -20,18 +20,19 @@ import tempfile
 import time
 from pathlib import Path
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.benchmark_files import write_benchmark  # noqa: E402
 from tests.harness_tasks import write_tasks  # noqa: E402
-from yayi_cli.benchmark.plan import plan_benchmark  # noqa: E402
-from yayi_cli.benchmark.protocols import harness_text  # noqa: E402
-from yayi_cli.benchmark.report import chosen_letter  # noqa: E402
-from yayi_cli.benchmark.run import score_benchmark  # noqa: E402
-from yayi_cli.benchmark.subjects import CMMLU  # noqa: E402
-from yayi_cli.loading import load_for_task  # noqa: E402
-from yayi_cli.options import EvalOptions  # noqa: E402
-from yayi_cli.tiny import TinySpec, build_tiny  # noqa: E402
+from yayi_cli.eval.choice.plan import plan_benchmark  # noqa: E402
+from yayi_cli.eval.choice.protocols import harness_text  # noqa: E402
+from yayi_cli.eval.choice.report import chosen_letter  # noqa: E402
+from yayi_cli.eval.choice.run import score_benchmark  # noqa: E402
+from yayi_cli.eval.choice.subjects import CMMLU  # noqa: E402
+from yayi_cli.eval.options import EvalOptions  # noqa: E402
+from yayi_cli.models.loading import load_for_task  # noqa: E402
+from yayi_cli.models.tiny import TinySpec, build_tiny  # noqa: E402
 
 
 def build(root: Path, args) -> tuple[Path, Path, list[str]]:
@@ -100,7 +101,7 @@ def main() -> None:
               f"threads {torch.get_num_threads()}, device {args.device}, {args.dtype}")
         print(f"{questions} CMMLU questions ({args.subjects} subjects), 5-shot, batch {args.batch_size}, "
               f"Llama hidden {args.hidden} x {args.layers} layers; best of {args.repeats}")
-        print(f"| run | seconds | questions/s |\n|---|---|---|")
+        print("| run | seconds | questions/s |\n|---|---|---|")
         print(f"| yayi eval --benchmark | {yayi_best:.2f} | {questions / yayi_best:.1f} |")
         print(f"| lm_eval (hf) | {harness_best:.2f} | {questions / harness_best:.1f} |")
         print(f"yayi/harness: {harness_best / yayi_best:.2f}x; identical predictions: {same}/{questions}")

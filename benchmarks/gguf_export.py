@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+
 REPO = Path(__file__).resolve().parents[1]
 TYPES = ("f32", "f16", "bf16", "q8_0")
 RUN_CONVERTER = """
@@ -42,8 +43,8 @@ def build_models(root: Path) -> dict[str, Path]:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     sys.path.insert(0, str(REPO))
-    from yayi_cli.prompt import TEMPLATES, save_model_format
-    from yayi_cli.tiny import TinySpec, build_tiny, training_texts
+    from yayi_cli.core.prompt import TEMPLATES, save_model_format
+    from yayi_cli.models.tiny import TinySpec, build_tiny, training_texts
 
     texts = list(training_texts([REPO / "examples" / "sample.jsonl"], TEMPLATES["yayi"]))
     models = {f"tiny {arch}": build_tiny(root / arch, texts, TinySpec(arch=arch)) for arch in ("llama", "bloom")}

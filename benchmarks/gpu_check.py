@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SHAPES = {  # hidden, intermediate, layers, heads, key/value heads, vocabulary
@@ -67,7 +68,7 @@ def make_pairs(arguments) -> None:
     prompt/chosen/rejected text rendered by the prompt core, for the bare TRL script."""
     from train_dpo import pair_texts  # benchmarks/ is this script's folder
 
-    from yayi_cli.prompt import TEMPLATES
+    from yayi_cli.core.prompt import TEMPLATES
 
     rng = random.Random(0)
     text = lambda n: "".join(rng.choice(WORDS) for _ in range(n))  # noqa: E731
@@ -83,9 +84,9 @@ def make_model(arguments) -> None:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from yayi_cli.data.checked import load_records
-    from yayi_cli.prompt import TEMPLATES, render_training, save_model_format
-    from yayi_cli.tiny import train_tokenizer
+    from yayi_cli.core.prompt import TEMPLATES, render_training, save_model_format
+    from yayi_cli.core.record_files import load_records
+    from yayi_cli.models.tiny import train_tokenizer
 
     hidden, intermediate, layers, heads, kv_heads, vocabulary = SHAPES[arguments.shape]
     texts = [render_training(r.conversation, TEMPLATES["yayi-llama2"]).text for r in load_records([Path(arguments.data)])]

@@ -22,10 +22,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from yayi_cli.data.reader import read_records
-from yayi_cli.prompt import TEMPLATES, Template, render_training
-from yayi_cli.records import parse_record
-from yayi_cli.tiny import TinySpec, build_tiny, training_texts
+from yayi_cli.core.prompt import TEMPLATES, Template, render_training
+from yayi_cli.core.reader import read_records
+from yayi_cli.core.records import parse_record
+from yayi_cli.models.tiny import TinySpec, build_tiny, training_texts
+
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.jsonl"
 BEFORE = Template(name="before", system=TEMPLATES["yayi-llama2"].system)
@@ -40,8 +41,8 @@ def encode(directory: Path, rule: str, conversation) -> tuple[list[int], list[in
     """Ids and labels (-100 outside answers) of one conversation under `rule`."""
     from transformers import AutoTokenizer
 
-    from yayi_cli.models import load_tokenizer
-    from yayi_cli.prompt import PromptTokenizer
+    from yayi_cli.core.prompt import PromptTokenizer
+    from yayi_cli.models.tokenizers import load_tokenizer
 
     if rule == "reference":
         prompts = PromptTokenizer(TEMPLATES["yayi-llama2"], load_tokenizer(str(directory)))
@@ -107,8 +108,8 @@ def main() -> None:
             print(json.dumps({"layout": name, "tokens_per_character": rates,
                               "records_whose_ids_differ": f"{differing} of {len(conversations())}"}))
         bloom = build_tiny(Path(tmp) / "bloom", texts, TinySpec(arch="bloom"))
-        from yayi_cli.models import load_tokenizer
-        from yayi_cli.prompt import PromptTokenizer
+        from yayi_cli.core.prompt import PromptTokenizer
+        from yayi_cli.models.tokenizers import load_tokenizer
 
         prompts = PromptTokenizer(TEMPLATES["yayi"], load_tokenizer(str(bloom)))
         pairs = [(len(prompts.encode_training(c).input_ids), len(render_training(c, TEMPLATES["yayi"]).text)) for c in conversations()]

@@ -2,7 +2,7 @@
 
 A Llama-shaped model (hidden 256, 4 layers) is built offline, trained with a bare PyTorch loop on
 generated instruction records (`yayi train` is not there yet), and quantized with
-`yayi_cli.quantize.quantize`, whose report measures the original and the int8 model in the same
+`yayi_cli.convert.quantize.quantize`, whose report measures the original and the int8 model in the same
 run on held-out records. The footprint of the quantized layers is also compared with what the
 same weights take in bf16 (2 bytes a weight).
 
@@ -18,6 +18,7 @@ import platform
 import random
 import tempfile
 from pathlib import Path
+
 
 WORDS = "数据 模型 城市 安全 金融 风险 舆情 媒体 宣传 治理 分析 报告 市民 交通 环境 政策".split()
 
@@ -35,9 +36,10 @@ def write_records(path: Path, count: int, seed: int) -> None:
 def train(directory: Path, data: Path, steps: int) -> None:
     import torch
 
-    from yayi_cli.data.checked import load_records
-    from yayi_cli.models import load_model, load_tokenizer
-    from yayi_cli.prompt import PromptTokenizer, resolve_template
+    from yayi_cli.core.prompt import PromptTokenizer, resolve_template
+    from yayi_cli.core.record_files import load_records
+    from yayi_cli.models.tokenizers import load_tokenizer
+    from yayi_cli.models.weights import load_model
 
     model = load_model(str(directory), device="cpu")
     model.train()
@@ -57,7 +59,7 @@ def quantized_layer_bytes(directory: Path) -> tuple[int, int]:
     """(bytes the int8 layers take, bytes the same weights take in bf16)."""
     from bitsandbytes.nn import Linear8bitLt
 
-    from yayi_cli.models import load_model
+    from yayi_cli.models.weights import load_model
 
     model = load_model(str(directory), device="cpu")
     int8 = bf16 = 0
@@ -73,11 +75,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
-    from yayi_cli.prompt import TEMPLATES, render_training
-    from yayi_cli.options import QuantizeOptions
-    from yayi_cli.quantize import quantize
-    from yayi_cli.records import parse_record
-    from yayi_cli.tiny import TinySpec, build_tiny
+    from yayi_cli.convert.options import QuantizeOptions
+    from yayi_cli.convert.quantize import quantize
+    from yayi_cli.core.prompt import TEMPLATES, render_training
+    from yayi_cli.core.records import parse_record
+    from yayi_cli.models.tiny import TinySpec, build_tiny
 
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)

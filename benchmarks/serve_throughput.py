@@ -28,9 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shapes import alternate
-from yayi_cli.data.reader import read_records
-from yayi_cli.prompt import TEMPLATES, render_training
-from yayi_cli.records import parse_record
+
+from yayi_cli.core.prompt import TEMPLATES, render_training
+from yayi_cli.core.reader import read_records
+from yayi_cli.core.records import parse_record
+
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.jsonl"
 NAME = "bench-llama"
@@ -42,7 +44,7 @@ def prompts(count: int) -> list[str]:
 
 
 def build_model(directory: Path, tokens: int, hidden: int) -> Path:
-    from yayi_cli.tiny import TinySpec, build_tiny
+    from yayi_cli.models.tiny import TinySpec, build_tiny
 
     texts = [render_training(parse_record(s.value).conversation, TEMPLATES["yayi"]).text for s in read_records(SAMPLE)]
     build_tiny(directory, texts, TinySpec(hidden_size=hidden, layers=4, heads=8))

@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from synthetic import instruction_records, yayi_like_records
-from yayi_cli.prompt import IGNORE_INDEX, TEMPLATES, PromptTokenizer, render_training
-from yayi_cli.records import ParsedRecord, parse_record
-from yayi_cli.tiny import TinySpec, build_tiny
+
+from yayi_cli.core.prompt import IGNORE_INDEX, TEMPLATES, PromptTokenizer, render_training
+from yayi_cli.core.records import ParsedRecord, parse_record
+from yayi_cli.models.tiny import TinySpec, build_tiny
+
 
 SHAPES = ("short", "yayi")
 VOCABULARY = {"short": 1024, "yayi": 380}

@@ -35,14 +35,16 @@ from pathlib import Path
 from shapes import TEMPLATE, alternate
 from synthetic import preference_records, write_jsonl
 from train_lora import measure_run
-from yayi_cli.data import DEFAULT_SEED
-from yayi_cli.models import load_tokenizer
-from yayi_cli.preference import encode_preferences
-from yayi_cli.prompt import PromptTokenizer, Template, render_inference, render_training
-from yayi_cli.records import answered, parse_record
-from yayi_cli.tiny import TinySpec, build_tiny
+
+from yayi_cli.core.preference_tokens import encode_preferences
+from yayi_cli.core.prompt import PromptTokenizer, Template, render_inference, render_training
+from yayi_cli.core.records import answered, parse_record
+from yayi_cli.core.sampling import DEFAULT_SEED
+from yayi_cli.models.tiny import TinySpec, build_tiny
+from yayi_cli.models.tokenizers import load_tokenizer
 from yayi_cli.train.options import DPO
 from yayi_cli.train.preference import ANSWER_COLUMNS, count_tokens
+
 
 BENCHMARKS = Path(__file__).resolve().parent
 YAYI, BARE = "yayi train --method dpo", "bare TRL DPOTrainer"

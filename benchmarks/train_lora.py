@@ -22,9 +22,11 @@ import tempfile
 from pathlib import Path
 
 from synthetic import instruction_records
-from yayi_cli.prompt import TEMPLATES, render_training
-from yayi_cli.records import parse_record
-from yayi_cli.tiny import TinySpec, build_tiny
+
+from yayi_cli.core.prompt import TEMPLATES, render_training
+from yayi_cli.core.records import parse_record
+from yayi_cli.models.tiny import TinySpec, build_tiny
+
 
 MEASURE = "import resource, subprocess, sys; run = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, text=True); " \
           "print(run.stdout.strip()); print(run.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"

@@ -30,9 +30,11 @@ from pathlib import Path
 
 from shapes import SHAPES, TEMPLATE, VOCABULARY, alternate, generated, parsed, summary, tiny_model, token_counts
 from synthetic import write_jsonl
-from yayi_cli.models import load_tokenizer
-from yayi_cli.prompt import PromptTokenizer
+
+from yayi_cli.core.prompt import PromptTokenizer
+from yayi_cli.models.tokenizers import load_tokenizer
 from yayi_cli.train.dataset import PAD_TO_MULTIPLE_OF, pack
+
 
 ROW_LENGTH = {"short": 512, "yayi": 1024}
 """Default --max-length: rows that hold several examples; on a tiny model the cost of attention grows

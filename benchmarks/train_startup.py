@@ -28,11 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from yayi_cli.prompt import TEMPLATES, render_training
-from yayi_cli.records import parse_record
-from yayi_cli.tiny import TinySpec, build_tiny
+from yayi_cli.core.prompt import TEMPLATES, render_training
+from yayi_cli.core.records import parse_record
+from yayi_cli.models.tiny import TinySpec, build_tiny
 from yayi_cli.train.options import TrainOptions
 from yayi_cli.train.zero import deepspeed_config
+
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 FIRST_STEP = "first-step"

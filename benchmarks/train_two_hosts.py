@@ -20,13 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for tests/two_hosts.py
 
 from synthetic import instruction_records  # noqa: E402
+
 from tests.two_hosts import ADDRESSES, INTERFACE, TwoHosts, two_hosts  # noqa: E402
-from yayi_cli.prompt import TEMPLATES, render_training  # noqa: E402
-from yayi_cli.records import parse_record  # noqa: E402
-from yayi_cli.tiny import TinySpec, build_tiny  # noqa: E402
+from yayi_cli.core.prompt import TEMPLATES, render_training  # noqa: E402
+from yayi_cli.core.records import parse_record  # noqa: E402
+from yayi_cli.models.tiny import TinySpec, build_tiny  # noqa: E402
 
 
 def timed_run(hosts: TwoHosts, placement: list[str], common: list[str], work: Path) -> tuple[float, float]:

@@ -18,7 +18,7 @@ step "2. split it: 4 held-out records, one per domain where possible"
 "$BIN/yayi" data split "$DATA" --test-size 4 --stratify domain -o "$OUT/split" --force
 
 step "3. build a tiny Llama-shaped model offline (tokenizer trained on the data, random weights)"
-"$BIN/python" -m yayi_cli.tiny "$OUT/tiny" --arch llama --data "$DATA" --force
+"$BIN/python" -m yayi_cli.models.tiny "$OUT/tiny" --arch llama --data "$DATA" --force
 
 step "4. evaluate the untrained model"
 "$BIN/yayi" eval --model "$OUT/tiny" --data "$OUT/split/train.jsonl" --output "$OUT/eval-untrained.json" --force

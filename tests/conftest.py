@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import PAIRS, SAMPLE_DATA, STARTED, end_processes, processes_using, tree, write_jsonl
-from yayi_cli.prompt import TEMPLATES
-from yayi_cli.tiny import ARCHITECTURES, TinySpec, build_tiny, training_texts
+from yayi_cli.core.prompt import TEMPLATES
+from yayi_cli.models.tiny import ARCHITECTURES, TinySpec, build_tiny, training_texts
 
 
 TIERS = ("launch", "system", "reference")

@@ -18,6 +18,7 @@ from typing import IO
 
 import pytest
 
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO / "examples" / "sample.jsonl"
 HEAVY_LIBRARIES = ("torch", "transformers", "deepspeed", "datasets", "bitsandbytes", "peft")
@@ -188,7 +189,7 @@ def yayi(*arguments: str, **invoke):
     """`yayi ARGUMENTS...` in this process through Typer's CliRunner (`input=` feeds stdin); never a traceback."""
     from typer.testing import CliRunner
 
-    from yayi_cli.cli import app
+    from yayi_cli.cli.app import app
 
     result = CliRunner().invoke(app, list(arguments), prog_name="yayi", **invoke)
     assert "Traceback" not in result.output, result.output
@@ -229,8 +230,9 @@ def split_into(output: Path, *paths: Path, **options: object) -> object:
 
 def load_for_scoring(directory: Path) -> tuple[object, object]:
     """The model in `directory` on the CPU and its PromptTokenizer, with the template saved beside it."""
-    from yayi_cli.models import load_model, load_tokenizer
-    from yayi_cli.prompt import PromptTokenizer, resolve_template
+    from yayi_cli.core.prompt import PromptTokenizer, resolve_template
+    from yayi_cli.models.tokenizers import load_tokenizer
+    from yayi_cli.models.weights import load_model
 
     prompt_tokenizer = PromptTokenizer(resolve_template(None, str(directory))[0], load_tokenizer(str(directory)))
     return load_model(str(directory), device="cpu"), prompt_tokenizer
@@ -257,8 +259,8 @@ def memorize(directory: Path, system: str, question: str, answer: str, steps: in
     import torch
     from transformers import AutoModelForCausalLM
 
-    from yayi_cli.models import load_tokenizer
-    from yayi_cli.prompt import ASSISTANT, HUMAN, Conversation, PromptTokenizer, Turn, resolve_template
+    from yayi_cli.core.prompt import ASSISTANT, HUMAN, Conversation, PromptTokenizer, Turn, resolve_template
+    from yayi_cli.models.tokenizers import load_tokenizer
 
     template, _ = resolve_template(None, str(directory))
     encoded = PromptTokenizer(template, load_tokenizer(str(directory))).encode_training(
@@ -334,8 +336,8 @@ def base_without_markers(directory: Path, arch: str, sharpness: float = 1.0, *, 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from yayi_cli.prompt import TEMPLATES
-    from yayi_cli.tiny import TinySpec, build_tiny, training_texts
+    from yayi_cli.core.prompt import TEMPLATES
+    from yayi_cli.models.tiny import TinySpec, build_tiny, training_texts
 
     texts = list(training_texts([SAMPLE_DATA], TEMPLATES["yayi"]))
     path = build_tiny(directory, texts, TinySpec(arch=arch, markers=markers), TEMPLATES["yayi"])  # the short system prompt
@@ -353,8 +355,8 @@ def make_random_lora(base: Path, directory: Path, template: object) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from yayi_cli.models import peft_quietly
-    from yayi_cli.prompt import save_template
+    from yayi_cli.core.prompt import save_template
+    from yayi_cli.models.weights import peft_quietly
 
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", init_lora_weights=False)
     with peft_quietly():

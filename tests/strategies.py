@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from yayi_cli.prompt import ASSISTANT, HUMAN, TEMPLATES, Conversation, Turn, find_markers
+from yayi_cli.core.prompt import ASSISTANT, HUMAN, TEMPLATES, Conversation, Turn, find_markers
+
 
 # Any text, including '<', '|', newlines and CJK, as long as it holds no marker.
 any_text = st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from("<|>:\n 你好【】"), max_size=40)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from yayi_cli.atomic import atomic_directory, refuse_output_over, write_text_atomic
-from yayi_cli.errors import UsageError
+from yayi_cli.runtime.atomic import atomic_directory, refuse_output_over, write_text_atomic
+from yayi_cli.runtime.errors import UsageError
 
 
 def test_a_failed_directory_write_leaves_nothing(tmp_path):
@@ -73,4 +73,4 @@ def test_every_command_refuses_an_existing_output_through_one_check():
 
     sayers = [path.relative_to(REPO).as_posix() for path in (REPO / "yayi_cli").rglob("*.py")
               if "already exists" in path.read_text(encoding="utf-8")]
-    assert sayers == ["yayi_cli/atomic.py"]
+    assert sayers == ["yayi_cli/runtime/atomic.py"]

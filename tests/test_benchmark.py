@@ -12,18 +12,19 @@ from typer.testing import CliRunner
 
 from tests.benchmark_files import file_text, make_rows, relative_path, write_benchmark, zip_folder
 from tests.harness_tasks import HARNESS_TASKS, harness_results
-from yayi_cli.benchmark.files import open_benchmark, read_questions
-from yayi_cli.benchmark.plan import plan_benchmark
-from yayi_cli.benchmark.protocols import build_requests, harness_text
-from yayi_cli.benchmark.report import SubjectScore, benchmark_metrics, chosen_letter
-from yayi_cli.benchmark.subjects import BENCHMARKS, CEVAL, CMMLU, MMLU
-from yayi_cli.cli import app
-from yayi_cli.errors import DataError, UsageError
-from yayi_cli.evaluate import evaluate
-from yayi_cli.loading import load_for_task
-from yayi_cli.options import EvalOptions
-from yayi_cli.prompt import HUMAN, Conversation, Turn
-from yayi_cli.tiny import TinySpec, build_tiny
+from yayi_cli.cli.app import app
+from yayi_cli.core.prompt import HUMAN, Conversation, Turn
+from yayi_cli.eval.choice.files import open_benchmark, read_questions
+from yayi_cli.eval.choice.plan import plan_benchmark
+from yayi_cli.eval.choice.protocols import build_requests, harness_text
+from yayi_cli.eval.choice.report import SubjectScore, benchmark_metrics, chosen_letter
+from yayi_cli.eval.choice.subjects import BENCHMARKS, CEVAL, CMMLU, MMLU
+from yayi_cli.eval.command import evaluate
+from yayi_cli.eval.options import EvalOptions
+from yayi_cli.models.loading import load_for_task
+from yayi_cli.models.tiny import TinySpec, build_tiny
+from yayi_cli.runtime.errors import DataError, UsageError
+
 
 runner = CliRunner()
 SUBJECTS = {
@@ -132,7 +133,7 @@ def full_pass_loglikelihoods(model, request):
 
 @pytest.mark.parametrize("protocol", ["harness", "chat"])
 def test_one_pass_per_question_and_the_shared_prefix_give_the_full_pass_numbers(protocol, benchmark_dirs, benchmark_models):
-    from yayi_cli.benchmark.scoring import score_requests
+    from yayi_cli.eval.choice.scoring import score_requests
 
     loaded = load_for_task(str(benchmark_models["llama"]), device="cpu")
     plan = plan_benchmark(EvalOptions(model="-", data=[benchmark_dirs["ceval"]], benchmark="ceval"))
@@ -147,8 +148,8 @@ def test_one_pass_per_question_and_the_shared_prefix_give_the_full_pass_numbers(
 
 
 def test_choices_of_several_tokens_are_scored_one_pass_each(benchmark_models):
-    from yayi_cli.benchmark.protocols import ChoiceRequest
-    from yayi_cli.benchmark.scoring import score_requests
+    from yayi_cli.eval.choice.protocols import ChoiceRequest
+    from yayi_cli.eval.choice.scoring import score_requests
 
     loaded = load_for_task(str(benchmark_models["bloom"]), device="cpu")
     encode = loaded.tokenizer.encode
@@ -366,8 +367,8 @@ def test_an_adapter_is_scored_as_its_merged_model_and_int8_runs_the_same_path(be
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from yayi_cli.models import peft_quietly
-    from yayi_cli.prompt import TEMPLATES, save_template
+    from yayi_cli.core.prompt import TEMPLATES, save_template
+    from yayi_cli.models.weights import peft_quietly
 
     base = benchmark_models["llama"]
     with peft_quietly():

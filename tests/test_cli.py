@@ -16,16 +16,20 @@ from typer.testing import CliRunner
 
 from tests.helpers import LIBRARY_LINE, NOT_AT_STARTUP, SAMPLE_DATA, one_error_line, yayi
 from yayi_cli import __version__
-from yayi_cli.cli import app
+from yayi_cli.chat.options import ChatOptions
+from yayi_cli.cli.app import app
+from yayi_cli.convert.options import MergeOptions, QuantizeOptions
 from yayi_cli.data.options import PreviewOptions, SplitOptions, ValidateOptions
-from yayi_cli.options import ChatOptions, EvalOptions, MergeOptions, QuantizeOptions, ServeOptions, TemplateInstallOptions
+from yayi_cli.eval.options import EvalOptions
+from yayi_cli.serve.options import ServeOptions, TemplateInstallOptions
+
 
 runner = CliRunner()
 
 
 def test_importing_the_cli_imports_no_heavy_library():
     """`--help` and TAB completion run exactly this import."""
-    code = "import sys, yayi_cli.cli; print(','.join(sorted(m for m in %r if m in sys.modules)))" % (NOT_AT_STARTUP,)
+    code = "import sys, yayi_cli.cli.app; print(','.join(sorted(m for m in %r if m in sys.modules)))" % (NOT_AT_STARTUP,)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
 
@@ -34,7 +38,7 @@ def test_importing_the_cli_imports_no_heavy_library():
                                   ["template", "install", "--help"]])
 def test_help_runs_without_heavy_imports(argv):
     code = (
-        "import sys; from yayi_cli.cli import main; sys.argv = ['yayi'] + %r\n"
+        "import sys; from yayi_cli.cli.app import main; sys.argv = ['yayi'] + %r\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print('HEAVY:' + ','.join(m for m in %r if m in sys.modules))" % (argv, NOT_AT_STARTUP)
     )
@@ -140,18 +144,18 @@ class Called(Exception):
 
 
 BARE_COMMANDS = {  # each command with only what it requires -> the library call, and what it must be asked
-    "eval": (["eval", "-m", "m", "-d", "d.jsonl"], "yayi_cli.evaluate", "evaluate",
+    "eval": (["eval", "-m", "m", "-d", "d.jsonl"], "yayi_cli.eval.command", "evaluate",
              EvalOptions(model="m", data=[Path("d.jsonl")])),
     "chat": (["chat", "-m", "m", "--prompt", "hi"], "yayi_cli.chat.command", "chat", ChatOptions(model="m", prompt="hi")),
-    "quantize": (["quantize", "-m", "m", "-o", "q"], "yayi_cli.quantize", "quantize",
+    "quantize": (["quantize", "-m", "m", "-o", "q"], "yayi_cli.convert.quantize", "quantize",
                  QuantizeOptions(model="m", output=Path("q"))),
-    "merge": (["merge", "a", "-o", "merged"], "yayi_cli.merge", "merge", MergeOptions(adapter="a", output=Path("merged"))),
-    "serve": (["serve", "-m", "m"], "yayi_cli.serve", "serve", ServeOptions(model="m")),
+    "merge": (["merge", "a", "-o", "merged"], "yayi_cli.convert.merge", "merge", MergeOptions(adapter="a", output=Path("merged"))),
+    "serve": (["serve", "-m", "m"], "yayi_cli.serve.command", "serve", ServeOptions(model="m")),
     "data preview": (["data", "preview", "d.jsonl"], "yayi_cli.data.preview", "preview", PreviewOptions(Path("d.jsonl"))),
     "data validate": (["data", "validate", "d.jsonl"], "yayi_cli.data.validate", "validate", ValidateOptions([Path("d.jsonl")])),
     "data split": (["data", "split", "d.jsonl", "--test-size", "4", "-o", "o"], "yayi_cli.data.split", "split",
                    SplitOptions([Path("d.jsonl")], test_size=4, output=Path("o"))),
-    "template install": (["template", "install", "m"], "yayi_cli.template_install", "template_install",
+    "template install": (["template", "install", "m"], "yayi_cli.serve.template_install", "template_install",
                          TemplateInstallOptions("m")),
 }
 
@@ -209,7 +213,7 @@ def test_no_library_noise_on_the_console(command, tiny_model_dirs, tmp_path):
         "eval": ["-m", "yayi_cli", "eval", "--model", model, "--data", data],
         "quantize": ["-m", "yayi_cli", "quantize", "--model", model, "-o", str(tmp_path / "q")],
         "train --dry-run": ["-m", "yayi_cli", "train", "--dry-run", "--data", data, "--model", model, "-o", str(tmp_path / "r"), "--cpu"],
-        "tiny": ["-m", "yayi_cli.tiny", str(tmp_path / "t"), "--data", data],
+        "tiny": ["-m", "yayi_cli.models.tiny", str(tmp_path / "t"), "--data", data],
     }[command]
     result = subprocess.run([sys.executable, *arguments], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr

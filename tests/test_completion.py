@@ -9,10 +9,11 @@ import sys
 import pytest
 
 from tests.helpers import NOT_AT_STARTUP, REPO
-from yayi_cli.prompt import TEMPLATES
+from yayi_cli.core.prompt import TEMPLATES
+
 
 PRESS_TAB = (
-    "import sys; from yayi_cli.cli import main\n"
+    "import sys; from yayi_cli.cli.app import main\n"
     "try:\n    main()\nexcept SystemExit:\n    pass\n"
     "sys.stderr.write('HEAVY:' + ','.join(m for m in %r if m in sys.modules))" % (NOT_AT_STARTUP,)
 )

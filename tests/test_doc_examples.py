@@ -13,8 +13,9 @@ import pytest
 
 from tests.helpers import REPO, yayi
 
+
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-RUNNERS = ("yayi ", ".venv/bin/yayi ", ".venv/bin/python -m yayi_cli.tiny ")
+RUNNERS = ("yayi ", ".venv/bin/yayi ", ".venv/bin/python -m yayi_cli.models.tiny ")
 """How an example line starts when it is a command this test can run (`make ...` installs; the demo runs it)."""
 
 
@@ -53,13 +54,13 @@ EXAMPLES = examples()
 
 def test_the_pages_hold_the_examples_a_newcomer_runs_first():
     commands = " ".join(example.command for example in EXAMPLES)
-    assert "yayi_cli.tiny" in commands and "data validate examples/flawed.jsonl" in commands and len(EXAMPLES) >= 5
+    assert "yayi_cli.models.tiny" in commands and "data validate examples/flawed.jsonl" in commands and len(EXAMPLES) >= 5
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     """The demo's tiny model, built by the demo's own command."""
-    from yayi_cli.tiny import main
+    from yayi_cli.models.tiny import main
 
     folder = tmp_path_factory.mktemp("demo")
     assert main([str(folder / "tiny"), "--arch", "llama", "--data", str(REPO / "examples" / "sample.jsonl")]) == 0
@@ -70,8 +71,8 @@ def demo(tmp_path_factory) -> Path:
 def test_each_example_runs_as_written(example, demo, monkeypatch):
     monkeypatch.chdir(REPO)
     arguments = shlex.split(example.command.replace(".demo/", f"{demo}/"), comments=True)
-    if arguments[:3] == [".venv/bin/python", "-m", "yayi_cli.tiny"]:
-        from yayi_cli.tiny import main
+    if arguments[:3] == [".venv/bin/python", "-m", "yayi_cli.models.tiny"]:
+        from yayi_cli.models.tiny import main
 
         assert main(arguments[3:]) == 0
         return

@@ -16,7 +16,8 @@ import pytest
 import typer
 
 from tests.helpers import REPO
-from yayi_cli.cli import app
+from yayi_cli.cli.app import app
+
 
 README = REPO / "README.md"
 DOC_FILES = [README, *sorted((REPO / "docs").glob("*.md"))]

@@ -6,7 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import SAMPLE_DATA
-from yayi_cli.cli import app
+from yayi_cli.cli.app import app
+
 
 MISSING = "no-such-file.jsonl"
 

@@ -10,12 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import SAMPLE_DATA, load_for_scoring, plain_transformers_loss
-from yayi_cli.cli import app
-from yayi_cli.data.checked import load_records
-from yayi_cli.gates import Gate, baseline_metrics, planned_metrics, regressions
-from yayi_cli.inference import generate_answers, response_loss, split_last_answer
-from yayi_cli.errors import DataError, UsageError
-from yayi_cli.options import EvalOptions
+from yayi_cli.cli.app import app
+from yayi_cli.core.record_files import load_records
+from yayi_cli.eval.gates import Gate, baseline_metrics, planned_metrics, regressions
+from yayi_cli.eval.options import EvalOptions
+from yayi_cli.models.inference import generate_answers, response_loss, split_last_answer
+from yayi_cli.runtime.errors import DataError, UsageError
+
 
 runner = CliRunner()
 MULTI_TURN = [
@@ -126,7 +127,7 @@ def choice_file(path):
 
 def asked(question: str, options, answer: str):
     """A question as --task choice asks it, answered: the question, the options, 答案：, then the letter."""
-    from yayi_cli.prompt import ASSISTANT, HUMAN, Conversation, Turn
+    from yayi_cli.core.prompt import ASSISTANT, HUMAN, Conversation, Turn
 
     text = question + "".join(f"\n{letter}. {option}" for letter, option in zip("ABCD", options)) + "\n答案："
     return Conversation((Turn(HUMAN, text), Turn(ASSISTANT, answer)))
@@ -149,10 +150,10 @@ def test_every_protocol_picks_the_letters_the_model_learned(tiny_model_dirs, tmp
 
 def test_the_answer_protocol_scores_each_letter_as_the_answer_loss_does(tiny_model_dirs, arch, tmp_path):
     """Choice scoring (the benchmarks' scorer) and `yayi eval`'s answer loss are two paths to one number."""
-    from yayi_cli.benchmark.files import read_choice_files
-    from yayi_cli.evaluate import choice_scores
-    from yayi_cli.loading import load_for_task
-    from yayi_cli.data.checked import Record
+    from yayi_cli.core.records import Record
+    from yayi_cli.eval.choice.files import read_choice_files
+    from yayi_cli.eval.command import choice_scores
+    from yayi_cli.models.loading import load_for_task
 
     loaded = load_for_task(str(tiny_model_dirs[arch]), device="cpu")
     lines = choice_scores(loaded, read_choice_files([choice_file(tmp_path / "choice.jsonl")]), "answer", batch_size=4,
@@ -198,7 +199,7 @@ def test_a_gate_on_a_metric_the_run_did_not_report_fails():
 )
 def test_a_fail_if_metric_the_run_cannot_measure_is_refused_before_the_model_loads(tiny_model_dirs, monkeypatch, gate, options, message):
     runs = []
-    monkeypatch.setattr("yayi_cli.evaluate.run_eval", runs.append)
+    monkeypatch.setattr("yayi_cli.eval.command.run_eval", runs.append)
     result = cli("--model", str(tiny_model_dirs["llama"]), "--data", str(SAMPLE_DATA), *options, "--fail-if", gate)
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith(f"error: --fail-if {gate!r}: {message}")

@@ -13,12 +13,13 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import PAIRS, REPO, SAMPLE_DATA, load_for_scoring, make_random_lora
-from yayi_cli.cli import app
-from yayi_cli.data.checked import load_records
-from yayi_cli.preference import encode_preferences
-from yayi_cli.prompt import TEMPLATES
-from yayi_cli.records import answered
-from yayi_cli.tiny import TinySpec, build_tiny, training_texts
+from yayi_cli.cli.app import app
+from yayi_cli.core.preference_tokens import encode_preferences
+from yayi_cli.core.prompt import TEMPLATES
+from yayi_cli.core.record_files import load_records
+from yayi_cli.core.records import answered
+from yayi_cli.models.tiny import TinySpec, build_tiny, training_texts
+
 
 runner = CliRunner()
 BETA_IN_RUN = 0.5
@@ -172,15 +173,15 @@ def random_lora(tiny_model_dirs, tmp_path_factory) -> Path:
 
 def count_loads(monkeypatch) -> list[str]:
     """The models `load_for_task` loads weights for, in order."""
-    import yayi_cli.loading
+    import yayi_cli.models.loading
 
-    loads, real = [], yayi_cli.loading.load_model
+    loads, real = [], yayi_cli.models.loading.load_model
 
     def counted(model, **kwargs):
         loads.append(model)
         return real(model, **kwargs)
 
-    monkeypatch.setattr(yayi_cli.loading, "load_model", counted)
+    monkeypatch.setattr(yayi_cli.models.loading, "load_model", counted)
     return loads
 
 

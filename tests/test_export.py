@@ -11,12 +11,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ANSWER, QUESTION, SYSTEM, REPO, memorize, yayi
-from yayi_cli.export.command import export_gguf
-from yayi_cli.export.ollama import go_template
-from yayi_cli.export.options import GgufOptions
-from yayi_cli.prompt import (ASSISTANT, END_MARKER, HUMAN, MARKERS, TEMPLATES, Conversation, Turn, chat_template,
-                             prompt_prefix, render_inference, reserved_tokens)
+from tests.helpers import ANSWER, QUESTION, REPO, SYSTEM, memorize, yayi
+from yayi_cli.convert.export.command import export_gguf
+from yayi_cli.convert.export.ollama import go_template
+from yayi_cli.convert.export.options import GgufOptions
+from yayi_cli.core.prompt import (
+    ASSISTANT,
+    END_MARKER,
+    HUMAN,
+    MARKERS,
+    TEMPLATES,
+    Conversation,
+    Turn,
+    chat_template,
+    prompt_prefix,
+    render_inference,
+    reserved_tokens,
+)
+
 
 PROMPTS = ["<|Human|>:\n你好 hello world\n\n<|YaYi|>:\n", "Beijing Wenge 雅意 123 !?"]
 F32_TOLERANCE = 1e-5
@@ -248,7 +260,7 @@ def test_k_quants_without_llama_cpp_python_say_what_to_install(tiny_model_dirs, 
 
 
 def test_export_help_does_not_import_the_model_stack():
-    code = ("import sys; from yayi_cli.cli import main; sys.argv = ['yayi', 'export', 'gguf', '--help']\n"
+    code = ("import sys; from yayi_cli.cli.app import main; sys.argv = ['yayi', 'export', 'gguf', '--help']\n"
             "try:\n main()\nexcept SystemExit: pass\n"
             "print(sorted(m for m in ('torch', 'transformers', 'gguf', 'llama_cpp', 'numpy') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)

@@ -10,10 +10,20 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ANSWER, QUESTION, SYSTEM, memorize, yayi
-from yayi_cli.export.command import export_gguf
-from yayi_cli.export.options import GgufOptions
-from yayi_cli.prompt import (ASSISTANT, HUMAN, MARKERS, TEMPLATES, Conversation, Turn, prompt_prefix,
-                             render_inference, resolve_template)
+from yayi_cli.convert.export.command import export_gguf
+from yayi_cli.convert.export.options import GgufOptions
+from yayi_cli.core.prompt import (
+    ASSISTANT,
+    HUMAN,
+    MARKERS,
+    TEMPLATES,
+    Conversation,
+    Turn,
+    prompt_prefix,
+    render_inference,
+    resolve_template,
+)
+
 
 pytestmark = pytest.mark.reference
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is in the dev extras")

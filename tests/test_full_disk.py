@@ -16,6 +16,7 @@ import pytest
 
 from tests.helpers import SAMPLE_DATA
 
+
 pytestmark = pytest.mark.system
 
 
@@ -104,7 +105,7 @@ def test_export_on_a_full_disk_leaves_nothing_behind(small_disk, tiny_model_dirs
 
 def test_building_a_tiny_model_on_a_full_disk(small_disk):
     out = small_disk / "tiny"
-    result = subprocess.run([sys.executable, "-m", "yayi_cli.tiny", str(out), "--data", str(SAMPLE_DATA)],
+    result = subprocess.run([sys.executable, "-m", "yayi_cli.models.tiny", str(out), "--data", str(SAMPLE_DATA)],
                             capture_output=True, text=True, timeout=600)
     assert_one_line_error(result, out)
     assert leftovers(small_disk) == []

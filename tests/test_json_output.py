@@ -9,7 +9,7 @@ import math
 import pytest
 
 from tests.helpers import SAMPLE_DATA, yayi
-from yayi_cli.atomic import json_text
+from yayi_cli.runtime.atomic import json_text
 
 
 def strict_json(text: str):
@@ -61,7 +61,7 @@ def test_eval_with_no_answer_token_in_the_context_is_an_error_not_nan(tiny_model
 
 
 def test_a_gate_on_an_undefined_metric_fails_and_says_so():
-    from yayi_cli.gates import Gate, regressions
+    from yayi_cli.eval.gates import Gate, regressions
 
     assert "undefined" in Gate.parse("ppl>12.5").fails({"perplexity": None})
     assert "undefined" in Gate.parse("rouge_l<0.3").fails({"rouge_l": None})

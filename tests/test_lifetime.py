@@ -1,4 +1,4 @@
-"""No process yayi starts outlives it: the kernel's ties (lifetime.py) on real processes and signals."""
+"""No process yayi starts outlives it: the kernel's ties (runtime/processes.py) on real processes and signals."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import textwrap
 import pytest
 
 from tests.helpers import alive, wait_until
-from yayi_cli.lifetime import stop_group
+from yayi_cli.runtime.processes import stop_group
+
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the ties are Linux's")
 
@@ -22,7 +23,7 @@ def python(code: str, **popen) -> subprocess.Popen:
 def test_a_child_started_with_dies_with_parent_ends_when_its_parent_is_killed_outright():
     parent = python("""
         import signal, subprocess, time
-        from yayi_cli.lifetime import dies_with_parent
+        from yayi_cli.runtime.processes import dies_with_parent
         child = subprocess.Popen(["sleep", "600"], preexec_fn=dies_with_parent(signal.SIGKILL))
         print(child.pid, flush=True)
         time.sleep(600)
@@ -37,7 +38,7 @@ def test_a_child_started_with_dies_with_parent_ends_when_its_parent_is_killed_ou
 def test_end_when_unread_ends_a_silent_process_once_its_output_pipe_has_no_reader():
     quiet = python("""
         import sys, time
-        from yayi_cli.lifetime import end_when_unread
+        from yayi_cli.runtime.processes import end_when_unread
         end_when_unread()
         sys.stdout.write("watching\\n")
         sys.stdout.flush()
@@ -53,7 +54,7 @@ def test_end_when_unread_leaves_a_process_whose_output_is_a_file_alone(tmp_path)
     with (tmp_path / "out.txt").open("w") as out:
         done = python("""
             import time
-            from yayi_cli.lifetime import end_when_unread
+            from yayi_cli.runtime.processes import end_when_unread
             end_when_unread()
             time.sleep(1)
             print("done")

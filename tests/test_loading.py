@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import SAMPLE_DATA, free_port, one_error_line, yayi
-from yayi_cli.errors import UsageError
-from yayi_cli.loading import load_for_task
-from yayi_cli.models import ADAPTER_CONFIG_FILE, ModelSource
-from yayi_cli.prompt import MARKERS, TEMPLATES, MissingMarkersError, save_template
+from yayi_cli.core.prompt import MARKERS, TEMPLATES, MissingMarkersError, save_template
+from yayi_cli.models.loading import load_for_task
+from yayi_cli.models.reference import ADAPTER_CONFIG_FILE, ModelSource
+from yayi_cli.runtime.errors import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def lora(tiny_model_dirs, tmp_path_factory) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from yayi_cli.models import peft_quietly
+    from yayi_cli.models.weights import peft_quietly
 
     base = tiny_model_dirs["llama"]
     with peft_quietly():

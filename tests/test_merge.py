@@ -15,11 +15,12 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import SAMPLE_DATA, plain_transformers_loss, yayi
-from yayi_cli.cli import app
-from yayi_cli.errors import UsageError
-from yayi_cli.models import ADAPTER_CONFIG_FILE, resolve_model, resolve_model_reference
-from yayi_cli.prompt import TEMPLATES
-from yayi_cli.quantize import weights_size
+from yayi_cli.cli.app import app
+from yayi_cli.convert.quantize import weights_size
+from yayi_cli.core.prompt import TEMPLATES
+from yayi_cli.models.reference import ADAPTER_CONFIG_FILE, resolve_model, resolve_model_reference
+from yayi_cli.runtime.errors import UsageError
+
 
 TOLERANCE = 1e-4
 """fp32 on the CPU: merged W + s*B@A against W x + s*B(A x) differ by rounding only (about 1e-6)."""
@@ -30,9 +31,10 @@ def adapter(tmp_path_factory) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from yayi_cli.models import fit_embeddings, load_tokenizer
-    from yayi_cli.prompt import add_markers, save_template
-    from yayi_cli.tiny import TinySpec, build_tiny, training_texts
+    from yayi_cli.core.prompt import add_markers, save_template
+    from yayi_cli.models.tiny import TinySpec, build_tiny, training_texts
+    from yayi_cli.models.tokenizers import load_tokenizer
+    from yayi_cli.models.weights import fit_embeddings
     from yayi_cli.train.adapters import DEFAULT_TARGETS, attach_adapter
     from yayi_cli.train.options import TrainOptions
 
@@ -93,8 +95,8 @@ def test_chat_eval_and_validate_take_the_adapter_directory(adapter, orphan):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoTokenizer
 
-    from yayi_cli.data.checked import load_records
-    from yayi_cli.prompt import PromptTokenizer
+    from yayi_cli.core.prompt import PromptTokenizer
+    from yayi_cli.core.record_files import load_records
 
     result = yayi("chat", "--model", str(adapter), "--prompt", "你好", "--greedy", "--max-new-tokens", "4")
     assert result.exit_code == 0, result.output
@@ -126,7 +128,7 @@ def test_merge_writes_a_plain_model_with_the_adapters_logits(adapter, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from yayi_cli.models import load_model
+    from yayi_cli.models.weights import load_model
 
     output = tmp_path / "merged"
     result = CliRunner().invoke(app, ["merge", str(adapter), "-o", str(output), "--json"])

@@ -7,7 +7,7 @@ import math
 import pytest
 import sacrebleu
 
-from yayi_cli.metrics import corpus_bleu4, exact_match, rouge_l
+from yayi_cli.eval.metrics import corpus_bleu4, exact_match, rouge_l
 
 
 def test_exact_match_ignores_surrounding_whitespace_only():

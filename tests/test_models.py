@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import SAMPLE_DATA
-from yayi_cli.errors import UsageError
-from yayi_cli.cli import app
+from yayi_cli.cli.app import app
+from yayi_cli.runtime.errors import UsageError
 
 
 def broken_copy(tiny_model_dirs, tmp_path, damage: str):
@@ -45,8 +45,8 @@ def test_a_broken_model_directory_is_one_error_line(tiny_model_dirs, tmp_path, d
 
 
 def test_a_model_json_file_is_read_once_the_same_way(tmp_path):
-    from yayi_cli.errors import UsageError
-    from yayi_cli.model_files import model_json, read_model_json
+    from yayi_cli.runtime.errors import UsageError
+    from yayi_cli.runtime.hub import model_json, read_model_json
 
     (tmp_path / "config.json").write_text('{"model_type": "llama"}', encoding="utf-8")
     (tmp_path / "broken.json").write_text("{", encoding="utf-8")
@@ -62,8 +62,8 @@ def test_a_model_json_file_is_read_once_the_same_way(tmp_path):
 def test_a_missing_optional_package_is_one_line_naming_what_to_install(monkeypatch):
     import importlib.util
 
-    from yayi_cli.errors import UsageError
-    from yayi_cli.packages import require_package
+    from yayi_cli.runtime.errors import UsageError
+    from yayi_cli.runtime.packages import require_package
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
@@ -75,7 +75,7 @@ def test_a_missing_optional_package_is_one_line_naming_what_to_install(monkeypat
 def test_one_nf4_builder_with_double_quantization_as_a_choice():
     import torch
 
-    from yayi_cli.models import nf4_config
+    from yayi_cli.models.weights import nf4_config
 
     qlora, checkpoint = nf4_config(torch.bfloat16, double_quant=True), nf4_config(torch.float16, double_quant=False, skip_modules=[])
     assert (qlora.bnb_4bit_use_double_quant, checkpoint.bnb_4bit_use_double_quant) == (True, False)
@@ -110,7 +110,7 @@ COMMON = ["config.json", "generation_config.json", "tokenizer.model", "tokenizer
 
 
 def test_a_hub_model_is_downloaded_with_safetensors_alone_where_it_ships_both(monkeypatch, tmp_path):
-    from yayi_cli.model_files import download_snapshot
+    from yayi_cli.runtime.hub import download_snapshot
 
     weights = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
                "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin", "pytorch_model.bin.index.json"]
@@ -122,7 +122,7 @@ def test_a_hub_model_is_downloaded_with_safetensors_alone_where_it_ships_both(mo
 
 
 def test_a_hub_model_without_safetensors_is_downloaded_with_its_bin_files(monkeypatch, tmp_path):
-    from yayi_cli.model_files import download_snapshot
+    from yayi_cli.runtime.hub import download_snapshot
 
     fetched = _hub_repository(monkeypatch, COMMON + ["pytorch_model.bin"], tmp_path / "snapshot")
     download_snapshot("wenge-research/yayi-7b", remote_code=True)
@@ -132,7 +132,7 @@ def test_a_hub_model_without_safetensors_is_downloaded_with_its_bin_files(monkey
 def test_a_hub_model_that_cannot_be_downloaded_is_one_error_line(monkeypatch):
     import huggingface_hub
 
-    from yayi_cli.model_files import download_snapshot
+    from yayi_cli.runtime.hub import download_snapshot
 
     def offline(repo_id, **_):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files\nand more")

@@ -14,13 +14,17 @@ import typer.main
 from typer.testing import CliRunner
 
 from tests.helpers import SAMPLE_DATA
-from yayi_cli.cli import app
+from yayi_cli.chat.options import ChatOptions
+from yayi_cli.cli.app import app
+from yayi_cli.cli.parameters import command
+from yayi_cli.convert.options import MergeOptions, QuantizeOptions
 from yayi_cli.data.options import PreviewOptions, SplitOptions, ValidateOptions
-from yayi_cli.errors import UsageError
-from yayi_cli.option_table import CommandOptions, option, table
-from yayi_cli.options import ChatOptions, EvalOptions, MergeOptions, QuantizeOptions, ServeOptions, TemplateInstallOptions
+from yayi_cli.eval.options import EvalOptions
+from yayi_cli.options.fields import CommandOptions, option, table
+from yayi_cli.runtime.errors import UsageError
+from yayi_cli.serve.options import ServeOptions, TemplateInstallOptions
 from yayi_cli.train.options import TrainOptions
-from yayi_cli.typer_options import command
+
 
 COMMANDS = {
     ("data", "preview"): PreviewOptions, ("data", "validate"): ValidateOptions, ("data", "split"): SplitOptions,
@@ -97,9 +101,9 @@ def test_every_field_is_a_flag_in_its_commands_help_and_every_flag_is_a_field(wo
 
 CONFIG_COMMANDS = {  # argv without options, the library function it calls, a value to set: (key, file value, flag)
     "chat": (["chat", "--prompt", "hi"], "yayi_cli.chat.command", "chat", ("max_new_tokens", 64, "32")),
-    "eval": (["eval"], "yayi_cli.evaluate", "evaluate", ("batch_size", 2, "4")),
-    "quantize": (["quantize", "-o", "q"], "yayi_cli.quantize", "quantize", ("max_check_samples", 8, "16")),
-    "serve": (["serve"], "yayi_cli.serve", "serve", ("port", 9000, "9001")),
+    "eval": (["eval"], "yayi_cli.eval.command", "evaluate", ("batch_size", 2, "4")),
+    "quantize": (["quantize", "-o", "q"], "yayi_cli.convert.quantize", "quantize", ("max_check_samples", 8, "16")),
+    "serve": (["serve"], "yayi_cli.serve.command", "serve", ("port", 9000, "9001")),
 }
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import PAIRS, REPO
-from yayi_cli.data.checked import load_records
-from yayi_cli.preference import encode_preferences
-from yayi_cli.prompt import IGNORE_INDEX, TEMPLATES, PromptTokenizer
-from yayi_cli.records import answered
+from yayi_cli.core.preference_tokens import encode_preferences
+from yayi_cli.core.prompt import IGNORE_INDEX, TEMPLATES, PromptTokenizer
+from yayi_cli.core.record_files import load_records
+from yayi_cli.core.records import answered
 
 
 @pytest.fixture

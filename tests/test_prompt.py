@@ -7,8 +7,7 @@ import re
 
 import pytest
 
-from yayi_cli.errors import UsageError
-from yayi_cli.prompt import (
+from yayi_cli.core.prompt import (
     ASSISTANT,
     HUMAN,
     TEMPLATE_FILE,
@@ -25,6 +24,8 @@ from yayi_cli.prompt import (
     resolve_template,
     save_template,
 )
+from yayi_cli.runtime.errors import UsageError
+
 
 YAYI = TEMPLATES["yayi"]
 UPSTREAM_SYSTEM = (

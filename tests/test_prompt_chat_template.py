@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from jinja2.exceptions import TemplateError
 
 from tests.strategies import conversations, templates, tokenizer_settings
-from yayi_cli.prompt import (
+from yayi_cli.core.prompt import (
     ASSISTANT,
     HUMAN,
     MARKERS,
@@ -30,6 +30,7 @@ from yayi_cli.prompt import (
     reserved_tokens,
     save_model_format,
 )
+
 
 YAYI = TEMPLATES["yayi"]
 
@@ -50,8 +51,9 @@ def test_the_prefix_is_the_bos_of_llama_style_tokenizers_and_nothing_for_bloom_s
 
 
 def test_a_single_exchange_renders_as_the_upstream_training_format():
-    from tests.test_prompt import UPSTREAM_SYSTEM
     from transformers.utils.chat_template_utils import render_jinja_template
+
+    from tests.test_prompt import UPSTREAM_SYSTEM
 
     messages = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！我是雅意。"}]
     (text,), _ = render_jinja_template(conversations=[messages], chat_template=chat_template(YAYI))

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.strategies import answer_text, clean_text, conversations, templates, tokenizer_settings
-from yayi_cli.prompt import (
+from yayi_cli.core.prompt import (
     ASSISTANT,
     HUMAN,
     IGNORE_INDEX,
@@ -21,7 +21,7 @@ from yayi_cli.prompt import (
     render_inference,
     render_training,
 )
-from yayi_cli.records import RecordError, parse_record
+from yayi_cli.core.records import RecordError, parse_record
 
 
 @given(conversations(), templates)

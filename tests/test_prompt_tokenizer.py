@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from yayi_cli.prompt import (
+from yayi_cli.core.prompt import (
     ASSISTANT,
     END_MARKER,
     HUMAN,
@@ -21,6 +21,7 @@ from yayi_cli.prompt import (
     marker_token_ids,
     stop_token_ids,
 )
+
 
 YAYI = TEMPLATES["yayi"]
 

@@ -9,16 +9,18 @@ import torch
 from typer.testing import CliRunner
 
 from tests.helpers import SAMPLE_DATA
-from yayi_cli.cli import app
-from yayi_cli.errors import DataError, UsageError
-from yayi_cli.data.checked import load_records
-from yayi_cli.inference import generate_answers, pad_id, response_loss, split_last_answer
-from yayi_cli.sampling import seeded_sample
-from yayi_cli.models import load_model, load_tokenizer
-from yayi_cli.prompt import PromptTokenizer, resolve_template, stop_token_ids
-from yayi_cli.options import QuantizeOptions
-from yayi_cli.quantize import quantize
-from yayi_cli.template_install import format_problems
+from yayi_cli.cli.app import app
+from yayi_cli.convert.options import QuantizeOptions
+from yayi_cli.convert.quantize import quantize
+from yayi_cli.core.prompt import PromptTokenizer, resolve_template, stop_token_ids
+from yayi_cli.core.record_files import load_records
+from yayi_cli.core.sampling import seeded_sample
+from yayi_cli.models.inference import generate_answers, pad_id, response_loss, split_last_answer
+from yayi_cli.models.tokenizers import load_tokenizer
+from yayi_cli.models.weights import load_model
+from yayi_cli.runtime.errors import DataError, UsageError
+from yayi_cli.serve.template_install import format_problems
+
 
 runner = CliRunner()
 
@@ -58,7 +60,7 @@ def test_the_nf4_checkpoint_holds_the_scales_of_a_fresh_quantization(tiny_model_
     """bitsandbytes repacks NF4 weights for its CPU kernel on the first forward pass where the CPU has
     AVX512-BF16, and a model saved after that carries its scales transposed and rounded to bf16. The
     checkpoint must be written before the model runs: its scales equal those of a fresh quantization."""
-    from yayi_cli.quantize import load_quantized
+    from yayi_cli.convert.quantize import load_quantized
 
     options = QuantizeOptions(str(tiny_model_dirs["llama"]), tmp_path / "q4", bits=4, check_data=[SAMPLE_DATA], max_check_samples=2)
     quantize(options)

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from yayi_cli.prompt import ASSISTANT, HUMAN, Conversation, Turn
-from yayi_cli.records import RecordError, domain_of, parse_record
+from yayi_cli.core.prompt import ASSISTANT, HUMAN, Conversation, Turn
+from yayi_cli.core.records import RecordError, domain_of, parse_record
 
 
 def test_an_instruction_record_becomes_one_exchange():

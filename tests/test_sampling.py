@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from yayi_cli.errors import UsageError
-from yayi_cli.sampling import allocate, chosen_positions, hold_out, parse_test_size, seeded_sample
+from yayi_cli.core.sampling import allocate, chosen_positions, hold_out, parse_test_size, seeded_sample
+from yayi_cli.runtime.errors import UsageError
 
 
 def test_allocation_by_largest_remainder():

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import SAMPLE_DATA, one_error_line, yayi
-from yayi_cli.prompt import MARKERS, TEMPLATES
-from yayi_cli.tiny import TinySpec, build_tiny, training_texts
+from yayi_cli.core.prompt import MARKERS, TEMPLATES
+from yayi_cli.models.tiny import TinySpec, build_tiny, training_texts
+
 
 LAYOUTS = ("as shipped", "saved again", "pad only in added_tokens.json")
 
@@ -61,8 +62,8 @@ def test_the_shipped_layout_is_what_the_checkpoints_hold(layouts):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_each_layout_loads_with_its_markers_and_bos(layouts, layout):
-    from yayi_cli.models import load_tokenizer
-    from yayi_cli.prompt import marker_token_ids
+    from yayi_cli.core.prompt import marker_token_ids
+    from yayi_cli.models.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(str(layouts[layout]))
     markers = marker_token_ids(tokenizer)
@@ -157,7 +158,7 @@ def reference_ids(directory: Path, text: str) -> list[int]:
 
 
 def _conversation(question: str, answer: str | None = None, system: str | None = None):
-    from yayi_cli.prompt import ASSISTANT, HUMAN, Conversation, Turn
+    from yayi_cli.core.prompt import ASSISTANT, HUMAN, Conversation, Turn
 
     return Conversation((Turn(HUMAN, question),) + (() if answer is None else (Turn(ASSISTANT, answer),)), system)
 
@@ -174,7 +175,7 @@ def test_the_reference_rules_differ_from_tokenizing_the_text_in_one_piece(layout
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_train_preview_chat_and_eval_give_the_reference_ids(layouts, layout):
-    from yayi_cli.loading import load_for_task
+    from yayi_cli.models.loading import load_for_task
 
     for add_markers in (True, False):  # the training view (train, data preview) and the one that runs a model
         loaded = load_for_task(str(layouts[layout]), model_weights=False, add_markers=add_markers)
@@ -206,8 +207,8 @@ def test_an_engine_reading_the_served_files_gives_the_reference_ids(layouts, lay
     chat template's text."""
     from transformers import AutoTokenizer
 
-    from yayi_cli.options import ServeOptions
-    from yayi_cli.serve import served_model
+    from yayi_cli.serve.command import served_model
+    from yayi_cli.serve.options import ServeOptions
 
     with served_model(ServeOptions(model=str(layouts[layout])), lambda line: None) as (run, name):
         engine = AutoTokenizer.from_pretrained(run / name)
@@ -224,7 +225,7 @@ def test_llama_cpp_reads_the_exported_file_into_the_reference_ids(layouts, layou
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is in the dev extras")
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    from yayi_cli.prompt import render_inference, resolve_template
+    from yayi_cli.core.prompt import render_inference, resolve_template
 
     output = tmp_path / "model.gguf"
     assert yayi("export", "gguf", "--model", str(layouts[layout]), "-o", str(output)).exit_code == 0
@@ -243,7 +244,7 @@ def test_llama_cpp_reads_the_exported_file_into_the_reference_ids(layouts, layou
 def test_llama_cpp_answers_the_shipped_layout_as_yayi_chat_does_and_stops_at_the_end_marker(layouts, tmp_path):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is in the dev extras")
     from tests.helpers import ANSWER, QUESTION, SYSTEM, memorize
-    from yayi_cli.prompt import render_inference, resolve_template
+    from yayi_cli.core.prompt import render_inference, resolve_template
 
     model = Path(shutil.copytree(layouts["as shipped"], tmp_path / "model"))
     memorize(model, SYSTEM, QUESTION, ANSWER)

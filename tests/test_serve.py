@@ -14,10 +14,25 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ANSWER, QUESTION, SYSTEM, OutputReader, alive, files, free_port, memorize, start, strip_format, tree, wait_until, yayi
-from yayi_cli.errors import UsageError
-from yayi_cli.prompt import TEMPLATES
-from yayi_cli.serve import curl_line, engine_command, require_engine
+from tests.helpers import (
+    ANSWER,
+    QUESTION,
+    SYSTEM,
+    OutputReader,
+    alive,
+    files,
+    free_port,
+    memorize,
+    start,
+    strip_format,
+    tree,
+    wait_until,
+    yayi,
+)
+from yayi_cli.core.prompt import TEMPLATES
+from yayi_cli.runtime.errors import UsageError
+from yayi_cli.serve.command import curl_line, engine_command, require_engine
+
 
 SEPARATOR = TEMPLATES["yayi-llama2"].separator
 MAX_TOKENS = 16

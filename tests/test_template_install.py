@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import files, strip_format, yayi
-from yayi_cli.errors import UsageError
-from yayi_cli.options import TemplateInstallOptions
-from yayi_cli.prompt import MARKERS, TEMPLATES, chat_template, prompt_prefix, reserved_tokens, stop_token_ids
+from yayi_cli.core.prompt import MARKERS, TEMPLATES, chat_template, prompt_prefix, reserved_tokens, stop_token_ids
+from yayi_cli.runtime.errors import UsageError
+from yayi_cli.serve.options import TemplateInstallOptions
 
 
 def backups(directory: Path) -> list[Path]:
@@ -87,7 +87,7 @@ def test_a_failure_half_way_leaves_the_model_as_it_was(tiny_copy, monkeypatch):
     import errno
     import os
 
-    from yayi_cli import template_install
+    from yayi_cli.serve import template_install
 
     strip_format(tiny_copy)
     before = files(tiny_copy)

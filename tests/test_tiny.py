@@ -6,10 +6,10 @@ import stat
 
 import pytest
 
-from yayi_cli.errors import UsageError
-from yayi_cli.prompt import END_MARKER, PromptTokenizer, marker_token_ids, resolve_template
-from yayi_cli.records import parse_record
-from yayi_cli.tiny import TinySpec, build_tiny, main
+from yayi_cli.core.prompt import END_MARKER, PromptTokenizer, marker_token_ids, resolve_template
+from yayi_cli.core.records import parse_record
+from yayi_cli.models.tiny import TinySpec, build_tiny, main
+from yayi_cli.runtime.errors import UsageError
 
 
 def test_a_tiny_model_reloads_and_trains_on_a_yayi_example(tiny_model_dirs, arch):

@@ -1,3 +1,4 @@
-from yayi_cli.cli import main
+from yayi_cli.cli.app import main
+
 
 main()

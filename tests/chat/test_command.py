@@ -10,9 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import HEAVY_LIBRARIES
+from yayi_cli.chat.options import ChatOptions
 from yayi_cli.chat.session import open_session
-from yayi_cli.cli import app
-from yayi_cli.options import ChatOptions, GenerationSettings
+from yayi_cli.cli.app import app
+from yayi_cli.options.shared import GenerationSettings
+
 
 runner = CliRunner()
 GREEDY = ["--greedy", "--max-new-tokens", "12"]
@@ -29,7 +31,7 @@ def expected_answer(model_dir, message: str) -> str:
 
 def test_chat_help_imports_no_heavy_library():
     code = (
-        "import sys; from yayi_cli.cli import main; sys.argv = ['yayi', 'chat', '--help']\n"
+        "import sys; from yayi_cli.cli.app import main; sys.argv = ['yayi', 'chat', '--help']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         f"print('HEAVY:' + ','.join(m for m in {HEAVY_LIBRARIES!r} if m in sys.modules))"
     )

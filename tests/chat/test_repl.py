@@ -11,11 +11,12 @@ import pytest
 from rich.console import Console
 
 from tests.helpers import REPO
+from yayi_cli.chat.options import ChatOptions
 from yayi_cli.chat.repl import COMMANDS, Repl, default_history_file
 from yayi_cli.chat.session import open_session
 from yayi_cli.data.options import ValidateOptions
 from yayi_cli.data.validate import validate
-from yayi_cli.options import ChatOptions, GenerationSettings
+from yayi_cli.options.shared import GenerationSettings
 
 
 def run_repl(model_dir, lines: list[str]) -> tuple[str, Repl]:

@@ -8,13 +8,9 @@ import threading
 
 import pytest
 
+from yayi_cli.chat.options import ChatOptions
 from yayi_cli.chat.session import ChatSession, open_session
-from yayi_cli.data.options import ValidateOptions
-from yayi_cli.data.validate import validate
-from yayi_cli.errors import UsageError
-from yayi_cli.inference import generate_answers
-from yayi_cli.options import ChatOptions, GenerationSettings
-from yayi_cli.prompt import (
+from yayi_cli.core.prompt import (
     END_MARKER,
     HUMAN,
     HUMAN_MARKER,
@@ -24,6 +20,11 @@ from yayi_cli.prompt import (
     PromptTokenizer,
     Turn,
 )
+from yayi_cli.data.options import ValidateOptions
+from yayi_cli.data.validate import validate
+from yayi_cli.models.inference import generate_answers
+from yayi_cli.options.shared import GenerationSettings
+from yayi_cli.runtime.errors import UsageError
 
 
 def scripted_model(directory, answer_ids: list[int]):

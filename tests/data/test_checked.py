@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from yayi_cli.data.checked import Problem, load_records, valid_records
-from yayi_cli.data.reader import read_records
-from yayi_cli.errors import DataError
-from yayi_cli.records import NO_DOMAIN
+from yayi_cli.core.reader import read_records
+from yayi_cli.core.record_files import Problem, load_records, valid_records
+from yayi_cli.core.records import NO_DOMAIN
+from yayi_cli.runtime.errors import DataError
+
 
 LINES = [
     '{"instruction": "【舆情领域任务】判断情感", "output": "正面"}',

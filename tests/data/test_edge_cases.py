@@ -11,12 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import SAMPLE_DATA, split_into
-from yayi_cli.cli import app
-from yayi_cli.data.reader import read_records
-from yayi_cli.data.checked import load_records
+from yayi_cli.cli.app import app
+from yayi_cli.core.reader import read_records
+from yayi_cli.core.record_files import load_records
 from yayi_cli.data.options import ValidateOptions
 from yayi_cli.data.validate import validate
-from yayi_cli.errors import DataError, UsageError
+from yayi_cli.runtime.errors import DataError, UsageError
+
 
 runner = CliRunner()
 

@@ -8,13 +8,14 @@ from collections import Counter
 from typer.testing import CliRunner
 
 from tests.helpers import PAIRS, REPO, SAMPLE_DATA, split_into, yayi
+from yayi_cli.core.preference_tokens import encode_preferences
+from yayi_cli.core.prompt import TEMPLATES, PromptTokenizer, render_training
+from yayi_cli.core.record_files import load_records
+from yayi_cli.core.records import answered, parse_record
 from yayi_cli.data import scan
-from yayi_cli.data.checked import load_records
 from yayi_cli.data.options import ValidateOptions
 from yayi_cli.data.validate import validate
-from yayi_cli.preference import encode_preferences
-from yayi_cli.prompt import TEMPLATES, PromptTokenizer, render_training
-from yayi_cli.records import answered, parse_record
+
 
 runner = CliRunner()
 PREFERENCE_DATA = REPO / "examples" / "preference.jsonl"

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from yayi_cli.data import reader
-from yayi_cli.data.reader import read_records
-from yayi_cli.errors import UsageError
+from yayi_cli.core import reader
+from yayi_cli.core.reader import read_records
+from yayi_cli.runtime.errors import UsageError
+
 
 RECORDS = [{"instruction": "你好", "output": "hello"}, {"conversations": [{"from": "human", "value": "q"}]}, {"n": 12345}]
 

@@ -8,10 +8,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import REPO
-from yayi_cli.data.reader import LineChunk, chunk_records
+from yayi_cli.core.prompt import MARKERS
+from yayi_cli.core.reader import LineChunk, chunk_records
 from yayi_cli.data.screen import MARKER_START, screen_lines
 from yayi_cli.data.tally import Tally
-from yayi_cli.prompt import MARKERS
+
 
 EXAMPLES = REPO / "examples"
 TRICKY_PIECES = [

@@ -15,10 +15,11 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import SAMPLE_DATA, split_into, start
-from yayi_cli import atomic
-from yayi_cli.cli import app
+from yayi_cli.cli.app import app
 from yayi_cli.data import split as split_module
-from yayi_cli.errors import DataError, UsageError
+from yayi_cli.runtime import atomic
+from yayi_cli.runtime.errors import DataError, UsageError
+
 
 runner = CliRunner()
 DOMAINS = {"媒宣领域任务": 50, "舆情领域任务": 30, "公共安全领域任务": 12, "金融风控领域任务": 5, None: 3}
@@ -159,7 +160,7 @@ def previous_output(out):
 
 STOP_WHILE_WRITING = """
 import sys, time
-from yayi_cli.cli import main
+from yayi_cli.cli.app import main
 from yayi_cli.data import split
 
 copy_lines = split._copy_lines
@@ -191,8 +192,8 @@ def test_a_split_killed_while_writing_leaves_the_previous_outputs_whole(tmp_path
 
 DIE_AFTER_FIRST_RENAME = """
 import os, signal, sys
-from yayi_cli import atomic
-from yayi_cli.cli import main
+from yayi_cli.runtime import atomic
+from yayi_cli.cli.app import main
 
 def dying(step):
     def call(*args):
@@ -265,7 +266,8 @@ def test_lines_are_copied_byte_for_byte_without_their_crs(tmp_path):
 
 def test_worker_processes_and_small_chunks_write_the_same_bytes(tmp_path, monkeypatch):
     """The parallel pass and the chunk-at-once copy give exactly what one process line by line gives."""
-    from yayi_cli.data import reader, scan
+    from yayi_cli.core import reader
+    from yayi_cli.data import scan
 
     data = domain_data(tmp_path / "d.jsonl")
     with open(data, "a", encoding="utf-8") as handle:

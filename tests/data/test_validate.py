@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from tests.helpers import SAMPLE_DATA
-from yayi_cli.cli import app
-from yayi_cli.data import reader
+from yayi_cli.cli.app import app
 from yayi_cli.data import scan
 from yayi_cli.data.options import ValidateOptions
 from yayi_cli.data.validate import validate
+
 
 runner = CliRunner()
 

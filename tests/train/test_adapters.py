@@ -11,13 +11,14 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import SAMPLE_DATA
-from yayi_cli.cli import app
-from yayi_cli.errors import UsageError
-from yayi_cli.prompt import TEMPLATES, add_markers
-from yayi_cli.tiny import ARCHITECTURES, TinySpec, build_tiny, training_texts
+from yayi_cli.cli.app import app
+from yayi_cli.core.prompt import TEMPLATES, add_markers
+from yayi_cli.models.tiny import ARCHITECTURES, TinySpec, build_tiny, training_texts
+from yayi_cli.runtime.errors import UsageError
 from yayi_cli.train.adapters import DEFAULT_TARGETS, attach_adapter, plan_adapter, resolve_targets
 from yayi_cli.train.memory import model_skeleton
 from yayi_cli.train.options import ADAPTER_LR, FULL_FINE_TUNE_LR, TrainOptions
+
 
 REQUIRED = {"data": ["d.jsonl"], "model": "m", "output": "out"}
 
@@ -78,7 +79,8 @@ def test_a_target_that_matches_nothing_lists_the_modules_that_exist(tiny_model_d
 def test_planned_trainable_parameters_equal_what_peft_trains(bases_without_markers, arch):
     from transformers import AutoModelForCausalLM
 
-    from yayi_cli.models import fit_embeddings, load_tokenizer
+    from yayi_cli.models.tokenizers import load_tokenizer
+    from yayi_cli.models.weights import fit_embeddings
 
     base = str(bases_without_markers[arch])
     options = TrainOptions(data=["d"], model=base, output="o", lora=True, lora_r=4, cpu=True)

@@ -6,11 +6,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from yayi_cli.data.checked import Record, load_records
-from yayi_cli.prompt import ASSISTANT, HUMAN, IGNORE_INDEX, TEMPLATES, Conversation, PromptTokenizer, Turn, add_markers
 from tests.helpers import SAMPLE_DATA
+from yayi_cli.core.prompt import (
+    ASSISTANT,
+    HUMAN,
+    IGNORE_INDEX,
+    TEMPLATES,
+    Conversation,
+    PromptTokenizer,
+    Turn,
+    add_markers,
+)
+from yayi_cli.core.record_files import load_records
+from yayi_cli.core.records import Record
 from yayi_cli.train.dataset import (
-    PackedExamples, PaddingCollator, count_examples, pack, supports_packing, tokenize_examples, usable,
+    PackedExamples,
+    PaddingCollator,
+    count_examples,
+    pack,
+    supports_packing,
+    tokenize_examples,
+    usable,
 )
 
 

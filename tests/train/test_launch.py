@@ -15,11 +15,11 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from tests.helpers import HEAVY_LIBRARIES, SAMPLE_DATA
-from yayi_cli.cli import app
-from yayi_cli.data.checked import load_records
-from yayi_cli.errors import DataError, UsageError
-from yayi_cli.models import context_length, load_tokenizer, saved_context_length
-from yayi_cli.data.reader import sha256_of
+from yayi_cli.cli.app import app
+from yayi_cli.core.reader import sha256_of
+from yayi_cli.core.record_files import load_records
+from yayi_cli.models.tokenizers import context_length, load_tokenizer, saved_context_length
+from yayi_cli.runtime.errors import DataError, UsageError
 from yayi_cli.train import environment
 from yayi_cli.train.adapters import DEFAULT_TARGETS
 from yayi_cli.train.checkpoints import resolve_resume, universal_conversion
@@ -28,6 +28,7 @@ from yayi_cli.train.options import TrainOptions
 from yayi_cli.train.plan import absolute_paths, check_data, check_output, launcher_command, plan_launch
 from yayi_cli.train.ranks import Ranks, plan_ranks, select_ranks
 from yayi_cli.train.supervise import failed_machine
+
 
 RUN = Path("/runs/a/run.json")
 

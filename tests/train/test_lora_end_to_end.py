@@ -10,7 +10,8 @@ import json
 import pytest
 
 from tests.helpers import RECORDS, base_without_markers, chat, finished, yayi, yayi_train
-from yayi_cli.prompt import MARKERS
+from yayi_cli.core.prompt import MARKERS
+
 
 pytestmark = pytest.mark.launch
 
@@ -67,7 +68,7 @@ def test_lora_trains_only_the_adapter_and_the_new_marker_rows_and_every_command_
     result = yayi("merge", str(output), "-o", str(merged))
     assert result.exit_code == 0, result.output
     assert not (merged / "adapter_config.json").exists()
-    from yayi_cli.models import load_model
+    from yayi_cli.models.weights import load_model
 
     ids = torch.tensor([tokenizer(question + "<|End|>")["input_ids"]])
     with torch.no_grad():
@@ -102,7 +103,8 @@ def test_qlora_trains_a_4bit_base_on_the_cpu_resumes_and_merges_into_the_16bit_b
     import torch
     from transformers import AutoModelForCausalLM
 
-    from yayi_cli.models import load_model, load_tokenizer
+    from yayi_cli.models.tokenizers import load_tokenizer
+    from yayi_cli.models.weights import load_model
 
     question = RECORDS[0]["instruction"]
     ids = torch.tensor([load_tokenizer(str(output))(question)["input_ids"]])

@@ -8,10 +8,11 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import SAMPLE_DATA
-from yayi_cli.cli import app
-from yayi_cli.errors import UsageError
-from yayi_cli.option_table import table
+from yayi_cli.cli.app import app
+from yayi_cli.options.fields import table
+from yayi_cli.runtime.errors import UsageError
 from yayi_cli.train.options import ADAPTER_LR, FULL_FINE_TUNE_LR, TrainOptions
+
 
 REQUIRED = {"data": ["d.jsonl"], "model": "m", "output": "out"}
 

@@ -13,10 +13,22 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from tests.helpers import (
-    PAIRS, REPO, base_without_markers, chat, ctrl_c_after_two_checkpoints, files, finished, metric_events,
-    make_random_lora, processes_mentioning, write_jsonl, yayi, yayi_train,
+    PAIRS,
+    REPO,
+    base_without_markers,
+    chat,
+    ctrl_c_after_two_checkpoints,
+    files,
+    finished,
+    make_random_lora,
+    metric_events,
+    processes_mentioning,
+    write_jsonl,
+    yayi,
+    yayi_train,
 )
 from yayi_cli.train.checkpoints import latest_complete_checkpoint
+
 
 pytestmark = pytest.mark.launch
 
@@ -134,7 +146,7 @@ def test_kto_at_zero_3_trains_on_unpaired_feedback_and_logs_its_kl_and_rewards(t
 
 
 def test_dpo_from_an_sft_adapter_takes_it_as_the_reference_and_leaves_it_as_it_was(pairs, tmp_path):
-    from yayi_cli.prompt import resolve_template
+    from yayi_cli.core.prompt import resolve_template
 
     base = base_without_markers(tmp_path / "base", "llama", sharpness=30, markers=True)
     sft = make_random_lora(base, tmp_path / "sft", resolve_template(None, str(base))[0])  # as an SFT run leaves one

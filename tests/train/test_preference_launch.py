@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import PAIRS, REPO, SAMPLE_DATA, write_jsonl
-from yayi_cli.cli import app
-from yayi_cli.errors import UsageError
+from yayi_cli.cli.app import app
+from yayi_cli.runtime.errors import UsageError
 from yayi_cli.train.options import TrainOptions
 
 

@@ -13,14 +13,18 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO
-from yayi_cli.data.checked import load_records
-from yayi_cli.prompt import TEMPLATES, PromptTokenizer
-from yayi_cli.records import answered
+from yayi_cli.core.prompt import TEMPLATES, PromptTokenizer
+from yayi_cli.core.record_files import load_records
+from yayi_cli.core.records import answered
+from yayi_cli.runtime.errors import UsageError
 from yayi_cli.train.dataset import count_examples, usable
-from yayi_cli.errors import UsageError
 from yayi_cli.train.options import DPO, KTO, TrainOptions
 from yayi_cli.train.preference import (
-    method_arguments, preference_trainer, reference_in_use, tokenize_preferences, unpaired,
+    method_arguments,
+    preference_trainer,
+    reference_in_use,
+    tokenize_preferences,
+    unpaired,
 )
 from yayi_cli.train.worker import load_model_for_training
 
@@ -100,7 +104,7 @@ def test_the_logged_losses_are_the_dpo_formula_on_plain_transformers_log_probs(t
     import torch
     from transformers import AutoModelForCausalLM, TrainerCallback
 
-    from yayi_cli.preference import encode_preferences
+    from yayi_cli.core.preference_tokens import encode_preferences
 
     model, beta, weight = tiny_model_dirs["bloom"], 0.5, 0.7
     records = load_records([pairs_file])
@@ -238,7 +242,6 @@ def test_long_records_are_cut_or_counted_as_leaving_no_answer(tiny_model_dirs, p
 def trl():
     """TRL itself (importing its trainers takes seconds)."""
     import trl
-
     from trl import DPOConfig, DPOTrainer, KTOTrainer  # noqa: F401 - imported here, not in the tests' time
 
     return trl

@@ -13,13 +13,22 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (
-    LAUNCH_SECONDS, RECORDS, OutputReader, ctrl_c_after_two_checkpoints, finished, processes_mentioning, wait_until, yayi_train,
+    LAUNCH_SECONDS,
+    RECORDS,
+    OutputReader,
+    ctrl_c_after_two_checkpoints,
+    finished,
+    processes_mentioning,
+    wait_until,
+    yayi_train,
 )
-from yayi_cli.inference import generate_answers
-from yayi_cli.models import load_model, load_tokenizer
-from yayi_cli.prompt import HUMAN, Conversation, PromptTokenizer, Turn, resolve_template
-from yayi_cli.template_install import format_problems
+from yayi_cli.core.prompt import HUMAN, Conversation, PromptTokenizer, Turn, resolve_template
+from yayi_cli.models.inference import generate_answers
+from yayi_cli.models.tokenizers import load_tokenizer
+from yayi_cli.models.weights import load_model
+from yayi_cli.serve.template_install import format_problems
 from yayi_cli.train.checkpoints import latest_complete_checkpoint
+
 
 pytestmark = pytest.mark.launch
 

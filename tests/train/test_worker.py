@@ -10,10 +10,10 @@ import sys
 import pytest
 
 from tests.helpers import SAMPLE_DATA, split_into
-from yayi_cli.data.checked import load_records
-from yayi_cli.data.reader import sha256_of
-from yayi_cli.errors import UsageError
-from yayi_cli.prompt import TEMPLATES, PromptTokenizer, add_markers
+from yayi_cli.core.prompt import TEMPLATES, PromptTokenizer, add_markers
+from yayi_cli.core.reader import sha256_of
+from yayi_cli.core.record_files import load_records
+from yayi_cli.runtime.errors import UsageError
 from yayi_cli.train.options import TrainOptions
 from yayi_cli.train.worker import build_datasets, share_cores, training_records
 
@@ -21,7 +21,7 @@ from yayi_cli.train.worker import build_datasets, share_cores, training_records
 LAUNCHER_SIDE = ("yayi_cli.train.plan", "yayi_cli.train.ranks", "yayi_cli.train.checkpoints",
                  "yayi_cli.train.environment", "yayi_cli.train.supervise", "yayi_cli.train.console",
                  "yayi_cli.train.report", "yayi_cli.train.launch", "yayi_cli.train.memory", "yayi_cli.train.runs",
-                 "yayi_cli.data.reader", "yayi_cli.cli")
+                 "yayi_cli.core.reader", "yayi_cli.cli.app")
 
 
 def imported_modules(argv: list[str]) -> set[str]:
@@ -32,7 +32,7 @@ def imported_modules(argv: list[str]) -> set[str]:
 
 def test_a_rank_imports_nothing_of_the_launchers_side():
     imported = imported_modules(["-m", "yayi_cli.train.worker", "--help"])
-    assert {"yayi_cli.train.options", "yayi_cli.train.files", "yayi_cli.train.progress"} <= imported  # what it does need
+    assert {"yayi_cli.train.options", "yayi_cli.models.run_files", "yayi_cli.train.progress"} <= imported  # what it does need
     assert sorted(imported & set(LAUNCHER_SIDE)) == []
 
 

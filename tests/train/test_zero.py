@@ -7,11 +7,14 @@ import os
 
 import pytest
 
-from yayi_cli.errors import UsageError
+from yayi_cli.runtime.errors import UsageError
 from yayi_cli.train.options import OFFLOADS, PRECISIONS, ZERO_STAGES, TrainOptions
 from yayi_cli.train.zero import (
-    check_batch_sizes, deepspeed_config, resolve_accumulation,
+    check_batch_sizes,
+    deepspeed_config,
+    resolve_accumulation,
 )
+
 
 COMBINATIONS = list(itertools.product(ZERO_STAGES, OFFLOADS, PRECISIONS))
 

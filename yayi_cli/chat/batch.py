@@ -7,12 +7,12 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
-from yayi_cli.atomic import json_line
 from yayi_cli.chat.session import EMPTY_ANSWER_NOTE, ChatSession
-from yayi_cli.errors import UsageError, YayiError
-from yayi_cli.data.reader import TOO_DEEP
-from yayi_cli.prompt import Conversation, PromptFormatError
-from yayi_cli.records import parse_question
+from yayi_cli.core.prompt import Conversation, PromptFormatError
+from yayi_cli.core.reader import TOO_DEEP
+from yayi_cli.core.records import parse_question
+from yayi_cli.runtime.atomic import json_line
+from yayi_cli.runtime.errors import UsageError, YayiError
 
 
 def answer_text(session: ChatSession, message: str, out: TextIO) -> None:

@@ -7,9 +7,9 @@ import sys
 from collections.abc import Iterator
 from typing import TextIO
 
+from yayi_cli.chat.options import ChatOptions
 from yayi_cli.chat.session import ChatSession, open_session
-from yayi_cli.errors import UsageError
-from yayi_cli.options import ChatOptions
+from yayi_cli.runtime.errors import UsageError
 
 
 @contextlib.contextmanager

@@ -24,9 +24,10 @@ from typing import Any, NamedTuple
 
 from rich.markup import escape
 
-from yayi_cli.atomic import write_text_atomic
 from yayi_cli.chat.session import EMPTY_ANSWER_NOTE, ChatSession, Reply
-from yayi_cli.errors import UsageError, YayiError
+from yayi_cli.runtime.atomic import write_text_atomic
+from yayi_cli.runtime.errors import UsageError, YayiError
+
 
 PROMPT, CONTINUATION = ">>> ", "... "
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -227,7 +228,7 @@ def save(repl: Repl, argument: str) -> None:
 
 
 def load(repl: Repl, argument: str) -> None:
-    from yayi_cli.data.reader import read_records
+    from yayi_cli.core.reader import read_records
 
     if not argument:
         raise UsageError("/load needs a file: /load FILE")

@@ -14,9 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from yayi_cli.errors import DataError, UsageError
-from yayi_cli.options import ChatOptions, GenerationSettings
-from yayi_cli.prompt import (
+from yayi_cli.chat.options import ChatOptions
+from yayi_cli.core.prompt import (
     ASSISTANT,
     HUMAN,
     AnswerStream,
@@ -25,7 +24,10 @@ from yayi_cli.prompt import (
     Turn,
     human_text,
 )
-from yayi_cli.records import CONVERSATIONS, RecordError, parse_record
+from yayi_cli.core.records import CONVERSATIONS, RecordError, parse_record
+from yayi_cli.options.shared import GenerationSettings
+from yayi_cli.runtime.errors import DataError, UsageError
+
 
 ROLE_NAMES = {HUMAN: "human", ASSISTANT: "yayi"}
 """Roles as the `conversations` record shape writes them."""
@@ -115,8 +117,8 @@ class ChatSession:
         self, model: Any, prompt_tokenizer: PromptTokenizer, settings: GenerationSettings | None = None, *,
         system: str | None = None, max_context_tokens: int | None = None, model_name: str = "",
     ) -> None:
-        from yayi_cli.inference import pad_id
-        from yayi_cli.prompt import stop_token_ids
+        from yayi_cli.core.prompt import stop_token_ids
+        from yayi_cli.models.inference import pad_id
 
         self.model, self.prompt_tokenizer = model, prompt_tokenizer
         self.model_name = model_name
@@ -299,7 +301,7 @@ class ChatSession:
 
 def open_session(options: ChatOptions) -> ChatSession:
     """Load tokenizer and model (one-line errors), pick the template, and warm up --compile."""
-    from yayi_cli.loading import load_for_task
+    from yayi_cli.models.loading import load_for_task
 
     loaded = load_for_task(
         options.model, base=options.base, template=options.template, trust_remote_code=options.trust_remote_code,

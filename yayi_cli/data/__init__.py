@@ -1,4 +1,1 @@
-"""Instruction data: streaming readers and the data sub-commands built on them."""
-
-DEFAULT_SEED = 515
-"""The upstream YaYi training default, used by `data split` and `train` alike."""
+"""`yayi data validate`, `split` and `preview`: instruction data checked, split and shown."""

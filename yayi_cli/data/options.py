@@ -6,10 +6,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from yayi_cli.data import DEFAULT_SEED
-from yayi_cli.errors import UsageError
-from yayi_cli.option_table import CommandOptions, complete_directories, option
-from yayi_cli.options import as_test_size, force_option, model_option, template_option, trust_remote_code_option
+from yayi_cli.core.sampling import DEFAULT_SEED
+from yayi_cli.options.fields import CommandOptions, complete_directories, option
+from yayi_cli.options.shared import as_test_size, force_option, model_option, template_option, trust_remote_code_option
+from yayi_cli.runtime.errors import UsageError
+
 
 MODEL_TOKENIZER_HELP = "Model directory or hub id (its tokenizer is used)."
 

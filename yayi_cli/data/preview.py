@@ -18,12 +18,8 @@ from rich.markup import escape
 from rich.rule import Rule
 from rich.text import Text
 
-from yayi_cli.data.checked import Problem, Record, check_record
-from yayi_cli.data.options import PreviewOptions
-from yayi_cli.data.reader import SourceRecord, read_records
-from yayi_cli.errors import DataError
-from yayi_cli.preference import encode_preferences
-from yayi_cli.prompt import (
+from yayi_cli.core.preference_tokens import encode_preferences
+from yayi_cli.core.prompt import (
     IGNORE_INDEX,
     MARKERS,
     PromptTokenizer,
@@ -33,7 +29,12 @@ from yayi_cli.prompt import (
     render_training,
     resolve_template,
 )
-from yayi_cli.records import COMPLETION, PAIRED, PAIRED_KEYS, UNPAIRED, ParsedRecord, answered, domain_of
+from yayi_cli.core.reader import SourceRecord, read_records
+from yayi_cli.core.record_files import Problem, check_record
+from yayi_cli.core.records import COMPLETION, PAIRED, PAIRED_KEYS, UNPAIRED, ParsedRecord, Record, answered, domain_of
+from yayi_cli.data.options import PreviewOptions
+from yayi_cli.runtime.errors import DataError
+
 
 TRAINED_STYLE = "bold green underline"
 MARKER_STYLE = "magenta"
@@ -191,7 +192,7 @@ def preview(options: PreviewOptions) -> PreviewReport:
         template, source = resolve_template(options.template, None)
         prompt_tokenizer = None
     else:
-        from yayi_cli.loading import load_for_task
+        from yayi_cli.models.loading import load_for_task
 
         loaded = load_for_task(options.model, template=options.template, trust_remote_code=options.trust_remote_code,
                                add_markers=True, model_weights=False)

@@ -17,11 +17,20 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from yayi_cli.data.checked import ERROR, Problem
-from yayi_cli.data.reader import LINES, ForeignText, SourceRecord, file_layout, line_range, read_records, refuse_repeated_inputs
+from yayi_cli.core.reader import (
+    LINES,
+    ForeignText,
+    SourceRecord,
+    file_layout,
+    line_range,
+    read_records,
+    refuse_repeated_inputs,
+)
+from yayi_cli.core.record_files import ERROR, Problem
+from yayi_cli.core.records import ParsedRecord
 from yayi_cli.data.tally import Tally
-from yayi_cli.errors import UsageError
-from yayi_cli.records import ParsedRecord
+from yayi_cli.runtime.errors import UsageError
+
 
 PARALLEL_MIN_BYTES = 32 << 20
 """JSON-lines input at least this large is checked by one process per core."""

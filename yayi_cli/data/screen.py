@@ -18,9 +18,10 @@ from typing import Any
 
 import msgspec
 
-from yayi_cli.prompt import ASSISTANT, HUMAN
-from yayi_cli.records import NO_DOMAIN, UNUSUAL_CHARACTER, domain_of
-from yayi_cli.data.checked import MASK_64
+from yayi_cli.core.prompt import ASSISTANT, HUMAN
+from yayi_cli.core.record_files import MASK_64
+from yayi_cli.core.records import NO_DOMAIN, UNUSUAL_CHARACTER, domain_of
+
 
 MARKER_START = "<|"
 """How every marker begins: text without it holds none (tested)."""

@@ -20,15 +20,24 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from yayi_cli import __version__
-from yayi_cli.atomic import atomic_files, refuse_existing
-from yayi_cli.data.checked import ERROR, skip_problem, valid_records
+from yayi_cli.core.reader import (
+    LINES,
+    BackgroundDigest,
+    file_layout,
+    line_chunks,
+    read_records,
+    refuse_repeated_inputs,
+    sha256_of,
+)
+from yayi_cli.core.record_files import ERROR, skip_problem, valid_records
+from yayi_cli.core.records import NO_DOMAIN_LABEL
+from yayi_cli.core.sampling import allocate, chosen_positions
 from yayi_cli.data.options import SplitOptions
-from yayi_cli.data.reader import LINES, BackgroundDigest, file_layout, line_chunks, read_records, refuse_repeated_inputs, sha256_of
 from yayi_cli.data.scan import tally_files
 from yayi_cli.data.tally import DUPLICATE, Tally, find_repeats
-from yayi_cli.errors import DataError, UsageError
-from yayi_cli.records import NO_DOMAIN_LABEL
-from yayi_cli.sampling import allocate, chosen_positions
+from yayi_cli.runtime.atomic import atomic_files, refuse_existing
+from yayi_cli.runtime.errors import DataError, UsageError
+
 
 OUTPUT_NAMES = ("train.jsonl", "test.jsonl", "split.json")
 

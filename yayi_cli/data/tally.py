@@ -15,12 +15,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-from yayi_cli.data.checked import ERROR, WARNING, KindMixer, Problem, content_keys, valid_records
-from yayi_cli.data.reader import LineChunk, SourceRecord, line_record
+from yayi_cli.core.reader import LineChunk, SourceRecord, line_record
+from yayi_cli.core.record_files import ERROR, WARNING, KindMixer, Problem, content_keys, valid_records
+from yayi_cli.core.records import INSTRUCTION, KIND_NAMES, SFT, SHAPES, ParsedRecord, answered
+from yayi_cli.core.sampling import BLOCK
 from yayi_cli.data.screen import ScreenedLines, plain_keys, screen_lines
-from yayi_cli.errors import DataError
-from yayi_cli.records import INSTRUCTION, KIND_NAMES, SFT, SHAPES, ParsedRecord, answered
-from yayi_cli.sampling import BLOCK
+from yayi_cli.runtime.errors import DataError
+
 
 DUPLICATE, CONFLICTING_ANSWER, CONFLICTING_PREFERENCE = "duplicate", "conflicting-answer", "conflicting-preference"
 MIXED_KINDS = "mixed-kinds"

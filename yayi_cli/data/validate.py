@@ -12,14 +12,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-from yayi_cli.data.checked import ERROR, WARNING, Problem, Record
+from yayi_cli.core.preference_tokens import EncodedPreference, encode_preferences
+from yayi_cli.core.prompt import IGNORE_INDEX, Encoded
+from yayi_cli.core.reader import SourceRecord
+from yayi_cli.core.record_files import ERROR, WARNING, Problem
+from yayi_cli.core.records import KIND_NAMES, NO_DOMAIN, SHAPES, ParsedRecord, Record
 from yayi_cli.data.options import ValidateOptions
-from yayi_cli.data.reader import SourceRecord
 from yayi_cli.data.scan import tally_files
 from yayi_cli.data.tally import Tally
-from yayi_cli.preference import EncodedPreference, encode_preferences
-from yayi_cli.prompt import IGNORE_INDEX, Encoded
-from yayi_cli.records import KIND_NAMES, NO_DOMAIN, SHAPES, ParsedRecord
+
 
 TOKEN_COLUMNS = ("p50", "p90", "p99", "max", "max_length", "truncated", "no_answer_tokens")
 
@@ -195,7 +196,7 @@ def validate(options: ValidateOptions, *, progress: Callable[[int], None] = lamb
 
 
 def _token_counter(options: ValidateOptions, tally: Tally) -> TokenCounter:
-    from yayi_cli.loading import load_for_task
+    from yayi_cli.models.loading import load_for_task
 
     loaded = load_for_task(options.model, template=options.template, trust_remote_code=options.trust_remote_code,
                            add_markers=True, model_weights=False)

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from yayi_cli.errors import UsageError
-from yayi_cli.packages import require_package
+from yayi_cli.runtime.errors import UsageError
+from yayi_cli.runtime.packages import require_package
 from yayi_cli.train.options import TrainOptions
+
 
 if TYPE_CHECKING:
     from yayi_cli.train.memory import MemoryEstimate
@@ -122,8 +123,8 @@ def check_new_token_layers(model: Any, targets: list[str], new_tokens: int) -> N
 def check_preference_output_layer(options: TrainOptions, adapter: str | None, new_tokens: int, model: Any) -> None:
     """TRL's preference trainers score answers with the output layer's own weights, so nothing an adapter
     adds to that layer (the markers' new rows) would train: such runs are refused, with the way out."""
-    from yayi_cli.model_files import read_model_json
-    from yayi_cli.models import ADAPTER_CONFIG_FILE
+    from yayi_cli.models.reference import ADAPTER_CONFIG_FILE
+    from yayi_cli.runtime.hub import read_model_json
 
     rows = (read_model_json(Path(adapter), ADAPTER_CONFIG_FILE) or {}).get("trainable_token_indices") if adapter else None
     output = output_layer_name(model)
@@ -162,11 +163,10 @@ def plan_adapter(options: TrainOptions, *, stage: int, offload: str, gpus_per_no
     per parameter, + fp32 weights, gradients and Adam moments, 16 bytes, split among the ranks as the stage
     does). Activations come on top.
     """
-    from yayi_cli.models import load_tokenizer
-    from yayi_cli.prompt import add_markers
+    from yayi_cli.core.prompt import add_markers
+    from yayi_cli.models.reference import resolve_model
+    from yayi_cli.models.tokenizers import load_tokenizer
     from yayi_cli.train.memory import MemoryEstimate, model_skeleton, model_states_bytes  # planning side only
-
-    from yayi_cli.models import resolve_model
 
     require_adapter_packages(options)
     check_adapter_stage(options, stage)
@@ -199,7 +199,7 @@ def plan_adapter(options: TrainOptions, *, stage: int, offload: str, gpus_per_no
 
 def quantization_config(compute_dtype: Any) -> Any:
     """QLoRA's base: NF4 with double quantization, computing in the run's precision (bf16 where the GPU has it)."""
-    from yayi_cli.models import nf4_config
+    from yayi_cli.models.weights import nf4_config
 
     return nf4_config(compute_dtype, double_quant=True)
 
@@ -232,7 +232,8 @@ def start_adapter(model: Any, options: TrainOptions, new_token_ids: list[int]) -
     """(model, config): the base made ready for adapters and, when --model is an adapter, that adapter
     loaded to train on (config None: training goes on from its weights, in a copy); else the base and
     the new adapter's LoraConfig."""
-    from yayi_cli.models import attach_saved_adapter, resolve_model
+    from yayi_cli.models.reference import resolve_model
+    from yayi_cli.models.weights import attach_saved_adapter
 
     model = prepare_base(model, options)
     source = resolve_model(options.model)
@@ -245,7 +246,7 @@ def attach_adapter(model: Any, options: TrainOptions, new_token_ids: list[int]) 
     """The loaded base with the adapter that trains: only it (and the new tokens' rows) train."""
     from peft import get_peft_model
 
-    from yayi_cli.models import peft_quietly
+    from yayi_cli.models.weights import peft_quietly
 
     model, config = start_adapter(model, options, new_token_ids)
     if config is None:
@@ -256,8 +257,8 @@ def attach_adapter(model: Any, options: TrainOptions, new_token_ids: list[int]) 
 
 def continued_settings(adapter: str) -> dict[str, Any]:
     """The options an adapter --model was trained with (rank, scale, dropout, targets): training goes on with them."""
-    from yayi_cli.model_files import read_model_json
-    from yayi_cli.models import ADAPTER_CONFIG_FILE
+    from yayi_cli.models.reference import ADAPTER_CONFIG_FILE
+    from yayi_cli.runtime.hub import read_model_json
 
     config = read_model_json(Path(adapter), ADAPTER_CONFIG_FILE) or {}
     targets = config.get("target_modules") or []

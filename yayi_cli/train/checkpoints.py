@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from yayi_cli.atomic import write_text_atomic
-from yayi_cli.errors import DataError, UsageError
-from yayi_cli.terminal import library_environment
-from yayi_cli.train.files import CHECKPOINT_PATTERN, COMPLETE_MARKER, UNIVERSAL_LATEST
+from yayi_cli.models.run_files import CHECKPOINT_PATTERN, COMPLETE_MARKER, UNIVERSAL_LATEST
+from yayi_cli.runtime.atomic import write_text_atomic
+from yayi_cli.runtime.errors import DataError, UsageError
+from yayi_cli.runtime.terminal import library_environment
 from yayi_cli.train.options import TrainOptions
 from yayi_cli.train.zero import stage_of
+
 
 UNIVERSAL_STAGES = (1, 2)
 """ZeRO stages whose checkpoints yayi converts for another rank count (the ones its tests resume)."""

@@ -24,10 +24,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from yayi_cli.errors import UsageError
-from yayi_cli.train.files import TRAIN_LOG
+from yayi_cli.models.run_files import TRAIN_LOG
+from yayi_cli.runtime.errors import UsageError
 from yayi_cli.train.progress import EVENT_TAG, RANK_SEPARATOR
 from yayi_cli.train.supervise import failed_machine
+
 
 LAUNCHER = "launcher"
 TAGGED = re.compile(r"^((?:\S+: )?\S+ rank \d+)" + re.escape(RANK_SEPARATOR) + "(.*)$")

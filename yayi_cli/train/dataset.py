@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from yayi_cli import __version__
-from yayi_cli.data.checked import Record
-from yayi_cli.prompt import IGNORE_INDEX, PromptTokenizer
+from yayi_cli.core.prompt import IGNORE_INDEX, PromptTokenizer
+from yayi_cli.core.records import Record
+
 
 KEPT, TRUNCATED, TOO_LONG, NO_ANSWER = range(4)
 """Each record's fate, stored with its tokens so that cached runs report the same counts."""

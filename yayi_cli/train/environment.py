@@ -9,10 +9,11 @@ import socket
 import sys
 from pathlib import Path
 
-from yayi_cli.errors import UsageError
-from yayi_cli.terminal import library_environment
+from yayi_cli.runtime.errors import UsageError
+from yayi_cli.runtime.terminal import library_environment
 from yayi_cli.train.options import TrainOptions
 from yayi_cli.train.ranks import Ranks, visible_gpus
+
 
 USERS_NODE_ENV_FILE = ".deepspeed_env"
 FORWARDED_VARIABLES = ("PYTHONPATH", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",

@@ -13,15 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from yayi_cli.atomic import write_json_atomic, write_text_atomic
-from yayi_cli.errors import UsageError
+from yayi_cli.models.run_files import DS_CONFIG_FILE, METRICS_FILE, NODE_ENV_FILE, SUMMARY_FILE, TRAIN_LOG
+from yayi_cli.runtime.atomic import write_json_atomic, write_text_atomic
+from yayi_cli.runtime.errors import UsageError
 from yayi_cli.train.checkpoints import convert_to_universal, interrupted_note
 from yayi_cli.train.environment import child_environment
-from yayi_cli.train.files import DS_CONFIG_FILE, METRICS_FILE, NODE_ENV_FILE, SUMMARY_FILE, TRAIN_LOG
 from yayi_cli.train.options import TrainOptions
 from yayi_cli.train.plan import LaunchPlan, plan_launch
 from yayi_cli.train.runs import record_launch
 from yayi_cli.train.supervise import run_launcher
+
 
 INTERRUPTED = 130
 

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from yayi_cli.errors import UsageError, first_line
-from yayi_cli.model_files import read_model_json
-from yayi_cli.models import is_quantized, resolve_model_reference
-from yayi_cli.terminal import deepspeed_logs_to_stderr
+from yayi_cli.models.reference import resolve_model_reference
+from yayi_cli.models.weights import is_quantized
+from yayi_cli.runtime.errors import UsageError, first_line
+from yayi_cli.runtime.hub import read_model_json
+from yayi_cli.runtime.terminal import deepspeed_logs_to_stderr
+
 
 GIB = 1024**3
 SAFETENSORS_FILE = "model.safetensors"

@@ -12,10 +12,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from yayi_cli.data import DEFAULT_SEED
-from yayi_cli.errors import UsageError
-from yayi_cli.option_table import CommandOptions, complete_directories, option
-from yayi_cli.options import as_test_size, template_option
+from yayi_cli.core.preference_tokens import DEFAULT_BETA
+from yayi_cli.core.sampling import DEFAULT_SEED
+from yayi_cli.options.fields import CommandOptions, complete_directories, option
+from yayi_cli.options.shared import as_test_size, template_option
+from yayi_cli.runtime.errors import UsageError
+
 
 ZERO_STAGES = (0, 1, 2, 3)
 OFFLOADS = ("none", "cpu", "nvme")
@@ -30,7 +32,6 @@ DPO_LOSSES = ("sigmoid", "ipo", "hinge", "sigmoid_norm", "robust", "nca_pair", "
               "aot_unpaired", "apo_zero", "apo_down", "discopop")
 """TRL DPOTrainer's loss types that need no setting yayi does not offer (exo_pair needs label smoothing);
 sigmoid_norm is SimPO's length-normalised loss."""
-DEFAULT_BETA = 0.1
 PREFERENCE_OPTIONS = {"beta": (DPO, KTO), "dpo_loss": (DPO,), "sft_weight": (DPO,), "precompute_ref": (DPO, KTO)}
 """Options that only some methods read, refused with the others so that nothing is silently ignored."""
 

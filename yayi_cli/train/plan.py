@@ -19,22 +19,30 @@ from pathlib import Path
 from typing import Any
 
 from yayi_cli import __version__
-from yayi_cli.atomic import refuse_output_over
-from yayi_cli.data.reader import sha256_of
-from yayi_cli.errors import DataError, UsageError
-from yayi_cli.models import require_saved_tokenizer
-from yayi_cli.packages import require_package
+from yayi_cli.core.reader import sha256_of
+from yayi_cli.core.records import KIND_NAMES, PAIRED, SFT, UNPAIRED
+from yayi_cli.models.reference import require_saved_tokenizer
+from yayi_cli.models.run_files import DS_CONFIG_FILE, RUN_FILE, WORKER_MODULE
+from yayi_cli.runtime.atomic import refuse_output_over
+from yayi_cli.runtime.errors import DataError, UsageError
+from yayi_cli.runtime.packages import require_package
 from yayi_cli.train.checkpoints import UNIVERSAL_LOADING, resolve_resume, universal_conversion
 from yayi_cli.train.environment import loopback_warning, node_environment
-from yayi_cli.train.files import DS_CONFIG_FILE, RUN_FILE, WORKER_MODULE
 from yayi_cli.train.memory import MemoryEstimate, count_saved_parameters, estimate_memory
-from yayi_cli.records import KIND_NAMES, PAIRED, SFT, UNPAIRED
 from yayi_cli.train.options import DPO, KTO, TrainOptions
 from yayi_cli.train.ranks import Ranks, count_local_gpus, plan_ranks
 from yayi_cli.train.runs import check_continuation
 from yayi_cli.train.zero import (
-    AUTO, check_batch_sizes, deepspeed_config, offload_of, precision_of, read_user_config, resolve_accumulation, stage_of,
+    AUTO,
+    check_batch_sizes,
+    deepspeed_config,
+    offload_of,
+    precision_of,
+    read_user_config,
+    resolve_accumulation,
+    stage_of,
 )
+
 
 DEFAULT_MAX_LENGTH = 2048
 """Where examples are cut when neither --max-length nor the model says how long a context is."""
@@ -59,7 +67,7 @@ def launcher_command(options: TrainOptions, ranks: Ranks, run_file: Path) -> lis
 def resolve_precision(config: dict[str, Any], options: TrainOptions) -> str:
     """What the ranks will train in. `auto` stays only when this machine has no GPU to decide by
     (a login node launching onto --hostfile machines): each rank then decides the same way."""
-    from yayi_cli.models import best_precision
+    from yayi_cli.models.weights import best_precision
 
     asked = precision_of(config)
     if asked != AUTO:
@@ -74,7 +82,8 @@ def resolve_max_length(options: TrainOptions, warnings: list[str]) -> int:
     A local model's is read from its files: loading its tokenizer would import transformers for it."""
     if options.max_length:
         return options.max_length
-    from yayi_cli.models import context_length, load_tokenizer, resolve_model, saved_context_length
+    from yayi_cli.models.reference import resolve_model
+    from yayi_cli.models.tokenizers import context_length, load_tokenizer, saved_context_length
 
     reference = Path(resolve_model(options.model).base)
     if reference.is_dir():
@@ -89,7 +98,7 @@ def resolve_max_length(options: TrainOptions, warnings: list[str]) -> int:
 
 def starting_adapter(options: TrainOptions) -> str | None:
     """The adapter --model names, which a run with --lora/--qlora trains on from (in a copy), else None."""
-    from yayi_cli.models import resolve_model
+    from yayi_cli.models.reference import resolve_model
 
     source = resolve_model(options.model)
     if source.adapter and not options.adapter:
@@ -138,8 +147,8 @@ def check_data(paths: list[str], option: str, method: str, warnings: list[str],
     """Every data file exists and is valid (the worker must never drop a record), holds the records the
     method trains on, and there is data to train on (and to hold out with --test-size); their sizes and
     hashes for run.json."""
-    from yayi_cli.data.checked import count_records
-    from yayi_cli.sampling import allocate
+    from yayi_cli.core.record_files import count_records
+    from yayi_cli.core.sampling import allocate
 
     files = [Path(path) for path in paths]
     try:

@@ -1,7 +1,7 @@
 """Preference training on each rank: TRL's DPOTrainer and KTOTrainer on ids the prompt core made.
 
 TRL would tokenize the texts itself (and append the tokenizer's EOS after `<|End|>`); yayi hands it
-the ids of `yayi_cli.preference.encode_preferences` instead, so a preference run trains on exactly the
+the ids of `yayi_cli.core.preference_tokens.encode_preferences` instead, so a preference run trains on exactly the
 bytes and ids an SFT run of the same conversations would. Long records are cut or left out here, and
 counted, as SFT examples are. The losses, the reference model and the metrics are TRL's.
 """
@@ -13,12 +13,12 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
-from yayi_cli.data.checked import Record
-from yayi_cli.errors import UsageError
-from yayi_cli.prompt import PromptTokenizer
-from yayi_cli.records import UNPAIRED
+from yayi_cli.core.prompt import PromptTokenizer
+from yayi_cli.core.records import UNPAIRED, Record
+from yayi_cli.runtime.errors import UsageError
 from yayi_cli.train.dataset import KEPT, NO_ANSWER, TOO_LONG, TRUNCATED, map_cached
 from yayi_cli.train.options import DPO, KTO, TrainOptions
+
 
 ANSWER_COLUMNS = {DPO: ("chosen_ids", "rejected_ids"), KTO: ("completion_ids",)}
 
@@ -76,7 +76,7 @@ def tokenize_preferences(records: Sequence[Record], prompt_tokenizer: PromptToke
                          overlong: str, cache_file: Path | None) -> Any:
     """A `datasets.Dataset` with prompt_ids and the method's answer columns (KTO: and label), plus the
     length, answer tokens and status of every record (KTO: of every answer), in order."""
-    from yayi_cli.preference import encode_preferences
+    from yayi_cli.core.preference_tokens import encode_preferences
 
     records = unpaired(records) if method == KTO else list(records)
     names = ANSWER_COLUMNS[method]

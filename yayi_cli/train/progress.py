@@ -17,9 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from yayi_cli.atomic import json_line
-from yayi_cli.prompt import IGNORE_INDEX
-from yayi_cli.train.files import METRICS_FILE, checkpoint_name
+from yayi_cli.core.prompt import IGNORE_INDEX
+from yayi_cli.models.run_files import METRICS_FILE, checkpoint_name
+from yayi_cli.runtime.atomic import json_line
+
 
 EVENT_TAG = "@yayi-event "
 """Starts a line that carries a progress event (JSON) rather than text for people."""

@@ -11,9 +11,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from yayi_cli.errors import UsageError
-from yayi_cli.terminal import deepspeed_logs_to_stderr
+from yayi_cli.runtime.errors import UsageError
+from yayi_cli.runtime.terminal import deepspeed_logs_to_stderr
 from yayi_cli.train.options import TrainOptions
+
 
 HOSTFILE_FORMAT = "lines look like 'worker-1 slots=8'"
 INCLUDE_FORMAT = "use HOST:SLOT,SLOT@HOST:SLOT, e.g. localhost:0,1 or worker-1:0,1,2,3@worker-2"

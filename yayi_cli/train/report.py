@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
-from yayi_cli.train.files import DS_CONFIG_FILE, NODE_ENV_FILE
+from yayi_cli.models.run_files import DS_CONFIG_FILE, NODE_ENV_FILE
 from yayi_cli.train.options import DPO, SFT, TrainOptions
 from yayi_cli.train.plan import LaunchPlan
 from yayi_cli.train.zero import AUTO

@@ -12,10 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from yayi_cli.atomic import write_json_atomic
-from yayi_cli.errors import UsageError
-from yayi_cli.train.files import RUN_FILE, RUN_RECORD, RUNS_DIR, checkpoint_name
+from yayi_cli.models.run_files import RUN_FILE, RUN_RECORD, RUNS_DIR, checkpoint_name
+from yayi_cli.runtime.atomic import write_json_atomic
+from yayi_cli.runtime.errors import UsageError
 from yayi_cli.train.options import PREFERENCE_OPTIONS, SFT, TrainOptions
+
 
 SHOWN_HASH = 12
 """Hex digits of a data hash shown in a message."""

@@ -9,7 +9,8 @@ import signal
 import subprocess
 from collections.abc import Callable
 
-from yayi_cli.lifetime import dies_with_parent, stop_group
+from yayi_cli.runtime.processes import dies_with_parent, stop_group
+
 
 MACHINE_FAILED = re.compile(r"^pdsh@\S+: (\S+): ssh exited with exit code (\d+)$")
 """What pdsh prints when the launcher on one machine ended with an error (or ssh could not reach it)."""

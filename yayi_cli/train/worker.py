@@ -17,12 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from yayi_cli.errors import YayiError
-from yayi_cli.lifetime import end_when_unread
-from yayi_cli.train.files import DS_CONFIG_FILE, SUMMARY_FILE
+from yayi_cli.models.run_files import DS_CONFIG_FILE, SUMMARY_FILE
+from yayi_cli.runtime.errors import YayiError
+from yayi_cli.runtime.processes import end_when_unread
 from yayi_cli.train.options import PREFERENCE_METHODS, TrainOptions
 from yayi_cli.train.progress import tag_output
 from yayi_cli.train.zero import AUTO
+
 
 FINAL_STAGING = ".final-model"
 
@@ -102,8 +103,8 @@ def group_by_length(args: Any) -> None:
 def training_records(options: TrainOptions) -> tuple[list[Any], list[Any]]:
     """(records to train on, records to evaluate on): --eval-data, or --test-size held out of --data
     exactly as `yayi data split --test-size N --seed S` would hold them out."""
-    from yayi_cli.data.checked import load_records
-    from yayi_cli.sampling import hold_out
+    from yayi_cli.core.record_files import load_records
+    from yayi_cli.core.sampling import hold_out
 
     records = load_records([Path(p) for p in options.data])
     if options.test_size is not None:
@@ -155,7 +156,8 @@ def build_datasets(run: dict[str, Any], options: TrainOptions, prompt_tokenizer:
 def load_model_for_training(options: TrainOptions, tokenizer: Any, precision: str) -> Any:
     from transformers import AutoModelForCausalLM
 
-    from yayi_cli.models import fit_embeddings, resolve_model, torch_dtype
+    from yayi_cli.models.reference import resolve_model
+    from yayi_cli.models.weights import fit_embeddings, torch_dtype
 
     dtype = torch_dtype(precision)
     quantized: dict[str, Any] = {}
@@ -178,7 +180,7 @@ def save_final_model(trainer: Any, tokenizer: Any, template: Any, output: Path, 
 
     Every rank calls this: under ZeRO-3 the 16-bit weights are gathered from all of them.
     """
-    from yayi_cli.prompt import save_model_format
+    from yayi_cli.core.prompt import save_model_format
 
     staging = output / FINAL_STAGING
     if adapter:
@@ -225,8 +227,8 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import PrinterCallback, set_seed
 
-    from yayi_cli.loading import load_for_task
-    from yayi_cli.models import best_precision
+    from yayi_cli.models.loading import load_for_task
+    from yayi_cli.models.weights import best_precision
     from yayi_cli.train.progress import make_reporter, throughput
     from yayi_cli.train.runs import checkpoint_recorder
 
@@ -291,7 +293,7 @@ def train(run: dict[str, Any]) -> dict[str, Any]:
 
         summary["preference"] = {"first": preference_metrics(history[0]), "last": preference_metrics(history[-1])}
     if main_rank:
-        from yayi_cli.atomic import write_json_atomic
+        from yayi_cli.runtime.atomic import write_json_atomic
 
         write_json_atomic(output / SUMMARY_FILE, summary)
         log(f"saved the {'adapter' if options.adapter else 'model'} to {output}; try: yayi chat --model {output}")

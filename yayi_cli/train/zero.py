@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from yayi_cli.errors import UsageError
+from yayi_cli.runtime.errors import UsageError
 from yayi_cli.train.options import ZERO_STAGES, TrainOptions
+
 
 AUTO = "auto"
 

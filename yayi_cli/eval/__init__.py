@@ -1,0 +1,1 @@
+"""`yayi eval`: loss and generation metrics, multiple choice suites, preference scoring, gates."""

@@ -1,0 +1,77 @@
+"""Tokenizers as their models were trained with (Llama 2's SentencePiece read the legacy way), and how long a
+context a model takes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from yayi_cli.models.reference import SENTENCEPIECE_MODEL, check_sentencepiece_model, loading_errors, resolve_model
+from yayi_cli.runtime.errors import UsageError, first_line
+from yayi_cli.runtime.hub import model_json
+
+
+LEGACY_SENTENCEPIECE_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast")
+
+
+def sentencepiece_options(reference: str) -> dict[str, Any]:
+    """`legacy=True` for a Llama SentencePiece tokenizer whose config predates the option (transformers < 4.31, as
+    the published Llama 2 YaYi checkpoints): those releases put the `▁` dummy prefix on the text after every special
+    token, and transformers 5 would read such a config as `legacy=False` and leave it out. A config that sets
+    `legacy` is followed as it is."""
+    config = model_json(reference, "tokenizer_config.json")
+    if "legacy" in config or config.get("tokenizer_class") not in LEGACY_SENTENCEPIECE_CLASSES:
+        return {}
+    return {"legacy": True}
+
+
+def load_tokenizer(model: str, *, trust_remote_code: bool = False, base: str | None = None) -> Any:
+    """The model's tokenizer via `AutoTokenizer`; remote code only when the user asks."""
+    return tokenizer_files(resolve_model(model, base, check_base=False).tokenizer, model, trust_remote_code=trust_remote_code)
+
+
+def tokenizer_files(reference: str, model: str, *, trust_remote_code: bool = False) -> Any:
+    """The tokenizer saved at `reference` (a directory or hub id; `model` names it in errors), with nothing else of a
+    model needed beside it."""
+    if (Path(reference) / SENTENCEPIECE_MODEL).is_file():
+        check_sentencepiece_model(Path(reference) / SENTENCEPIECE_MODEL)
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(reference, trust_remote_code=trust_remote_code, **sentencepiece_options(reference))
+    except loading_errors() as error:
+        raise UsageError(f"cannot load a tokenizer from {model!r}: {first_line(error)}") from None
+
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length")
+
+
+UNSET_MAX_LENGTH = 10**7
+"""Tokenizers without a known limit report a huge `model_max_length`; anything above this is unset."""
+
+
+def _set_limit(limit: Any) -> int | None:
+    return limit if isinstance(limit, int) and 0 < limit < UNSET_MAX_LENGTH else None
+
+
+def _config_context(config: dict[str, Any]) -> int | None:
+    return next((config[key] for key in CONTEXT_KEYS if isinstance(config.get(key), int)), None)
+
+
+def context_length(model: str, tokenizer: Any, base: str | None = None) -> int | None:
+    """The model's context length: the tokenizer's limit, else the config's (an adapter's base's), else None."""
+    limit = _set_limit(getattr(tokenizer, "model_max_length", None))
+    if limit:
+        return limit
+    try:
+        reference = resolve_model(model, base).base
+    except UsageError:  # no config to read (an adapter's base that is not here)
+        return None
+    return _config_context(model_json(reference))
+
+
+def saved_context_length(directory: Path) -> int | None:
+    """`context_length` of a saved model directory read from its JSON files (the tokenizer's saved
+    limit, else the config's), without importing transformers."""
+    return _set_limit(model_json(directory, "tokenizer_config.json").get("model_max_length")) or _config_context(
+        model_json(directory))

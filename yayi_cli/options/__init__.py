@@ -1,0 +1,1 @@
+"""How a command's options are declared once (fields, --config files) and the ones several commands share."""

@@ -1,0 +1,1 @@
+"""`yayi serve` and `yayi template install`: a model made ready for other engines, and served."""

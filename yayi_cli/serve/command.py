@@ -1,0 +1,167 @@
+"""`yayi serve`: an OpenAI-compatible endpoint from an existing engine (`transformers serve`, or vLLM).
+
+yayi only prepares the model and watches the engine: a model that lacks the chat template or the
+stop ids is served from a staged folder that links to the user's files and holds corrected copies
+of the few files that change (the user's directory is never modified); the engine runs as an
+argument list in its own process group, so Ctrl-C stops all of it and nothing is left behind; the
+kernel kills it when yayi ends without a chance to stop it (SIGKILL): it holds nothing to save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from yayi_cli.runtime.errors import UsageError
+from yayi_cli.runtime.packages import install_hint, require_packages
+from yayi_cli.runtime.processes import dies_with_parent, stop_group
+from yayi_cli.serve.options import ServeOptions
+
+
+ENGINE_PACKAGES = {
+    "transformers": (("fastapi", "uvicorn", "openai"), install_hint("serve")),
+    "vllm": (("vllm",), "pip install vllm (Linux with a GPU)"),
+}
+
+
+def require_engine(engine: str) -> None:
+    """One line naming what to install when the engine's packages are missing (ServeOptions has
+    refused an engine that is not one of ENGINE_PACKAGES)."""
+    packages, hint = ENGINE_PACKAGES[engine]
+    require_packages(packages, f"--engine {engine}", hint)
+
+
+def require_free_port(host: str, port: int) -> None:
+    """Bind the address as the engine will (SO_REUSEADDR, like uvicorn) to refuse a busy port up front."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, OverflowError) as error:
+        raise UsageError(f"--host {host} --port {port}: not an address to listen on ({error})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise UsageError(f"cannot listen on {host}:{port}: {error.strerror or error}; choose another --port") from None
+
+
+def engine_command(engine: str, name: str, host: str, port: int, trust_remote_code: bool) -> list[str]:
+    """The engine's argv; options present in transformers 5.17 and later, and in vLLM's OpenAI server."""
+    remote = ["--trust-remote-code"] if trust_remote_code else []
+    if engine == "vllm":
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", name, "--served-model-name",
+                name, "--host", host, "--port", str(port), *remote]
+    return [sys.executable, "-m", "transformers.cli.transformers", "serve", name, "--host", host, "--port", str(port),
+            *remote]
+
+
+@contextmanager
+def served_model(options: ServeOptions, note: Callable[[str], None]) -> Iterator[tuple[Path, str]]:
+    """A run folder holding the model under its own name (the id clients send): a link to the user's
+    directory when it has the YaYi format, else a staged folder with the format added."""
+    from yayi_cli.core.prompt import GENERATION_CONFIG_FILE, save_model_format
+    from yayi_cli.models.loading import load_for_task
+    from yayi_cli.models.reference import resolve_model_reference
+    from yayi_cli.runtime.hub import download_snapshot
+    from yayi_cli.serve.template_install import format_problems
+
+    reference = resolve_model_reference(options.model)
+    local = Path(reference).is_dir()
+    directory = (Path(reference) if local else download_snapshot(reference, remote_code=options.trust_remote_code)).resolve()
+    name = directory.name if local else reference.rsplit("/", 1)[-1]  # a hub snapshot's folder is a commit hash
+    loaded = load_for_task(str(directory), template=options.template, trust_remote_code=options.trust_remote_code,
+                           model_weights=False)  # refuses a tokenizer without the markers, as every command does
+    template, tokenizer = loaded.template, loaded.tokenizer
+    problems = format_problems(directory, tokenizer, template)
+    with tempfile.TemporaryDirectory(prefix="yayi-serve-") as run:
+        served = Path(run) / name
+        if not problems:
+            served.symlink_to(directory, target_is_directory=True)
+        else:
+            note(f"{options.model}: {'; '.join(problems)}. Serving a staged copy with the template {template.name} "
+                 f"and stop ids (your files are unchanged; `yayi template install` adds them for good)")
+            served.mkdir()
+            if (directory / GENERATION_CONFIG_FILE).is_file():
+                (served / GENERATION_CONFIG_FILE).write_bytes((directory / GENERATION_CONFIG_FILE).read_bytes())
+            save_model_format(served, tokenizer, template)
+            for path in directory.iterdir():  # linked only now, so no write above can go through a link
+                if not (served / path.name).exists():
+                    (served / path.name).symlink_to(path)
+        yield Path(run), name
+
+
+def _health(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def curl_line(base: str, name: str) -> str:
+    body = json.dumps({"model": name, "messages": [{"role": "user", "content": "你好"}]}, ensure_ascii=False)
+    return f"curl {base}/v1/chat/completions -H 'Content-Type: application/json' -d {shlex.quote(body)}"
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP reached yayi: the engine is stopped as on Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.exit_code = 128 + signum
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise _Stopped(signum)
+
+
+def serve(options: ServeOptions, say: Callable[[str], None], note: Callable[[str], None]) -> int:
+    """Run the engine until it exits (its status), Ctrl-C (130) or SIGTERM/SIGHUP (128 + the signal)."""
+    options.check()
+    require_engine(options.engine)
+    require_free_port(options.host, options.port)
+    host = f"[{options.host}]" if ":" in options.host else options.host
+    base = f"http://{host}:{options.port}"
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with served_model(options, note) as (run, name):
+            env = dict(os.environ, HF_HUB_DISABLE_UPDATE_CHECK="1")
+            command = engine_command(options.engine, name, options.host, options.port, options.trust_remote_code)
+            note(f"starting {options.engine} serve on {base} (loading the model)")
+            process = subprocess.Popen(command, cwd=run, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr,
+                                       start_new_session=True,
+                                       preexec_fn=dies_with_parent(signal.SIGKILL))  # noqa: PLW1509 - fork-safe
+            try:
+                return _watch(process, base, name, say)
+            except KeyboardInterrupt:
+                return 130
+            except _Stopped as stopped:
+                return stopped.exit_code
+            finally:
+                stop_group(process)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _watch(process: subprocess.Popen[bytes], base: str, name: str, say: Callable[[str], None]) -> int:
+    while not _health(base):
+        if process.poll() is not None:
+            raise UsageError(f"the engine stopped before it was ready (exit {process.returncode}); its output is above")
+        time.sleep(0.25)
+    say(f"serving {name} at {base}/v1 (OpenAI-compatible; Ctrl-C stops it)")
+    say(curl_line(base, name))
+    return process.wait()
