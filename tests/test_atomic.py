@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from yayi_cli.runtime.atomic import atomic_directory, refuse_output_over, write_text_atomic
+from yayi_cli.runtime.atomic import atomic_directory, refuse_output_over, scratch_folder, write_text_atomic
 from yayi_cli.runtime.errors import UsageError
 
 
@@ -74,3 +74,25 @@ def test_every_command_refuses_an_existing_output_through_one_check():
     sayers = [path.relative_to(REPO).as_posix() for path in (REPO / "yayi_cli").rglob("*.py")
               if "already exists" in path.read_text(encoding="utf-8")]
     assert sayers == ["yayi_cli/runtime/atomic.py"]
+
+
+def test_a_scratch_folder_is_hidden_beside_its_target_and_gone_afterwards_even_after_an_error(tmp_path):
+    target = tmp_path / "out" / "model.gguf"
+    with scratch_folder(target, ".16bit") as work:
+        assert work.parent == target.parent and work.name.startswith(".model.gguf.") and work.name.endswith(".16bit")
+        (work / "part").write_text("x")
+    assert list(target.parent.iterdir()) == []
+    with pytest.raises(RuntimeError), scratch_folder(target) as work:
+        (work / "part").write_text("x")
+        raise RuntimeError("the work failed")
+    assert list(target.parent.iterdir()) == []
+
+
+def test_working_folders_are_made_one_way():
+    """`scratch_folder` is the one maker of working folders: no command calls mkdtemp or TemporaryDirectory itself."""
+    from tests.helpers import REPO
+
+    makers = sorted(path.relative_to(REPO).as_posix() for path in (REPO / "yayi_cli").rglob("*.py")
+                    if "TemporaryDirectory(" in (text := path.read_text(encoding="utf-8")) or "mkdtemp(" in text)
+    # atomic.py: scratch_folder and its own all-or-nothing writes; template_install.py: the backup folder it keeps
+    assert makers == ["yayi_cli/runtime/atomic.py", "yayi_cli/serve/template_install.py"]

@@ -152,7 +152,7 @@ def test_the_answer_protocol_scores_each_letter_as_the_answer_loss_does(tiny_mod
     """Choice scoring (the benchmarks' scorer) and `yayi eval`'s answer loss are two paths to one number."""
     from yayi_cli.core.records import Record
     from yayi_cli.eval.choice.files import read_choice_files
-    from yayi_cli.eval.command import choice_scores
+    from yayi_cli.eval.choice.task import choice_scores
     from yayi_cli.models.loading import load_for_task
 
     loaded = load_for_task(str(tiny_model_dirs[arch]), device="cpu")

@@ -109,3 +109,14 @@ def test_every_command_that_runs_a_model_refuses_one_without_the_markers_in_the_
     result = yayi(*[part.format(tmp=tmp_path, port=free_port()) for part in command], "--model", str(without_markers))
     one_error_line(result, 2, "the tokenizer has no single token for '<|System|>'", "yayi template install")
     assert list(tmp_path.iterdir()) == [without_markers]  # nothing written beside the model
+
+
+def test_one_context_length_rule_for_every_command_the_config_then_the_tokenizer():
+    from yayi_cli.models.tokenizers import context_from
+
+    assert context_from({"max_position_embeddings": 4096}, 2048) == 4096  # what the model was built for
+    assert context_from({"n_positions": 1024, "max_position_embeddings": 4096}, None) == 1024  # lm-evaluation-harness's order
+    assert context_from({"seq_length": 8192}, None) == 8192
+    assert context_from({}, 2048) == 2048  # BLOOM's ALiBi config names none: the tokenizer's limit
+    assert context_from({}, int(1e30)) is None  # a tokenizer without a limit: the caller's default
+    assert context_from({"max_position_embeddings": 0}, 512) == 512

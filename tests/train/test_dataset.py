@@ -91,9 +91,9 @@ def test_packed_rows_score_each_example_exactly_as_if_it_were_alone(tiny_model_d
     import torch
 
     from yayi_cli.train.options import TrainOptions
-    from yayi_cli.train.worker import load_model_for_training
+    from yayi_cli.train.sft import SFTRecipe
 
-    model = load_model_for_training(TrainOptions(model=str(tiny_model_dirs["llama"])), tiny_tokenizers["llama"], "fp32")
+    model = SFTRecipe(TrainOptions(model=str(tiny_model_dirs["llama"])), run={}).load_model(tiny_tokenizers["llama"])
     assert supports_packing(model)
     prompts = PromptTokenizer(TEMPLATES["yayi"], tiny_tokenizers["llama"])
     examples = load_records([SAMPLE_DATA])[:6]

@@ -6,6 +6,7 @@ test_preference_end_to_end.py.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -19,43 +20,40 @@ from yayi_cli.core.records import answered
 from yayi_cli.runtime.errors import UsageError
 from yayi_cli.train.dataset import count_examples, usable
 from yayi_cli.train.options import DPO, KTO, TrainOptions
-from yayi_cli.train.preference import (
-    method_arguments,
-    preference_trainer,
-    reference_in_use,
-    tokenize_preferences,
-    unpaired,
-)
-from yayi_cli.train.worker import load_model_for_training
+from yayi_cli.train.preference import PreferenceRecipe, reference_in_use, tokenize_preferences, unpaired
 
 
 def run_options(model: Path, output: Path, **chosen) -> TrainOptions:
-    return TrainOptions(**{"data": ["unused"], "model": str(model), "output": str(output), "method": DPO, **chosen})
+    return TrainOptions(**{"data": ["unused"], "model": str(model), "output": str(output), "method": DPO, "cpu": True,
+                           "seed": 0, "logging_steps": 1, "report_to": "none", **chosen})
+
+
+class CountingLoads(PreferenceRecipe):
+    """The recipe, noting each model it loads (the policy, and a reference copy where it holds one) in `loads`."""
+
+    loads: list[str]
+
+    def load_model(self, tokenizer):
+        self.loads.append(self.options.model)
+        return super().load_model(tokenizer)
 
 
 def build(options: TrainOptions, records, *, steps: int = 2, lr: float = 1e-2, loads: list | None = None):
-    """A trainer as the worker builds it (without DeepSpeed), and the tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-    from trl import DPOConfig, KTOConfig
+    """A trainer as a rank's recipe builds it, in this process (no launcher, no DeepSpeed), on one batch of all the
+    records; and the tokenizer. `loads` gets each model the recipe loads."""
+    from transformers import AutoTokenizer, set_seed
 
     tokenizer = AutoTokenizer.from_pretrained(options.model)
     prompts = PromptTokenizer(TEMPLATES["yayi"], tokenizer)
     data = usable(tokenize_preferences(records, prompts, method=options.method, max_length=256, overlong="truncate",
                                        cache_file=None))
-    config_class = DPOConfig if options.method == DPO else KTOConfig
-    args = config_class(output_dir=options.output, use_cpu=True, per_device_train_batch_size=len(data), max_steps=steps,
-                        learning_rate=lr, logging_steps=1, report_to="none", save_strategy="no", seed=0,
-                        disable_tqdm=True, gradient_checkpointing=False, bf16=False, **method_arguments(options, 256))
+    options = dataclasses.replace(options, micro_batch_size=len(data), max_steps=steps, lr=lr)
+    recipe = CountingLoads(options, {"gradient_accumulation_steps": 1, "max_length": 256})
+    recipe.loads = [] if loads is None else loads
+    args = recipe.training_arguments("fp32", has_eval=False, deepspeed=False)
     set_seed(0)
-    loads = [] if loads is None else loads
-
-    def load_reference():
-        loads.append(options.model)
-        return AutoModelForCausalLM.from_pretrained(options.model)
-
-    model = load_model_for_training(options, tokenizer, "fp32")  # as a rank loads it: 4-bit with --qlora
-    trainer, counter = preference_trainer(options, model, args, (data, None), tokenizer, callbacks=[],
-                                          load_reference=load_reference)
+    model = recipe.load_model(tokenizer)  # as a rank loads it: 4-bit with --qlora
+    trainer, _ = recipe.make_trainer(model, args, (data, None), tokenizer, callbacks=[])
     return trainer, tokenizer
 
 
@@ -155,7 +153,7 @@ def test_only_a_full_run_without_precompute_loads_a_reference_copy(tiny_model_di
     loads: list[str] = []
     options = run_options(tiny_model_dirs["llama"], tmp_path, lora_targets=["q_proj", "v_proj"], **chosen)
     trainer, _ = build(options, load_records([pairs_file]), loads=loads)
-    assert (len(loads) == 1) == loads_reference and (trainer.ref_model is not None) == loads_reference
+    assert len(loads) == (2 if loads_reference else 1) and (trainer.ref_model is not None) == loads_reference
     if options.lora:  # the reference is the base with the adapter disabled: no second adapter either
         assert list(trainer.model.peft_config) == ["default"]
     assert losses(trainer)[0] == pytest.approx(math.log(2), abs=1e-4)
@@ -167,7 +165,7 @@ def test_qlora_dpo_trains_an_adapter_on_a_4bit_base_whose_reference_is_the_base_
     options = run_options(tiny_model_dirs["llama"], tmp_path, qlora=True, cpu=True, lora_targets=["q_proj", "v_proj"])
     trainer, _ = build(options, load_records([pairs_file]), loads=loads)
     assert any(type(module).__name__ == "Linear4bit" for module in trainer.model.modules())
-    assert loads == [] and reference_in_use(trainer) == "the base with the adapter disabled (no copy)"
+    assert len(loads) == 1 and reference_in_use(trainer) == "the base with the adapter disabled (no copy)"
     logged = losses(trainer)
     assert logged[0] == pytest.approx(math.log(2), abs=1e-4) and all(math.isfinite(value) for value in logged)
 

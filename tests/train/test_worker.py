@@ -15,7 +15,8 @@ from yayi_cli.core.reader import sha256_of
 from yayi_cli.core.record_files import load_records
 from yayi_cli.runtime.errors import UsageError
 from yayi_cli.train.options import TrainOptions
-from yayi_cli.train.worker import build_datasets, share_cores, training_records
+from yayi_cli.train.recipe import share_cores, training_records
+from yayi_cli.train.sft import SFTRecipe
 
 
 LAUNCHER_SIDE = ("yayi_cli.train.plan", "yayi_cli.train.ranks", "yayi_cli.train.checkpoints",
@@ -68,14 +69,15 @@ def test_a_cache_hit_reads_no_data_file_and_other_data_is_tokenized_anew(tokeniz
     shutil.copyfile(SAMPLE_DATA, data)
     options = TrainOptions(data=[str(data)], test_size=4, cache_dir=str(tmp_path / "cache"))
     run = {"data": [{"path": str(data), "sha256": sha256_of(data)}], "eval_data": []}  # as the launcher records it
-    first = build_datasets(run, options, prompts, 512, log=print)
+    recipe = SFTRecipe(options, run | {"max_length": 512})
+    first = recipe.build_datasets(prompts)
     data.unlink()  # only the cache is left to read from
-    train, held_out, counts = build_datasets(run, options, prompts, 512, log=print)
+    train, held_out, counts = recipe.build_datasets(prompts)
     assert (train["input_ids"], held_out["input_ids"], counts) == (first[0]["input_ids"], first[1]["input_ids"], first[2])
     assert (counts["train"]["records"], counts["eval"]["records"]) == (len(load_records([SAMPLE_DATA])) - 4, 4)
     edited = {"data": [{"path": str(data), "sha256": "another hash: the file was changed"}], "eval_data": []}
     with pytest.raises(UsageError, match="no such file"):  # a miss: the data is read again
-        build_datasets(edited, options, prompts, 512, log=print)
+        SFTRecipe(options, edited | {"max_length": 512}).build_datasets(prompts)
 
 
 @pytest.fixture

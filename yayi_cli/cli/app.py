@@ -194,7 +194,8 @@ def eval_command(ctx: typer.Context, options: EvalOptions, json_output: bool = J
 
     Answer-only loss and perplexity (the masking training uses), per domain; with --generate, exact match, ROUGE-L and BLEU-4; with --task choice, accuracy per subject; with --task preference, how often chosen answers out-reward rejected ones against --reference. Exits 1 when a --fail-if gate holds or --max-regression is exceeded.
     """
-    from yayi_cli.eval.command import evaluate, print_report
+    from yayi_cli.eval.command import evaluate
+    from yayi_cli.eval.report import print_report
 
     outcome = evaluate(options)
     output_of(ctx).finish(json_output, outcome.to_json, functools.partial(print_report, outcome))

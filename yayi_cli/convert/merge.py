@@ -8,8 +8,6 @@ into the 16-bit base, the usual QLoRA practice: merging into 4-bit weights would
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ from yayi_cli.convert.options import MergeOptions
 from yayi_cli.models.reference import ADAPTER_CONFIG_FILE, ModelSource, resolve_model
 from yayi_cli.models.run_files import SUMMARY_FILE
 from yayi_cli.models.weights import model_directory
-from yayi_cli.runtime.atomic import refuse_existing, refuse_output_over
+from yayi_cli.runtime.atomic import refuse_existing, refuse_output_over, scratch_folder
 from yayi_cli.runtime.errors import UsageError
 from yayi_cli.runtime.hub import model_json
 
@@ -89,13 +87,9 @@ def merge(options: MergeOptions) -> MergeReport:
 def merged_adapter(adapter: str, base: str | None, *, near: Path, trust_remote_code: bool = False) -> Iterator[Path]:
     """The adapter merged into a temporary checkpoint beside `near` (for commands that need a full model
     on disk, such as quantize), removed afterwards."""
-    Path(near).parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=Path(near).parent, prefix=f".{Path(near).name}.merge-"))
-    try:
+    with scratch_folder(near, ".merge") as work:
         write_merged(MergeOptions(adapter, work, base=base, trust_remote_code=trust_remote_code), work)
         yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def print_report(report: MergeReport, console: Any) -> None:

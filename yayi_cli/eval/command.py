@@ -10,32 +10,29 @@
 - `benchmark="ceval"|"cmmlu"|"mmlu"`: the standard benchmarks from their files, as the harness asks (eval/choice/).
 """
 
+
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Any
 
 from yayi_cli.core.prompt import PromptTokenizer
-from yayi_cli.core.reader import sha256_of
 from yayi_cli.core.record_files import load_records
 from yayi_cli.core.records import NO_DOMAIN_LABEL, Record
 from yayi_cli.core.sampling import seeded_sample
 from yayi_cli.eval import metrics
-from yayi_cli.eval.choice.files import Question, read_choice_files
+from yayi_cli.eval.choice.files import read_choice_files
+from yayi_cli.eval.choice.task import DEFAULT_CHOICE_PROTOCOL, choice_report
 from yayi_cli.eval.gates import baseline_metrics, check_gates, regressions
 from yayi_cli.eval.options import EvalOptions
 from yayi_cli.eval.preference import Comparison, check_task_fits, choose_comparison, score_preferences
-from yayi_cli.models.inference import generate_answers, pad_id, response_loss, split_last_answer
+from yayi_cli.eval.report import EvalOutcome, EvalReport
+from yayi_cli.models.inference import generate_answers, response_loss, split_last_answer
 from yayi_cli.models.loading import LoadedModel
 from yayi_cli.runtime.atomic import refuse_existing, write_json_atomic, write_json_lines_atomic
 from yayi_cli.runtime.errors import DataError
-
-
-DEFAULT_CHOICE_PROTOCOL = "answer"
-"""--task choice's protocol unless --protocol names another: the letter as the whole trained answer."""
 
 
 @dataclass
@@ -50,60 +47,6 @@ class GenerationResult:
             "exact_match": sum(metrics.exact_match(p, r) for p, r in pairs) / count,
             "rouge_l": sum(metrics.rouge_l(p, r) for p, r in pairs) / count,
             "bleu4": metrics.corpus_bleu4(self.predictions, self.references),
-        }
-
-
-# --- multiple choice ----------------------------------------------------------------------------
-
-
-def choice_scores(loaded: LoadedModel, questions: Sequence[Question], protocol: str, *, batch_size: int,
-                  max_length: int | None) -> list[dict[str, Any]]:
-    """Each question's prediction line (its letters' log-likelihoods, the letter chosen), asked each on its own by
-    `protocol` and scored by the benchmarks' scorer."""
-    from yayi_cli.eval.choice.protocols import build_requests
-    from yayi_cli.eval.choice.report import prediction_line
-    from yayi_cli.eval.choice.run import harness_max_length
-    from yayi_cli.eval.choice.scoring import score_requests
-    from yayi_cli.eval.choice.subjects import LOOSE_FILES
-
-    requests = build_requests(protocol, questions, [], LOOSE_FILES, loaded.prompt_tokenizer)
-    scores, _ = score_requests(loaded.model, requests, batch_size=batch_size, max_length=max_length or harness_max_length(loaded),
-                               padding=pad_id(loaded.tokenizer))
-    return [prediction_line(question, values) for question, values in zip(questions, scores)]
-
-
-# --- the whole run ------------------------------------------------------------------------------
-
-
-@dataclass
-class EvalReport:
-    options: EvalOptions
-    template: str
-    counts: dict[str, int]
-    metrics: dict[str, float]
-    groups: dict[str, dict[str, Any]]
-    timings: dict[str, float]
-    predictions: list[dict[str, Any]] = field(default_factory=list)
-    compared_with: dict[str, Any] = field(default_factory=dict)
-    """--task preference: the reference and beta, and where each came from."""
-    benchmark: dict[str, Any] = field(default_factory=dict)
-    """--benchmark: the split, protocol, shots, categories and speed (eval/choice/run.py)."""
-    data: list[dict[str, Any]] = field(default_factory=list)
-    """What was read, with its hash (by default each --data file's)."""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "model": self.options.model,
-            "template": self.template,
-            "task": f"benchmark {self.options.benchmark}" if self.benchmark else self.options.task,
-            **self.compared_with,
-            **({"benchmark": self.benchmark} if self.benchmark else {}),
-            "data": self.data or [{"path": str(p), "sha256": sha256_of(p)} for p in self.options.data],
-            "counts": self.counts,
-            "metrics": self.metrics,
-            "groups": self.groups,
-            "timings": self.timings,
-            "options": {k: v for k, v in asdict(self.options).items() if k in RUN_OPTIONS},
         }
 
 
@@ -132,7 +75,7 @@ def run_eval(options: EvalOptions) -> EvalReport:
     if options.benchmark is not None:
         return _benchmark_report(options, loaded, inputs, timings)
     if options.task == "choice":
-        return _choice_report(options, loaded, inputs, timings)
+        return choice_report(options, loaded, inputs, timings)
     max_length = options.max_length or loaded.context_length()
     if comparison is not None:
         return _preference_report(options, loaded, inputs, comparison, timings, max_length)
@@ -174,21 +117,6 @@ def _lm_report(
     return report
 
 
-def _choice_report(options: EvalOptions, loaded: LoadedModel, questions: list[Question], timings: dict[str, float]) -> EvalReport:
-    started = time.perf_counter()
-    lines = choice_scores(loaded, questions, options.protocol, batch_size=options.batch_size,
-                          max_length=options.max_length)
-    timings["choice_s"] = time.perf_counter() - started
-    by_subject: dict[str, list[bool]] = defaultdict(list)
-    for line in lines:
-        by_subject[line["subject"]].append(line["correct"])
-    groups = {subject: {"accuracy": sum(marks) / len(marks), "items": len(marks)} for subject, marks in sorted(by_subject.items())}
-    accuracy = sum(line["correct"] for line in lines) / len(lines)
-    report = EvalReport(options, loaded.template.name, {"items": len(lines)}, {"accuracy": accuracy}, groups, timings)
-    report.predictions = lines
-    return report
-
-
 def _benchmark_report(options: EvalOptions, loaded: LoadedModel, plan: Any, timings: dict[str, float]) -> EvalReport:
     from yayi_cli.eval.choice.run import timed_score
 
@@ -209,23 +137,6 @@ def _preference_report(options: EvalOptions, loaded: LoadedModel, records: list[
     timings["preference_s"] = time.perf_counter() - started
     return EvalReport(options, loaded.template.name, result.counts(), result.metrics(), result.groups(), timings,
                       result.predictions(), comparison.to_json())
-
-
-RUN_OPTIONS = ("task", "benchmark", "protocol", "split", "subjects", "shots", "generate", "sample", "max_new_tokens", "batch_size", "max_samples", "max_length", "seed",
-               "device", "dtype", "load_in_8bit", "template", "trust_remote_code")
-"""The options that decide the numbers, recorded in the report (not where it was written)."""
-
-
-@dataclass
-class EvalOutcome:
-    """A finished `yayi eval`: the report, the baseline it was compared with, and the gates that failed."""
-
-    report: EvalReport
-    baseline: dict[str, float | None] | None
-    failures: list[str]
-
-    def to_json(self) -> dict[str, Any]:
-        return self.report.to_json() | {"gate": {"passed": not self.failures, "failures": self.failures}}
 
 
 def evaluate(options: EvalOptions) -> EvalOutcome:
@@ -250,50 +161,3 @@ def evaluate(options: EvalOptions) -> EvalOutcome:
 
         write_json_atomic(options.submission, submission(report.predictions))
     return outcome
-
-
-def _number(value: float | None) -> str:
-    return "undefined" if value is None else f"{value:.4f}"
-
-
-def print_report(outcome: EvalOutcome, console: Any) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    report, baseline = outcome.report, outcome.baseline
-    table = Table(title=f"{escape(report.options.model)} (template {report.template})", title_justify="left")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    if baseline is not None:
-        table.add_column("baseline", justify="right")
-        table.add_column("change", justify="right")
-    for name, value in report.metrics.items():
-        row = [name, _number(value)]
-        if baseline is not None:
-            before = baseline.get(name)
-            change = "" if before is None or value is None else f"{value - before:+.4f}"
-            row += ["" if before is None else _number(before), change]
-        table.add_row(*row)
-    if not report.benchmark or baseline is not None:  # a benchmark's numbers are in its category table
-        console.print(table)
-    if report.compared_with:
-        compared = report.compared_with
-        console.print(f"reference {escape(compared['reference'])} ({escape(compared['reference_from'])}), "
-                      f"beta {compared['beta']:g} ({escape(compared['beta_from'])})", highlight=False)
-    if report.groups:
-        kind = "subject" if report.options.task == "choice" or report.benchmark else "domain"
-        groups = Table(title=f"Per {kind}", title_justify="left")
-        columns = list(next(iter(report.groups.values())))
-        groups.add_column(kind)
-        for column in columns:
-            groups.add_column(column, justify="right")
-        for name, values in report.groups.items():
-            groups.add_row(escape(name), *(_number(values[c]) if values[c] is None or isinstance(values[c], float)
-                                           else str(values[c]) for c in columns))
-        console.print(groups)
-    if report.benchmark:
-        from yayi_cli.eval.choice.report import print_benchmark
-
-        print_benchmark(report, console)
-    counts = ", ".join(f"{value} {name.replace('_', ' ')}" for name, value in report.counts.items())
-    console.print(f"[dim]{counts}; " + ", ".join(f"{k} {v:.1f}" for k, v in report.timings.items()) + "[/]", highlight=False)

@@ -45,7 +45,7 @@ class LoadedModel:
         return self.prompt_tokenizer.tokenizer
 
     def context_length(self) -> int | None:
-        """The model's context length (tokenizer limit, else the config's), None when neither says."""
+        """The model's context length (`models.tokenizers.context_from`), None when neither config nor tokenizer says."""
         return context_length(self.reference, self.tokenizer, self.base)
 
 

@@ -43,35 +43,31 @@ def tokenizer_files(reference: str, model: str, *, trust_remote_code: bool = Fal
         raise UsageError(f"cannot load a tokenizer from {model!r}: {first_line(error)}") from None
 
 
-CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length")
-
-
+CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length", "max_sequence_length")
+"""The config keys that state a model's context length, the first three in lm-evaluation-harness's order."""
 UNSET_MAX_LENGTH = 10**7
 """Tokenizers without a known limit report a huge `model_max_length`; anything above this is unset."""
 
 
-def _set_limit(limit: Any) -> int | None:
-    return limit if isinstance(limit, int) and 0 < limit < UNSET_MAX_LENGTH else None
-
-
-def _config_context(config: dict[str, Any]) -> int | None:
-    return next((config[key] for key in CONTEXT_KEYS if isinstance(config.get(key), int)), None)
+def context_from(config: dict[str, Any], tokenizer_limit: Any) -> int | None:
+    """THE context-length rule, for every command: the config's (the first of CONTEXT_KEYS it sets), else the
+    tokenizer's `model_max_length` where one is set, else None (the caller's default). lm-evaluation-harness reads
+    them in this order, so `yayi eval --benchmark` cuts contexts where it does."""
+    from_config = next((config[key] for key in CONTEXT_KEYS if isinstance(config.get(key), int) and config[key] > 0), None)
+    if from_config:
+        return from_config
+    return tokenizer_limit if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < UNSET_MAX_LENGTH else None
 
 
 def context_length(model: str, tokenizer: Any, base: str | None = None) -> int | None:
-    """The model's context length: the tokenizer's limit, else the config's (an adapter's base's), else None."""
-    limit = _set_limit(getattr(tokenizer, "model_max_length", None))
-    if limit:
-        return limit
+    """`context_from` a model's config (an adapter's base's) and its loaded tokenizer."""
     try:
-        reference = resolve_model(model, base).base
+        config = model_json(resolve_model(model, base).base)
     except UsageError:  # no config to read (an adapter's base that is not here)
-        return None
-    return _config_context(model_json(reference))
+        config = {}
+    return context_from(config, getattr(tokenizer, "model_max_length", None))
 
 
 def saved_context_length(directory: Path) -> int | None:
-    """`context_length` of a saved model directory read from its JSON files (the tokenizer's saved
-    limit, else the config's), without importing transformers."""
-    return _set_limit(model_json(directory, "tokenizer_config.json").get("model_max_length")) or _config_context(
-        model_json(directory))
+    """`context_length` of a saved model directory read from its JSON files, without importing transformers."""
+    return context_from(model_json(directory), model_json(directory, "tokenizer_config.json").get("model_max_length"))

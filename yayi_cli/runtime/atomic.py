@@ -46,6 +46,21 @@ def _make_parent(path: Path) -> None:
         raise UsageError(f"{path}: cannot create {Path(path).parent} ({error.strerror or error})") from None
 
 
+@contextlib.contextmanager
+def scratch_folder(beside: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """The one way to make a working folder: hidden beside `beside` (on its file system, so what is made there can
+    be renamed into place), removed afterwards whatever happens; one that cannot be made is one error line."""
+    _make_parent(beside)
+    try:
+        work = Path(tempfile.mkdtemp(dir=Path(beside).parent, prefix=f".{Path(beside).name}.", suffix=suffix))
+    except OSError as error:
+        raise UsageError(f"{Path(beside).parent}: cannot write here ({error.strerror or error})") from None
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _default_mode(directory: bool) -> int:
     """The mode a plain open()/mkdir() would give, since mkstemp/mkdtemp make private ones."""
     umask = os.umask(0)

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from yayi_cli.runtime.atomic import scratch_folder
 from yayi_cli.runtime.errors import UsageError
 from yayi_cli.runtime.packages import install_hint, require_packages
 from yayi_cli.runtime.processes import dies_with_parent, stop_group
@@ -86,8 +87,8 @@ def served_model(options: ServeOptions, note: Callable[[str], None]) -> Iterator
                            model_weights=False)  # refuses a tokenizer without the markers, as every command does
     template, tokenizer = loaded.template, loaded.tokenizer
     problems = format_problems(directory, tokenizer, template)
-    with tempfile.TemporaryDirectory(prefix="yayi-serve-") as run:
-        served = Path(run) / name
+    with scratch_folder(Path(tempfile.gettempdir()) / "yayi-serve") as run:
+        served = run / name
         if not problems:
             served.symlink_to(directory, target_is_directory=True)
         else:

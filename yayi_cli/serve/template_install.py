@@ -38,6 +38,7 @@ from yayi_cli.core.prompt import (
 from yayi_cli.models.reference import resolve_model_reference
 from yayi_cli.models.tokenizers import load_tokenizer
 from yayi_cli.models.weights import load_model, saved_precision
+from yayi_cli.runtime.atomic import scratch_folder
 from yayi_cli.runtime.errors import UsageError
 from yayi_cli.runtime.hub import WEIGHT_SUFFIXES, model_json
 from yayi_cli.serve.options import TemplateInstallOptions
@@ -149,11 +150,7 @@ def _install(report: InstallReport, tokenizer: Any, trust_remote_code: bool) -> 
 
     directory = report.directory
     report.added_markers = add_markers(tokenizer)
-    try:
-        staging = Path(tempfile.mkdtemp(dir=directory, prefix=".yayi-template-"))
-    except OSError as error:
-        raise UsageError(f"{directory}: cannot write here ({error.strerror or error})") from None
-    try:
+    with scratch_folder(directory / "yayi-template") as staging:
         if report.added_markers:
             report.resized_to = _resize_embeddings(directory, tokenizer, staging, trust_remote_code)
         if not (staging / GENERATION_CONFIG_FILE).exists() and (directory / GENERATION_CONFIG_FILE).exists():
@@ -161,8 +158,6 @@ def _install(report: InstallReport, tokenizer: Any, trust_remote_code: bool) -> 
         save_model_format(staging, tokenizer, report.template)
         stale = [p.name for p in directory.iterdir() if report.resized_to and _is_weights(p) and not (staging / p.name).exists()]
         report.backup, report.changed = _commit(directory, staging, stale)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _is_weights(path: Path) -> bool:

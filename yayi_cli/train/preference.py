@@ -17,7 +17,8 @@ from yayi_cli.core.prompt import PromptTokenizer
 from yayi_cli.core.records import UNPAIRED, Record
 from yayi_cli.runtime.errors import UsageError
 from yayi_cli.train.dataset import KEPT, NO_ANSWER, TOO_LONG, TRUNCATED, map_cached
-from yayi_cli.train.options import DPO, KTO, TrainOptions
+from yayi_cli.train.options import DPO, KTO
+from yayi_cli.train.recipe import Recipe
 
 
 ANSWER_COLUMNS = {DPO: ("chosen_ids", "rejected_ids"), KTO: ("completion_ids",)}
@@ -105,26 +106,6 @@ def count_tokens(feature: dict[str, Any]) -> tuple[int, int]:
     return len(feature["prompt_ids"]) * len(answers) + sum(answers), sum(answers)
 
 
-def method_arguments(options: TrainOptions, max_length: int) -> dict[str, Any]:
-    """The DPOConfig / KTOConfig settings beyond the Trainer's own."""
-    settings: dict[str, Any] = {"beta": options.beta, "max_length": max_length,
-                                "precompute_ref_log_probs": options.precompute_ref}
-    if options.method == DPO:
-        losses, weights = [options.dpo_loss], [1.0]
-        if options.sft_weight:
-            losses, weights = [*losses, "sft"], [*weights, options.sft_weight]
-        settings |= {"loss_type": losses, "loss_weights": weights}
-    else:  # TRL asks for it (its KL pairs are neighbours in fixed batches); yayi's KTO sampler shuffles regardless
-        settings["train_sampling_strategy"] = "sequential"
-    return settings
-
-
-def config_class(method: str) -> Any:
-    from trl import DPOConfig, KTOConfig
-
-    return {DPO: DPOConfig, KTO: KTOConfig}[method]
-
-
 def trainer_class(method: str) -> Any:
     """TRL's trainer for the method, taking the datasets as yayi tokenized them."""
     from trl import DPOTrainer, KTOTrainer
@@ -158,34 +139,67 @@ def trainer_class(method: str) -> Any:
     return {DPO: CoreTokenizedDPO, KTO: CoreTokenizedKTO}[method]
 
 
-def preference_trainer(options: TrainOptions, model: Any, args: Any, data: tuple[Any, Any], tokenizer: Any, *,
-                       callbacks: list[Any], load_reference: Any) -> tuple[Any, Any]:
-    """TRL's trainer for the method, and its token-counting collator.
+class PreferenceRecipe(Recipe):
+    """DPO and KTO (`--method dpo|kto`): TRL's trainers on ids the prompt core made, against a reference.
 
     The reference: with --lora/--qlora, TRL wraps the base with the adapter config and scores the reference
-    with the adapter disabled (no second copy); a full fine-tune holds a frozen copy (`load_reference`, a
-    second load of the same weights; TRL shards it at ZeRO-3), or none with --precompute-ref, where the
-    reference log-probs are computed once before training.
+    with the adapter disabled (no second copy); a full fine-tune holds a frozen copy (a second load of the same
+    weights; TRL shards it at ZeRO-3), or none with --precompute-ref, where the reference log-probs are
+    computed once before training.
     """
-    from yayi_cli.train.progress import CountingCollator
 
-    peft_config, reference = None, None
-    if options.adapter:  # from an adapter --model, TRL keeps a frozen copy of it as the reference
-        from yayi_cli.train.adapters import start_adapter
+    def arguments_class(self) -> Any:
+        from trl import DPOConfig, KTOConfig
 
-        model, peft_config = start_adapter(model, options, [])  # plan refuses new marker rows for preference adapters
-    elif not options.precompute_ref:
-        from transformers import set_seed
+        return {DPO: DPOConfig, KTO: KTOConfig}[self.options.method]
 
-        set_seed(options.seed)  # the same new marker rows as the policy's, where markers were added
-        reference = load_reference()
-    train_set, eval_set = data
-    trainer = trainer_class(options.method)(model=model, ref_model=reference, args=args, train_dataset=train_set,
-                                            eval_dataset=eval_set, processing_class=tokenizer, peft_config=peft_config,
-                                            callbacks=callbacks)
-    counter = CountingCollator(trainer.data_collator, count_tokens)
-    trainer.data_collator = counter
-    return trainer, counter
+    def method_settings(self, max_length: int) -> dict[str, Any]:
+        """The DPOConfig / KTOConfig settings beyond the Trainer's own."""
+        options = self.options
+        settings: dict[str, Any] = {"beta": options.beta, "max_length": max_length,
+                                    "precompute_ref_log_probs": options.precompute_ref}
+        if options.method == DPO:
+            losses, weights = [options.dpo_loss], [1.0]
+            if options.sft_weight:
+                losses, weights = [*losses, "sft"], [*weights, options.sft_weight]
+            settings |= {"loss_type": losses, "loss_weights": weights}
+        else:  # TRL asks for it (its KL pairs are neighbours in fixed batches); yayi's KTO sampler shuffles regardless
+            settings["train_sampling_strategy"] = "sequential"
+        return settings
+
+    def tokenize(self, records: list[Any], prompt_tokenizer: Any, *, max_length: int, cache_file: Path | None) -> Any:
+        return tokenize_preferences(records, prompt_tokenizer, method=self.options.method, max_length=max_length,
+                                    overlong=self.options.overlong, cache_file=cache_file)
+
+    def make_trainer(self, model: Any, args: Any, data: tuple[Any, Any], tokenizer: Any, *,
+                     callbacks: list[Any]) -> tuple[Any, Any]:
+        from yayi_cli.train.progress import CountingCollator
+
+        options = self.options
+        peft_config, reference = None, None
+        if options.adapter:  # from an adapter --model, TRL keeps a frozen copy of it as the reference
+            from yayi_cli.train.adapters import start_adapter
+
+            model, peft_config = start_adapter(model, options, [])  # plan refuses new marker rows for preference adapters
+        elif not options.precompute_ref:
+            from transformers import set_seed
+
+            set_seed(options.seed)  # the same new marker rows as the policy's, where markers were added
+            reference = self.load_model(tokenizer)
+        train_set, eval_set = data
+        trainer = trainer_class(options.method)(model=model, ref_model=reference, args=args, train_dataset=train_set,
+                                                eval_dataset=eval_set, processing_class=tokenizer, peft_config=peft_config,
+                                                callbacks=callbacks)
+        counter = CountingCollator(trainer.data_collator, count_tokens)
+        trainer.data_collator = counter
+        self.log(f"{options.method}: the reference is {reference_in_use(trainer)}")
+        return trainer, counter
+
+    def summary_extra(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        from yayi_cli.train.progress import preference_metrics
+
+        return {"preference": {"first": preference_metrics(history[0]), "last": preference_metrics(history[-1])}} \
+            if history else {}
 
 
 def reference_in_use(trainer: Any) -> str:

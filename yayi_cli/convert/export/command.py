@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +11,7 @@ from typing import Any
 
 from yayi_cli.convert.export.options import LLAMA_CPP_TYPES, GgufOptions, OllamaOptions
 from yayi_cli.models.reference import ModelSource, resolve_model
-from yayi_cli.runtime.atomic import refuse_existing
+from yayi_cli.runtime.atomic import refuse_existing, scratch_folder
 from yayi_cli.runtime.errors import UsageError
 from yayi_cli.runtime.hub import download_snapshot
 from yayi_cli.runtime.packages import require_package
@@ -104,13 +102,10 @@ def write_model_file(directory: Path, path: Path, file_type: str, name: str) -> 
     else:
         from yayi_cli.convert.export.llama_quantizer import quantize_gguf
 
-        work = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".16bit"))
-        try:
+        with scratch_folder(path, ".16bit") as work:
             with byte_progress(f"writing {written_type} for llama.cpp", sum(t.nbytes for t in planned)) as advance:
                 write_gguf(work / "model.gguf", checkpoint, model, planned, advance)
             quantize_gguf(work / "model.gguf", path, file_type)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
     return layout.gguf_arch.lower(), template.name, len(planned)
 
 

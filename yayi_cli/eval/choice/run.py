@@ -18,17 +18,12 @@ from yayi_cli.runtime.terminal import progress_bar
 
 HARNESS_MAX_LENGTH = 2048
 """lm-evaluation-harness's length for a model whose config and tokenizer name none (BLOOM's ALiBi)."""
-UNSET_TOKENIZER_LENGTH = 10**18
-"""Tokenizers without a limit report a huge model_max_length (about 1e30)."""
 
 
 def harness_max_length(loaded: LoadedModel) -> int:
-    """The length the harness cuts contexts to, found in its order: the config, the tokenizer, 2048."""
-    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
-        if value := getattr(loaded.model.config, name, None):
-            return int(value)
-    limit = loaded.tokenizer.model_max_length
-    return limit if limit and limit < UNSET_TOKENIZER_LENGTH else HARNESS_MAX_LENGTH
+    """The length contexts are cut to: the model's context length (the one rule, which the harness follows), else
+    the harness's default."""
+    return loaded.context_length() or HARNESS_MAX_LENGTH
 
 
 @dataclass
