@@ -30,6 +30,7 @@ PAGES = {
     "data split": "docs/data.md",
     "data preview": "docs/data.md",
     "train": "docs/train.md",
+    "plot": "docs/train.md",
     "eval": "docs/eval.md",
     "chat": "docs/chat.md",
     "quantize": "docs/quantize.md",

@@ -23,7 +23,7 @@ from yayi_cli.convert.options import MergeOptions, QuantizeOptions
 from yayi_cli.data.options import PreviewOptions, SplitOptions, ValidateOptions
 from yayi_cli.eval.options import EvalOptions
 from yayi_cli.serve.options import ServeOptions, TemplateInstallOptions
-from yayi_cli.train.options import TrainOptions
+from yayi_cli.train.options import PlotOptions, TrainOptions
 
 
 if TYPE_CHECKING:
@@ -173,6 +173,7 @@ def train_command(
     """
     from yayi_cli.train.launch import train
     from yayi_cli.train.report import print_plan
+    from yayi_cli.train.summary import closing_summary, print_closing_summary
 
     output = output_of(ctx)
     show_plan = None if json_output else functools.partial(print_plan, console=output.console(stderr=True), dry_run=False)
@@ -185,7 +186,21 @@ def train_command(
         say_on_stderr(note)
     if json_output:
         print_json(result.to_json())
+    elif result.status == 0 and (closing := closing_summary(result.plan.output)):
+        print_closing_summary(closing, output.console(stderr=True))
     raise typer.Exit(result.status)
+
+
+@command(app, "plot", PlotOptions)
+def plot_command(ctx: typer.Context, options: PlotOptions, json_output: bool = JsonOption) -> None:
+    """Draw the training curves of one or more runs (loss, learning rate, gradient norm, tokens/s; rewards for DPO/KTO).
+
+    Several runs are overlaid and labelled by folder, so two settings can be compared; a run that is still going is read as far as it has logged. Each run also keeps its own OUTPUT/curves.png, redrawn at every checkpoint.
+    """
+    from yayi_cli.train.plot import plot, print_report
+
+    report = plot(options)
+    output_of(ctx).finish(json_output, report.to_json, functools.partial(print_report, report))
 
 
 @command(app, "eval", EvalOptions)

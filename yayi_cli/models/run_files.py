@@ -18,6 +18,8 @@ RUNS_DIR = "runs"
 RUN_RECORD = re.compile(r"^run-(\d+)\.json$")
 """OUTPUT/runs/run-N.json: every launch's record, numbered from 1."""
 SUMMARY_FILE = "train_summary.json"
+TENSORBOARD_DIR = "tensorboard"
+"""OUTPUT/tensorboard: --report-to tensorboard's event files (the Trainer's default, OUTPUT/runs, holds yayi's records)."""
 TRAIN_LOG = "train.log"
 METRICS_FILE = "metrics.jsonl"
 NODE_ENV_FILE = "deepspeed_env"

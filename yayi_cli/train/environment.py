@@ -9,6 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
+from yayi_cli.models.run_files import TENSORBOARD_DIR
 from yayi_cli.runtime.errors import UsageError
 from yayi_cli.runtime.terminal import library_environment
 from yayi_cli.train.options import TrainOptions
@@ -27,6 +28,8 @@ RANK_SETTINGS = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
 def chosen_environment(options: TrainOptions) -> dict[str, str]:
     """The variables that yayi's own flags set for every rank."""
     env = {"DS_ACCELERATOR": "cpu"} if options.cpu else {}
+    if options.report_to == "tensorboard" and not os.environ.get("TENSORBOARD_LOGGING_DIR"):
+        env["TENSORBOARD_LOGGING_DIR"] = str(Path(options.output) / TENSORBOARD_DIR)  # not OUTPUT/runs: yayi's records
     if options.network_interface:
         env |= {"GLOO_SOCKET_IFNAME": options.network_interface, "NCCL_SOCKET_IFNAME": options.network_interface}
     return env

@@ -21,6 +21,7 @@ from yayi_cli.train.environment import child_environment
 from yayi_cli.train.options import TrainOptions
 from yayi_cli.train.plan import LaunchPlan, plan_launch
 from yayi_cli.train.runs import record_launch
+from yayi_cli.train.summary import closing_summary
 from yayi_cli.train.supervise import run_launcher
 
 
@@ -82,6 +83,7 @@ class TrainResult:
             "status": self.status,
             "output": str(self.plan.output),
             "summary": json.loads(summary.read_text(encoding="utf-8")) if self.status == 0 and summary.is_file() else None,
+            "closing": closing_summary(self.plan.output) if self.status == 0 else None,
             "log": str(self.plan.output / TRAIN_LOG),
             "metrics": str(self.plan.output / METRICS_FILE),
             "moved_previous_to": str(self.kept) if self.kept else None,

@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from yayi_cli.core.preference_tokens import DEFAULT_BETA
 from yayi_cli.core.sampling import DEFAULT_SEED
 from yayi_cli.options.fields import CommandOptions, complete_directories, option
-from yayi_cli.options.shared import as_test_size, template_option
+from yayi_cli.options.shared import as_test_size, force_option, template_option
 from yayi_cli.runtime.errors import UsageError
 
 
@@ -28,6 +29,8 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
 SFT, DPO, KTO = "sft", "dpo", "kto"
 METHODS = (SFT, DPO, KTO)
 PREFERENCE_METHODS = (DPO, KTO)
+REPORTERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+"""--report-to's trackers and the package each needs (the Trainer's own integrations report them)."""
 DPO_LOSSES = ("sigmoid", "ipo", "hinge", "sigmoid_norm", "robust", "nca_pair", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop")
 """TRL DPOTrainer's loss types that need no setting yayi does not offer (exo_pair needs label smoothing);
@@ -98,8 +101,9 @@ class TrainOptions(CommandOptions):
                                     help="Evaluate every N steps.")
     gradient_checkpointing: bool = option("--gradient-checkpointing", default=False,
                                           help="Recompute activations to save memory.")
-    report_to: str = option("--report-to", default="none", metavar="none|tensorboard|wandb|...",
-                            help="Where the Trainer reports metrics.")
+    report_to: str = option("--report-to", default="none", choices=tuple(REPORTERS), help=(
+        "A tracker the first rank also reports to: tensorboard (pip install tensorboard; events in OUTPUT/tensorboard), "
+        "wandb (pip install wandb) or mlflow (pip install mlflow)."))
     gpus: int | None = option("--gpus", "--num-gpus", default=None, at_least=1, metavar="N",
                               help="GPUs per machine (default: all; with --cpu, CPU ranks).")
     num_nodes: int | None = option("--num-nodes", default=None, at_least=1, metavar="N",
@@ -252,3 +256,21 @@ class TrainOptions(CommandOptions):
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class PlotOptions(CommandOptions):
+    """Everything `yayi plot` is asked to do."""
+
+    COMMAND = "plot"
+
+    runs: list[Path] = option("RUN_DIR...", argument=True, metavar="RUN_DIR...", complete=complete_directories,
+                              help="Output folders of `yayi train` runs (finished or still going).")
+    output: Path = option("--output", "-o", default=Path("curves.png"), metavar="FILE.png|FILE.svg",
+                          help="The picture to write.")
+    force: bool = force_option("Replace an existing picture.")
+
+    def check_values(self) -> None:
+        super().check_values()
+        if Path(self.output).suffix.lower() not in (".png", ".svg"):
+            raise UsageError(f"--output {self.output}: name a .png or .svg file")

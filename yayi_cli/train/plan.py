@@ -25,11 +25,11 @@ from yayi_cli.models.reference import require_saved_tokenizer
 from yayi_cli.models.run_files import DS_CONFIG_FILE, RUN_FILE, WORKER_MODULE
 from yayi_cli.runtime.atomic import refuse_output_over
 from yayi_cli.runtime.errors import DataError, UsageError
-from yayi_cli.runtime.packages import require_package
+from yayi_cli.runtime.packages import require_package, require_packages
 from yayi_cli.train.checkpoints import UNIVERSAL_LOADING, resolve_resume, universal_conversion
 from yayi_cli.train.environment import loopback_warning, node_environment
 from yayi_cli.train.memory import MemoryEstimate, count_saved_parameters, estimate_memory
-from yayi_cli.train.options import DPO, KTO, TrainOptions
+from yayi_cli.train.options import DPO, KTO, REPORTERS, TrainOptions
 from yayi_cli.train.ranks import Ranks, count_local_gpus, plan_ranks
 from yayi_cli.train.runs import check_continuation
 from yayi_cli.train.zero import (
@@ -301,6 +301,8 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
     require_package("deepspeed", "yayi train", extra="train")  # found, not imported: a local launch never needs it here
     if options.method != SFT:
         require_package("trl", f"--method {options.method}", extra="train")
+    if tracker := REPORTERS[options.report_to]:
+        require_packages((tracker,), f"--report-to {options.report_to}", f"pip install {tracker}")
     if starting_adapter(options):
         warnings.append(f"--model {options.model} is an adapter: training goes on from its weights, with its own rank "
                         "and targets, into --output (the adapter itself stays as it is)")

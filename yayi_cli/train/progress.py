@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from yayi_cli.core.prompt import IGNORE_INDEX
 from yayi_cli.models.run_files import METRICS_FILE, checkpoint_name
 from yayi_cli.runtime.atomic import json_line
+from yayi_cli.runtime.errors import YayiError, first_line
 
 
 EVENT_TAG = "@yayi-event "
@@ -168,8 +169,20 @@ def make_reporter(counter: CountingCollator, output: Path, *, world_size: int, m
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.emit({"event": "checkpoint", "step": state.global_step, "path": str(output / checkpoint_name(state.global_step))})
+            if main_rank:
+                draw_curves_now(output)
 
     return ProgressReporter()
+
+
+def draw_curves_now(output: Path) -> None:
+    """OUTPUT/curves.png redrawn from metrics.jsonl. A picture never costs a run: a failure to draw is one line."""
+    from yayi_cli.train.curves import write_run_curves
+
+    try:
+        write_run_curves(output)
+    except (ImportError, OSError, ValueError, YayiError) as error:
+        print(f"[yayi] the curves were not drawn: {first_line(error)}", flush=True)
 
 
 def throughput(counter: CountingCollator, seconds: float, *, world_size: int, parameters: int, checkpointing: bool,

@@ -120,7 +120,7 @@ class Recipe:
         """The final model (or adapter), tokenizer and template into OUTPUT, and train_summary.json."""
         import torch
 
-        from yayi_cli.train.progress import throughput
+        from yayi_cli.train.progress import draw_curves_now, throughput
 
         options = self.options
         save_final_model(self.trainer, self.tokenizer, self.template, self.output, adapter=bool(options.adapter))
@@ -138,6 +138,7 @@ class Recipe:
             from yayi_cli.runtime.atomic import write_json_atomic
 
             write_json_atomic(self.output / SUMMARY_FILE, summary)
+            draw_curves_now(self.output)
             self.log(f"saved the {'adapter' if options.adapter else 'model'} to {self.output}; "
                      f"try: yayi chat --model {self.output}")
         return summary
