@@ -301,3 +301,30 @@ def test_cli_generate_writes_predictions_and_choice_reads_ceval_csv(tiny_model_d
     bad.write_text("question,A,B,C,D,answer\nq,1,2,3,4,E\n", encoding="utf-8")
     refused = cli("--model", model, "--data", str(bad), "--task", "choice")
     assert refused.exit_code == 1 and f"{bad}:2: answer 'E' is not one of A, B, C, D" in refused.stderr
+
+
+def test_a_baseline_is_compared_group_by_group_as_bars_in_the_json_and_in_a_picture(tiny_model_dirs, tmp_path):
+    model = str(tiny_model_dirs["llama"])
+    baseline = tmp_path / "baseline.json"
+    assert cli("--model", model, "--data", str(SAMPLE_DATA), "--output", str(baseline)).exit_code == 0
+    groups = json.loads(baseline.read_text())["groups"]
+    picture = tmp_path / "compare.png"
+    result = cli("--model", model, "--data", str(SAMPLE_DATA), "--baseline", str(baseline), "--plot", str(picture), "--json")
+    assert result.exit_code == 0, result.output
+    comparison = json.loads(result.stdout)["comparison"]
+    assert comparison["metric"] == "loss"
+    assert [row["group"] for row in comparison["groups"]] == list(groups)
+    assert all(row["baseline"] == row["value"] == groups[row["group"]]["loss"] for row in comparison["groups"])
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shown = cli("--model", model, "--data", str(SAMPLE_DATA), "--baseline", str(baseline))
+    assert "loss per group, against the baseline" in shown.stdout and "━" in shown.stdout
+    assert cli("--model", model, "--data", str(SAMPLE_DATA), "--plot", str(tmp_path / "x.png")).exit_code == 2
+
+
+def test_groups_are_compared_on_accuracy_where_both_have_it_and_only_where_both_have_the_group():
+    from yayi_cli.eval.comparison import compare_groups
+
+    compared = compare_groups({"math": {"accuracy": 0.5, "loss": 1.0}, "law": {"accuracy": 0.25}},
+                              {"math": {"accuracy": 0.4, "loss": 2.0}, "art": {"accuracy": 1.0}})
+    assert (compared.metric, compared.rows) == ("accuracy", [("math", 0.4, 0.5)])
+    assert compare_groups({"a": {"tokens": 3}}, {"a": {"tokens": 3}}) is None

@@ -25,14 +25,16 @@ from yayi_cli.core.sampling import seeded_sample
 from yayi_cli.eval import metrics
 from yayi_cli.eval.choice.files import read_choice_files
 from yayi_cli.eval.choice.task import DEFAULT_CHOICE_PROTOCOL, choice_report
+from yayi_cli.eval.comparison import baseline_groups, compare_groups, draw_comparison
 from yayi_cli.eval.gates import baseline_metrics, check_gates, regressions
 from yayi_cli.eval.options import EvalOptions
 from yayi_cli.eval.preference import Comparison, check_task_fits, choose_comparison, score_preferences
 from yayi_cli.eval.report import EvalOutcome, EvalReport
 from yayi_cli.models.inference import generate_answers, response_loss, split_last_answer
 from yayi_cli.models.loading import LoadedModel
-from yayi_cli.runtime.atomic import refuse_existing, write_json_atomic, write_json_lines_atomic
+from yayi_cli.runtime.atomic import refuse_existing, write_figure_atomic, write_json_atomic, write_json_lines_atomic
 from yayi_cli.runtime.errors import DataError
+from yayi_cli.runtime.packages import require_package
 
 
 @dataclass
@@ -143,15 +145,20 @@ def evaluate(options: EvalOptions) -> EvalOutcome:
     """`yayi eval`: check the options and outputs first, run, apply the gates, write the report files."""
     options.check()
     gates = check_gates(options)
-    for path in (options.output, options.predictions, options.submission):
+    for path in (options.output, options.predictions, options.submission, options.plot):
         if path is not None:
             refuse_existing(path, options.force)
+    if options.plot is not None:
+        require_package("matplotlib", "--plot", extra="plot")
     baseline = baseline_metrics(options.baseline) if options.baseline is not None else None
     report = run_eval(options)
     failures = [failure for gate in gates if (failure := gate.fails(report.metrics))]
     if baseline is not None and options.max_regression is not None:
         failures += regressions(report.metrics, baseline, options.max_regression)
-    outcome = EvalOutcome(report, baseline, failures)
+    comparison = compare_groups(report.groups, baseline_groups(options.baseline)) if baseline is not None else None
+    outcome = EvalOutcome(report, baseline, failures, comparison)
+    if options.plot is not None and comparison is not None:
+        write_figure_atomic(draw_comparison(comparison), options.plot, replace=options.force)
     if options.output is not None:
         write_json_atomic(options.output, outcome.to_json())
     if options.predictions is not None:

@@ -78,13 +78,19 @@ class EvalOptions(CommandOptions):
                                 help='Exit 1 when it holds, e.g. "ppl>12.5" (repeatable).')
     max_regression: float | None = option("--max-regression", default=None, at_least=0, metavar="PCT",
                                           help="With --baseline: exit 1 when a metric is more than PCT% worse.")
-    force: bool = force_option("Replace existing --output or --predictions files.")
+    plot: Path | None = option("--plot", default=None, metavar="FILE.png|FILE.svg",
+                               help="With --baseline: draw each group's metric against the baseline's.")
+    force: bool = force_option("Replace existing --output, --predictions or --plot files.")
     base: str | None = base_option()
 
     def check_values(self) -> None:
         super().check_values()
         if self.max_regression is not None and self.baseline is None:
             raise UsageError("--max-regression needs --baseline REPORT.json")
+        if self.plot is not None and self.baseline is None:
+            raise UsageError("--plot draws the comparison with a baseline: give --baseline REPORT.json")
+        if self.plot is not None and Path(self.plot).suffix.lower() not in (".png", ".svg"):
+            raise UsageError(f"--plot {self.plot}: name a .png or .svg file")
         if self.reference is not None and self.task != "preference":
             raise UsageError("--reference is for --task preference")
         if self.generate and self.task == "preference":

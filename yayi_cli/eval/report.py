@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from yayi_cli.core.reader import sha256_of
+from yayi_cli.eval.comparison import GroupComparison, print_comparison
 from yayi_cli.eval.options import EvalOptions
 
 
@@ -53,9 +54,12 @@ class EvalOutcome:
     report: EvalReport
     baseline: dict[str, float | None] | None
     failures: list[str]
+    comparison: GroupComparison | None = None
+    """With --baseline: each group both reports have, on one metric."""
 
     def to_json(self) -> dict[str, Any]:
-        return self.report.to_json() | {"gate": {"passed": not self.failures, "failures": self.failures}}
+        compared = {"comparison": self.comparison.to_json()} if self.comparison else {}
+        return self.report.to_json() | compared | {"gate": {"passed": not self.failures, "failures": self.failures}}
 
 
 def _number(value: float | None) -> str:
@@ -97,6 +101,8 @@ def print_report(outcome: EvalOutcome, console: Any) -> None:
             groups.add_row(escape(name), *(_number(values[c]) if values[c] is None or isinstance(values[c], float)
                                            else str(values[c]) for c in columns))
         console.print(groups)
+    if outcome.comparison is not None:
+        print_comparison(outcome.comparison, console)
     if report.benchmark:
         from yayi_cli.eval.choice.report import print_benchmark
 

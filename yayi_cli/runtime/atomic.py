@@ -293,6 +293,13 @@ def json_line(document: Any) -> str:
     return json.dumps(_finite(document), ensure_ascii=False, allow_nan=False)
 
 
+def write_figure_atomic(figure: Any, path: Path, *, replace: bool = True) -> Path:
+    """A matplotlib figure as PNG or SVG (by `path`'s suffix), written whole or not at all."""
+    with atomic_path(path, replace=replace) as tmp:
+        figure.savefig(tmp, format=Path(path).suffix.lstrip(".").lower() or "png", dpi=100)
+    return Path(path)
+
+
 def write_json_atomic(path: Path, document: Any) -> None:
     """A JSON document (strict: see `json_text`) written atomically."""
     write_text_atomic(path, json_text(document))

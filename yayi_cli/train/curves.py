@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from yayi_cli.models.run_files import METRICS_FILE
+from yayi_cli.runtime.atomic import write_figure_atomic
 from yayi_cli.runtime.errors import DataError, UsageError
 
 
@@ -147,19 +148,10 @@ def draw_curves(runs: list[RunSeries]) -> Any:
     return figure
 
 
-def save_figure(figure: Any, path: Path, *, replace: bool = True) -> Path:
-    """The figure as PNG or SVG (by `path`'s suffix), written whole or not at all."""
-    from yayi_cli.runtime.atomic import atomic_path
-
-    with atomic_path(path, replace=replace) as tmp:
-        figure.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=100)
-    return path
-
-
 def write_run_curves(output: Path) -> Path | None:
     """OUTPUT/curves.png from OUTPUT/metrics.jsonl (on the first rank, at each checkpoint and at the end); None when
     nothing is logged yet."""
     runs = [run_series("train", read_events(output))]
     if not runs[0].points:
         return None
-    return save_figure(draw_curves(runs), output / CURVES_FILE)
+    return write_figure_atomic(draw_curves(runs), output / CURVES_FILE)

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from yayi_cli.runtime.atomic import refuse_existing
+from yayi_cli.runtime.atomic import refuse_existing, write_figure_atomic
 from yayi_cli.runtime.packages import require_package
-from yayi_cli.train.curves import RunSeries, draw_curves, read_runs, save_figure
+from yayi_cli.train.curves import RunSeries, draw_curves, read_runs
 from yayi_cli.train.options import PlotOptions
 
 
@@ -27,7 +27,7 @@ def plot(options: PlotOptions) -> PlotReport:
     require_package("matplotlib", "yayi plot", extra="plot")
     refuse_existing(options.output, options.force)
     runs = read_runs([Path(run) for run in options.runs])
-    save_figure(draw_curves(runs), Path(options.output), replace=options.force)
+    write_figure_atomic(draw_curves(runs), Path(options.output), replace=options.force)
     return PlotReport(Path(options.output), runs)
 
 
