@@ -32,6 +32,7 @@ from tests.helpers import (
 from yayi_cli.core.prompt import TEMPLATES
 from yayi_cli.runtime.errors import UsageError
 from yayi_cli.serve.command import curl_line, engine_command, require_engine
+from yayi_cli.serve.options import ServeOptions
 
 
 SEPARATOR = TEMPLATES["yayi-llama2"].separator
@@ -41,11 +42,49 @@ MAX_TOKENS = 16
 # --- without a server -------------------------------------------------------------------------
 
 
-def test_the_engine_runs_as_an_argument_list_with_remote_code_only_when_asked():
-    command = engine_command("transformers", "m", "127.0.0.1", 8001, trust_remote_code=False)
-    assert command[1:] == ["-m", "transformers.cli.transformers", "serve", "m", "--host", "127.0.0.1", "--port", "8001"]
-    assert "--trust-remote-code" in engine_command("vllm", "m", "::1", 8001, trust_remote_code=True)
+def test_the_engine_runs_as_an_argument_list_batching_by_default_with_remote_code_only_when_asked():
+    command = engine_command(ServeOptions(model="m", port=8001), "m", batching=True)
+    assert command[1:] == ["-m", "transformers.cli.transformers", "serve", "m", "--host", "127.0.0.1", "--port", "8001",
+                           "--continuous-batching"]
+    assert "--continuous-batching" not in engine_command(ServeOptions(model="m"), "m", batching=False)
+    on_cpu = engine_command(ServeOptions(model="m"), "m", batching=True, on_gpu=False)
+    assert on_cpu[-3:] == ["--continuous-batching", "--cb-max-memory-percent", "0.1"]  # not the engine's 0.6 of the RAM
+    assert "--trust-remote-code" in engine_command(ServeOptions(model="m", engine="vllm", trust_remote_code=True), "m",
+                                                   batching=True)
     assert curl_line("http://127.0.0.1:8001", "m").startswith("curl http://127.0.0.1:8001/v1/chat/completions ")
+
+
+def test_the_batching_settings_reach_each_engine_under_its_own_flags():
+    chosen = {"model": "m", "max_batch_tokens": 4096, "kv_cache_memory": 0.5}
+    transformers = engine_command(ServeOptions(**chosen), "m", batching=True)
+    assert transformers[-5:] == ["--continuous-batching", "--cb-max-batch-tokens", "4096", "--cb-max-memory-percent", "0.5"]
+    vllm = engine_command(ServeOptions(**chosen, engine="vllm"), "m", batching=True)
+    assert vllm[-4:] == ["--max-num-batched-tokens", "4096", "--gpu-memory-utilization", "0.5"]
+    assert engine_command(ServeOptions(model="m", engine="vllm"), "m", batching=False)[-2:] == ["--max-num-seqs", "1"]
+
+
+@pytest.mark.parametrize(("chosen", "message"), [
+    ({"kv_cache_memory": 1.5}, "--kv-cache-memory must be above 0 and at most 1, got 1.5"),
+    ({"continuous_batching": False, "max_batch_tokens": 64}, "which --no-continuous-batching turns off"),
+])
+def test_batching_settings_that_cannot_apply_are_refused(chosen, message):
+    with pytest.raises(UsageError, match=message):
+        ServeOptions(model="m", **chosen).check()
+
+
+def test_a_bitsandbytes_checkpoint_is_served_unbatched_and_says_so(tiny_model_dirs, tmp_path):
+    import shutil
+
+    from yayi_cli.serve.command import batching_for
+
+    quantized = shutil.copytree(tiny_model_dirs["llama"], tmp_path / "int8")
+    config = json.loads((quantized / "config.json").read_text(encoding="utf-8"))
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_8bit": True}
+    (quantized / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    notes: list[str] = []
+    assert batching_for(ServeOptions(model=str(quantized)), quantized, notes.append) is False
+    assert notes and "continuous batching is off" in notes[0]
+    assert batching_for(ServeOptions(model="m"), tiny_model_dirs["llama"], notes.append) is True and len(notes) == 1
 
 
 def test_a_port_in_use_is_one_error_line_with_exit_2(tiny_model_dirs):
@@ -246,3 +285,29 @@ def test_killing_yayi_outright_takes_the_engine_with_it(model_dir, engine_instal
     process.wait()
     wait_until(lambda: not any(alive(pid) for pid in engine) and port_is_free(port), 15,
                lambda: f"engine {engine} alive: {[alive(pid) for pid in engine]}, port {port} free: {port_is_free(port)}")
+
+
+@pytest.mark.launch
+def test_sigterm_with_batched_streams_in_flight_stops_the_engine_within_its_grace_and_frees_the_port(
+        model_dir, engine_installed, tmp_path):
+    """Batching is on by default; the engine gets SIGTERM and, past STOP_GRACE_SECONDS, SIGKILL, so the stop is
+    bounded even when uvicorn would wait for open streams."""
+    from openai import OpenAI
+
+    from yayi_cli.runtime.processes import STOP_GRACE_SECONDS
+
+    port = free_port()
+    process, _ = start_serving(model_dir, port, tmp_path / "stderr.txt")
+    assert "--continuous-batching" in Path(f"/proc/{children(process.pid)[0]}/cmdline").read_bytes().decode().split("\0")
+    engine = children(process.pid)
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="not-needed", max_retries=0)
+    streams = [client.chat.completions.create(model="tiny-yayi", messages=REQUESTS["default system"], max_tokens=200,
+                                              temperature=1.0, stream=True) for _ in range(8)]
+    for stream in streams:
+        next(iter(stream))  # each stream has begun: eight requests in flight, none read to its end
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=STOP_GRACE_SECONDS + 30) == 143
+    wait_until(lambda: not any(alive(pid) for pid in engine) and port_is_free(port), 15,
+               lambda: f"engine {engine} alive: {[alive(pid) for pid in engine]}, port {port} free: {port_is_free(port)}")
+    for stream in streams:
+        stream.close()

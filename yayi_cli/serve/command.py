@@ -59,14 +59,46 @@ def require_free_port(host: str, port: int) -> None:
             raise UsageError(f"cannot listen on {host}:{port}: {error.strerror or error}; choose another --port") from None
 
 
-def engine_command(engine: str, name: str, host: str, port: int, trust_remote_code: bool) -> list[str]:
-    """The engine's argv; options present in transformers 5.17 and later, and in vLLM's OpenAI server."""
-    remote = ["--trust-remote-code"] if trust_remote_code else []
-    if engine == "vllm":
+CPU_KV_CACHE_SHARE = 0.1
+"""The share of free memory transformers' batched KV cache takes on a machine without a GPU, unless --kv-cache-memory
+says otherwise. The engine's own default there is 0.6: a tiny model's engine took 14 GB here, and a second one was
+killed for memory."""
+
+
+def engine_command(options: ServeOptions, name: str, *, batching: bool, on_gpu: bool = True) -> list[str]:
+    """The engine's argv, batching or not; options present in transformers 5.17 and later, and in vLLM's OpenAI
+    server."""
+    remote = ["--trust-remote-code"] if options.trust_remote_code else []
+    address = ["--host", options.host, "--port", str(options.port)]
+    tokens = options.max_batch_tokens
+    memory = options.kv_cache_memory or (None if on_gpu or options.engine == "vllm" else CPU_KV_CACHE_SHARE)
+    if options.engine == "vllm":
+        settings = [*(["--max-num-batched-tokens", str(tokens)] if tokens else []),
+                    *(["--gpu-memory-utilization", f"{memory:g}"] if memory else []),
+                    *([] if batching else ["--max-num-seqs", "1"])]
         return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", name, "--served-model-name",
-                name, "--host", host, "--port", str(port), *remote]
-    return [sys.executable, "-m", "transformers.cli.transformers", "serve", name, "--host", host, "--port", str(port),
-            *remote]
+                name, *address, *settings, *remote]
+    settings = ["--continuous-batching", *(["--cb-max-batch-tokens", str(tokens)] if tokens else []),
+                *(["--cb-max-memory-percent", f"{memory:g}"] if memory else [])] if batching else []
+    return [sys.executable, "-m", "transformers.cli.transformers", "serve", name, *address, *settings, *remote]
+
+
+def gpu_present() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def batching_for(options: ServeOptions, directory: Path, note: Callable[[str], None]) -> bool:
+    """Whether the engine batches this model: as asked, except that transformers cannot batch a bitsandbytes
+    checkpoint (its paged attention takes plain weights), which is served one request at a time, said in a line."""
+    from yayi_cli.models.weights import is_quantized
+
+    if options.continuous_batching and options.engine == "transformers" and is_quantized(directory):
+        note(f"{options.model} is a bitsandbytes checkpoint, which transformers cannot batch: continuous batching "
+             "is off, and requests are answered one at a time")
+        return False
+    return options.continuous_batching
 
 
 @contextmanager
@@ -140,7 +172,8 @@ def serve(options: ServeOptions, say: Callable[[str], None], note: Callable[[str
     try:
         with served_model(options, note) as (run, name):
             env = dict(os.environ, HF_HUB_DISABLE_UPDATE_CHECK="1")
-            command = engine_command(options.engine, name, options.host, options.port, options.trust_remote_code)
+            command = engine_command(options, name, batching=batching_for(options, (run / name).resolve(), note),
+                                     on_gpu=gpu_present())
             note(f"starting {options.engine} serve on {base} (loading the model)")
             process = subprocess.Popen(command, cwd=run, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr,
                                        start_new_session=True,
