@@ -1,15 +1,17 @@
-"""Served tokens/s of `yayi serve` (transformers serve) for 1, 4 and 16 concurrent streaming clients,
-against `yayi chat --jsonl` answering the same prompts one after another, same model, same run.
+"""Served tokens/s of `yayi serve` (transformers serve), batching on and off, for 1, 4, 16 and 64 concurrent
+streaming clients, against `yayi chat --jsonl` answering the same prompts one after another, same model, same run;
+with each variant's p50 and p95 time to the first streamed token.
 
 A tiny Llama-shaped model is built offline; its generation config asks for exactly `--tokens` new
 tokens (`min_new_tokens`), which both paths inherit, with greedy decoding. The baseline is the code
 `yayi chat --jsonl` runs (`answer_lines` on a loaded session), timed without the model load; each
 served run sends the same prompts through the official `openai` client with `stream=True`, spread
-over the clients, and counts the completion tokens the server reports. Server start-up is not timed.
-The baseline and the served runs alternate in rounds (chat, 1 client, 4, 16, chat, ...), as the
-machine may be shared; the report gives medians over the rounds and ratios against chat's median.
+over the clients, and counts the completion tokens the server reports. Two servers run side by side
+(`yayi serve` as it comes, and with --no-continuous-batching); their start-up is not timed. The baseline and
+the served runs alternate in rounds, as the machine may be shared; the report gives medians over the rounds
+and ratios against chat's median and against one client of the same server.
 
-    .venv/bin/python benchmarks/serve_throughput.py [--tokens 64] [--prompts 16] [--clients 1 4 16] [--rounds 3]
+    .venv/bin/python benchmarks/serve_throughput.py [--tokens 64] [--prompts 64] [--clients 1 4 16 64] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -77,21 +79,27 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def served(base: str, questions: list[str], clients: int, tokens: int) -> float:
-    """Tokens/s over all clients: each streams its share of the prompts, one request at a time."""
+def served(base: str, questions: list[str], clients: int, tokens: int, first_token_s: list[float] | None = None) -> float:
+    """Tokens/s over all clients: each streams its share of the prompts, one request at a time; each request's
+    time to its first streamed text goes into `first_token_s`."""
     from openai import OpenAI
 
     def client_run(share: list[str]) -> int:
         client = OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
         total = 0
         for question in share:
+            sent, first = time.perf_counter(), None
             stream = client.chat.completions.create(
                 model=NAME, messages=[{"role": "user", "content": question}], max_tokens=tokens, temperature=0,
                 stream=True,
             )
             for chunk in stream:
+                if first is None and chunk.choices and chunk.choices[0].delta.content:
+                    first = time.perf_counter() - sent
                 if chunk.usage is not None:
                     total += chunk.usage.completion_tokens
+            if first_token_s is not None and first is not None:
+                first_token_s.append(first)
         return total
 
     shares = [questions[k::clients] for k in range(clients)]
@@ -104,8 +112,8 @@ def served(base: str, questions: list[str], clients: int, tokens: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per answer")
-    parser.add_argument("--prompts", type=int, default=16)
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the tiny Llama (4 layers)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of every variant")
     args = parser.parse_args()
@@ -115,27 +123,42 @@ def main() -> None:
         print(f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; tiny Llama "
               f"hidden {args.hidden}, 4 layers; {args.prompts} prompts x {args.tokens} tokens, greedy; "
               f"medians of {args.rounds} alternating rounds")
-        port = free_port()
-        with open(Path(tmp) / "serve.log", "w") as log:
-            server = subprocess.Popen([sys.executable, "-m", "yayi_cli", "serve", "--model", str(model), "--port",
-                                       str(port)], stdout=subprocess.PIPE, stderr=log, text=True)
+        servers = {name: start_server(model, Path(tmp) / f"{name}.log", flags)
+                   for name, flags in (("batching", []), ("one at a time", ["--no-continuous-batching"]))}
         try:
-            while not server.stdout.readline().startswith("curl"):
-                if server.poll() is not None:
-                    raise SystemExit(f"yayi serve failed:\n{(Path(tmp) / 'serve.log').read_text()}")
-            base = f"http://127.0.0.1:{port}"
-            served(base, questions[:1], 1, args.tokens)  # warm-up
             variants = {"yayi chat --jsonl": lambda: chat_jsonl(model, questions, args.tokens)}
-            for clients in args.clients:
-                variants[f"yayi serve, {clients} client(s)"] = lambda n=clients: served(base, questions, n, args.tokens)
+            first_token_s: dict[str, list[float]] = {}
+            for name, (_, base) in servers.items():
+                served(base, questions[:1], 1, args.tokens)  # warm-up
+                for clients in args.clients:
+                    label = f"serve ({name}), {clients} client(s)"
+                    first_token_s[label] = []
+                    variants[label] = lambda b=base, n=clients, t=first_token_s[label]: served(b, questions, n, args.tokens, t)
             rates = {name: statistics.median(values) for name, values in alternate(variants, args.rounds).items()}
         finally:
-            server.send_signal(2)
-            server.wait(timeout=60)
+            for server, _ in servers.values():
+                server.send_signal(2)
+                server.wait(timeout=60)
     baseline = rates["yayi chat --jsonl"]
+    print(f"{'variant':<38}{'tokens/s':>10}{'x chat':>8}{'x 1 client':>11}{'TTFT p50 s':>12}{'p95 s':>8}")
     for name, rate in rates.items():
-        print(f"{name:<28}{rate:10.1f} tokens/s   x{rate / baseline:.2f} of chat")
+        one = next((value for label, value in rates.items() if label == name.rsplit(",", 1)[0] + ", 1 client(s)"), None)
+        times = sorted(first_token_s.get(name, []))
+        p50, p95 = (times[len(times) // 2], times[min(len(times) - 1, int(0.95 * len(times)))]) if times else (None, None)
+        print(f"{name:<38}{rate:10.1f}{rate / baseline:8.2f}" + (f"{rate / one:11.2f}" if one else " " * 11)
+              + (f"{p50:12.3f}{p95:8.3f}" if p50 is not None else ""))
 
+
+def start_server(model: Path, log_path: Path, flags: list[str]) -> tuple[subprocess.Popen, str]:
+    """`yayi serve` with `flags` on a free port, once it has printed its curl line; and its base URL."""
+    port = free_port()
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "yayi_cli", "serve", "--model", str(model), "--port", str(port),
+                                   *flags], stdout=subprocess.PIPE, stderr=log, text=True)
+    while not server.stdout.readline().startswith("curl"):
+        if server.poll() is not None:
+            raise SystemExit(f"yayi serve failed:\n{log_path.read_text()}")
+    return server, f"http://127.0.0.1:{port}"
 
 if __name__ == "__main__":
     main()
