@@ -12,6 +12,9 @@ the served runs alternate in rounds, as the machine may be shared; the report gi
 and ratios against chat's median and against one client of the same server.
 
     .venv/bin/python benchmarks/serve_throughput.py [--tokens 64] [--prompts 64] [--clients 1 4 16 64] [--rounds 3]
+
+With --storm, it measures recovery instead, on the batching server: 16 clients' tokens/s before and after each storm
+of 64 concurrent streams of which 16 close their connection after the first words, alternating for --rounds.
 """
 
 from __future__ import annotations
@@ -109,6 +112,44 @@ def served(base: str, questions: list[str], clients: int, tokens: int, first_tok
     return total / (time.perf_counter() - started)
 
 
+def storm(base: str, questions: list[str], tokens: int) -> int:
+    """64 concurrent streams, every fourth closed by its client after its first words; returns how many finished."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
+
+    def one(index: int) -> bool:
+        stream = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": questions[index % len(
+            questions)]}], max_tokens=tokens, temperature=0, stream=True)
+        chunks = iter(stream)
+        if index % 4 == 0:
+            next(chunks), next(chunks)
+            stream.close()
+            return False
+        return any(chunk.choices and chunk.choices[0].finish_reason for chunk in chunks)
+
+    with ThreadPoolExecutor(64) as pool:
+        return sum(pool.map(one, range(64)))
+
+
+def recovery(model: Path, tmp: Path, questions: list[str], tokens: int, rounds: int) -> None:
+    """16 clients' tokens/s before and after storms on one batching server."""
+    server, base = start_server(model, tmp / "storm.log", [])
+    try:
+        served(base, questions[:1], 1, tokens)  # warm-up
+        before, after, finished = [], [], []
+        for _ in range(rounds):
+            before.append(served(base, questions, 16, tokens))
+            finished.append(storm(base, questions, tokens))
+            after.append(served(base, questions, 16, tokens))
+    finally:
+        server.terminate()  # SIGTERM: a background launch may have SIGINT ignored
+        server.wait(timeout=60)
+    print(f"16 clients before a storm: {statistics.median(before):.1f} tokens/s; after: {statistics.median(after):.1f} "
+          f"tokens/s ({statistics.median(after) / statistics.median(before):.2f}x); streams finished per storm: "
+          f"{finished} of 48 kept (16 dropped)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per answer")
@@ -116,6 +157,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the tiny Llama (4 layers)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of every variant")
+    parser.add_argument("--storm", action="store_true", help="measure recovery after storms with dropped clients")
     args = parser.parse_args()
     questions = prompts(args.prompts)
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,6 +165,8 @@ def main() -> None:
         print(f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; tiny Llama "
               f"hidden {args.hidden}, 4 layers; {args.prompts} prompts x {args.tokens} tokens, greedy; "
               f"medians of {args.rounds} alternating rounds")
+        if args.storm:
+            return recovery(model, Path(tmp), questions, args.tokens, args.rounds)
         servers = {name: start_server(model, Path(tmp) / f"{name}.log", flags)
                    for name, flags in (("batching", []), ("one at a time", ["--no-continuous-batching"]))}
         try:
@@ -137,7 +181,7 @@ def main() -> None:
             rates = {name: statistics.median(values) for name, values in alternate(variants, args.rounds).items()}
         finally:
             for server, _ in servers.values():
-                server.send_signal(2)
+                server.terminate()  # SIGTERM: a background launch may have SIGINT ignored
                 server.wait(timeout=60)
     baseline = rates["yayi chat --jsonl"]
     print(f"{'variant':<38}{'tokens/s':>10}{'x chat':>8}{'x 1 client':>11}{'TTFT p50 s':>12}{'p95 s':>8}")

@@ -444,8 +444,7 @@ class AnswerStream:
         return self._release(self._held + text[len(before):])
 
     def _release(self, pending: str) -> str:
-        held = next((k for k in range(min(len(pending), len(self._separator)), 0, -1)
-                     if self._separator.startswith(pending[-k:])), 0)
+        held = held_length(pending, self._separator, whole=True)
         self._held = pending[len(pending) - held:]
         return pending[: len(pending) - held]
 
@@ -454,6 +453,43 @@ class AnswerStream:
         rest = self._held + self._decode(self._prefix)[len(self._decode(self._prefix, self._read)):]
         self._held = ""
         self._prefix = self._read = len(self._ids)
+        return rest.removesuffix(self._separator).rstrip(INCOMPLETE)
+
+
+def held_length(text: str, ahead: str, *, whole: bool) -> int:
+    """How many characters at the end of `text` may be the start of `ahead` (all of it too when `whole`): text
+    that must wait for the next piece before it can be released."""
+    longest = min(len(text), len(ahead) if whole else len(ahead) - 1)
+    return next((k for k in range(longest, 0, -1) if ahead.startswith(text[-k:])), 0)
+
+
+class AnswerText:
+    """`AnswerStream` for an answer that arrives as text (from an engine): the separator before <|End|> is left
+    out at the end, as is a character cut off at the end (non-streamed decoding shows it as U+FFFD), and the answer
+    ends before the first of `stops` (OpenAI's `stop`), which never shows."""
+
+    def __init__(self, separator: str, stops: tuple[str, ...] = ()) -> None:
+        self._separator, self._stops = separator, tuple(stop for stop in stops if stop)
+        self._held = ""
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        """The part of `text` (after what was held) that can no longer change."""
+        if self.stopped:
+            return ""
+        pending = self._held + text
+        cut = min((at for at in (pending.find(stop) for stop in self._stops) if at >= 0), default=-1)
+        if cut >= 0:
+            self.stopped, self._held = True, ""
+            return pending[:cut]
+        held = max([held_length(pending, self._separator, whole=True), len(pending) - len(pending.rstrip(INCOMPLETE)),
+                    *(held_length(pending, stop, whole=False) for stop in self._stops)])
+        self._held = pending[len(pending) - held:]
+        return pending[: len(pending) - held]
+
+    def finish(self) -> str:
+        """What is left once the engine is done: the held tail, unless it is the separator."""
+        rest, self._held = self._held, ""
         return rest.removesuffix(self._separator).rstrip(INCOMPLETE)
 
 

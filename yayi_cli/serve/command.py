@@ -29,6 +29,7 @@ from yayi_cli.runtime.atomic import scratch_folder
 from yayi_cli.runtime.errors import UsageError
 from yayi_cli.runtime.packages import install_hint, require_packages
 from yayi_cli.runtime.processes import dies_with_parent, stop_group
+from yayi_cli.serve.app import EngineSettings
 from yayi_cli.serve.options import ServeOptions
 
 
@@ -66,21 +67,23 @@ killed for memory."""
 
 
 def engine_command(options: ServeOptions, name: str, *, batching: bool, on_gpu: bool = True) -> list[str]:
-    """The engine's argv, batching or not; options present in transformers 5.17 and later, and in vLLM's OpenAI
-    server."""
-    remote = ["--trust-remote-code"] if options.trust_remote_code else []
-    address = ["--host", options.host, "--port", str(options.port)]
+    """The engine's argv, batching or not: transformers serve's app in yayi's host process (serve/app.py), or
+    vLLM's OpenAI server."""
     tokens = options.max_batch_tokens
     memory = options.kv_cache_memory or (None if on_gpu or options.engine == "vllm" else CPU_KV_CACHE_SHARE)
     if options.engine == "vllm":
         settings = [*(["--max-num-batched-tokens", str(tokens)] if tokens else []),
                     *(["--gpu-memory-utilization", f"{memory:g}"] if memory else []),
-                    *([] if batching else ["--max-num-seqs", "1"])]
+                    *([] if batching else ["--max-num-seqs", "1"]),
+                    *(["--max-num-seqs", str(options.max_requests)] if batching and options.max_requests else [])]
         return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", name, "--served-model-name",
-                name, *address, *settings, *remote]
-    settings = ["--continuous-batching", *(["--cb-max-batch-tokens", str(tokens)] if tokens else []),
-                *(["--cb-max-memory-percent", f"{memory:g}"] if memory else [])] if batching else []
-    return [sys.executable, "-m", "transformers.cli.transformers", "serve", name, *address, *settings, *remote]
+                name, "--host", options.host, "--port", str(options.port), *settings,
+                *(["--trust-remote-code"] if options.trust_remote_code else [])]
+    settings = EngineSettings(name=name, host=options.host, port=options.port, batching=batching,
+                              template=options.template, trust_remote_code=options.trust_remote_code,
+                              max_batch_tokens=tokens if batching else None, kv_cache_memory=memory if batching else None,
+                              max_requests=options.max_requests)
+    return [sys.executable, "-m", "yayi_cli.serve.app", settings.to_argument()]
 
 
 def gpu_present() -> bool:
@@ -89,16 +92,32 @@ def gpu_present() -> bool:
     return torch.cuda.is_available()
 
 
-def batching_for(options: ServeOptions, directory: Path, note: Callable[[str], None]) -> bool:
-    """Whether the engine batches this model: as asked, except that transformers cannot batch a bitsandbytes
-    checkpoint (its paged attention takes plain weights), which is served one request at a time, said in a line."""
+def unbatchable(directory: Path, trust_remote_code: bool) -> str | None:
+    """Why transformers cannot batch this model, or None: its paged attention takes plain weights (not a bitsandbytes
+    checkpoint) and models written for its attention interface (Llama is; BLOOM, yayi-7b's, is not)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
     from yayi_cli.models.weights import is_quantized
 
-    if options.continuous_batching and options.engine == "transformers" and is_quantized(directory):
-        note(f"{options.model} is a bitsandbytes checkpoint, which transformers cannot batch: continuous batching "
-             "is off, and requests are answered one at a time")
-        return False
-    return options.continuous_batching
+    if is_quantized(directory):
+        return "is a bitsandbytes checkpoint, which transformers cannot batch"
+    config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    if model_class is not None and not model_class.is_backend_compatible():
+        return f"is a {config.model_type} model, whose attention transformers' continuous batching cannot run"
+    return None
+
+
+def batching_for(options: ServeOptions, directory: Path, note: Callable[[str], None]) -> bool:
+    """Whether the engine batches this model: as asked, unless transformers cannot batch it, which is said in a line
+    and the model is served one request at a time."""
+    if not (options.continuous_batching and options.engine == "transformers"):
+        return options.continuous_batching
+    reason = unbatchable(directory, options.trust_remote_code)
+    if reason:
+        note(f"{options.model} {reason}: continuous batching is off, and requests are answered one at a time")
+    return reason is None
 
 
 @contextmanager

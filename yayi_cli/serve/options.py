@@ -29,9 +29,11 @@ class ServeOptions(CommandOptions):
     kv_cache_memory: float | None = option("--kv-cache-memory", default=None, metavar="FRACTION", help=(
         "Share of free GPU memory (without a GPU: of free RAM) the batched KV cache may take, above 0 and at most 1 "
         "[default: the engine's on a GPU, 0.1 without one]."))
+    max_requests: int = option("--max-requests", default=256, at_least=0, metavar="N", help=(
+        "Most chat requests answered at once; more get HTTP 429 to retry (0: no bound) [vLLM: its --max-num-seqs, "
+        "beyond which requests wait]."))
     template: str | None = template_option()
     trust_remote_code: bool = trust_remote_code_option()
-
 
     def check_values(self) -> None:
         super().check_values()
