@@ -253,9 +253,14 @@ def plain_transformers_loss(model, prompt_tokenizer, conversations):
 
 
 def memorize(directory: Path, system: str, question: str, answer: str, steps: int = 120) -> None:
-    """Train the tiny model on one exchange until greedy decoding answers it and stops at <|End|>. The learning
-    rate falls linearly to 0, so the last steps settle in the minimum: at a constant 1e-2 the loss spikes now and
-    then, and whether the last step lands on a spike would depend on the machine's arithmetic."""
+    """Train the tiny model on one exchange until greedy decoding answers it and stops at <|End|>."""
+    teach(directory, system, [(question, answer)], steps)
+
+
+def teach(directory: Path, system: str | None, exchanges: list[tuple[str, str]], steps: int = 120) -> None:
+    """Train the tiny model on the exchanges, one a step in turn. The learning rate falls linearly to 0, so the last
+    steps settle in the minimum: at a constant 1e-2 the loss spikes now and then, and whether the last step lands on a
+    spike would depend on the machine's arithmetic. One question taught two answers is answered with either."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -263,16 +268,16 @@ def memorize(directory: Path, system: str, question: str, answer: str, steps: in
     from yayi_cli.models.tokenizers import load_tokenizer
 
     template, _ = resolve_template(None, str(directory))
-    encoded = PromptTokenizer(template, load_tokenizer(str(directory))).encode_training(
-        Conversation((Turn(HUMAN, question), Turn(ASSISTANT, answer)), system)
-    )
+    prompt_tokenizer = PromptTokenizer(template, load_tokenizer(str(directory)))
+    encoded = [prompt_tokenizer.encode_training(Conversation((Turn(HUMAN, question), Turn(ASSISTANT, answer)), system))
+               for question, answer in exchanges]
     model = AutoModelForCausalLM.from_pretrained(directory)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
-    ids, labels = torch.tensor([encoded.input_ids]), torch.tensor([encoded.labels])
     torch.manual_seed(0)
-    for _ in range(steps):
-        model(input_ids=ids, labels=labels).loss.backward()
+    for step in range(steps):
+        example = encoded[step % len(encoded)]
+        model(input_ids=torch.tensor([example.input_ids]), labels=torch.tensor([example.labels])).loss.backward()
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()

@@ -181,7 +181,8 @@ DOCUMENTED_TRAIN_DEFAULTS = {
     "--method": "sft", "--epochs": "2.0", "--micro-batch-size": "8", "--lr": "5e-06; 0.0001 with --lora/--qlora",
     "--seed": "515", "--zero": "2", "--offload": "none", "--precision": "auto", "--logging-steps": "10",
     "--save-steps": "500", "--eval-steps": "--save-steps", "--save-total-limit": "3", "--lora-r": "16",
-    "--lora-alpha": "2 x --lora-r", "--lora-dropout": "0.05", "--beta": "0.1 with --method dpo|kto",
+    "--lora-alpha": "2 x --lora-r", "--lora-dropout": "0.05", "--beta": "0.1 with dpo|kto; 0 with grpo",
+    "--num-generations": "8", "--max-completion-length": "256", "--grpo-loss": "dapo", "--temperature": "1.0",
 }
 """The defaults docs/train.md promises (upstream's lr 5e-6 and seed 515 among them), as `yayi train --help` shows them."""
 

@@ -43,11 +43,12 @@ def test_dpo_on_unpaired_feedback_points_to_kto(tiny_model_dirs, tmp_path):
     one_error_line(result, 2, "unpaired", "--method kto")
 
 
-@pytest.mark.parametrize("beta", ["0", "-0.1"])
-def test_beta_must_be_above_zero(tiny_model_dirs, pairs_file, tmp_path, beta):
+@pytest.mark.parametrize(("beta", "message"), [("0", "--beta must be above 0 with --method dpo"),
+                                               ("-0.1", "--beta must be at least 0")])
+def test_beta_must_be_above_zero(tiny_model_dirs, pairs_file, tmp_path, beta, message):
     result = train("--method", "dpo", "--beta", beta, "--data", str(pairs_file), "--model", str(tiny_model_dirs["llama"]),
                    "-o", str(tmp_path / "out"))
-    one_error_line(result, 2, "--beta must be above 0")
+    one_error_line(result, 2, message)
 
 
 def test_a_preference_file_with_one_bad_line_is_invalid_data_and_nothing_is_written(tiny_model_dirs, tmp_path):
@@ -68,7 +69,7 @@ def test_kto_takes_pairs_as_good_and_bad_answers_and_says_so(tiny_model_dirs, pa
 
 
 @pytest.mark.parametrize(("chosen", "message"), [
-    ({"method": "sft", "beta": 0.2}, "--beta applies to --method dpo and kto, not sft"),
+    ({"method": "sft", "beta": 0.2}, "--beta applies to --method dpo, kto and grpo, not sft"),
     ({"method": "kto", "dpo_loss": "ipo"}, "--dpo-loss applies to --method dpo, not kto"),
     ({"method": "sft", "precompute_ref": True}, "--precompute-ref applies to --method dpo and kto"),
     ({"method": "dpo", "packing": True}, "--packing applies to --method sft"),

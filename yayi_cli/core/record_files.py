@@ -14,8 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from yayi_cli.core.prompt import Conversation
 from yayi_cli.core.reader import SourceRecord, read_records, refuse_repeated_inputs
-from yayi_cli.core.records import KIND_NAMES, ParsedRecord, Record, RecordError, RecordWarning, parse_record
+from yayi_cli.core.records import (
+    KIND_NAMES,
+    KNOWN_KEYS,
+    ParsedRecord,
+    Record,
+    RecordError,
+    RecordWarning,
+    parse_question,
+    parse_record,
+)
 from yayi_cli.runtime.errors import DataError
 
 
@@ -221,3 +231,48 @@ def count_records(paths: Sequence[Path]) -> tuple[int, str]:
     if not count:
         raise _none_in(paths)
     return count, kind
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """A prompt to answer (GRPO, `yayi eval --task reward`): its conversation, which ends with the human, and the
+    record's other fields (`label`, `answer`, ...) for the reward functions."""
+
+    location: str
+    conversation: Conversation
+    fields: dict[str, Any]
+
+
+def prompt_record(source: SourceRecord) -> PromptRecord:
+    """One prompt record, or a DataError at its file:line: a record of any shape that ends with the human (an
+    instruction without `output`, a conversation without its last answer, `{"prompt": ...}`)."""
+    if source.error is not None:
+        raise DataError(f"{source.location}: {source.error}")
+    if not isinstance(source.value, dict):
+        raise DataError(f"{source.location}: expected a JSON object")
+    shaped = set().union(*KNOWN_KEYS.values())
+    answers = [key for key in ("output", "chosen", "rejected", "completion") if key in source.value]
+    try:
+        parsed = parse_question({key: value for key, value in source.value.items() if key in shaped})
+    except RecordError as error:
+        raise DataError(f"{source.location}: {error}") from None
+    if answers or parsed.turns[-1].role != "human":
+        raise DataError(f"{source.location}: a prompt record ends with the human's message and holds no answer "
+                        f"({', '.join(map(repr, answers)) or 'a last assistant turn'}): the model writes the answers")
+    fields = {key: value for key, value in source.value.items() if key not in shaped}
+    return PromptRecord(source.location, parsed.conversation, fields)
+
+
+def load_prompt_records(paths: Sequence[Path]) -> list[PromptRecord]:
+    """Every prompt record of `paths`; the first bad one stops the run at its file:line. Every record has the same
+    fields, so that each reward gets one value per answer."""
+    refuse_repeated_inputs(paths)
+    records = [prompt_record(source) for path in paths for source in read_records(path)]
+    if not records:
+        raise _none_in(paths)
+    first = records[0]
+    for record in records[1:]:
+        if set(record.fields) != set(first.fields):
+            raise DataError(f"{record.location}: fields {sorted(record.fields)} differ from those of the first record "
+                            f"({first.location}: {sorted(first.fields)}); every prompt record carries the same fields")
+    return records

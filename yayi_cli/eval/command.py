@@ -64,6 +64,10 @@ def run_eval(options: EvalOptions) -> EvalReport:
     elif options.task == "choice":
         options = replace(options, protocol=options.protocol or DEFAULT_CHOICE_PROTOCOL)
         inputs = seeded_sample(read_choice_files(options.data), options.max_samples, options.seed)
+    elif options.task == "reward":
+        from yayi_cli.eval.reward import prompts_and_rewards
+
+        inputs = prompts_and_rewards(options)
     else:
         inputs = seeded_sample(load_records(options.data), options.max_samples, options.seed)
         check_task_fits(options.task, inputs)
@@ -78,6 +82,10 @@ def run_eval(options: EvalOptions) -> EvalReport:
         return _benchmark_report(options, loaded, inputs, timings)
     if options.task == "choice":
         return choice_report(options, loaded, inputs, timings)
+    if options.task == "reward":
+        from yayi_cli.eval.reward import reward_report
+
+        return reward_report(options, loaded, inputs, timings)
     max_length = options.max_length or loaded.context_length()
     if comparison is not None:
         return _preference_report(options, loaded, inputs, comparison, timings, max_length)

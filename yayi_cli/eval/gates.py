@@ -20,7 +20,8 @@ LOWER_IS_BETTER = frozenset({"loss", "perplexity"})
 METRIC_ALIASES = {"ppl": "perplexity", "em": "exact_match", "acc": "accuracy", "rouge": "rouge_l", "bleu": "bleu4"}
 MEASURED_WITH = {"loss": "--task lm", "perplexity": "--task lm", "exact_match": "--generate", "rouge_l": "--generate",
                  "bleu4": "--generate", "accuracy": "--task choice", "pref_acc": "--task preference",
-                 "margin": "--task preference", "policy_pref_acc": "--task preference"}
+                 "margin": "--task preference", "policy_pref_acc": "--task preference", "reward": "--task reward",
+                 "ended": "--task reward"}
 """Every metric `yayi eval` reports outside --benchmark, with the option it needs (the order reports use)."""
 
 

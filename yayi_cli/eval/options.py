@@ -32,9 +32,12 @@ class EvalOptions(CommandOptions):
 
     model: str = model_option()
     data: list[Path] = option("--data", "-d", metavar="FILE", required=True, help="Held-out data (repeat for several files); with --benchmark, its folder or zip.")
-    task: str = option("--task", default="lm", choices=("lm", "choice", "preference"), help=(
+    task: str = option("--task", default="lm", choices=("lm", "choice", "preference", "reward"), help=(
         "lm: answer loss and generation; choice: multiple-choice accuracy (CSV question,A,B,C,D,answer or JSON lines); "
-        "preference: how often held-out chosen answers out-reward rejected ones (DPO's implicit reward)."))
+        "preference: how often held-out chosen answers out-reward rejected ones (DPO's implicit reward); reward: the "
+        "--reward functions' mean score of the model's answers to prompt records."))
+    reward: list[str] = option("--reward", default_factory=list, metavar="NAME|FILE.py:FUNCTION[@WEIGHT]", help=(
+        "With --task reward: a reward as yayi train --method grpo names it (repeat for several)."))
     benchmark: str | None = option("--benchmark", default=None, choices=("ceval", "cmmlu", "mmlu"), help=(
         "Run a standard benchmark from its files as downloaded: --data is its folder or zip; accuracy per subject, "
         "category and overall."))
@@ -95,6 +98,8 @@ class EvalOptions(CommandOptions):
             raise UsageError("--reference is for --task preference")
         if self.generate and self.task == "preference":
             raise UsageError("--generate answers SFT records' last question; --task preference scores the answers the pairs give")
+        if (self.task == "reward") != bool(self.reward):
+            raise UsageError("--task reward scores answers with --reward (repeat for several); --reward needs --task reward")
         if self.protocol is not None and self.benchmark is None and self.task != "choice":
             raise UsageError("--protocol is for multiple choice: --task choice or --benchmark ceval|cmmlu|mmlu")
         if self.benchmark is None:

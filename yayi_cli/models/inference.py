@@ -123,18 +123,26 @@ def generate_answers(
     model: Any, prompt_tokenizer: PromptTokenizer, questions: Sequence[Conversation], *,
     batch_size: int = 8, max_new_tokens: int = 256, sample: bool = False, seed: int = 0,
 ) -> list[str]:
-    """The model's answer to each conversation (which ends with a human turn), batched.
+    """The model's answer to each conversation (which ends with a human turn), batched; each answer is cut at its
+    first stop token (<|End|>, a new <|Human|> turn, or EOS)."""
+    generated = generate_answer_ids(model, prompt_tokenizer, questions, batch_size=batch_size,
+                                    max_new_tokens=max_new_tokens, sample=sample, seed=seed)
+    return [prompt_tokenizer.decode_answer(ids) for ids in generated]
 
-    Prompts are left-padded so every row's answer starts right after its own prompt; each
-    answer is cut at its first stop token (<|End|>, a new <|Human|> turn, or EOS).
-    """
+
+def generate_answer_ids(
+    model: Any, prompt_tokenizer: PromptTokenizer, questions: Sequence[Conversation], *,
+    batch_size: int = 8, max_new_tokens: int = 256, sample: bool = False, seed: int = 0,
+) -> list[list[int]]:
+    """The ids the model generates after each conversation's prompt, batched: up to and with its stop token, then
+    padding. Prompts are left-padded so every row's answer starts right after its own prompt."""
     import torch
 
     tokenizer = prompt_tokenizer.tokenizer
     prompts = [prompt_tokenizer.encode_inference(question) for question in questions]
     stops, padding = stop_token_ids(tokenizer), pad_id(tokenizer)
     device = next(model.parameters()).device
-    answers: list[str] = [""] * len(prompts)
+    answers: list[list[int]] = [[] for _ in prompts]
     torch.manual_seed(seed)
     for batch in length_batches([len(p) for p in prompts], batch_size):
         width = max(len(prompts[i]) for i in batch)
@@ -146,7 +154,7 @@ def generate_answers(
                 eos_token_id=stops, pad_token_id=padding,
             )
         for row, index in enumerate(batch):
-            answers[index] = prompt_tokenizer.decode_answer(output[row, width:].tolist())
+            answers[index] = output[row, width:].tolist()
     return answers
 
 

@@ -50,7 +50,8 @@ def _number(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-SHOWN_PREFERENCE = {"rewards/accuracies": "reward_acc", "rewards/margins": "margin", "kl": "kl"}
+SHOWN_PREFERENCE = {"rewards/accuracies": "reward_acc", "rewards/margins": "margin", "kl": "kl", "reward": "reward",
+                    "completions/mean_length": "answer_len"}
 """The preference metrics each console line shows (metrics.jsonl holds them all), with their short names."""
 
 

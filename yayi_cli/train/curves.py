@@ -30,8 +30,10 @@ PANELS = {
     "tokens_per_second": ("Throughput", "tokens/s (all ranks)"),
     "rewards/accuracies": ("Reward accuracy", "chosen preferred (fraction)"),
     "rewards/margins": ("Reward margin", "chosen - rejected reward"),
+    "reward": ("Reward", "mean reward of the sampled answers"),
 }
-"""Each panel's series key, title and y-axis label; the preference panels appear only for DPO and KTO runs."""
+"""Each panel's series key, title and y-axis label; the reward panels appear only for runs that log them (DPO and
+KTO: accuracy and margin; GRPO: the reward)."""
 
 
 @dataclass

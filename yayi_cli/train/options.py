@@ -26,8 +26,8 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 OVERLONG = ("truncate", "skip")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
-SFT, DPO, KTO = "sft", "dpo", "kto"
-METHODS = (SFT, DPO, KTO)
+SFT, DPO, KTO, GRPO = "sft", "dpo", "kto", "grpo"
+METHODS = (SFT, DPO, KTO, GRPO)
 PREFERENCE_METHODS = (DPO, KTO)
 REPORTERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 """--report-to's trackers and the package each needs (the Trainer's own integrations report them)."""
@@ -35,7 +35,11 @@ DPO_LOSSES = ("sigmoid", "ipo", "hinge", "sigmoid_norm", "robust", "nca_pair", "
               "aot_unpaired", "apo_zero", "apo_down", "discopop")
 """TRL DPOTrainer's loss types that need no setting yayi does not offer (exo_pair needs label smoothing);
 sigmoid_norm is SimPO's length-normalised loss."""
-PREFERENCE_OPTIONS = {"beta": (DPO, KTO), "dpo_loss": (DPO,), "sft_weight": (DPO,), "precompute_ref": (DPO, KTO)}
+GRPO_LOSSES = ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo")
+"""TRL GRPOTrainer's loss types that need no setting yayi does not offer; dapo is TRL's default."""
+METHOD_OPTIONS = {"beta": (DPO, KTO, GRPO), "dpo_loss": (DPO,), "sft_weight": (DPO,), "precompute_ref": (DPO, KTO),
+                  "reward": (GRPO,), "num_generations": (GRPO,), "max_completion_length": (GRPO,),
+                  "grpo_loss": (GRPO,), "temperature": (GRPO,), "use_vllm": (GRPO,), "vllm_memory": (GRPO,)}
 """Options that only some methods read, refused with the others so that nothing is silently ignored."""
 
 FULL_FINE_TUNE_LR = 5e-6
@@ -58,7 +62,7 @@ class TrainOptions(CommandOptions):
 
     method: str = option("--method", default=SFT, choices=METHODS, help=(
         "sft: imitate the answers; dpo: prefer chosen over rejected answers (pairs); kto: good and bad answers "
-        "(unpaired, labelled)."))
+        "(unpaired, labelled); grpo: answer prompts and learn from --reward functions."))
     data: list[str] = option("--data", "--data-path", "-d", default_factory=list, metavar="FILE", required=True,
                              help="Training data (repeat for several files).")
     model: str = option("--model", "--input-model", "-m", default="", metavar="DIR|HUB_ID", required=True,
@@ -148,14 +152,27 @@ class TrainOptions(CommandOptions):
     lora_alpha: int | None = option("--lora-alpha", default=None, above=0, metavar="ALPHA", default_text="2 x --lora-r",
                                     help="Adapter scale (the update is multiplied by alpha/r).")
     lora_dropout: float = option("--lora-dropout", default=0.05, metavar="P", help="Dropout on the adapter's input.")
-    beta: float | None = option("--beta", default=None, above=0, default_text=f"{DEFAULT_BETA:g} with --method dpo|kto",
-                                help="How far the model may move from the reference (higher: closer).")
+    beta: float | None = option("--beta", default=None, at_least=0, default_text=f"{DEFAULT_BETA:g} with dpo|kto; 0 with grpo",
+                                help="How far the model may move from the reference (higher: closer; grpo: 0 holds no reference).")
     dpo_loss: str = option("--dpo-loss", default="sigmoid", choices=DPO_LOSSES,
                            help="TRL's DPO loss: sigmoid (DPO), ipo, hinge, sigmoid_norm (SimPO's), ...")
     sft_weight: float = option("--sft-weight", default=0.0, at_least=0, metavar="W",
                                help="Add W x the SFT loss on the chosen answer to the DPO loss.")
     precompute_ref: bool = option("--precompute-ref", default=False, help=(
         "Compute the reference log-probs once before training, so that no reference model is held during it."))
+    reward: list[str] = option("--reward", default_factory=list, metavar="NAME|FILE.py:FUNCTION[@WEIGHT]", help=(
+        "grpo: a reward (repeat for several): exact, label[:A,B], format, length:N, or your function as "
+        "path.py:function; @W weights it."))
+    num_generations: int = option("--num-generations", default=8, at_least=2, metavar="N",
+                                  help="grpo: answers sampled per prompt, compared with each other.")
+    max_completion_length: int = option("--max-completion-length", default=256, at_least=1, metavar="TOKENS",
+                                        help="grpo: longest sampled answer.")
+    grpo_loss: str = option("--grpo-loss", default="dapo", choices=GRPO_LOSSES, help="grpo: TRL's loss type.")
+    temperature: float = option("--temperature", default=1.0, above=0, help="grpo: sampling temperature of the answers.")
+    use_vllm: bool = option("--use-vllm", default=False,
+                            help="grpo: generate with vLLM, colocated on each GPU (where vLLM is installed).")
+    vllm_memory: float = option("--vllm-memory", default=0.3, above=0, at_most=1, metavar="FRACTION",
+                                help="grpo --use-vllm: share of each GPU's memory vLLM may take.")
     lora_targets: list[str] = option(
         "--lora-targets", default_factory=list, metavar="NAME,...|all-linear",
         default_text="every linear projection of the attention and MLP blocks", help="Modules that get adapters.")
@@ -166,8 +183,8 @@ class TrainOptions(CommandOptions):
             self.lr = ADAPTER_LR if self.adapter else FULL_FINE_TUNE_LR
         if self.lora_alpha is None:
             self.lora_alpha = 2 * self.lora_r
-        if self.beta is None and self.method in PREFERENCE_METHODS:
-            self.beta = DEFAULT_BETA
+        if self.beta is None and self.method in (*PREFERENCE_METHODS, GRPO):
+            self.beta = 0.0 if self.method == GRPO else DEFAULT_BETA
         super().__post_init__()
 
     def check_values(self) -> None:
@@ -237,10 +254,16 @@ class TrainOptions(CommandOptions):
     def check_method(self) -> None:
         """Options of another method are refused, and combinations the preference trainers cannot run."""
         defaults = TrainOptions.__dataclass_fields__
-        for name, methods in PREFERENCE_OPTIONS.items():
+        for name, methods in METHOD_OPTIONS.items():
             value = getattr(self, name)
-            if value != defaults[name].default and self.method not in methods:
-                raise UsageError(f"--{name.replace('_', '-')} applies to --method {' and '.join(methods)}, not {self.method}")
+            default = defaults[name].default_factory() if callable(defaults[name].default_factory) else defaults[name].default
+            if value != default and self.method not in methods:
+                listed = " and ".join(methods) if len(methods) < 3 else f"{', '.join(methods[:-1])} and {methods[-1]}"
+                raise UsageError(f"--{name.replace('_', '-')} applies to --method {listed}, not {self.method}")
+        if self.method in PREFERENCE_METHODS and not self.beta:
+            raise UsageError(f"--beta must be above 0 with --method {self.method}")
+        if self.method == GRPO:
+            self.check_grpo()
         if self.method == SFT:
             return
         if self.packing:
@@ -248,6 +271,15 @@ class TrainOptions(CommandOptions):
         if self.method == KTO and self.micro_batch_size < 2:
             raise UsageError("--method kto needs --micro-batch-size 2 or more: its KL term scores each prompt with "
                              "another record's answer from the same micro-batch")
+
+    def check_grpo(self) -> None:
+        if not self.reward:
+            raise UsageError("--method grpo needs at least one --reward (exact, label, format, length:N, or path.py:function)")
+        if self.eval_data or self.test_size is not None:
+            raise UsageError("--method grpo does not evaluate during training; score held-out prompts before and after "
+                             "with yayi eval --task reward")
+        if self.use_vllm and self.cpu:
+            raise UsageError("--use-vllm needs GPUs; leave it out with --cpu")
 
     @property
     def adapter(self) -> str | None:

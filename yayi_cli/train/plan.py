@@ -29,7 +29,7 @@ from yayi_cli.runtime.packages import require_package, require_packages
 from yayi_cli.train.checkpoints import UNIVERSAL_LOADING, resolve_resume, universal_conversion
 from yayi_cli.train.environment import loopback_warning, node_environment
 from yayi_cli.train.memory import MemoryEstimate, count_saved_parameters, estimate_memory
-from yayi_cli.train.options import DPO, KTO, REPORTERS, TrainOptions
+from yayi_cli.train.options import DPO, GRPO, KTO, REPORTERS, TrainOptions
 from yayi_cli.train.ranks import Ranks, count_local_gpus, plan_ranks
 from yayi_cli.train.runs import check_continuation
 from yayi_cli.train.zero import (
@@ -142,6 +142,24 @@ def check_kind(kind: str, method: str, option: str, warnings: list[str]) -> None
         warnings.append(f"--method kto: each pair of {option} trains as its chosen answer (good) and its rejected one (bad)")
 
 
+def check_prompts(options: TrainOptions, world_size: int) -> None:
+    """GRPO's prompt records are valid and every --reward loads and takes what they hold; its batch holds whole
+    groups of --num-generations answers."""
+    from yayi_cli.core.record_files import load_prompt_records
+    from yayi_cli.core.rewards import load_rewards
+
+    try:
+        records = load_prompt_records([Path(path) for path in options.data])
+    except DataError as error:
+        raise DataError(f"--data: {error}") from None
+    load_rewards(options.reward, set(records[0].fields))
+    batch = options.micro_batch_size * options.gradient_accumulation_steps * world_size
+    if batch % options.num_generations:
+        raise UsageError(f"--method grpo compares the --num-generations {options.num_generations} answers to each prompt "
+                         f"within a batch, and the global batch is {batch} answers (micro batch x accumulation x ranks): "
+                         "make it a multiple of --num-generations")
+
+
 def check_data(paths: list[str], option: str, method: str, warnings: list[str],
                test_size: int | float | None = None) -> list[dict[str, Any]]:
     """Every data file exists and is valid (the worker must never drop a record), holds the records the
@@ -151,6 +169,8 @@ def check_data(paths: list[str], option: str, method: str, warnings: list[str],
     from yayi_cli.core.sampling import allocate
 
     files = [Path(path) for path in paths]
+    if method == GRPO:  # prompt records, checked with the rewards by check_prompts
+        return [{"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_of(path)} for path in files]
     try:
         records, kind = count_records(files)
     except DataError as error:
@@ -318,6 +338,8 @@ def plan_launch(options: TrainOptions, *, dry_run: bool) -> LaunchPlan:
     universal_from = universal_conversion(resume_from, ranks.world_size, config, options, warnings)
     if universal_from and not options.deepspeed:
         config |= UNIVERSAL_LOADING
+    if options.method == GRPO:
+        check_prompts(options, ranks.world_size)
     data = check_data(options.data, "--data", options.method, warnings, options.test_size)
     eval_data = check_data(options.eval_data, "--eval-data", options.method, warnings) if options.eval_data else []
     options, memory = plan_method(options, config, ranks, dry_run=dry_run)

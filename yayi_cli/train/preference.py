@@ -196,10 +196,9 @@ class PreferenceRecipe(Recipe):
         return trainer, counter
 
     def summary_extra(self, history: list[dict[str, Any]]) -> dict[str, Any]:
-        from yayi_cli.train.progress import preference_metrics
+        from yayi_cli.train.progress import first_and_last
 
-        return {"preference": {"first": preference_metrics(history[0]), "last": preference_metrics(history[-1])}} \
-            if history else {}
+        return {"preference": first_and_last(history)} if history else {}
 
 
 def reference_in_use(trainer: Any) -> str:

@@ -113,14 +113,20 @@ def flops_per_token(parameters: int, *, checkpointing: bool) -> int:
     return (8 if checkpointing else 6) * parameters
 
 
-PREFERENCE_METRICS = ("rewards/", "kl")
-"""What TRL's DPO and KTO trainers log about the preferences (rewards/chosen, .../margins, KTO's kl)."""
+PREFERENCE_METRICS = ("reward", "kl", "completions/")
+"""What TRL's DPO, KTO and GRPO trainers log about what they learn from: DPO and KTO's rewards/chosen, .../margins
+and KTO's kl; GRPO's reward, reward_std, rewards/<function>/mean and completions/mean_length, clipped_ratio."""
 
 
 def preference_metrics(logs: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """The preference metrics among a log's values, named without `prefix` (an eval's `eval_`)."""
     return {name.removeprefix(prefix): value for name, value in logs.items()
             if name.startswith(prefix) and name.removeprefix(prefix).startswith(PREFERENCE_METRICS)}
+
+
+def first_and_last(history: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The learning-signal metrics of a run's first and last logged steps, for its summary."""
+    return {"first": preference_metrics(history[0]), "last": preference_metrics(history[-1])}
 
 
 def make_reporter(counter: CountingCollator, output: Path, *, world_size: int, main_rank: bool) -> Any:

@@ -50,6 +50,10 @@ class Recipe:
         """The method's settings beyond the Trainer's own."""
         return {}
 
+    def training_records(self) -> tuple[list[Any], list[Any]]:
+        """(records to train on, records to evaluate on)."""
+        return training_records(self.options)
+
     def tokenize(self, records: list[Any], prompt_tokenizer: Any, *, max_length: int, cache_file: Path | None) -> Any:
         """The records as the method's examples (a `datasets.Dataset`), each with its length, tokens and status."""
         raise NotImplementedError
@@ -223,7 +227,7 @@ class Recipe:
         cache_files = {name: cache_dir / f"{key}-{name}.arrow" for name in (("train", "eval") if evaluates(options) else ("train",))}
         if all(path.is_file() for path in cache_files.values()):
             return {name: read_cached(path) for name, path in cache_files.items()}
-        records = dict(zip(("train", "eval"), training_records(options)))
+        records = dict(zip(("train", "eval"), self.training_records()))
         return {name: self.tokenize(records[name], prompt_tokenizer, max_length=max_length, cache_file=path)
                 for name, path in cache_files.items()}
 

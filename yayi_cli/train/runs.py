@@ -15,7 +15,7 @@ from typing import Any
 from yayi_cli.models.run_files import RUN_FILE, RUN_RECORD, RUNS_DIR, checkpoint_name
 from yayi_cli.runtime.atomic import write_json_atomic
 from yayi_cli.runtime.errors import UsageError
-from yayi_cli.train.options import PREFERENCE_OPTIONS, SFT, TrainOptions
+from yayi_cli.train.options import METHOD_OPTIONS, SFT, TrainOptions
 
 
 SHOWN_HASH = 12
@@ -42,6 +42,11 @@ def checkpoint_record(checkpoint: Path) -> dict[str, Any] | None:
     return None
 
 
+HOW_NOT_WHAT = ("precompute_ref", "use_vllm", "vllm_memory")
+"""Method options that change how the run computes (the reference held or not, the generator), not what it learns:
+a resumed run may change them."""
+
+
 def stream_settings(record: dict[str, Any]) -> dict[str, Any]:
     """What decides which examples a run sees, in which order, the model they train and what it is trained
     towards (the method and its objective's settings): what a resumed run must keep. Steps, epochs, logging,
@@ -59,8 +64,8 @@ def stream_settings(record: dict[str, Any]) -> dict[str, Any]:
         settings |= {name.replace("_", "-"): options[name] for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_targets")}
     method = options.get("method", SFT)  # records from before --method trained with SFT
     settings["method"] = method
-    settings |= {name.replace("_", "-"): options[name] for name, methods in PREFERENCE_OPTIONS.items()
-                 if method in methods and name != "precompute_ref"}  # the objective; how the reference is held may change
+    settings |= {name.replace("_", "-"): options.get(name) for name, methods in METHOD_OPTIONS.items()
+                 if method in methods and name not in HOW_NOT_WHAT}  # the objective
     return settings
 
 

@@ -18,14 +18,15 @@ from typing import Any, NoReturn
 
 from yayi_cli.runtime.errors import YayiError
 from yayi_cli.runtime.processes import end_when_unread
-from yayi_cli.train.options import DPO, KTO, SFT, TrainOptions
+from yayi_cli.train.grpo import GRPORecipe
+from yayi_cli.train.options import DPO, GRPO, KTO, SFT, TrainOptions
 from yayi_cli.train.preference import PreferenceRecipe
 from yayi_cli.train.progress import tag_output
 from yayi_cli.train.recipe import Recipe
 from yayi_cli.train.sft import SFTRecipe
 
 
-RECIPES: dict[str, type[Recipe]] = {SFT: SFTRecipe, DPO: PreferenceRecipe, KTO: PreferenceRecipe}
+RECIPES: dict[str, type[Recipe]] = {SFT: SFTRecipe, DPO: PreferenceRecipe, KTO: PreferenceRecipe, GRPO: GRPORecipe}
 """The recipe of each --method: a new method is a new recipe class, its options and its data kind."""
 
 
