@@ -3,6 +3,7 @@ guards: the tiers, the time limit of an unmarked test, and no process left runni
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -18,6 +19,14 @@ TIERS = ("launch", "system", "reference")
 
 LEFT_RUNNING_GRACE = 10.0
 """Seconds a process a test started may take to end after the test (an engine that got SIGTERM, say)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The tests press Ctrl-C (SIGINT) on the commands they start, as a terminal does. A suite started in the
+    background without job control (`nohup make test &`) inherits SIGINT ignored, and so would every command it
+    starts, which then could not be stopped that way: the suite takes SIGINT back, and its children with it."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
