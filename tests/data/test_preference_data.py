@@ -49,9 +49,9 @@ def mixing(first_kind, first, kind, where):
 def test_statistics_count_records_per_kind_and_per_shape():
     document = validate(ValidateOptions([PREFERENCE_DATA, FEEDBACK_DATA, SAMPLE_DATA])).to_json()
     kinds = [file["kinds"] for file in document["files"]]
-    assert kinds == [{"sft": 0, "paired": 5, "unpaired": 0}, {"sft": 0, "paired": 0, "unpaired": 4},
-                     {"sft": 20, "paired": 0, "unpaired": 0}]
-    assert document["totals"]["kinds"] == {"sft": 20, "paired": 5, "unpaired": 4}
+    assert kinds == [{"sft": 0, "paired": 5, "unpaired": 0, "prompts": 0}, {"sft": 0, "paired": 0, "unpaired": 4, "prompts": 0},
+                     {"sft": 20, "paired": 0, "unpaired": 0, "prompts": 0}]
+    assert document["totals"]["kinds"] == {"sft": 20, "paired": 5, "unpaired": 4, "prompts": 0}
     assert document["files"][0]["shapes"] == {"instruction": 2, "conversations": 1, "messages": 1, "prompt": 1}
     assert document["files"][1]["shapes"] == {"instruction": 2, "conversations": 0, "messages": 1, "prompt": 1}
     assert document["files"][0]["turns"] == 5 * 2 + 4 + 3  # two answers each, after a question (one: three turns)
@@ -77,7 +77,7 @@ def test_mixing_kinds_is_an_error_at_the_first_record_of_each_later_kind(tmp_pat
                      f"{path}:5: error: " + mixing(PAIRED_NAME, f"{path}:1", UNPAIRED_NAME, f"{path}:5")]
     document = json.loads(yayi("data", "validate", str(path), "--json").stdout)
     assert document["problem_counts"] == {"error:mixed-kinds": 2}
-    assert document["totals"]["kinds"] == {"sft": 1, "paired": 3, "unpaired": 1}
+    assert document["totals"]["kinds"] == {"sft": 1, "paired": 3, "unpaired": 1, "prompts": 0}
 
 
 def test_mixing_across_files_and_worker_processes_names_the_same_records(tmp_path, monkeypatch):

@@ -107,7 +107,7 @@ def test_statistics_count_files_shapes_turns_and_domains():
     document = validate(ValidateOptions([SAMPLE_DATA])).to_json()
     assert document["ok"] and document["totals"]["records"] == 20
     assert document["totals"]["shapes"] == {"instruction": 14, "conversations": 3, "messages": 3, "prompt": 0}
-    assert document["totals"]["kinds"] == {"sft": 20, "paired": 0, "unpaired": 0}
+    assert document["totals"]["kinds"] == {"sft": 20, "paired": 0, "unpaired": 0, "prompts": 0}
     assert document["totals"]["turns"] == 46
     assert document["domains"] == {d: 3 for d in ["媒宣领域任务", "舆情领域任务", "公共安全领域任务", "金融风控领域任务", "城市治理领域任务"]}
     assert document["no_domain"] == 5

@@ -14,11 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from yayi_cli.core.prompt import Conversation
+from yayi_cli.core.prompt import HUMAN, Conversation
 from yayi_cli.core.reader import SourceRecord, read_records, refuse_repeated_inputs
 from yayi_cli.core.records import (
+    CHOSEN,
+    COMPLETION,
     KIND_NAMES,
     KNOWN_KEYS,
+    OUTPUT,
+    REJECTED,
     ParsedRecord,
     Record,
     RecordError,
@@ -47,12 +51,33 @@ class Problem:
         return f"{self.path}:{self.line}: {self.severity}: {self.message}"
 
 
-def check_record(source: SourceRecord) -> ParsedRecord | Problem:
-    """The parsed record, or the error that makes it invalid."""
+ANSWER_KEYS = (OUTPUT, CHOSEN, REJECTED, COMPLETION)
+_SHAPED_KEYS = frozenset().union(*KNOWN_KEYS.values())
+
+
+def parse_prompt_record(value: Any) -> ParsedRecord:
+    """A prompt record: a record of any shape that ends with the human's message and holds no answer
+    (an instruction without `output`, a conversation without its last answer, `{"prompt": ...}`). Its
+    other top-level fields (`label`, `answer`, ...) are kept for the reward functions."""
+    if not isinstance(value, dict):
+        return parse_question(value)  # the error every shape gives a non-object
+    answers = [key for key in ANSWER_KEYS if key in value]
+    parsed = parse_question({key: item for key, item in value.items() if key in _SHAPED_KEYS})
+    if answers or parsed.turns[-1].role != HUMAN:
+        raise RecordError(f"a prompt record ends with the human's message and holds no answer "
+                          f"({', '.join(map(repr, answers)) or 'a last assistant turn'}): the model writes the answers",
+                          "has-answer")
+    fields = tuple((key, json.dumps(item, ensure_ascii=False, sort_keys=True))
+                   for key, item in sorted(value.items()) if key not in _SHAPED_KEYS)
+    return parsed._replace(fields=fields)
+
+
+def check_record(source: SourceRecord, *, prompts: bool = False) -> ParsedRecord | Problem:
+    """The parsed record (a prompt record with `prompts`), or the error that makes it invalid."""
     if source.error is not None:
         return Problem(source.path, source.line, source.index, ERROR, source.error_code, source.error)
     try:
-        record = parse_record(source.value)
+        record = parse_prompt_record(source.value) if prompts else parse_record(source.value)
     except RecordError as error:
         return Problem(source.path, source.line, source.index, ERROR, error.code, str(error))
     repeated = repeated_keys(source.raw, source.value)
@@ -70,8 +95,10 @@ def content_keys(record: ParsedRecord) -> tuple[int, int]:
     A preference record's "prompt" is its history with its answers in either order, and its
     "answer" is the verdict (which answer is chosen, or the label): several pairs or labelled
     completions for one question are normal, while the same answers judged the other way are
-    worth a warning.
+    worth a warning. A prompt record's "answer" is its other fields (the reward's label or answer).
     """
+    if record.fields is not None:
+        return conversation_keys(record.system, record.turns, record.fields)
     if record.answers:
         return conversation_keys(record.system, (*record.turns, tuple(sorted(record.answers))),
                                  (record.answers, record.label))
@@ -161,11 +188,12 @@ def _keys_written_twice(raw: str) -> list[str]:
 
 
 def valid_records(
-    sources: Iterable[SourceRecord], on_problem: Callable[[SourceRecord, Problem], None]
+    sources: Iterable[SourceRecord], on_problem: Callable[[SourceRecord, Problem], None], *, prompts: bool = False
 ) -> Iterator[tuple[SourceRecord, ParsedRecord]]:
-    """The valid records of `sources`, in order; each invalid one goes to `on_problem` instead."""
+    """The valid records of `sources` (prompt records with `prompts`), in order; each invalid one goes to
+    `on_problem` instead."""
     for source in sources:
-        checked = check_record(source)
+        checked = check_record(source, prompts=prompts)
         if isinstance(checked, Problem):
             on_problem(source, checked)
         else:
@@ -244,23 +272,12 @@ class PromptRecord:
 
 
 def prompt_record(source: SourceRecord) -> PromptRecord:
-    """One prompt record, or a DataError at its file:line: a record of any shape that ends with the human (an
-    instruction without `output`, a conversation without its last answer, `{"prompt": ...}`)."""
-    if source.error is not None:
-        raise DataError(f"{source.location}: {source.error}")
-    if not isinstance(source.value, dict):
-        raise DataError(f"{source.location}: expected a JSON object")
-    shaped = set().union(*KNOWN_KEYS.values())
-    answers = [key for key in ("output", "chosen", "rejected", "completion") if key in source.value]
-    try:
-        parsed = parse_question({key: value for key, value in source.value.items() if key in shaped})
-    except RecordError as error:
-        raise DataError(f"{source.location}: {error}") from None
-    if answers or parsed.turns[-1].role != "human":
-        raise DataError(f"{source.location}: a prompt record ends with the human's message and holds no answer "
-                        f"({', '.join(map(repr, answers)) or 'a last assistant turn'}): the model writes the answers")
-    fields = {key: value for key, value in source.value.items() if key not in shaped}
-    return PromptRecord(source.location, parsed.conversation, fields)
+    """One prompt record (`records.parse_prompt_record`), or a DataError at its file:line."""
+    checked = check_record(source, prompts=True)
+    if isinstance(checked, Problem):
+        raise DataError(str(checked).replace(": error:", ":", 1))
+    fields = {key: value for key, value in source.value.items() if key in dict(checked.fields)}
+    return PromptRecord(source.location, checked.conversation, fields)
 
 
 def load_prompt_records(paths: Sequence[Path]) -> list[PromptRecord]:

@@ -10,6 +10,8 @@ TRL's own `{"prompt", "chosen", "rejected"}`:
 - unpaired (KTO): the history ends with the human, then `"completion"` and `"label": true|false`.
 An answer is a string, a `{"from": "yayi", "value"}` turn, a `{"role": "assistant", "content"}`
 message, or a list holding one of those.
+Prompt records (GRPO) are the shapes without an answer, their further fields for the rewards
+(`record_files.parse_prompt_record`), read as such only where asked for (`--prompts`, `--method grpo`).
 
 A rejection reason names the field (`conversations[2].from`) and says what is wrong and what
 was expected; `yayi data validate` prints it after `file:line:`. Things that do not stop a
@@ -33,11 +35,12 @@ INSTRUCTION, CONVERSATIONS, MESSAGES, PROMPT = "instruction", "conversations", "
 SHAPES = (INSTRUCTION, CONVERSATIONS, MESSAGES, PROMPT)
 """PROMPT: TRL's `{"prompt", "chosen", "rejected"}`, and `{"prompt"}` questions for `yayi chat --jsonl`."""
 
-SFT, PAIRED, UNPAIRED = "sft", "paired", "unpaired"
-"""What a record trains: an answer to imitate (sft), a chosen and a rejected answer (paired: DPO), or
-one answer labelled good or bad (unpaired: KTO)."""
+SFT, PAIRED, UNPAIRED, PROMPTS = "sft", "paired", "unpaired", "prompts"
+"""What a record trains: an answer to imitate (sft), a chosen and a rejected answer (paired: DPO), one
+answer labelled good or bad (unpaired: KTO), or a question for the model to answer (prompts: GRPO)."""
 KIND_NAMES = {SFT: "SFT records (with their answers)", PAIRED: "preference pairs (chosen/rejected)",
-              UNPAIRED: "unpaired preference records (completion/label)"}
+              UNPAIRED: "unpaired preference records (completion/label)",
+              PROMPTS: "prompt records (questions without answers)"}
 CHOSEN, REJECTED, COMPLETION, LABEL = "chosen", "rejected", "completion", "label"
 PAIRED_KEYS, UNPAIRED_KEYS = (CHOSEN, REJECTED), (COMPLETION, LABEL)
 
@@ -100,10 +103,12 @@ class ParsedRecord(NamedTuple):
     warnings: tuple[RecordWarning, ...] = ()
     answers: tuple[str, ...] = ()
     label: bool | None = None
+    fields: tuple[tuple[str, str], ...] | None = None
+    """A prompt record's other fields (for its rewards) as (name, JSON text) pairs; None for the other kinds."""
 
     @property
     def kind(self) -> str:
-        return kind_of(self.answers)
+        return PROMPTS if self.fields is not None else kind_of(self.answers)
 
     @property
     def conversation(self) -> Conversation:

@@ -13,6 +13,8 @@ from yayi_cli.runtime.errors import UsageError
 
 
 MODEL_TOKENIZER_HELP = "Model directory or hub id (its tokenizer is used)."
+PROMPTS_HELP = ("The files hold prompt records (train --method grpo, eval --task reward): questions without answers, "
+                "with the same further fields for the rewards.")
 
 
 @dataclass
@@ -40,6 +42,7 @@ class ValidateOptions(CommandOptions):
     strict: bool = option("--strict", default=False, help="Treat warnings as errors.")
     max_errors: int = option("--max-errors", default=100, at_least=0, metavar="N",
                              help="List at most this many problems (all are counted).")
+    prompts: bool = option("--prompts", default=False, help=PROMPTS_HELP)
     workers: int | None = option("--workers", default=None, at_least=1, metavar="N", help=(
         "Processes for JSON-lines files, at most one per core (default: one per core above 32 MB)."))
     trust_remote_code: bool = trust_remote_code_option()
@@ -62,5 +65,6 @@ class SplitOptions(CommandOptions):
     seed: int = option("--seed", default=DEFAULT_SEED, help="Seed of the deterministic selection (as upstream).")
     stratify: str | None = option("--stratify", default=None, choices=("domain",), help="Keep each domain's share in test.")
     dedupe: bool = option("--dedupe", default=False, help="Drop later copies of identical records.")
+    prompts: bool = option("--prompts", default=False, help=PROMPTS_HELP)
     skip_invalid: bool = option("--skip-invalid", default=False, help="Leave invalid records out instead of refusing.")
     force: bool = force_option("Replace existing outputs.")

@@ -7,8 +7,9 @@ keeps for each valid record its line, a pair of 64-bit content keys (for --dedup
 machine and any Python version computes alike. Writing copies each record's line, byte for byte,
 to train or test, without parsing it again: a chunk of lines that all go to train is copied
 whole. A `.json` file of one array is read (and checked) a second time instead, since its
-records span lines. Preference records are split like any other (their domain is the one of
-their first human message), and like training, a split refuses two kinds of records in one set.
+records span lines. Preference and prompt records (--prompts) are split like any other (their domain
+is the one of their first human message), and like training, a split refuses two kinds of records in
+one set.
 """
 
 from __future__ import annotations
@@ -69,11 +70,12 @@ class Survey:
         return dict(zip(self.strata, np.bincount(self.stratum_of, minlength=len(self.strata)).tolist()))
 
 
-def survey_inputs(paths: Sequence[Path], *, stratify: bool, dedupe: bool) -> Survey:
-    """Check and count everything in one pass; with `dedupe`, leave out the later copies of records."""
+def survey_inputs(paths: Sequence[Path], *, stratify: bool, dedupe: bool, prompts: bool = False) -> Survey:
+    """Check and count everything in one pass (as prompt records with `prompts`); with `dedupe`, leave out the
+    later copies of records."""
     import numpy as np
 
-    tally = Tally(max_listed=1, listed=frozenset({ERROR}))
+    tally = Tally(max_listed=1, listed=frozenset({ERROR}), prompts=prompts)
     if stratify:
         tally.keep_domains()
     tally_files(paths, tally)
@@ -165,14 +167,14 @@ def split(options: SplitOptions) -> SplitReport:
     options.check()
     paths, stratify = options.files, options.stratify == "domain"
     outputs = _output_paths(Path(options.output), paths, options.force)
-    survey = survey_inputs(paths, stratify=stratify, dedupe=options.dedupe)
+    survey = survey_inputs(paths, stratify=stratify, dedupe=options.dedupe, prompts=options.prompts)
     if survey.invalid_count and not options.skip_invalid:
         first = survey.tally.problems[0]
         raise DataError(
             f"{survey.invalid_count} invalid record(s), the first at {first.path}:{first.line} ({first.message}); "
             "`yayi data validate` lists them all, or pass --skip-invalid to leave them out"
         )
-    mixed = survey.tally.mixed_kinds()  # no option leaves these out: each kind belongs in a data set of its own
+    mixed = survey.tally.mixed_kinds() + survey.tally.mixed_fields()  # no option leaves these out: each kind belongs in a data set of its own
     if mixed:
         raise DataError(f"{mixed[0].path}:{mixed[0].line}: {mixed[0].message}")
     counts = allocate(options.test_size, survey.sizes)
@@ -199,7 +201,8 @@ def _write_records(path: Path, survey: Survey, to_test: Any, train: BinaryIO, te
             _copy_lines(path, tally.lines_of(ordinals), to_test, train, test, digest)
             return digest.hexdigest()
     wanted = dict(zip((ordinals - first).tolist(), to_test.tolist()))
-    for position, (source, _) in enumerate(valid_records(read_records(path), skip_problem)):
+    records = valid_records(read_records(path), skip_problem, prompts=tally.prompts)
+    for position, (source, _) in enumerate(records):
         if position in wanted:
             line = source.raw.replace("\r", "").replace("\n", "")  # breaks between an item's tokens
             (test if wanted[position] else train).write(line.encode("utf-8") + b"\n")

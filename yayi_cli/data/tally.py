@@ -24,7 +24,7 @@ from yayi_cli.runtime.errors import DataError
 
 
 DUPLICATE, CONFLICTING_ANSWER, CONFLICTING_PREFERENCE = "duplicate", "conflicting-answer", "conflicting-preference"
-MIXED_KINDS = "mixed-kinds"
+MIXED_KINDS, MIXED_FIELDS = "mixed-kinds", "mixed-fields"
 
 
 @dataclass
@@ -83,6 +83,10 @@ class Tally:
     domain_names: list[str] = field(default_factory=list)
     first_of_kind: dict[str, tuple[int, str]] = field(default_factory=dict)
     """The ordinal and shape of the first valid record of each kind, to refuse mixed kinds."""
+    prompts: bool = False
+    """The records are prompt records (`--prompts`): questions without answers, with fields for the rewards."""
+    first_with_fields: dict[tuple[str, ...], int] = field(default_factory=dict)
+    """Prompt records: the ordinal of the first record with each set of field names (one set per data set)."""
 
     def keep_domains(self) -> Tally:
         """Remember each record's domain too (`data split --stratify`), 4 bytes a record."""
@@ -91,7 +95,7 @@ class Tally:
 
     def empty_like(self) -> Tally:
         """A new tally that counts and keeps what this one does, for a chunk."""
-        tally = Tally(self.max_listed, reserved=self.reserved, listed=self.listed)
+        tally = Tally(self.max_listed, reserved=self.reserved, listed=self.listed, prompts=self.prompts)
         return tally.keep_domains() if self.domain_ids is not None else tally
 
     def _add_domains(self, domains: Iterable[str]) -> None:
@@ -166,6 +170,8 @@ class Tally:
         for warning in record.warnings:
             self.report(Problem(source.path, source.line, source.index, WARNING, warning.code, warning.message))
         self.first_of_kind.setdefault(record.kind, (len(self.prompt_keys), record.shape))
+        if record.fields is not None:
+            self.first_with_fields.setdefault(tuple(name for name, _ in record.fields), len(self.prompt_keys))
         prompt_key, answer_key = content_keys(record)
         self._add_line(len(self.prompt_keys), source.line)
         self.prompt_keys.append(prompt_key)
@@ -179,7 +185,8 @@ class Tally:
 
         Record indexes start at 0 (chunk tallies merge with an offset)."""
         lines = chunk.data.split(b"\n")
-        screened = screen_lines(lines) if not self.reserved else ScreenedLines.none(len(lines))
+        plain = not (self.reserved or self.prompts)  # the screen passes only plain SFT records
+        screened = screen_lines(lines) if plain else ScreenedLines.none(len(lines))
         index, start = 0, 0
         for end in [at for at, record in enumerate(screened.records) if record is None] + [len(lines)]:
             if end > start:  # consecutive screened records: one run of lines
@@ -208,7 +215,7 @@ class Tally:
 
     def check(self, sources: Iterable[SourceRecord]) -> Iterator[tuple[SourceRecord, ParsedRecord]]:
         """Check and count every record; yield the valid ones."""
-        for source, record in valid_records(sources, self.reject):
+        for source, record in valid_records(sources, self.reject, prompts=self.prompts):
             if self.accept(source, record):
                 yield source, record
 
@@ -226,6 +233,8 @@ class Tally:
         base = len(self.prompt_keys)
         for kind, (ordinal, shape) in other.first_of_kind.items():
             self.first_of_kind.setdefault(kind, (base + ordinal, shape))
+        for names, ordinal in other.first_with_fields.items():
+            self.first_with_fields.setdefault(names, base + ordinal)
         for start, offset in zip(other.run_starts, other.run_offsets):
             self._add_line(base + start, start + offset + line_offset)
         self.prompt_keys.extend(other.prompt_keys)
@@ -244,6 +253,23 @@ class Tally:
                 problems.append(Problem(path, line, None, ERROR, MIXED_KINDS, message))
         return problems
 
+    def mixed_fields(self) -> list[Problem]:
+        """Prompt records: an error at the first record of each set of field names after the first one, since
+        every reward gets one value of each field per answer."""
+        starts = list(self.first_ordinal.values())
+        ordered = sorted(self.first_with_fields.items(), key=lambda item: item[1])
+        if len(ordered) < 2:
+            return []
+        (first_names, first), others = ordered[0], ordered[1:]
+        where = "{}:{}".format(*self.locate(first, starts))
+        problems = []
+        for names, ordinal in others:
+            path, line = self.locate(ordinal, starts)
+            problems.append(Problem(path, line, None, ERROR, MIXED_FIELDS,
+                                    f"fields {list(names)} differ from those of the first record ({where}: "
+                                    f"{list(first_names)}); every prompt record carries the same fields"))
+        return problems
+
     def report_duplicates(self) -> None:
         """Warn about repeated records and about one prompt given different answers (in
         preference data: the same answers judged the other way; see `checked.content_keys`)."""
@@ -255,6 +281,8 @@ class Tally:
             code = repeat.kind
             if repeat.kind == DUPLICATE:
                 message = f"duplicate of the record at {where}"
+            elif self.prompts:
+                message = f"same prompt as the record at {where}, with other fields: no answer can earn both rewards"
             elif preference:
                 code, message = CONFLICTING_PREFERENCE, f"same prompt and answers as the record at {where}, judged the other way"
             else:

@@ -2,7 +2,8 @@
 
 The pass itself is `data.scan` (into a `data.tally.Tally`); this module adds the token lengths
 with --model, the report and its printing. A preference record's length is its prompt and its
-longest answer, as the preference trainers see it (`preference.encode_preferences`).
+longest answer, as the preference trainers see it (`preference.encode_preferences`); a prompt
+record's is its question as the model is asked it.
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ class TokenCounter:
         """The pending records measured, in order (one data set holds one kind; a mixed one is
         measured too, each record the way its kind trains)."""
         limit = self.stats.max_length
+        if self.tally.prompts:  # the question as the model is asked it, with no answer to lose
+            return [Measured(len(self.prompt_tokenizer.encode_inference(record.conversation)), 0, 0)
+                    for _, record in self.pending]
         sft = [record.conversation for _, record in self.pending if not record.answers]
         preference = [Record.of(source, record) for source, record in self.pending if record.answers]
         encoded_sft = iter(self.prompt_tokenizer.encode_training_batch(sft) if sft else [])
@@ -117,7 +121,12 @@ class TokenCounter:
 
 
 def truncation(source: SourceRecord, measured: Measured, limit: int) -> Problem:
-    """The warning for a record longer than `limit`: the answer tokens it loses, or that it keeps none."""
+    """The warning for a record longer than `limit`: the answer tokens it loses, or that it keeps none (a prompt
+    record has none: it leaves the model no room to answer)."""
+    if not measured.answer_tokens:
+        return Problem(source.path, source.line, source.index, WARNING, "prompt-too-long",
+                       f"the prompt alone is {measured.length} tokens, more than --max-length {limit}: "
+                       "no room is left for the answer")
     if measured.keeps_no_answer:
         return Problem(source.path, source.line, source.index, WARNING, "no-answer-tokens",
                        f"{measured.length} tokens, and the prompt alone fills --max-length {limit}: none of the "
@@ -179,7 +188,7 @@ def validate(options: ValidateOptions, *, progress: Callable[[int], None] = lamb
     `progress` is called with the number of bytes finished, for a progress bar.
     """
     options.check()
-    tally = Tally(options.max_errors)
+    tally = Tally(options.max_errors, prompts=options.prompts)
     counter = _token_counter(options, tally) if options.model else None
     tally_files(options.files, tally, workers=options.workers, progress=progress, each_valid=counter.add if counter else None)
     if counter is not None and counter.pending:
@@ -189,7 +198,7 @@ def validate(options: ValidateOptions, *, progress: Callable[[int], None] = lamb
         if stats.records == 0:  # a truncated download or the wrong file, most likely
             tally.report(Problem(stats.path, 1, None, ERROR if none_at_all else WARNING, "empty-file",
                                  "the file holds no records" + ("; train and eval need at least one" if none_at_all else "")))
-    for problem in tally.mixed_kinds():
+    for problem in tally.mixed_kinds() + tally.mixed_fields():
         tally.report(problem)
     tally.report_duplicates()
     return ValidationReport(tally, options.strict, counter.stats if counter else None)
