@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 UV := $(BIN)/uv
 STAMP := $(VENV)/.installed-dev
 DEMO := .demo
-EXTRAS := dev,quant,train,serve,export
+EXTRAS := dev,quant,train,serve,export,web
 
 TIERS := launch or system or reference
 WHEELS ?= $(HOME)/.cache/yayi/wheels

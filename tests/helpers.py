@@ -21,7 +21,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO / "examples" / "sample.jsonl"
-HEAVY_LIBRARIES = ("torch", "transformers", "deepspeed", "datasets", "bitsandbytes", "peft", "trl", "matplotlib")
+HEAVY_LIBRARIES = ("torch", "transformers", "deepspeed", "datasets", "bitsandbytes", "peft", "trl", "matplotlib", "gradio")
 NOT_AT_STARTUP = (*HEAVY_LIBRARIES, "rich")
 """What `yayi --help` and a TAB press never import: the heavy libraries, and Rich (about 40 ms: it is
 imported where something is printed)."""

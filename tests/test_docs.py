@@ -36,6 +36,7 @@ PAGES = {
     "quantize": "docs/quantize.md",
     "merge": "docs/merge.md",
     "serve": "docs/serve.md",
+    "web": "docs/web.md",
     "template install": "docs/template.md",
     "export gguf": "docs/export.md",
     "export ollama": "docs/export.md",

@@ -24,6 +24,7 @@ from yayi_cli.data.options import PreviewOptions, SplitOptions, ValidateOptions
 from yayi_cli.eval.options import EvalOptions
 from yayi_cli.serve.options import ServeOptions, TemplateInstallOptions
 from yayi_cli.train.options import PlotOptions, TrainOptions
+from yayi_cli.web.options import WebOptions
 
 
 if TYPE_CHECKING:
@@ -310,6 +311,25 @@ def serve_command(options: ServeOptions) -> None:
 
     console, notes = Console(), Console(stderr=True, highlight=False, soft_wrap=True)
     code = serve(
+        options,
+        say=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
+        note=lambda line: notes.print(line, markup=False),
+    )
+    raise typer.Exit(code)
+
+
+@command(app, "web", WebOptions)
+def web_command(options: WebOptions) -> None:
+    """A chat page in the browser: streaming answers, history, system text and sampling, stop and clear.
+
+    With --model it starts `yayi serve`'s engine on a free local port; with --api URL it uses a server already running (yayi serve, vLLM). Listens on 127.0.0.1 unless --host says otherwise. Needs `pip install 'yayi-cli[web]'`. Ctrl-C stops the page and the engine (exit 130).
+    """
+    from rich.console import Console
+
+    from yayi_cli.web.command import web
+
+    console, notes = Console(), Console(stderr=True, highlight=False, soft_wrap=True)
+    code = web(
         options,
         say=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
         note=lambda line: notes.print(line, markup=False),

@@ -25,7 +25,8 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 
 PR_SET_PDEATHSIG = 1
@@ -67,6 +68,30 @@ def end_when_unread(fd: int = 1) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="end-when-unread", daemon=True).start()
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGHUP reached yayi (inside `stop_signals_raise`): what it started is stopped as on Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.exit_code = 128 + signum
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise `Stopped` in the main thread while inside, as SIGINT raises KeyboardInterrupt, so the
+    same `finally` stops a server's children whichever way it is asked to end."""
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def stop_group(process: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:

@@ -13,22 +13,19 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from yayi_cli.runtime.atomic import scratch_folder
 from yayi_cli.runtime.errors import UsageError
+from yayi_cli.runtime.listening import answers, require_free_port
 from yayi_cli.runtime.packages import install_hint, require_packages
-from yayi_cli.runtime.processes import dies_with_parent, stop_group
+from yayi_cli.runtime.processes import Stopped, dies_with_parent, stop_group, stop_signals_raise
 from yayi_cli.serve.app import EngineSettings
 from yayi_cli.serve.options import ServeOptions
 
@@ -44,20 +41,6 @@ def require_engine(engine: str) -> None:
     refused an engine that is not one of ENGINE_PACKAGES)."""
     packages, hint = ENGINE_PACKAGES[engine]
     require_packages(packages, f"--engine {engine}", hint)
-
-
-def require_free_port(host: str, port: int) -> None:
-    """Bind the address as the engine will (SO_REUSEADDR, like uvicorn) to refuse a busy port up front."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except (socket.gaierror, OverflowError) as error:
-        raise UsageError(f"--host {host} --port {port}: not an address to listen on ({error})") from None
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as error:
-            raise UsageError(f"cannot listen on {host}:{port}: {error.strerror or error}; choose another --port") from None
 
 
 CPU_KV_CACHE_SHARE = 0.1
@@ -155,29 +138,11 @@ def served_model(options: ServeOptions, note: Callable[[str], None]) -> Iterator
         yield Path(run), name
 
 
-def _health(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def curl_line(base: str, name: str) -> str:
     body = json.dumps({"model": name, "messages": [{"role": "user", "content": "你好"}]}, ensure_ascii=False)
     return f"curl {base}/v1/chat/completions -H 'Content-Type: application/json' -d {shlex.quote(body)}"
-
-
-class _Stopped(Exception):
-    """SIGTERM or SIGHUP reached yayi: the engine is stopped as on Ctrl-C."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.exit_code = 128 + signum
-
-
-def _raise_stopped(signum: int, frame: Any) -> None:
-    raise _Stopped(signum)
 
 
 def serve(options: ServeOptions, say: Callable[[str], None], note: Callable[[str], None]) -> int:
@@ -187,31 +152,26 @@ def serve(options: ServeOptions, say: Callable[[str], None], note: Callable[[str
     require_free_port(options.host, options.port)
     host = f"[{options.host}]" if ":" in options.host else options.host
     base = f"http://{host}:{options.port}"
-    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        with served_model(options, note) as (run, name):
-            env = dict(os.environ, HF_HUB_DISABLE_UPDATE_CHECK="1")
-            command = engine_command(options, name, batching=batching_for(options, (run / name).resolve(), note),
-                                     on_gpu=gpu_present())
-            note(f"starting {options.engine} serve on {base} (loading the model)")
-            process = subprocess.Popen(command, cwd=run, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr,
-                                       start_new_session=True,
-                                       preexec_fn=dies_with_parent(signal.SIGKILL))  # noqa: PLW1509 - fork-safe
-            try:
-                return _watch(process, base, name, say)
-            except KeyboardInterrupt:
-                return 130
-            except _Stopped as stopped:
-                return stopped.exit_code
-            finally:
-                stop_group(process)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with stop_signals_raise(), served_model(options, note) as (run, name):
+        env = dict(os.environ, HF_HUB_DISABLE_UPDATE_CHECK="1")
+        command = engine_command(options, name, batching=batching_for(options, (run / name).resolve(), note),
+                                 on_gpu=gpu_present())
+        note(f"starting {options.engine} serve on {base} (loading the model)")
+        process = subprocess.Popen(command, cwd=run, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr,
+                                   start_new_session=True,
+                                   preexec_fn=dies_with_parent(signal.SIGKILL))  # noqa: PLW1509 - fork-safe
+        try:
+            return _watch(process, base, name, say)
+        except KeyboardInterrupt:
+            return 130
+        except Stopped as stopped:
+            return stopped.exit_code
+        finally:
+            stop_group(process)
 
 
 def _watch(process: subprocess.Popen[bytes], base: str, name: str, say: Callable[[str], None]) -> int:
-    while not _health(base):
+    while not answers(f"{base}/health"):
         if process.poll() is not None:
             raise UsageError(f"the engine stopped before it was ready (exit {process.returncode}); its output is above")
         time.sleep(0.25)
