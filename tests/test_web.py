@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ANSWER, QUESTION, OutputReader, alive, free_port, start, teach, tree, wait_until, yayi
-from yayi_cli.web.client import api_base
+from yayi_cli.web.client import api_base, as_messages, as_text
 from yayi_cli.web.options import WebOptions
-from yayi_cli.web.page import as_messages, as_text
 
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -55,6 +54,16 @@ def test_the_page_sends_its_system_text_as_it_is_even_empty_and_reads_gradio_mes
     assert as_text([{"type": "text", "text": "a"}, {"type": "file"}, {"type": "text", "text": "b"}]) == "ab"
     assert api_base("http://h:8000/") == api_base("http://h:8000/v1") == "http://h:8000/v1"
     assert WebOptions(api="http://h:1").host == "127.0.0.1"  # the network only when asked
+
+
+def test_the_page_and_its_engine_are_reached_without_a_proxy(monkeypatch):
+    from yayi_cli.web.command import local_without_proxy
+
+    monkeypatch.setenv("NO_PROXY", "intranet.example,localhost")
+    monkeypatch.delenv("no_proxy", raising=False)
+    local_without_proxy()
+    assert os.environ["NO_PROXY"] == "intranet.example,localhost,127.0.0.1"
+    assert os.environ["no_proxy"] == "127.0.0.1,localhost"
 
 
 # --- in a browser ------------------------------------------------------------------------------------
@@ -144,10 +153,12 @@ class Page:
     """The chat page as a person sees it, by the ids it gives its elements (web/page.py ELEMENT_IDS)."""
 
     def __init__(self, driver, url: str) -> None:
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
 
         self.driver = driver
-        self.wait = WebDriverWait(driver, 120, poll_frequency=0.1)
+        # the page redraws its elements as an answer streams: a read that meets a replaced one is tried again
+        self.wait = WebDriverWait(driver, 120, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
         driver.get(url)
         self.wait.until(lambda _: self.shown("#message textarea") and self.shown("#send"))
 
@@ -174,6 +185,15 @@ class Page:
         """Send is back and Stop gone: no answer is coming."""
         return self.shown("#send") is not None and self.shown("#stop") is None
 
+    def click(self, css: str) -> None:
+        def clicked(_) -> bool:
+            element = self.shown(css)
+            if element is not None:
+                element.click()
+            return element is not None
+
+        self.wait.until(clicked)
+
     def ask(self, text: str, *, enter: bool = True) -> None:
         from selenium.webdriver.common.keys import Keys
 
@@ -183,7 +203,7 @@ class Page:
         if enter:
             box.send_keys(Keys.ENTER)
         else:
-            self.shown("#send").click()
+            self.click("#send")
 
     def answered(self, count: int) -> str:
         """The `count`th answer, once it is complete."""
@@ -227,14 +247,15 @@ def test_the_page_answers_as_yayi_chat_keeps_the_history_and_stops_a_long_answer
     assert page.answered(2) == follow_up  # the page sent the first exchange with it
     assert page.questions() == [QUESTION, FOLLOW_UP]
 
-    page.shown("#clear").click()  # a new conversation
+    page.click("#clear")  # a new conversation
     page.wait.until(lambda _: not page.answers() and not page.questions())
     page.ask(LONG_QUESTION)
     page.wait.until(lambda _: len(page.answers()) == 1 and len(page.answers()[-1]) >= 10)
-    page.shown("#stop").click()
+    page.click("#stop")
     page.wait.until(lambda _: page.idle())
     stopped = page.unchanging(lambda: page.answers()[-1])
     assert 10 <= len(stopped) < len(long) and long.startswith(stopped)
+    assert not [tracker for tracker in page.elements('#chat [data-testid="status-tracker"]') if "Error" in tracker.text]
 
     page.ask("<|End|>")  # a marker: the server refuses it, and the page says why, keeping the question
     page.wait.until(lambda _: page.status())

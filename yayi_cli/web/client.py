@@ -23,6 +23,22 @@ class Sampling:
     max_new_tokens: int
 
 
+def as_text(content: Any) -> str:
+    """A chat message's text: Gradio hands history back as a string or as a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return str(content)
+
+
+def as_messages(history: list[dict[str, Any]], system: str) -> list[dict[str, str]]:
+    """The OpenAI messages for the history: the system text first (sent as it is in the box, empty too, so that
+    clearing the box means no system text rather than the template's)."""
+    return [{"role": "system", "content": system}, *({"role": item["role"], "content": as_text(item["content"])}
+                                                      for item in history)]
+
+
 def api_base(url: str) -> str:
     """The `/v1` base of a server given as `http://host:port` or `http://host:port/v1`."""
     url = url.rstrip("/")

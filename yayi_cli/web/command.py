@@ -26,6 +26,15 @@ from yayi_cli.web.page import PageSettings
 
 QUIET_GRADIO = {"GRADIO_ANALYTICS_ENABLED": "False"}
 """No usage reports to Gradio's servers from a page that may hold private data (and no waiting on them offline)."""
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+def local_without_proxy() -> None:
+    """The engine, the page's own start-up check and the page's client all speak to 127.0.0.1: never through an
+    HTTP(S)_PROXY the environment sets (an unreachable proxy stopped Gradio's launch)."""
+    for name in ("NO_PROXY", "no_proxy"):
+        present = [host for host in os.environ.get(name, "").split(",") if host]
+        os.environ[name] = ",".join([*present, *(host for host in LOCAL_HOSTS if host not in present)])
 
 
 def web(options: WebOptions, say: Callable[[str], None], note: Callable[[str], None]) -> int:
@@ -34,13 +43,15 @@ def web(options: WebOptions, say: Callable[[str], None], note: Callable[[str], N
     require_packages(("gradio", "openai"), "yayi web", install_hint("web"))
     require_free_port(options.host, options.port)
     os.environ.update(QUIET_GRADIO)
+    local_without_proxy()
     with stop_signals_raise():
         try:
             with server_for(options, note) as (base, engine, name):
                 client = ChatClient(base, name)
                 page, i18n = page_for(options, client)
+                # run_history off: no record of the chats in the browser, nor an offer to upload them
                 page.queue().launch(server_name=options.host, server_port=options.port, i18n=i18n,
-                                    prevent_thread_lock=True, quiet=True, show_error=False)
+                                    prevent_thread_lock=True, quiet=True, show_error=False, run_history=False)
                 try:
                     say(f"chat page for {name or base} at http://{_url_host(options.host)}:{options.port} "
                         "(Ctrl-C stops it" + (" and the engine)" if engine else ")"))

@@ -7,7 +7,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from yayi_cli.web.client import ChatClient, PageError, Sampling
+import gradio as gr
+
+from yayi_cli.web.client import ChatClient, PageError, Sampling, as_messages, as_text
 
 
 LABELS = {
@@ -33,27 +35,12 @@ class PageSettings:
     max_tokens_limit: int = 4096
 
 
-def as_text(content: Any) -> str:
-    """A chat message's text: Gradio hands history back as a string or as a list of parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return str(content)
-
-
-def as_messages(history: list[dict[str, Any]], system: str) -> list[dict[str, str]]:
-    """The OpenAI messages for the history: the system text first (sent as it is in the box, empty too, so that
-    clearing the box means no system text rather than the template's)."""
-    return [{"role": "system", "content": system}, *({"role": item["role"], "content": as_text(item["content"])}
-                                                      for item in history)]
-
-
-def build_page(client: ChatClient, settings: PageSettings) -> tuple[Any, Any]:
+def build_page(client: ChatClient, settings: PageSettings) -> tuple[gr.Blocks, gr.I18n]:
     """The page's Blocks and the I18n its labels come from (pass it to `launch`)."""
-    import gradio as gr
-
     i18n = gr.I18n(**LABELS)
+    stopping: set[str] = set()
+    """Sessions whose Stop was pressed: their answer ends at its next piece. (Gradio's own `cancels=` sometimes
+    leaves an "Error" badge on the chat in 6.31; an answer that ends by itself leaves none.)"""
     with gr.Blocks(title=settings.title, analytics_enabled=False) as page:
         gr.Markdown(f"### {settings.title}", elem_id="model-name")
         chat = gr.Chatbot(label=i18n("chat"), elem_id="chat", height=460)
@@ -79,28 +66,42 @@ def build_page(client: ChatClient, settings: PageSettings) -> tuple[Any, Any]:
             return "", [*history, {"role": "user", "content": text}], "", gr.Button(visible=False), gr.Button(visible=True)
 
         def answer(history: list[dict[str, Any]], system_text: str, temperature: float, top_p: float,
-                   max_new_tokens: float) -> Iterator[tuple[Any, ...]]:
+                   max_new_tokens: float, request: gr.Request) -> Iterator[tuple[Any, ...]]:
             if not history or history[-1]["role"] != "user":  # nothing was asked (an empty message)
                 return
+            session = request.session_hash
+            stopping.discard(session)
             sampling = Sampling(float(temperature), float(top_p), int(max_new_tokens))
             shown = [*history, {"role": "assistant", "content": ""}]
+            pieces = client.stream(as_messages(history, system_text), sampling)
             try:
-                for text in client.stream(as_messages(history, system_text), sampling):
+                for text in pieces:
+                    if session in stopping:
+                        break
                     shown[-1] = {"role": "assistant", "content": text}
                     yield shown, gr.skip(), ""
             except PageError as error:  # the question goes back to the box, to send again
                 yield history[:-1], as_text(history[-1]["content"]), f"⚠️ {error}"
+            finally:
+                pieces.close()  # closes the request: the server stops generating
+                stopping.discard(session)
 
         def ready() -> tuple[Any, ...]:
-            return gr.Button(visible=True), gr.Button(visible=False)
+            return gr.Button(visible=True), gr.Button(visible=False, interactive=True)
 
-        answering = []
+        def stop_answer(request: gr.Request) -> Any:
+            """Send comes back once the answer has ended (a new question before that would be dropped by Gradio)."""
+            stopping.add(request.session_hash)
+            return gr.Button(interactive=False)
+
+        def clear_chat(request: gr.Request) -> tuple[Any, ...]:
+            stopping.add(request.session_hash)
+            return [], ""
+
         for trigger in (send.click, message.submit):
             asked = trigger(ask, [message, chat], [message, chat, status, send, stop], queue=False)
             answered = asked.then(answer, [chat, system, temperature, top_p, max_new_tokens], [chat, message, status])
             answered.then(ready, None, [send, stop], queue=False)
-            answering.append(answered)
-        # a cancelled answer runs no `.then`: Stop and Clear bring Send back themselves
-        stop.click(ready, None, [send, stop], cancels=answering, queue=False)
-        clear.click(lambda: ([], "", *ready()), None, [chat, status, send, stop], cancels=answering, queue=False)
+        stop.click(stop_answer, None, stop, queue=False)
+        clear.click(clear_chat, None, [chat, status], queue=False)
     return page, i18n
