@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -107,13 +108,15 @@ def start_web(*args: str, log: Path) -> tuple[subprocess.Popen, str]:
 
 
 def stop_with_ctrl_c(process: subprocess.Popen, url: str) -> None:
-    """Ctrl-C ends the page and the engine: exit 130, no process left, both ports free."""
+    """Ctrl-C ends the page and the engine: exit 130, no process left (so the engine's port is free), the page's port
+    free."""
     family = tree(process.pid)
     os.killpg(process.pid, signal.SIGINT)
     assert process.wait(timeout=30) == 130
     wait_until(lambda: not any(alive(pid) for pid in family), 15, lambda: f"still running: {family}")
-    result = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True)
-    assert f":{url.rsplit(':', 1)[1]} " not in result.stdout
+    with socket.socket() as probe:  # bound as the page bound it (SO_REUSEADDR, like uvicorn): it is free
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", int(url.rsplit(":", 1)[1])))
 
 
 @pytest.fixture(scope="module")

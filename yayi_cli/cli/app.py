@@ -299,23 +299,28 @@ def template_install_command(ctx: typer.Context, options: TemplateInstallOptions
         raise typer.Exit(1)
 
 
+def run_server(run: Callable[..., int], options: Any) -> None:
+    """A command that runs until stopped (serve, web): its address lines on stdout, notes on stderr, its exit code."""
+    from rich.console import Console
+
+    console, notes = Console(), Console(stderr=True, highlight=False, soft_wrap=True)
+    code = run(
+        options,
+        say=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
+        note=lambda line: notes.print(line, markup=False),
+    )
+    raise typer.Exit(code)
+
+
 @command(app, "serve", ServeOptions)
 def serve_command(options: ServeOptions) -> None:
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health) with an existing engine.
 
     A model without the YaYi chat template or stop ids is served from a staged copy that has them (your files are not changed). Prints the URL and a curl line once ready; Ctrl-C stops the engine (exit 130).
     """
-    from rich.console import Console
-
     from yayi_cli.serve.command import serve
 
-    console, notes = Console(), Console(stderr=True, highlight=False, soft_wrap=True)
-    code = serve(
-        options,
-        say=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
-        note=lambda line: notes.print(line, markup=False),
-    )
-    raise typer.Exit(code)
+    run_server(serve, options)
 
 
 @command(app, "web", WebOptions)
@@ -324,17 +329,9 @@ def web_command(options: WebOptions) -> None:
 
     With --model it starts `yayi serve`'s engine on a free local port; with --api URL it uses a server already running (yayi serve, vLLM). Listens on 127.0.0.1 unless --host says otherwise. Needs `pip install 'yayi-cli[web]'`. Ctrl-C stops the page and the engine (exit 130).
     """
-    from rich.console import Console
-
     from yayi_cli.web.command import web
 
-    console, notes = Console(), Console(stderr=True, highlight=False, soft_wrap=True)
-    code = web(
-        options,
-        say=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
-        note=lambda line: notes.print(line, markup=False),
-    )
-    raise typer.Exit(code)
+    run_server(web, options)
 
 
 def main() -> None:
